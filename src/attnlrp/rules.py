@@ -1,0 +1,166 @@
+"""The LRP rules of `rules.md` as small autograd functions; this module knows nothing of models.
+
+In the efficient (Input x Gradient) mode a rule only changes a local Jacobian; the relevance of any
+tensor h is then ``h * h.grad``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+Ratio = Callable[[Tensor], Tensor]
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def _tanh_over_x(x: Tensor) -> Tensor:
+    """tanh(x)/x with its limit 1 at x = 0 (series below |x| = 1e-2, never a division by ~0)."""
+    small = x.abs() < 1e-2
+    safe = torch.where(small, torch.ones_like(x), x)
+    return torch.where(small, 1.0 - x * x / 3.0, torch.tanh(safe) / safe)
+
+
+#: f(x)/x in closed form for each element-wise activation f with f(0) = 0.
+RATIOS: dict[str, Ratio] = {
+    "silu": torch.sigmoid,
+    "gelu": lambda x: 0.5 * (1.0 + torch.erf(x * (1.0 / math.sqrt(2.0)))),
+    "gelu_tanh": lambda x: 0.5 * (1.0 + torch.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x * x * x))),
+    "quick_gelu": lambda x: torch.sigmoid(1.702 * x),
+    "relu": lambda x: (x > 0).to(x.dtype),
+    "relu_squared": torch.relu,
+    "tanh": _tanh_over_x,
+    "mish": lambda x: torch.tanh(torch.nn.functional.softplus(x)),
+    "hardswish": lambda x: torch.clamp(x + 3.0, 0.0, 6.0) / 6.0,
+}
+
+
+def leaky_relu_ratio(slope: float) -> Ratio:
+    return lambda x: torch.where(x > 0, torch.ones_like(x), torch.full_like(x, slope))
+
+
+def _ratio_in_float32(ratio: Ratio, x: Tensor) -> Tensor:
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return ratio(x.float()).to(x.dtype)
+    return ratio(x)
+
+
+class _IdentityRule(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, fn: Callable[[Tensor], Tensor], ratio: Ratio) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.ratio = ratio
+        return fn(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (x,) = ctx.saved_tensors
+        return grad * _ratio_in_float32(ctx.ratio, x), None, None
+
+
+def identity_rule(x: Tensor, fn: Callable[[Tensor], Tensor], ratio: Ratio) -> Tensor:
+    """y = fn(x) whose backward passes ``grad * f(x)/x``, so that R_x = R_y (the identity rule)."""
+    return _IdentityRule.apply(x, fn, ratio)
+
+
+class _ScaleGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, factor: float) -> Tensor:
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad * ctx.factor, None
+
+
+def scale_grad(x: Tensor, factor: float) -> Tensor:
+    """Identity in the forward pass; multiplies the backward signal by ``factor``."""
+    return _ScaleGrad.apply(x, factor)
+
+
+def uniform(*factors: Tensor) -> tuple[Tensor, ...]:
+    """The uniform rule: each of n input-dependent factors of a product receives 1/n of the relevance."""
+    share = 1.0 / len(factors)
+    return tuple(scale_grad(f, share) for f in factors)
+
+
+def stop_gradient(x: Tensor) -> Tensor:
+    """Treat x as a constant (a normalising statistic, a CP-LRP gate or attention weight)."""
+    return x.detach()
+
+
+def attention_factors(q: Tensor, k: Tensor, v: Tensor, method: str) -> tuple[Tensor, Tensor, Tensor]:
+    """q, k, v for a fused attention kernel, so that the kernel's plain backward is the rule.
+
+    AttnLRP: uniform rule at q.k^T and at A.V, softmax rule (plain) in between: q/4, k/4, v/2.
+    CP-LRP: the attention weights are constants, so q and k are detached.
+    """
+    if method == "cp-lrp":
+        return q.detach(), k.detach(), v
+    return scale_grad(q, 0.25), scale_grad(k, 0.25), scale_grad(v, 0.5)
+
+
+class _FrozenLayerNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, shape: list[int], weight: Tensor | None, bias: Tensor | None, eps: float):
+        y, _, rstd = torch.native_layer_norm(x, shape, weight, bias, eps)
+        ctx.dims = tuple(range(-len(shape), 0))
+        ctx.save_for_backward(rstd, weight)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        rstd, weight = ctx.saved_tensors
+        g = grad * weight if weight is not None else grad
+        g = g * rstd
+        return g - g.mean(dim=ctx.dims, keepdim=True), None, None, None, None
+
+
+def layer_norm(x: Tensor, shape, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    """LayerNorm with sigma held constant: the backward is the centring map scaled by w/sigma."""
+    return _FrozenLayerNorm.apply(x, list(shape), weight, bias, eps)
+
+
+class _FrozenRMSNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, shape: list[int], weight: Tensor | None, eps: float | None):
+        dims = tuple(range(-len(shape), 0))
+        eps = torch.finfo(x.dtype).eps if eps is None else eps
+        rstd = torch.rsqrt(x.pow(2).mean(dim=dims, keepdim=True) + eps)
+        ctx.save_for_backward(rstd, weight)
+        y = x * rstd
+        return y * weight if weight is not None else y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        rstd, weight = ctx.saved_tensors
+        g = grad * weight if weight is not None else grad
+        return g * rstd, None, None, None
+
+
+def rms_norm(x: Tensor, shape, weight: Tensor | None = None, eps: float | None = None) -> Tensor:
+    """RMSNorm with the rms held constant (the identity rule on the normalising statistic)."""
+    return _FrozenRMSNorm.apply(x, list(shape), weight, eps)
+
+
+def group_norm(x: Tensor, groups: int, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    """GroupNorm with the per-group statistics held constant."""
+    shape = x.shape
+    grouped = x.reshape(shape[0], groups, -1)
+    var, mean = torch.var_mean(grouped.detach(), dim=-1, correction=0, keepdim=True)
+    y = ((grouped - mean) * torch.rsqrt(var + eps)).reshape(shape)
+    view = (1, -1) + (1,) * (x.dim() - 2)
+    if weight is not None:
+        y = y * weight.reshape(view)
+    if bias is not None:
+        y = y + bias.reshape(view)
+    return y
+
+
+def normalize(x: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12) -> Tensor:
+    """x / ||x|| with the norm held constant."""
+    return x / x.detach().norm(p=p, dim=dim, keepdim=True).clamp_min(eps)
