@@ -129,17 +129,21 @@ class _FrozenRMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, shape: list[int], weight: Tensor | None, eps: float | None):
         dims = tuple(range(-len(shape), 0))
-        eps = torch.finfo(x.dtype).eps if eps is None else eps
-        rstd = torch.rsqrt(x.pow(2).mean(dim=dims, keepdim=True) + eps)
+        # Like torch.nn.functional.rms_norm: the statistic in float32 for half types (x**2 overflows
+        # fp16 above 256), and eps=None means the float32 machine epsilon there.
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        eps = torch.finfo(xf.dtype).eps if eps is None else eps
+        rstd = torch.rsqrt(xf.pow(2).mean(dim=dims, keepdim=True) + eps)
         ctx.save_for_backward(rstd, weight)
-        y = x * rstd
-        return y * weight if weight is not None else y
+        y = xf * rstd
+        y = y * weight if weight is not None else y
+        return y.to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         rstd, weight = ctx.saved_tensors
         g = grad * weight if weight is not None else grad
-        return g * rstd, None, None, None
+        return (g * rstd).to(grad.dtype), None, None, None
 
 
 def rms_norm(x: Tensor, shape, weight: Tensor | None = None, eps: float | None = None) -> Tensor:
@@ -148,11 +152,13 @@ def rms_norm(x: Tensor, shape, weight: Tensor | None = None, eps: float | None =
 
 
 def group_norm(x: Tensor, groups: int, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
-    """GroupNorm with the per-group statistics held constant."""
+    """GroupNorm with the per-group sigma held constant; the centring stays linear (as in layer_norm)."""
     shape = x.shape
     grouped = x.reshape(shape[0], groups, -1)
-    var, mean = torch.var_mean(grouped.detach(), dim=-1, correction=0, keepdim=True)
-    y = ((grouped - mean) * torch.rsqrt(var + eps)).reshape(shape)
+    if x.dtype in (torch.float16, torch.bfloat16):  # in float32, as torch does: the variance overflows fp16
+        grouped = grouped.float()
+    var = torch.var(grouped.detach(), dim=-1, correction=0, keepdim=True)
+    y = ((grouped - grouped.mean(dim=-1, keepdim=True)) * torch.rsqrt(var + eps)).reshape(shape).to(x.dtype)
     view = (1, -1) + (1,) * (x.dim() - 2)
     if weight is not None:
         y = y * weight.reshape(view)
@@ -163,4 +169,7 @@ def group_norm(x: Tensor, groups: int, weight: Tensor | None = None, bias: Tenso
 
 def normalize(x: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12) -> Tensor:
     """x / ||x|| with the norm held constant."""
-    return x / x.detach().norm(p=p, dim=dim, keepdim=True).clamp_min(eps)
+    xf = x
+    if x.dtype in (torch.float16, torch.bfloat16):  # eps=1e-12 underflows fp16 (0/0), and 1/eps overflows it
+        xf, eps = x.float(), max(eps, 1.0 / torch.finfo(x.dtype).max)
+    return (xf / xf.detach().norm(p=p, dim=dim, keepdim=True).clamp_min(eps)).to(x.dtype)

@@ -148,8 +148,8 @@ class Binding:
             raise UnruledOpError(
                 f"{key[1]!r} at {key[0] or '<root>'} has no LRP rule and is not known to be linear, so its "
                 "relevance would be a plain gradient. Write it with an op that has a rule (for example "
-                "torch.nn.functional.silu instead of x * torch.sigmoid(x)), or bind with strict=False to "
-                "accept the approximation."
+                "torch.nn.functional.gelu instead of 0.5 * x * (1 + torch.erf(x / 2**0.5))), or bind with "
+                "strict=False to accept the approximation."
             )
 
     def _warn_new_unruled(self) -> None:

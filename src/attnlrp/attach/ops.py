@@ -7,6 +7,7 @@ run with their plain gradient and are reported by the audit.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,8 @@ PRODUCTS: dict[str, tuple[int, ...]] = {
     "conv1d": (0, 1), "conv2d": (0, 1), "conv3d": (0, 1), "conv_transpose1d": (0, 1),
     "conv_transpose2d": (0, 1), "addmm": (1, 2), "baddbmm": (1, 2), "addbmm": (1, 2),
     "addmv": (1, 2), "addcmul": (1, 2),
+    # MoE experts (transformers' default "grouped_mm" experts implementation): input @ weight per group
+    "grouped_mm": (0, 1), "grouped_mm_fallback": (0, 1),
 }
 
 ACTIVATIONS = {
@@ -128,6 +131,12 @@ def _mul(binding: "Binding", func, args, kwargs):
     if a is b and binding.in_norm():
         binding.note(func, "norm statistic")
         return func(a.detach(), b.detach(), *args[2:], **kwargs)
+    for gate, other in ((a, b), (b, a)):
+        source = getattr(gate, "_attnlrp_gate_input", None)
+        if source is not None and source() is other:  # x * sigmoid(x): SiLU written out, identity rule
+            binding.note(func, "identity (self-gated)")
+            a, b = (a.detach(), b) if gate is a else (a, b.detach())
+            return func(a, b, *args[2:], **kwargs)
     if binding.method == "cp-lrp":
         gate = a if getattr(a, "_attnlrp_gate", False) else b if getattr(b, "_attnlrp_gate", False) else None
         if gate is not None:
@@ -189,6 +198,21 @@ def _softmax(binding: "Binding", func, args, kwargs):
         binding.note(func, "attention weights constant (cp-lrp)")
         return out.detach()
     binding.note(func, "softmax")
+    return out
+
+
+def _sigmoid(binding: "Binding", func, args, kwargs):
+    """sigmoid(x) = softmax([x, 0])[0]: AttnLRP's softmax rule is its plain gradient.
+
+    Its output is tagged as a gate: CP-LRP holds it constant where it gates a product (a shared-expert
+    gate, GLU, gated attention), and ``x * sigmoid(x)`` gets SiLU's identity rule in both methods.
+    """
+    out = func(*args, **kwargs)
+    if not (isinstance(out, Tensor) and out.requires_grad):
+        return out
+    binding.note(func, "softmax (two-way)")
+    out._attnlrp_gate = True
+    out._attnlrp_gate_input = weakref.ref(args[0])
     return out
 
 
@@ -276,6 +300,7 @@ _SPECIAL: dict[str, Handler] = {
     "gelu": _gelu,
     "leaky_relu": _leaky_relu,
     "softmax": _softmax,
+    "sigmoid": _sigmoid,
     "scaled_dot_product_attention": _sdpa,
     "layer_norm": _layer_norm,
     "rms_norm": _rms_norm,

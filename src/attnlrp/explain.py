@@ -1,0 +1,315 @@
+"""From a prompt to an Explanation: tokenisation, chat templates, targets, batching and generation."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .attach import lrp
+from .results import Explanation, GenerationExplanation
+from .targets import Answer, Resolved, Target, as_target
+from .tokens import clean_tokens, scheme_of
+
+
+class InputError(ValueError):
+    """A prompt that can't be explained as given."""
+
+
+@dataclass
+class _Item:
+    ids: list[int]
+    segments: list[tuple[str, int, int]] = field(default_factory=list)
+
+
+def _is_chat(x) -> bool:
+    return isinstance(x, Sequence) and not isinstance(x, str) and len(x) > 0 and all(
+        isinstance(m, Mapping) for m in x
+    )
+
+
+def _chat_ids(tokenizer, messages, add_generation_prompt: bool = True) -> list[int]:
+    out = tokenizer.apply_chat_template(
+        list(messages), add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=False
+    )
+    return list(out["input_ids"] if isinstance(out, Mapping) else out)
+
+
+def _encode_chat(tokenizer, messages) -> _Item:
+    if not getattr(tokenizer, "chat_template", None):
+        raise InputError(
+            f"Chat messages were given, but the tokenizer of {tokenizer.name_or_path or 'this model'} has no chat "
+            "template. Pass plain text instead, or set tokenizer.chat_template."
+        )
+    for m in messages:
+        if "role" not in m or "content" not in m:
+            raise InputError(f"Each chat message needs 'role' and 'content' keys, got {dict(m)!r}.")
+    ids = _chat_ids(tokenizer, messages)
+    segments, start = [], 0
+    for i in range(len(messages)):
+        prefix = _chat_ids(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        end = len(prefix) if ids[: len(prefix)] == prefix else start
+        segments.append((f"{i}:{messages[i]['role']}", start, end))
+        start = end
+    if start < len(ids):
+        segments.append(("generation prompt", start, len(ids)))
+    return _Item(ids, segments)
+
+
+def _encode(tokenizer, prompt) -> _Item:
+    if _is_chat(prompt):
+        return _encode_chat(tokenizer, prompt)
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise InputError("The prompt is empty: give some text to explain.")
+        ids = tokenizer(prompt).input_ids
+    elif isinstance(prompt, Tensor):
+        ids = prompt.reshape(-1).tolist()
+    elif isinstance(prompt, Sequence) and all(isinstance(i, int) for i in prompt):
+        ids = list(prompt)
+    else:
+        raise InputError(
+            f"Can't explain a {type(prompt).__name__}: pass text, a list of token ids, or chat messages "
+            "(a list of {'role': ..., 'content': ...} dicts)."
+        )
+    if not ids:
+        raise InputError("The prompt has no tokens: give some text or token ids to explain.")
+    return _Item(list(ids))
+
+
+def _split_batch(tokenizer, inputs) -> tuple[list[_Item], bool]:
+    """The prompts as items, and whether a single prompt (not a list) was given."""
+    if isinstance(inputs, Tensor) and inputs.dim() == 2:
+        return [_encode(tokenizer, row) for row in inputs], False
+    if isinstance(inputs, (list, tuple)) and inputs and not _is_chat(inputs) and not all(
+        isinstance(i, int) for i in inputs
+    ):
+        return [_encode(tokenizer, p) for p in inputs], False
+    return [_encode(tokenizer, inputs)], True
+
+
+def context_length(model: nn.Module, tokenizer=None) -> int | None:
+    """The longest sequence the model accepts, if it says."""
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None) if config is not None else None
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    return limit if isinstance(limit, int) and 0 < limit < 1_000_000 else None
+
+
+def _check_length(model, tokenizer, length: int) -> None:
+    limit = context_length(model, tokenizer)
+    if limit is not None and length > limit:
+        raise InputError(
+            f"The sequence is {length} tokens, but the model's context is {limit} tokens. "
+            "Shorten the prompt (or the answer) to fit."
+        )
+
+
+def model_name(model: nn.Module) -> str:
+    return str(getattr(model, "name_or_path", "") or getattr(getattr(model, "config", None), "_name_or_path", "") or
+               type(model).__name__)
+
+
+def _display(tokenizer, ids: list[int]) -> tuple[list[str], list[str], list[bool]]:
+    raw = tokenizer.convert_ids_to_tokens(ids)
+    specials = frozenset(getattr(tokenizer, "all_special_tokens", []))
+    vocab_sample = raw if len(raw) > 40 else raw + tokenizer.convert_ids_to_tokens(list(range(min(len(tokenizer), 500))))
+    display = clean_tokens(raw, specials, scheme=scheme_of(vocab_sample))
+    return raw, display, [t in specials for t in raw]
+
+
+def _forward_kwargs(model: nn.Module, ids: Tensor, mask: Tensor, left: bool) -> dict:
+    kwargs = {"input_ids": ids, "attention_mask": mask}
+    if left and "position_ids" in inspect.signature(model.forward).parameters:
+        kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+    if "use_cache" in inspect.signature(model.forward).parameters:
+        kwargs["use_cache"] = False
+    return kwargs
+
+
+def _pad(items_ids: list[list[int]], pad_id: int, left: bool) -> tuple[Tensor, Tensor]:
+    width = max(len(i) for i in items_ids)
+    ids = torch.full((len(items_ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(items_ids), width), dtype=torch.long)
+    for row, seq in enumerate(items_ids):
+        span = slice(width - len(seq), width) if left else slice(0, len(seq))
+        ids[row, span] = torch.tensor(seq)
+        mask[row, span] = 1
+    return ids, mask
+
+
+@contextmanager
+def _checkpointing(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """HF gradient checkpointing for the duration (HF checkpoints only in training mode; dropout is off in lrp)."""
+    if not enabled:
+        yield
+        return
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(f"{type(model).__name__} does not support gradient checkpointing.")
+    was_on, was_training = model.is_gradient_checkpointing, model.training
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        if not was_on:
+            model.gradient_checkpointing_disable()
+
+
+def _device(model: nn.Module) -> torch.device:
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    param = next(iter(embeddings.parameters()), None) if embeddings is not None else None
+    param = param if param is not None else next(model.parameters())
+    return param.device
+
+
+def explain(
+    model: nn.Module,
+    tokenizer,
+    inputs,
+    target=None,
+    method: str = "attnlrp",
+    batch_size: int = 8,
+    padding_side: str = "right",
+    gradient_checkpointing: bool = False,
+) -> Explanation | list[Explanation]:
+    """Explain a prediction of a causal LM: relevance of each input token.
+
+    inputs: text, token ids, chat messages, or a list of these (explained in batches; returns a list).
+    target: None (the top next token), a token string or id, attnlrp.Answer / Contrast / LogProb,
+    a callable on the logits [T, V] of one sequence, or a list with one target per prompt.
+    """
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}.")
+    if _input_embeddings_missing(model):
+        raise InputError(
+            f"{type(model).__name__} has no input token embeddings (get_input_embeddings), so token relevance "
+            "can't be read; use attnlrp.lrp(model) with your own input tensors."
+        )
+    items, single = _split_batch(tokenizer, inputs)
+    targets = list(target) if isinstance(target, (list, tuple)) else [target] * len(items)
+    if len(targets) != len(items):
+        raise ValueError(f"{len(targets)} targets were given for {len(items)} prompts; give one each, or one for all.")
+    targets = [as_target(t) for t in targets]
+    results: list[Explanation] = []
+    for start in range(0, len(items), batch_size):
+        chunk = slice(start, start + batch_size)
+        results.extend(_explain_batch(model, tokenizer, items[chunk], targets[chunk], method, padding_side,
+                                      gradient_checkpointing))
+    return results[0] if single else results
+
+
+def _input_embeddings_missing(model: nn.Module) -> bool:
+    getter = getattr(model, "get_input_embeddings", None)
+    try:
+        return getter is None or getter() is None
+    except NotImplementedError:
+        return True
+
+
+def _explain_batch(model, tokenizer, items: list[_Item], targets: list[Target], method: str, padding_side: str,
+                   checkpointing: bool) -> list[Explanation]:
+    answers = [t.resolve(tokenizer) if isinstance(t, Answer) else None for t in targets]
+    sequences = [item.ids + list(a.answer_ids if a else ()) for item, a in zip(items, answers)]
+    for seq in sequences:
+        _check_length(model, tokenizer, len(seq))
+    left = padding_side == "left"
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    ids, mask = _pad(sequences, pad_id, left)
+    device = _device(model)
+    ids, mask = ids.to(device), mask.to(device)
+    with _checkpointing(model, checkpointing), lrp(model, method=method) as binding, torch.enable_grad():
+        logits = model(**_forward_kwargs(model, ids, mask, left)).logits
+        width = ids.shape[1]
+        resolved: list[Resolved] = []
+        ys = []
+        for row, (seq, t, a) in enumerate(zip(sequences, targets, answers)):
+            span = slice(width - len(seq), width) if left else slice(0, len(seq))
+            own = logits[row, span]
+            r = a or t.resolve(tokenizer, int(own[-1].detach().argmax()))
+            resolved.append(r)
+            ys.append(r.scalar(own))
+        _check_finite(torch.stack([y.detach() for y in ys]))
+        torch.stack(ys).sum().backward()
+        embeddings = binding.embeddings
+        relevance = (embeddings * embeddings.grad).sum(-1).detach().float().cpu().numpy()
+    out = []
+    for row, (item, seq, r, y) in enumerate(zip(items, sequences, resolved, ys)):
+        span = slice(width - len(seq), width) if left else slice(0, len(seq))
+        raw, display, special = _display(tokenizer, seq)
+        last = logits[row, span][-1].detach().float()
+        segments = list(item.segments)
+        if r.answer_ids:
+            segments = (segments or [("prompt", 0, len(item.ids))]) + [("answer", len(item.ids), len(seq))]
+        out.append(Explanation(
+            tokens=raw, display=display, scores=relevance[row, span], target=r.label, value=float(y.detach()),
+            method=method, model=model_name(model), token_ids=list(seq), special=special,
+            target_id=r.token_id, logit=float(last[r.token_id]) if r.token_id is not None else None,
+            prob=float(torch.softmax(last, -1)[r.token_id]) if r.token_id is not None else None,
+            segments=segments,
+        ))
+    return out
+
+
+def _check_finite(values: Tensor) -> None:
+    if not torch.isfinite(values).all():
+        raise FloatingPointError(
+            f"The explained value is not finite ({values.tolist()}); the model produced NaN/inf logits. "
+            "Check the dtype (try float32) and the inputs."
+        )
+
+
+def explain_generation(
+    model: nn.Module,
+    tokenizer,
+    prompt,
+    max_new_tokens: int = 32,
+    method: str = "attnlrp",
+    **generate_kwargs,
+) -> GenerationExplanation:
+    """Generate (greedy by default), then explain every generated token against all tokens before it.
+
+    One forward pass over the whole sequence is shared by all generated tokens; each token then
+    costs one backward pass through the retained graph.
+    """
+    item = _encode(tokenizer, prompt)
+    _check_length(model, tokenizer, len(item.ids) + max_new_tokens)
+    device = _device(model)
+    prompt_ids = torch.tensor([item.ids], device=device)
+    generate_kwargs.setdefault("do_sample", False)
+    if tokenizer.pad_token_id is not None:
+        generate_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
+    with torch.no_grad():
+        sequence = model.generate(prompt_ids, attention_mask=torch.ones_like(prompt_ids),
+                                  max_new_tokens=max_new_tokens, **generate_kwargs)[0]
+    n_prompt, n_new = len(item.ids), sequence.shape[0] - len(item.ids)
+    if n_new == 0:
+        raise InputError("The model generated no token (it stopped at once); nothing to explain.")
+    matrix = np.zeros((n_new, sequence.shape[0]), dtype=np.float32)
+    inputs = sequence[:-1].unsqueeze(0)
+    with lrp(model, method=method) as binding, torch.enable_grad():
+        logits = model(input_ids=inputs, use_cache=False).logits[0]
+        embeddings = binding.embeddings
+        positions = torch.arange(n_prompt - 1, sequence.shape[0] - 1, device=device)
+        chosen = sequence[n_prompt:]
+        values = logits[positions, chosen]
+        _check_finite(values.detach())
+        for i in range(n_new):
+            (grad,) = torch.autograd.grad(values[i], embeddings, retain_graph=i < n_new - 1)
+            matrix[i, : inputs.shape[1]] = (embeddings * grad).sum(-1)[0].detach().float().cpu().numpy()
+        probs = torch.softmax(logits[positions].detach().float(), -1).gather(1, chosen.unsqueeze(1))[:, 0]
+    ids = sequence.tolist()
+    raw, display, special = _display(tokenizer, ids)
+    return GenerationExplanation(
+        tokens=raw, display=display, matrix=matrix, prompt_length=n_prompt, values=values.detach().float().tolist(),
+        method=method, model=model_name(model), token_ids=ids, special=special, probs=probs.tolist(),
+    )

@@ -1,0 +1,154 @@
+"""What to explain: a scalar computed from a model's logits.
+
+``explain(..., target=...)`` accepts None (the top next token), a token string or id, or one of
+the objects below. Each resolves, for one sequence, to the scalar y whose relevance is explained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+class TargetError(ValueError):
+    """A target that can't be resolved against the tokenizer."""
+
+
+def token_id(tokenizer, token: str | int) -> int:
+    """The id of exactly one token, or a TargetError saying what is wrong and what to do."""
+    if isinstance(token, int):
+        vocab = len(tokenizer)
+        if not 0 <= token < vocab:
+            raise TargetError(f"Token id {token} is outside the vocabulary (0..{vocab - 1}).")
+        return token
+    if not isinstance(token, str) or token == "":
+        raise TargetError(f"A target token must be a non-empty string or an id, got {token!r}.")
+    ids = tokenizer.encode(token, add_special_tokens=False)
+    if len(ids) == 1:
+        return ids[0]
+    vocab_id = tokenizer.convert_tokens_to_ids(token)
+    if isinstance(vocab_id, int) and vocab_id != tokenizer.unk_token_id and vocab_id is not None:
+        return vocab_id
+    if not ids:
+        raise TargetError(f"Target {token!r} encodes to no token at all.")
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    raise TargetError(
+        f"Target {token!r} is {len(ids)} tokens {pieces}, but one next token is expected. Explain the first "
+        f"({pieces[0]!r}, id {ids[0]}) by passing target={ids[0]}, or the whole span with "
+        f"target=attnlrp.Answer({token!r})."
+    )
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A target bound to one sequence: the answer ids to append, and the scalar to explain."""
+
+    label: str
+    token_id: int | None
+    answer_ids: tuple[int, ...]
+    scalar: Callable[[Tensor], Tensor]  # logits [T, V] of the full sequence -> scalar
+
+
+class Target:
+    """Base class: subclasses resolve themselves for one prompt."""
+
+    def resolve(self, tokenizer, top_id: int | None = None) -> Resolved:
+        """Bind to a tokenizer; ``top_id`` is the model's top next token for this prompt."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Token(Target):
+    """The logit of one next token (string or id); None means the top-scoring token."""
+
+    token: str | int | None = None
+
+    def resolve(self, tokenizer, top_id: int | None = None) -> Resolved:
+        tid = top_id if self.token is None else token_id(tokenizer, self.token)
+        return Resolved(_label(tokenizer, tid), tid, (), lambda logits: logits[-1, tid])
+
+
+@dataclass(frozen=True)
+class Contrast(Target):
+    """The target's logit minus an alternative token's logit, or minus the mean logit (``against="mean"``)."""
+
+    token: str | int | None
+    against: str | int = "mean"
+
+    def resolve(self, tokenizer, top_id: int | None = None) -> Resolved:
+        tid = top_id if self.token is None else token_id(tokenizer, self.token)
+        if self.against == "mean":
+            return Resolved(f"{_label(tokenizer, tid)} vs mean", tid, (), lambda l: l[-1, tid] - l[-1].mean())
+        other = token_id(tokenizer, self.against)
+        return Resolved(
+            f"{_label(tokenizer, tid)} vs {_label(tokenizer, other)}", tid, (), lambda l: l[-1, tid] - l[-1, other]
+        )
+
+
+@dataclass(frozen=True)
+class LogProb(Target):
+    """log p(token) under the softmax over the vocabulary (the log-sum-exp's normaliser is a constant)."""
+
+    token: str | int | None = None
+
+    def resolve(self, tokenizer, top_id: int | None = None) -> Resolved:
+        tid = top_id if self.token is None else token_id(tokenizer, self.token)
+        return Resolved(
+            f"log p({_label(tokenizer, tid)})", tid, (),
+            lambda l: l[-1, tid] - torch.logsumexp(l[-1].detach().float(), dim=-1).to(l.dtype),
+        )
+
+
+@dataclass(frozen=True)
+class Answer(Target):
+    """A whole answer, teacher-forced after the prompt; y is the sum of its tokens' logits."""
+
+    answer: str | Sequence[int]
+
+    def resolve(self, tokenizer, top_id: int | None = None) -> Resolved:
+        ids = (
+            tuple(tokenizer.encode(self.answer, add_special_tokens=False))
+            if isinstance(self.answer, str) else tuple(int(i) for i in self.answer)
+        )
+        if not ids:
+            raise TargetError(f"Answer {self.answer!r} encodes to no token; give a non-empty answer.")
+        n = len(ids)
+        index = torch.tensor(ids)
+
+        def scalar(logits: Tensor) -> Tensor:
+            rows = logits[-n - 1 : -1]
+            return rows.gather(1, index.to(rows.device).unsqueeze(1)).sum()
+
+        return Resolved(tokenizer.decode(list(ids)), None, ids, scalar)
+
+
+@dataclass(frozen=True)
+class Custom(Target):
+    """Any callable from the logits of the sequence ([T, V]) to a scalar."""
+
+    fn: Callable[[Tensor], Tensor]
+    label: str = "custom"
+
+    def resolve(self, tokenizer, top_id: int | None = None) -> Resolved:
+        return Resolved(self.label, None, (), self.fn)
+
+
+def as_target(target) -> Target:
+    """Normalise the ``target=`` argument of ``explain``."""
+    if isinstance(target, Target):
+        return target
+    if target is None or isinstance(target, (str, int)):
+        return Token(target)
+    if callable(target):
+        return Custom(target, getattr(target, "__name__", "custom"))
+    raise TargetError(
+        f"Unsupported target {target!r}: pass None, a token string or id, attnlrp.Answer(...), "
+        "attnlrp.Contrast(...), attnlrp.LogProb(...), or a callable on the logits."
+    )
+
+
+def _label(tokenizer, tid: int) -> str:
+    return tokenizer.decode([tid])
