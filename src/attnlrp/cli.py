@@ -38,8 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("prompt", nargs="?", help="the text to explain (or use --input for many prompts)")
     common(ex)
     ex.add_argument("--target", help="the next token to explain (default: the model's top prediction)")
-    ex.add_argument("--contrast", help="explain target minus this token's logit; 'mean' for minus the mean logit")
-    ex.add_argument("--answer", help="explain this whole answer, teacher-forced after the prompt")
+    what = ex.add_mutually_exclusive_group()
+    what.add_argument("--contrast", help="explain target minus this token's logit; 'mean' for minus the mean logit")
+    what.add_argument("--answer", help="explain this whole answer, teacher-forced after the prompt (not with --target)")
     ex.add_argument("--words", action="store_true", help="merge sub-word tokens into words")
     ex.add_argument("--json", metavar="PATH", help="save the explanation as JSON")
     ex.add_argument("--html", metavar="PATH", help="save a self-contained HTML heatmap")
@@ -91,6 +92,8 @@ def _explain_one(args, model, tokenizer) -> None:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
+    from .explain import InputError
+
     specs = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -98,24 +101,29 @@ def _read_jsonl(path: Path) -> list[dict]:
         try:
             value = json.loads(line)
         except json.JSONDecodeError as error:
-            raise SystemExit(f"{path}:{n}: not valid JSON ({error}).")
+            raise InputError(f"{path}:{n}: not valid JSON ({error}).") from error
         spec = {"prompt": value} if isinstance(value, str) else value
         if not isinstance(spec, dict) or "prompt" not in spec:
-            raise SystemExit(f'{path}:{n}: each line must be a string or an object with a "prompt" key.')
+            raise InputError(f'{path}:{n}: each line must be a string or an object with a "prompt" key.')
         specs.append(spec)
     return specs
 
 
 def _finished(path: Path) -> set[int]:
     """Indices already in the output; a torn last line (from an interruption) is dropped."""
+    from .explain import InputError
+
     if not path.exists():
         return set()
     done, keep = set(), []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if not isinstance(record, dict) or not isinstance(record.get("index"), int):
+            raise InputError(f"{path}:{n} is not an attnlrp result line; give --output a new file name "
+                             "(or the file a previous run wrote, to resume it).")
         done.add(record["index"])
         keep.append(line)
     path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
@@ -126,8 +134,10 @@ def _explain_many(args, model, tokenizer) -> None:
     import attnlrp
     from rich.progress import Progress
 
+    from .explain import InputError
+
     if not args.output:
-        raise SystemExit("--input needs --output: the file the results are written to (one JSON line each).")
+        raise InputError("--input needs --output: the file the results are written to (one JSON line each).")
     specs = _read_jsonl(Path(args.input))
     output = Path(args.output)
     done = _finished(output)

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from .attach import lrp
+from .attach.binding import normalize_method
 from .results import Explanation, GenerationExplanation
 from .targets import Answer, Resolved, Target, as_target
 from .tokens import clean_tokens, scheme_of
@@ -154,15 +155,29 @@ def _checkpointing(model: nn.Module, enabled: bool) -> Iterator[None]:
         return
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise ValueError(f"{type(model).__name__} does not support gradient checkpointing.")
-    was_on, was_training = model.is_gradient_checkpointing, model.training
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # transformers >= 5 renamed the API to activation_checkpointing_* (the old names warn)
+    new_api = hasattr(model, "activation_checkpointing_enable")
+    was_on = model.is_activation_checkpointing if new_api else model.is_gradient_checkpointing
+    was_training = model.training
+    # enabling also hooks the input embeddings to require grad (transformers >= 5), and disabling leaves that hook
+    had_grad_hook = _has_input_grad_hook(model)
+    if new_api:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     try:
         yield
     finally:
         model.train(was_training)
         if not was_on:
-            model.gradient_checkpointing_disable()
+            model.activation_checkpointing_disable() if new_api else model.gradient_checkpointing_disable()
+            if not had_grad_hook and _has_input_grad_hook(model):
+                model.disable_input_require_grads()
+
+
+def _has_input_grad_hook(model: nn.Module) -> bool:
+    return bool(getattr(model, "_require_grads_hooks", None) or hasattr(model, "_require_grads_hook"))
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -190,6 +205,7 @@ def explain(
     """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}.")
+    method = normalize_method(method)  # fail before any work; results carry the canonical name
     if _input_embeddings_missing(model):
         raise InputError(
             f"{type(model).__name__} has no input token embeddings (get_input_embeddings), so token relevance "
@@ -200,6 +216,8 @@ def explain(
     if len(targets) != len(items):
         raise ValueError(f"{len(targets)} targets were given for {len(items)} prompts; give one each, or one for all.")
     targets = [as_target(t) for t in targets]
+    for t in targets:  # a bad target (several tokens, unknown id) fails now, not after the forward passes
+        t.resolve(tokenizer, 0)
     results: list[Explanation] = []
     for start in range(0, len(items), batch_size):
         chunk = slice(start, start + batch_size)
@@ -281,6 +299,7 @@ def explain_generation(
     One forward pass over the whole sequence is shared by all generated tokens; each token then
     costs one backward pass through the retained graph.
     """
+    method = normalize_method(method)  # fail before generating; results carry the canonical name
     item = _encode(tokenizer, prompt)
     _check_length(model, tokenizer, len(item.ids) + max_new_tokens)
     device = _device(model)

@@ -147,6 +147,13 @@ class Explanation:
     def _repr_html_(self) -> str:
         return self.to_html()
 
+    def save_figure(self, path: str | Path, **options: Any) -> Path:
+        """A PNG, SVG or PDF heatmap laid out like text (matplotlib, no LaTeX)."""
+        from .render.figure import token_heatmap
+
+        token_heatmap(self.display, self.scores, path=path, title=f"{self.method}: {self.target!r}", **options)
+        return Path(path)
+
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["scores"] = [float(s) for s in self.scores]
@@ -278,6 +285,13 @@ class GenerationExplanation:
 
     def _repr_html_(self) -> str:
         return self.to_html()
+
+    def save_figure(self, path: str | Path) -> Path:
+        """The generation matrix as a PNG, SVG or PDF figure."""
+        from .render.figure import generation_matrix
+
+        generation_matrix(self.generated, self.display, self.matrix, path=path, title=f"{self.method}: {self.model}")
+        return Path(path)
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -90,15 +90,17 @@ class Contrast(Target):
 
 @dataclass(frozen=True)
 class LogProb(Target):
-    """log p(token) under the softmax over the vocabulary (the log-sum-exp's normaliser is a constant)."""
+    """log p(token) = y_t - logsumexp(y). Its gradient e_t - p makes the relevance explain y_t minus the
+    probability-weighted mean logit; the entropy of p is the part no input accounts for."""
 
     token: str | int | None = None
 
     def resolve(self, tokenizer, top_id: int | None = None) -> Resolved:
         tid = top_id if self.token is None else token_id(tokenizer, self.token)
+        # at least float32 for the softmax (fp16/bf16 overflow), never below the logits' own precision
         return Resolved(
             f"log p({_label(tokenizer, tid)})", tid, (),
-            lambda l: l[-1, tid] - torch.logsumexp(l[-1].detach().float(), dim=-1).to(l.dtype),
+            lambda l: torch.log_softmax(l[-1].to(torch.promote_types(l.dtype, torch.float32)), dim=-1)[tid],
         )
 
 

@@ -27,7 +27,7 @@ def scheme_of(tokens: list[str]) -> str:
     joined = "".join(tokens)
     if "▁" in joined:
         return "sentencepiece"
-    if any(t.startswith("##") for t in tokens):
+    if any(t.startswith("##") or t in ("[CLS]", "[SEP]", "[MASK]") for t in tokens):
         return "wordpiece"
     if "Ġ" in joined or "Ċ" in joined or "ĉ" in joined:
         return "bytelevel"

@@ -66,11 +66,16 @@ def normalize_method(method: str) -> str:
     return key
 
 
+#: Ops whose handler runs with gradients off too: they switch dropout off.
+_DROPOUT_OPS = ops.DROPOUT | {"scaled_dot_product_attention"}
+
+
 class _Mode(TorchFunctionMode):
     def __init__(self, binding: "Binding"):
         super().__init__()
         self.binding = binding
         self.handlers: dict[Callable, ops.Handler | None] = {}
+        self.dropout_ops: dict[Callable, bool] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -80,8 +85,19 @@ class _Mode(TorchFunctionMode):
             handler = self.handlers[func] = ops.handler_for(func)
         except TypeError:  # unhashable callables
             handler = ops.handler_for(func)
-        if handler is None or not torch.is_grad_enabled():
+        if handler is None:
             return func(*args, **kwargs)
+        if not torch.is_grad_enabled():
+            # Dropout is off even without gradients: a reentrant checkpoint runs the forward under
+            # no_grad and recomputes it with gradients; both must see the same activations.
+            try:
+                dropout = self.dropout_ops[func]
+            except KeyError:
+                dropout = self.dropout_ops[func] = ops.op_name(func) in _DROPOUT_OPS
+            except TypeError:
+                dropout = ops.op_name(func) in _DROPOUT_OPS
+            if not dropout:
+                return func(*args, **kwargs)
         return handler(self.binding, func, args, kwargs)
 
 
@@ -103,6 +119,7 @@ class Binding:
         self._forwards: dict[nn.Module, Any] = {}
         self._checkpoint_funcs: dict[nn.Module, Any] = {}
         self._requires_grad: dict[nn.Parameter, bool] = {}
+        self._param_slots: list[tuple[nn.Module, str, bool]] = []
         self._paths: dict[nn.Module, str] = {}
         self._norms: set[nn.Module] = set()
 
@@ -120,9 +137,12 @@ class Binding:
             self._mode.__enter__()
         stack.append(module)
 
-    def _exit(self) -> None:
+    def _exit(self, module: nn.Module) -> None:
         stack = self._stack()
-        stack.pop()
+        if not any(m is module for m in stack):  # its pre-hook never ran: an earlier pre-hook raised
+            return
+        while stack.pop() is not module:  # inner modules whose exit an exception skipped
+            pass
         if not stack:
             self._mode.__exit__(None, None, None)
             self._warn_new_unruled()
@@ -145,6 +165,7 @@ class Binding:
         key = (self.path(), ops.op_name(func))
         self.unruled_ops[key] += 1
         if self.strict:
+            self._warned.add(key)  # the error says it all: no UnruledOpWarning as the scope unwinds
             raise UnruledOpError(
                 f"{key[1]!r} at {key[0] or '<root>'} has no LRP rule and is not known to be linear, so its "
                 "relevance would be a plain gradient. Write it with an op that has a rule (for example "
@@ -185,6 +206,10 @@ class Binding:
         for param in self.model.parameters():
             self._requires_grad[param] = param.requires_grad
             param.requires_grad_(False)
+        for module in self.model.modules():
+            for name, param in module._parameters.items():
+                if param is not None:
+                    self._param_slots.append((module, name, self._requires_grad[param]))
 
     def detach(self) -> None:
         for handle in self._handles:
@@ -198,6 +223,12 @@ class Binding:
             module._gradient_checkpointing_func = previous
         for param, flag in self._requires_grad.items():
             param.requires_grad_(flag)
+        for module, name, flag in self._param_slots:
+            # a parameter replaced inside the block (accelerate's offloading hooks swap in a new
+            # Parameter, inheriting requires_grad, at every forward): restore the one there now
+            param = module._parameters.get(name)
+            if param is not None and param.is_leaf:
+                param.requires_grad_(flag)
         for module in self._paths:
             if _BOUND.get(module) is self:
                 del _BOUND[module]
@@ -214,6 +245,8 @@ class Binding:
         def forward(x: Tensor) -> Tensor:
             if not (torch.is_grad_enabled() and x.requires_grad):
                 return original(x)
+            if self.counting:  # its inner ops run unseen: list the rule under the module's class name
+                self.ruled_ops[(self._paths.get(module, "?"), f"{type(module).__name__} [identity]")] += 1
             out = rules.identity_rule(x, original, ratio)
             out._attnlrp_gate = True
             return out
@@ -229,7 +262,7 @@ class Binding:
             module._gradient_checkpointing_func = functools.partial(self._checkpointed, checkpoint, module)
 
     def _post_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
-        self._exit()
+        self._exit(module)
 
     def _checkpointed(self, checkpoint: Callable, module: nn.Module, function: Callable, *args, **kwargs):
         """Run the checkpointed function, and its recomputation in the backward pass, in scope."""
@@ -239,7 +272,7 @@ class Binding:
             try:
                 return function(*inner, **inner_kwargs)
             finally:
-                self._exit()
+                self._exit(module)
 
         return checkpoint(scoped, *args, **kwargs)
 
@@ -248,6 +281,8 @@ class Binding:
             return None
         if not output.requires_grad:
             output = output.detach().requires_grad_()
+        else:  # computed from inputs that require grad (pixels of a ViT): keep its grad readable too
+            output.retain_grad()
         self.embeddings = output
         return output
 

@@ -212,22 +212,22 @@ def _sigmoid(binding: "Binding", func, args, kwargs):
         return out
     binding.note(func, "softmax (two-way)")
     out._attnlrp_gate = True
-    out._attnlrp_gate_input = weakref.ref(args[0])
+    out._attnlrp_gate_input = weakref.ref(_arg(args, kwargs, 0, "input"))
     return out
 
 
 def _sdpa(binding: "Binding", func, args, kwargs):
     q, k, v = (_arg(args, kwargs, i, n) for i, n in enumerate(("query", "key", "value")))
-    if not any(_requires_grad(t) for t in (q, k, v)):
-        return func(*args, **kwargs)
-    binding.note(func, "attention kernel")
-    q, k, v = rules.attention_factors(q, k, v, binding.method)
     kwargs = {key: val for key, val in kwargs.items() if key not in ("query", "key", "value")}
-    kwargs["dropout_p"] = 0.0
+    kwargs["dropout_p"] = 0.0  # dropout is off, with or without gradients (checkpointed forwards run without)
     rest = args[3:]
     if len(rest) >= 2:  # dropout_p given positionally
         rest = rest[:1] + (0.0,) + rest[2:]
         kwargs.pop("dropout_p")
+    if not any(_requires_grad(t) for t in (q, k, v)):
+        return func(q, k, v, *rest, **kwargs)
+    binding.note(func, "attention kernel")
+    q, k, v = rules.attention_factors(q, k, v, binding.method)
     return func(q, k, v, *rest, **kwargs)
 
 

@@ -82,7 +82,8 @@ render();
 def page(data: dict, title: str, meta: str) -> str:
     """A complete HTML document for the data of an explanation set or a generation."""
     scope_label = "per target" if data["kind"] == "generation" else "per method"
-    payload = json.dumps(data, ensure_ascii=False).replace("</", "<\\/")
+    # no "<" at all inside the script element: "</script" would end it, "<!--<script" would swallow the page
+    payload = json.dumps(data, ensure_ascii=False).replace("<", "\\u003c")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_STYLE}</style></head>
 <body><h1>{html.escape(title)}</h1><div class="meta">{html.escape(meta)}</div>

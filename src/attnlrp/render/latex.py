@@ -1,0 +1,94 @@
+"""The LaTeX backend: a .tex token heatmap, compiled with xelatex or pdflatex where installed."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+_SPECIAL = {
+    "\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "$": r"\$", "&": r"\&", "#": r"\#", "%": r"\%",
+    "_": r"\_", "^": r"\textasciicircum{}", "~": r"\textasciitilde{}", "<": r"\textless{}", ">": r"\textgreater{}",
+    "|": r"\textbar{}", '"': r"\textquotedbl{}", "\t": r"\quad{}",
+}
+
+
+def escape(text: str, unicode: bool = True) -> str:
+    """Escape every LaTeX special character; without ``unicode`` (pdflatex) non-Latin-1 becomes U+XXXX."""
+    out = []
+    for ch in text:
+        if ch in _SPECIAL:
+            out.append(_SPECIAL[ch])
+        elif ord(ch) < 32:
+            out.append(f"\\texttt{{\\textbackslash x{ord(ch):02x}}}")
+        elif ord(ch) > 255 and not unicode:
+            out.append(f"\\texttt{{U+{ord(ch):04X}}}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _rgb(weight: float) -> str:
+    base = (220, 50, 47) if weight >= 0 else (38, 110, 210)
+    w = min(abs(weight), 1.0)
+    return ",".join(str(round(255 + (c - 255) * w)) for c in base)
+
+
+def source(tokens: Sequence[str], scores: Sequence[float], backend: str = "xelatex") -> str:
+    """The complete .tex document of a token heatmap."""
+    scores = np.asarray(scores, dtype=np.float64)
+    scale = float(np.abs(scores).max()) if scores.size else 0.0
+    unicode = backend == "xelatex"
+    body = []
+    for token, score in zip(tokens, scores):
+        weight = score / scale if scale > 0 else 0.0
+        for k, part in enumerate(token.split("\n")):
+            if k:
+                body.append("\\newline\n")
+            if part:
+                body.append(f"\\colorbox[RGB]{{{_rgb(weight)}}}{{\\strut{{}}{escape(part, unicode)}}}\\allowbreak{{}}")
+    preamble = "\\usepackage{fontspec}\n" if unicode else "\\usepackage[utf8]{inputenc}\n\\usepackage[T1]{fontenc}\n"
+    return (
+        "\\documentclass[varwidth=150mm,border=2mm]{standalone}\n" + preamble +
+        "\\usepackage[dvipsnames]{xcolor}\n\\setlength{\\fboxsep}{0pt}\n\\begin{document}\n"
+        "\\obeyspaces\\raggedright\n" + "".join(body) + "\n\\end{document}\n"
+    )
+
+
+def pdf_heatmap(
+    tokens: Sequence[str], scores: Sequence[float], path: str | Path = "heatmap.pdf", backend: str = "xelatex"
+) -> Path:
+    """Write a PDF heatmap. ``backend``: "xelatex" or "pdflatex" (the .tex is written beside the PDF),
+    or "matplotlib". Where the LaTeX engine is not installed, matplotlib draws the PDF instead (with a warning)."""
+    path = Path(path)
+    if backend not in ("xelatex", "pdflatex", "matplotlib"):
+        raise ValueError(f"backend must be 'xelatex', 'pdflatex' or 'matplotlib', not {backend!r}.")
+    if backend != "matplotlib":
+        tex = path.with_suffix(".tex")
+        tex.write_text(source(tokens, scores, backend), encoding="utf-8")
+        engine = shutil.which(backend)
+        if engine is not None:
+            _compile(engine, tex, path)
+            return path
+        warnings.warn(f"{backend} is not installed; drawing {path} with matplotlib instead ({tex} was written). "
+                      "Install TeX Live (Debian: texlive-xetex texlive-latex-extra) to compile it.", stacklevel=2)
+    from .figure import token_heatmap
+
+    token_heatmap(tokens, scores, path=path)
+    return path
+
+
+def _compile(engine: str, tex: Path, pdf: Path) -> None:
+    with tempfile.TemporaryDirectory() as work:
+        done = subprocess.run([engine, "-interaction=nonstopmode", "-halt-on-error", f"-output-directory={work}",
+                               str(tex)], capture_output=True, text=True, timeout=300)
+        produced = Path(work) / (tex.stem + ".pdf")
+        if done.returncode != 0 or not produced.exists():
+            log = "\n".join(done.stdout.splitlines()[-15:])
+            raise RuntimeError(f"{Path(engine).name} failed on {tex}:\n{log}")
+        shutil.copyfile(produced, pdf)

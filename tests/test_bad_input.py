@@ -1,0 +1,172 @@
+"""Wrong input gets an error that names the problem and says what to do instead."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import attnlrp
+from attnlrp import Answer, Contrast, Explanation, InputError, ResultFileError, TargetError
+
+PROMPT = "The Eiffel Tower is located in the city of"
+
+
+@pytest.fixture(scope="module")
+def short_lm(make_tiny_lm):
+    """A tiny model whose context is 16 tokens."""
+    return make_tiny_lm(max_position_embeddings=16)
+
+
+@pytest.mark.parametrize("prompt", ["", "   ", "\n\t "])
+def test_empty_prompt(tiny_lm, tokenizer, prompt):
+    with pytest.raises(InputError, match="The prompt is empty: give some text to explain"):
+        attnlrp.explain(tiny_lm, tokenizer, prompt)
+    with pytest.raises(InputError, match="empty"):
+        attnlrp.explain_generation(tiny_lm, tokenizer, prompt, max_new_tokens=2)
+    with pytest.raises(InputError, match="empty"):
+        attnlrp.explain(tiny_lm, tokenizer, ["a fine prompt", prompt])
+
+
+def test_no_token_ids(tiny_lm, tokenizer):
+    with pytest.raises(InputError, match="no tokens"):
+        attnlrp.explain(tiny_lm, tokenizer, [])
+
+
+def test_unsupported_prompt_type(tiny_lm, tokenizer):
+    with pytest.raises(InputError, match=r"Can't explain a float: pass text, a list of token ids, or chat messages"):
+        attnlrp.explain(tiny_lm, tokenizer, 3.5)
+
+
+def test_target_of_several_tokens_suggests_the_first_token_or_answer(tiny_lm, tokenizer, monkeypatch):
+    def no_forward(*args, **kwargs):
+        raise AssertionError("the target must be checked before the model runs")
+
+    monkeypatch.setattr(tiny_lm, "forward", no_forward)
+    pieces = tokenizer.encode(" Paris is lovely", add_special_tokens=False)
+    assert len(pieces) == 3
+    with pytest.raises(TargetError) as info:
+        attnlrp.explain(tiny_lm, tokenizer, PROMPT, target=" Paris is lovely")
+    message = str(info.value)
+    assert "' Paris is lovely' is 3 tokens" in message and "one next token is expected" in message
+    assert f"target={pieces[0]}" in message
+    assert "target=attnlrp.Answer(' Paris is lovely')" in message
+    # the same check applies to both sides of a contrast
+    with pytest.raises(TargetError, match="is 3 tokens"):
+        attnlrp.explain(tiny_lm, tokenizer, PROMPT, target=Contrast(" Paris", " Paris is lovely"))
+    # in a batch, the last prompt's bad target stops the run before the first chunk is computed
+    with pytest.raises(TargetError, match="is 3 tokens"):
+        attnlrp.explain(tiny_lm, tokenizer, ["a", "b", "c"], target=[" a", " b", " Paris is lovely"], batch_size=1)
+
+
+@pytest.mark.parametrize("bad_id", [-1, 49152, 10**9])
+def test_target_id_outside_the_vocabulary(tiny_lm, tokenizer, bad_id):
+    with pytest.raises(TargetError, match=rf"Token id {bad_id} is outside the vocabulary \(0\.\.49151\)"):
+        attnlrp.explain(tiny_lm, tokenizer, PROMPT, target=bad_id)
+
+
+def test_target_that_is_no_token(tiny_lm, tokenizer):
+    with pytest.raises(TargetError, match="non-empty string or an id"):
+        attnlrp.explain(tiny_lm, tokenizer, PROMPT, target="")
+    with pytest.raises(TargetError, match="Answer '' encodes to no token; give a non-empty answer"):
+        attnlrp.explain(tiny_lm, tokenizer, PROMPT, target=Answer(""))
+    with pytest.raises(TargetError, match=r"Unsupported target 1\.5: pass None, a token string or id"):
+        attnlrp.explain(tiny_lm, tokenizer, PROMPT, target=1.5)
+
+
+def test_one_target_per_prompt(tiny_lm, tokenizer):
+    with pytest.raises(ValueError, match="2 targets were given for 3 prompts; give one each, or one for all"):
+        attnlrp.explain(tiny_lm, tokenizer, ["a", "b", "c"], target=[" a", " b"])
+
+
+def test_prompt_longer_than_the_context(short_lm, tokenizer):
+    long = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen"
+    n = len(tokenizer(long).input_ids)
+    assert n > 16
+    with pytest.raises(InputError, match=rf"The sequence is {n} tokens, but the model's context is 16 tokens\. "
+                                         r"Shorten the prompt"):
+        attnlrp.explain(short_lm, tokenizer, long)
+    # prompt + answer, and prompt + generated tokens, count too
+    prompt = "one two three four five six seven eight nine ten"
+    assert len(tokenizer(prompt).input_ids) <= 12
+    with pytest.raises(InputError, match="model's context is 16 tokens"):
+        attnlrp.explain(short_lm, tokenizer, prompt, target=Answer(" eleven twelve thirteen fourteen fifteen sixteen seventeen"))
+    with pytest.raises(InputError, match="model's context is 16 tokens"):
+        attnlrp.explain_generation(short_lm, tokenizer, prompt, max_new_tokens=10)
+    # and what fits, works
+    assert len(attnlrp.explain(short_lm, tokenizer, prompt)) == len(tokenizer(prompt).input_ids)
+
+
+def test_chat_messages_without_a_chat_template(tiny_lm, tokenizer):
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = None
+    messages = [{"role": "user", "content": "Where is the Eiffel Tower?"}]
+    with pytest.raises(InputError, match="Chat messages were given, but the tokenizer of .* has no chat template. "
+                                         "Pass plain text instead, or set tokenizer.chat_template"):
+        attnlrp.explain(tiny_lm, plain, messages)
+    assert tokenizer.chat_template, "the shared tokenizer is untouched"
+
+
+def test_chat_message_without_role_or_content(tiny_lm, tokenizer):
+    with pytest.raises(InputError, match="needs 'role' and 'content' keys"):
+        attnlrp.explain(tiny_lm, tokenizer, [{"role": "user", "text": "hi"}])
+
+
+def test_unreadable_or_foreign_result_files(tmp_path):
+    torn = tmp_path / "torn.json"
+    torn.write_text('{"format": "attnlrp", "kind": "expl', encoding="utf-8")
+    with pytest.raises(ResultFileError, match="Can't read .*torn.json as an attnlrp explanation JSON file"):
+        Explanation.load(torn)
+    foreign = tmp_path / "config.json"
+    foreign.write_text(json.dumps({"model_type": "llama"}), encoding="utf-8")
+    with pytest.raises(ResultFileError, match=r"config.json is not an attnlrp explanation file.*Explanation.save\(\)"):
+        Explanation.load(foreign)
+
+
+def test_unknown_method_fails_before_any_work(tiny_lm, tokenizer, monkeypatch):
+    with pytest.raises(ValueError, match="Unknown LRP method 'lrp-x': choose one of 'attnlrp', 'cp-lrp'"):
+        attnlrp.explain(tiny_lm, tokenizer, PROMPT, method="lrp-x")
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("generated before checking the method")
+
+    monkeypatch.setattr(tiny_lm, "generate", no_generation)
+    with pytest.raises(ValueError, match="Unknown LRP method 'lrp-x'"):
+        attnlrp.explain_generation(tiny_lm, tokenizer, PROMPT, max_new_tokens=2, method="lrp-x")
+
+
+def test_method_spelling_is_normalised(tiny_lm, tokenizer):
+    exp = attnlrp.explain(tiny_lm, tokenizer, "Hi", method="CP_LRP")
+    assert exp.method == "cp-lrp"
+
+
+class _NoEmbeddings(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+class _NoneEmbeddings(_NoEmbeddings):
+    def get_input_embeddings(self):
+        return None
+
+
+@pytest.mark.parametrize("model", [_NoEmbeddings(), _NoneEmbeddings()], ids=["no-getter", "getter-returns-none"])
+def test_model_without_input_embeddings(tokenizer, model):
+    with pytest.raises(InputError, match=r"has no input token embeddings \(get_input_embeddings\), so token "
+                                         r"relevance can't be read; use attnlrp.lrp\(model\)"):
+        attnlrp.explain(model, tokenizer, PROMPT)
+
+
+def test_non_finite_logits(short_lm, tokenizer):
+    broken = copy.deepcopy(short_lm)
+    with torch.no_grad():
+        broken.lm_head.weight[:, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"not finite .* Check the dtype \(try float32\)"):
+        attnlrp.explain(broken, tokenizer, "Hi", target=5)

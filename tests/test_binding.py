@@ -1,0 +1,443 @@
+"""``attnlrp.lrp``: the rules inside the block, nothing left behind after it, nothing touched outside it."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+import transformers
+from torch import nn
+from transformers import activations, masking_utils, modeling_utils
+
+import attnlrp
+from attnlrp.attach import binding as binding_module
+from _tiny import ids, reference_llama_relevance, tiny
+
+
+def _explain(model, input_ids, method="attnlrp", **kwargs):
+    """(logit, per-token relevance) through the engine, called with input_ids."""
+    with attnlrp.lrp(model, method=method, **kwargs) as b:
+        logits = model(input_ids=input_ids).logits
+        target = logits[0, -1].argmax()
+        logits[0, -1, target].backward()
+        return logits[0, -1, target].detach(), (b.embeddings * b.embeddings.grad).sum(-1).detach()
+
+
+def _plain_pass(model, input_ids):
+    """Output, gradient w.r.t. the input embeddings and w.r.t. every parameter, with plain autograd."""
+    model.zero_grad(set_to_none=True)
+    embeds = model.get_input_embeddings()(input_ids)
+    embeds.retain_grad()
+    logits = model(inputs_embeds=embeds).logits
+    (logits[0, -1] * torch.linspace(-1, 1, logits.shape[-1], dtype=logits.dtype)).sum().backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return logits.detach(), embeds.grad.clone(), grads
+
+
+def _module_state(model):
+    """Every per-module thing a binding could leave behind."""
+    state = {}
+    for path, m in model.named_modules():
+        state[path] = (
+            dict(m._forward_hooks), dict(m._forward_pre_hooks), dict(m._backward_hooks),
+            dict(getattr(m, "_backward_pre_hooks", {})), set(getattr(m, "_forward_hooks_always_called", {})),
+            set(getattr(m, "_forward_hooks_with_kwargs", {})), "forward" in m.__dict__,
+            m.__dict__.get("_gradient_checkpointing_func"), m.training,
+        )
+    return state
+
+
+def _assert_pristine(model, before_state, flags, own_forwards=0):
+    assert _module_state(model) == before_state
+    assert sum("forward" in m.__dict__ for m in model.modules()) == own_forwards
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert binding_module._BOUND.get(model) is None
+    assert not any(m in binding_module._BOUND for m in model.modules())
+    assert torch._C._len_torch_function_stack() == 0
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return tiny("llama")
+
+
+# --- (i) inside the block: the rules ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("method", ["attnlrp", "cp-lrp"])
+def test_relevance_equals_hand_built_reference(attn, method):
+    model = tiny("llama", attn)
+    x = ids(10)
+    ref_logit, ref_tokens, ref_layers = reference_llama_relevance(model, x, method)
+    with attnlrp.lrp(model, method=method) as b, attnlrp.Recorder(model, "model.layers.*") as rec:
+        logits = model(input_ids=x).logits
+        target = logits[0, -1].argmax()
+        logits[0, -1, target].backward()
+        tokens = (b.embeddings * b.embeddings.grad).sum(-1)
+    torch.testing.assert_close(logits[0, -1, target].detach(), ref_logit)
+    torch.testing.assert_close(tokens.detach(), ref_tokens, rtol=1e-6, atol=1e-7)
+    for i, expected in enumerate(ref_layers):
+        torch.testing.assert_close(rec.relevance[f"model.layers.{i}"], expected.float(), rtol=1e-5, atol=1e-6)
+
+
+def test_cp_lrp_conserves_relevance_at_every_layer(llama):
+    x = ids(12)
+    with attnlrp.lrp(llama, method="cp-lrp") as b, attnlrp.Recorder(llama, ["model.layers.*", "model.norm"]) as rec:
+        logits = llama(input_ids=x).logits
+        logit = logits[0, -1, 7]
+        logit.backward()
+        total = (b.embeddings * b.embeddings.grad).sum()
+    # LlamaRMSNorm computes in float32 even in a float64 model: float32 tolerance
+    torch.testing.assert_close(total.detach(), logit.detach(), rtol=1e-6, atol=1e-7)
+    assert set(rec.totals()) == {"model.layers.0", "model.layers.1", "model.norm"}
+    for path, value in rec.totals().items():
+        assert value == pytest.approx(logit.item(), rel=1e-5), path
+
+
+def test_attnlrp_loses_relevance_at_softmax_only(llama):
+    # AttnLRP differs from CP-LRP (the softmax rule's bias term) and is not the plain gradient
+    x = ids(12)
+    logit, attn = _explain(llama, x, "attnlrp")
+    _, cp = _explain(llama, x, "cp-lrp")
+    embeds = llama.get_input_embeddings()(x).detach().requires_grad_()
+    out = llama(inputs_embeds=embeds).logits[0, -1]
+    out[out.argmax()].backward()
+    plain = (embeds * embeds.grad).sum(-1)
+    assert not torch.allclose(attn, cp, atol=1e-4) and not torch.allclose(attn, plain, atol=1e-4)
+    assert 0.05 < float(attn.sum() / logit) < 1.5
+
+
+def test_documented_inputs_embeds_usage_matches_input_ids(llama):
+    x = ids(9)
+    _, expected = _explain(llama, x)
+    with attnlrp.lrp(llama) as b:
+        embeds = llama.get_input_embeddings()(x).requires_grad_()
+        logits = llama(inputs_embeds=embeds).logits[0, -1]
+        logits.max().backward()
+        relevance = (embeds * embeds.grad).sum(-1)
+        assert b.embeddings is embeds
+    torch.testing.assert_close(relevance.detach(), expected)
+
+
+def test_method_aliases_are_accepted(llama):
+    x = ids(6)
+    _, canonical = _explain(llama, x, "cp-lrp")
+    for alias in ("CP_LRP", "cplrp", "Cp-Lrp"):
+        _, r = _explain(llama, x, alias)
+        assert torch.equal(r, canonical)
+    with attnlrp.lrp(llama, method="ATTN_LRP") as b:
+        assert b.method == "attnlrp"
+
+
+def test_no_grad_inside_the_block_is_the_plain_forward(llama):
+    x = ids(8)
+    with torch.no_grad():
+        expected = llama(input_ids=x).logits
+    with attnlrp.lrp(llama), torch.no_grad():
+        assert torch.equal(llama(input_ids=x).logits, expected)
+
+
+def test_repeated_explanations_in_one_block_are_identical(llama):
+    x = ids(8)
+    with attnlrp.lrp(llama) as b:
+        results = []
+        for _ in range(2):
+            logits = llama(input_ids=x).logits
+            logits[0, -1, 3].backward()
+            results.append((b.embeddings * b.embeddings.grad).detach())
+    assert torch.equal(results[0], results[1])
+
+
+# --- (ii) after the block: the model is as before ---------------------------------------------
+
+
+@pytest.mark.parametrize("arch,attn,frozen", [("llama", "sdpa", "model.layers.1.mlp.up_proj.weight"),
+                                               ("gpt2", "eager", "transformer.h.0.mlp.c_fc.weight")])
+def test_outputs_and_gradients_bit_identical_after_the_block(arch, attn, frozen):
+    model = tiny(arch, attn)
+    model.get_parameter(frozen).requires_grad_(False)  # a mixed set of flags to restore
+    x = ids(10)
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    state = _module_state(model)
+    out0, g_in0, g_par0 = _plain_pass(model, x)
+    embedding = next(n for n, p in model.named_parameters() if p is model.get_input_embeddings().weight)
+    assert frozen not in g_par0 and embedding in g_par0
+
+    with attnlrp.lrp(model) as b:
+        assert not any(p.requires_grad for p in model.parameters())
+        logits = model(input_ids=x).logits
+        logits[0, -1].max().backward()
+        assert b.embeddings.grad is not None
+        assert all(p.grad is None for p in model.parameters())  # nothing accumulates into .grad
+
+    _assert_pristine(model, state, flags)
+    out1, g_in1, g_par1 = _plain_pass(model, x)
+    assert torch.equal(out0, out1)
+    assert torch.equal(g_in0, g_in1)
+    assert g_par0.keys() == g_par1.keys()
+    assert all(torch.equal(g_par0[k], g_par1[k]) for k in g_par0)
+
+
+def test_inline_activation_forward_and_training_mode_restored():
+    model = tiny("gpt2").train()  # NewGELUActivation gets an instance forward inside the block
+    act = model.transformer.h[0].mlp.act
+    assert type(act).__name__ == "NewGELUActivation"
+    state, flags = _module_state(model), {n: p.requires_grad for n, p in model.named_parameters()}
+    x = torch.randn(3, 5, dtype=torch.float64)
+    expected = act(x)
+    with attnlrp.lrp(model):
+        assert "forward" in act.__dict__
+        model(input_ids=ids(6)).logits.sum().backward()
+        assert model.training  # the engine neutralises dropout, it does not switch modes
+    _assert_pristine(model, state, flags)
+    assert act.forward.__func__ is type(act).forward
+    assert torch.equal(act(x), expected)
+
+
+def test_existing_instance_forward_and_hooks_are_kept():
+    model = tiny("gpt2")
+    act = model.transformer.h[1].mlp.act
+    calls = []
+    own_forward = act.forward
+    wrapper = act.forward = lambda t: (calls.append(1), own_forward(t))[1]  # a user's instance override
+    user_hook = model.transformer.h[0].register_forward_hook(lambda *a: calls.append(2))
+    state, flags = _module_state(model), {n: p.requires_grad for n, p in model.named_parameters()}
+    with attnlrp.lrp(model):
+        model(input_ids=ids(5)).logits.sum().backward()
+    assert calls.count(1) == 1 and calls.count(2) == 1
+    _assert_pristine(model, state, flags, own_forwards=1)
+    assert act.__dict__["forward"] is wrapper
+    model(input_ids=ids(5))
+    assert calls.count(1) == 2 and calls.count(2) == 2
+    user_hook.remove()
+
+
+# --- (iii) a second model of the same class is untouched --------------------------------------
+
+
+def test_other_model_of_same_class_untouched_inside_the_block():
+    a, b = tiny("llama", seed=0), tiny("llama", seed=1)
+    x = ids(8)
+    expected = _plain_pass(b, x)
+    b_state = _module_state(b)
+    b_flags = {n: p.requires_grad for n, p in b.named_parameters()}
+    with attnlrp.lrp(a) as binding, warnings.catch_warnings():
+        warnings.simplefilter("error")  # B's ops must not be seen (or reported) by A's binding
+        a(input_ids=x).logits[0, -1].max().backward()
+        a_embeddings = binding.embeddings
+        assert all(p.requires_grad for p in b.parameters())
+        assert _module_state(b) == b_state
+        got = _plain_pass(b, x)
+        assert binding.embeddings is a_embeddings  # B's embedding did not replace A's
+        # and interleaved: A's explanation is unchanged by B having run in between
+        a(input_ids=x).logits[0, -1].max().backward()
+        r_a = (binding.embeddings * binding.embeddings.grad).sum(-1).detach()
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    assert got[2].keys() == expected[2].keys() and all(torch.equal(got[2][k], expected[2][k]) for k in got[2])
+    assert torch.equal(r_a, _explain(a, x)[1])
+
+
+def test_two_models_bound_at_once_are_independent():
+    a, b = tiny("llama", seed=0), tiny("llama", seed=1)
+    x = ids(8)
+    expected_a, expected_b = _explain(a, x, "attnlrp")[1], _explain(b, x, "cp-lrp")[1]
+    with attnlrp.lrp(a, method="attnlrp") as ba, attnlrp.lrp(b, method="cp-lrp") as bb:
+        la, lb = a(input_ids=x).logits[0, -1], b(input_ids=x).logits[0, -1]
+        la[la.argmax()].backward()
+        lb[lb.argmax()].backward()
+        ra = (ba.embeddings * ba.embeddings.grad).sum(-1)
+        rb = (bb.embeddings * bb.embeddings.grad).sum(-1)
+    assert torch.equal(ra.detach(), expected_a) and torch.equal(rb.detach(), expected_b)
+
+
+# --- (iv) nothing process-wide changes --------------------------------------------------------
+
+
+def _ids_of(mapping) -> dict:
+    return {k: id(v) for k, v in dict(mapping).items()}
+
+
+def _global_snapshot(model) -> dict:
+    from torch.nn.modules import module as module_module
+
+    classes = {cls for m in model.modules() for cls in type(m).__mro__ if cls is not object}
+    return {
+        "F": _ids_of(vars(F)),
+        "torch": {k: id(v) for k, v in vars(torch).items() if callable(v) and not isinstance(v, type(torch))},
+        "Tensor": _ids_of(torch.Tensor.__dict__),
+        "TensorBase": _ids_of(torch._C.TensorBase.__dict__),
+        "Parameter": _ids_of(nn.Parameter.__dict__),
+        "Module": _ids_of(nn.Module.__dict__),
+        "calls": (id(nn.Module.__call__), id(nn.Module._call_impl), id(nn.Linear.forward), id(nn.Embedding.forward),
+                  id(vars(torch.autograd.Function)["apply"])),
+        "classes": {cls: _ids_of(vars(cls)) for cls in classes},
+        "attention": _ids_of(modeling_utils.ALL_ATTENTION_FUNCTIONS),
+        "attention_local": _ids_of(modeling_utils.ALL_ATTENTION_FUNCTIONS._local_mapping),
+        "masks": _ids_of(masking_utils.ALL_MASK_ATTENTION_FUNCTIONS),
+        "act2cls": _ids_of(activations.ACT2CLS),
+        "activations": _ids_of(vars(activations)),
+        "transformers": _ids_of(vars(transformers.models.llama.modeling_llama)),
+        "global_hooks": tuple(
+            dict(getattr(module_module, name))
+            for name in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                         "_global_backward_pre_hooks", "_global_forward_hooks_always_called",
+                         "_global_module_registration_hooks", "_global_parameter_registration_hooks",
+                         "_global_buffer_registration_hooks")
+        ),
+        "modes": torch._C._len_torch_function_stack(),
+        "grad": torch.is_grad_enabled(),
+        "default_dtype": torch.get_default_dtype(),
+    }
+
+
+def test_nothing_process_wide_is_changed(llama):
+    gpt2 = tiny("gpt2")
+    for model in (llama, gpt2):
+        before = _global_snapshot(model)
+        assert before["modes"] == 0
+        with attnlrp.lrp(model):
+            model(input_ids=ids(6)).logits[0, -1].max().backward()
+            inside = _global_snapshot(model)
+        after = _global_snapshot(model)
+        for key in before:
+            assert inside[key] == before[key], f"{key} changed inside the block"
+            assert after[key] == before[key], f"{key} changed after the block"
+
+
+def test_torch_function_mode_is_active_only_while_the_model_runs(llama):
+    seen = []
+    hook = llama.model.layers[0].mlp.register_forward_hook(
+        lambda *a: seen.append(torch._C._len_torch_function_stack())
+    )
+    try:
+        with attnlrp.lrp(llama):
+            assert torch._C._len_torch_function_stack() == 0
+            out = llama(input_ids=ids(5)).logits
+            assert torch._C._len_torch_function_stack() == 0
+            # an op of ours outside the model is not routed through the rules
+            a = torch.randn(4, requires_grad=True)
+            (g,) = torch.autograd.grad((a * a).sum(), a)
+            assert torch.equal(g, 2 * a.detach())
+            out.sum().backward()
+        assert seen == [1]
+    finally:
+        hook.remove()
+
+
+# --- (v) bad input and exceptions ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("thing", ["a string", None, torch.zeros(3), lambda x: x])
+def test_not_a_module_raises_type_error(thing):
+    with pytest.raises(TypeError, match=r"expects a torch\.nn\.Module.*got " + type(thing).__name__):
+        with attnlrp.lrp(thing):
+            pass
+
+
+def test_unknown_method_raises_value_error_listing_methods(llama):
+    state = _module_state(llama)
+    with pytest.raises(ValueError, match=r"'lrp-epsilon'.*'attnlrp'.*'cp-lrp'"):
+        with attnlrp.lrp(llama, method="lrp-epsilon"):
+            pass
+    assert _module_state(llama) == state
+
+
+@pytest.mark.parametrize("inner", ["same", "submodule", "parent"])
+def test_nested_binding_raises_and_outer_binding_survives(inner):
+    model = tiny("llama")
+    x = ids(7)
+    _, expected = _explain(model, x)
+    state, flags = _module_state(model), {n: p.requires_grad for n, p in model.named_parameters()}
+    outer_target = model.model.layers[0] if inner == "parent" else model
+    inner_target = {"same": model, "submodule": model.model.layers[1], "parent": model}[inner]
+    with attnlrp.lrp(outer_target) as outer:
+        with pytest.raises(attnlrp.BindingError, match="already bound"):
+            with attnlrp.lrp(inner_target, method="cp-lrp"):
+                pass
+        assert all(binding_module._BOUND.get(m) is outer for m in outer_target.modules())
+        if inner != "parent":
+            logits = model(input_ids=x).logits[0, -1]
+            logits[logits.argmax()].backward()
+            assert torch.equal((outer.embeddings * outer.embeddings.grad).sum(-1).detach(), expected)
+    _assert_pristine(model, state, flags)
+
+
+def test_exception_inside_the_block_restores_the_model(llama):
+    x = ids(6)
+    state, flags = _module_state(llama), {n: p.requires_grad for n, p in llama.named_parameters()}
+    expected = _plain_pass(llama, x)
+    with pytest.raises(KeyError, match="boom"):
+        with attnlrp.lrp(llama):
+            llama(input_ids=x).logits.sum().backward()
+            raise KeyError("boom")
+    _assert_pristine(llama, state, flags)
+    got = _plain_pass(llama, x)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    assert all(torch.equal(got[2][k], expected[2][k]) for k in expected[2])
+    # and it can be bound again
+    assert torch.equal(_explain(llama, x)[1], _explain(llama, x)[1])
+
+
+class _Boom(RuntimeError):
+    pass
+
+
+def _raise_in_layer(model, layer=1):
+    def hook(module, args, kwargs):
+        raise _Boom("mid-forward")
+
+    return model.model.layers[layer].self_attn.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+@pytest.mark.parametrize("hook_first", [False, True], ids=["binding-hooks-first", "raising-hook-first"])
+def test_exception_mid_forward_caught_inside_the_block(llama, hook_first):
+    x = ids(8)
+    _, expected = _explain(llama, x)
+    state, flags = _module_state(llama), {n: p.requires_grad for n, p in llama.named_parameters()}
+    handle = _raise_in_layer(llama) if hook_first else None  # runs before the binding's pre-hook
+    with attnlrp.lrp(llama) as b:
+        handle = handle or _raise_in_layer(llama)
+        with pytest.raises(_Boom), warnings.catch_warnings():
+            warnings.simplefilter("error")  # torch warns when an always_call hook fails during unwinding
+            llama(input_ids=x)
+        handle.remove()
+        # the scope unwound: no mode left on the stack, no op of ours routed outside the model
+        assert torch._C._len_torch_function_stack() == 0
+        assert b._stack() == []
+        logits = llama(input_ids=x).logits[0, -1]
+        logits[logits.argmax()].backward()
+        got = (b.embeddings * b.embeddings.grad).sum(-1).detach()
+    assert torch.equal(got, expected)
+    _assert_pristine(llama, state, flags)
+
+
+def test_exception_mid_forward_escaping_the_block(llama):
+    x = ids(8)
+    state, flags = _module_state(llama), {n: p.requires_grad for n, p in llama.named_parameters()}
+    expected = _plain_pass(llama, x)
+    handle = _raise_in_layer(llama, 0)
+    try:
+        with pytest.raises(_Boom), warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with attnlrp.lrp(llama):
+                llama(input_ids=x)
+    finally:
+        handle.remove()
+    _assert_pristine(llama, state, flags)
+    got = _plain_pass(llama, x)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+def test_exception_in_the_backward_restores_the_model(llama):
+    x = ids(6)
+    state, flags = _module_state(llama), {n: p.requires_grad for n, p in llama.named_parameters()}
+    with pytest.raises(_Boom):
+        with attnlrp.lrp(llama) as b:
+            logits = llama(input_ids=x).logits
+            b.embeddings.register_hook(lambda g: (_ for _ in ()).throw(_Boom("in backward")))
+            logits.sum().backward()
+    _assert_pristine(llama, state, flags)

@@ -1,0 +1,235 @@
+"""The ``attnlrp`` command on the bundled model, in-process (the model is the session's, loaded once),
+plus a smoke test of the installed console script in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import attnlrp
+from attnlrp import Explanation, GenerationExplanation, cli
+
+PROMPT = "The capital of France is"
+
+
+@pytest.fixture
+def run(smollm, monkeypatch, capsys):
+    """main(argv) on the session's bundled model; returns (exit code, stdout, stderr)."""
+    monkeypatch.setattr(cli, "_load", lambda args: smollm)
+
+    def call(*argv: str) -> tuple[int, str, str]:
+        code = cli.main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return call
+
+
+def html_data(path: Path) -> dict:
+    page = path.read_text(encoding="utf-8")
+    assert "https://" not in page and "http://" not in page
+    start = page.index('<script id="data" type="application/json">') + len('<script id="data" type="application/json">')
+    return json.loads(page[start : page.index("</script>", start)])
+
+
+def test_explain_writes_json_and_html(run, tmp_path):
+    code, out, err = run("explain", PROMPT, "--no-color", "--json", str(tmp_path / "e.json"),
+                         "--html", str(tmp_path / "e.html"))
+    assert code == 0, err
+    exp = Explanation.load(tmp_path / "e.json")
+    assert exp.target == " Paris", "the bundled model's top next token"
+    assert exp.method == "attnlrp" and exp.model == "SmolLM2-135M-Instruct"
+    assert exp.display == ["The", " capital", " of", " France", " is"]
+    assert exp.value == pytest.approx(exp.logit) and 0 < exp.prob <= 1
+    assert np.abs(exp.scores).max() > 0
+    assert "' Paris'" in out and " France" in out and f"saved {tmp_path / 'e.html'}" in out
+    assert "\x1b[" not in out
+    data = html_data(tmp_path / "e.html")
+    assert data["items"][0]["tokens"]["text"] == exp.display
+
+
+def test_explain_target_contrast_and_method(run, tmp_path):
+    code, _, err = run("explain", PROMPT, "--target", " Paris", "--contrast", " Rome", "--method", "cp-lrp",
+                       "--no-color", "--json", str(tmp_path / "c.json"))
+    assert code == 0, err
+    contrast = Explanation.load(tmp_path / "c.json")
+    assert contrast.method == "cp-lrp"
+    assert contrast.target == " Paris vs  Rome" and contrast.target_id == 7042
+    assert 0 < contrast.value < contrast.logit, "Paris beats Rome, by less than Paris's whole logit"
+    # CP-LRP on a bias-free LLaMA conserves: the contrast's relevance sums to the logit difference
+    assert contrast.total == pytest.approx(contrast.value, rel=2e-2)
+
+    code, _, err = run("explain", PROMPT, "--target", " London", "--contrast", "mean", "--no-color",
+                       "--json", str(tmp_path / "m.json"))
+    assert code == 0, err
+    mean = Explanation.load(tmp_path / "m.json")
+    assert mean.target == " London vs mean" and mean.method == "attnlrp"
+
+
+def test_explain_answer_with_words(run, tmp_path):
+    code, out, err = run("explain", PROMPT, "--answer", " Lutetia, of course.", "--words", "--no-color",
+                         "--json", str(tmp_path / "a.json"), "--html", str(tmp_path / "a.html"))
+    assert code == 0, err
+    exp = Explanation.load(tmp_path / "a.json")
+    assert exp.unit == "token", "JSON keeps tokens; --words changes the views"
+    assert exp.target == " Lutetia, of course."
+    assert [name for name, _, _ in exp.segments] == ["prompt", "answer"]
+    assert "".join(exp.display) == PROMPT + " Lutetia, of course."
+    words = exp.words()
+    assert len(words) < len(exp)
+    data = html_data(tmp_path / "a.html")
+    assert data["items"][0]["tokens"]["text"] == words.display
+    assert " course" in out
+
+
+def test_generate(run, tmp_path):
+    code, out, err = run("generate", PROMPT, "--max-new-tokens", "3", "--no-color",
+                         "--json", str(tmp_path / "g.json"), "--html", str(tmp_path / "g.html"))
+    assert code == 0, err
+    gen = GenerationExplanation.load(tmp_path / "g.json")
+    assert gen.matrix.shape == (3, gen.prompt_length + 3) and gen.prompt_length == 5
+    assert gen.generated[0] == " Paris"
+    assert repr(gen) in out and "step 0: ' Paris'" in out and "step 2:" in out
+    assert html_data(tmp_path / "g.html")["kind"] == "generation"
+
+
+def test_jsonl_batch_resumes_after_an_interruption(run, tmp_path, monkeypatch):
+    prompts = tmp_path / "prompts.jsonl"
+    specs = [
+        "The capital of Italy is",
+        {"prompt": "The capital of France is", "target": " Paris"},
+        {"prompt": "Two plus two equals", "answer": " four"},
+    ]
+    prompts.write_text("\n".join(json.dumps(s) for s in specs) + "\n\n", encoding="utf-8")
+    output = tmp_path / "results.jsonl"
+
+    calls: list[list] = []
+    real_explain = attnlrp.explain
+
+    def recording_explain(model, tokenizer, inputs, **kwargs):
+        calls.append(list(inputs))
+        return real_explain(model, tokenizer, inputs, **kwargs)
+
+    monkeypatch.setattr(attnlrp, "explain", recording_explain)
+
+    code, out, err = run("explain", "--input", str(prompts), "--output", str(output), "--no-color")
+    assert code == 0, err
+    first = output.read_text(encoding="utf-8").splitlines()
+    assert len(first) == 3
+    records = [json.loads(line) for line in first]
+    assert [r["index"] for r in records] == [0, 1, 2]
+    results = [Explanation.from_dict(r) for r in records]
+    assert results[0].display[-1] == " is" and results[1].target == " Paris"
+    assert results[2].target == " four" and results[2].segments[-1][0] == "answer"
+    assert "3 results in" in out and "(3 new, 0 already there)" in out
+    assert calls == [[specs[0], specs[1]["prompt"], specs[2]["prompt"]]]
+
+    # interrupted: the first result was written whole, the second only half
+    output.write_text(first[0] + "\n" + first[1][: len(first[1]) // 2], encoding="utf-8")
+    calls.clear()
+    code, out, err = run("explain", "--input", str(prompts), "--output", str(output), "--no-color")
+    assert code == 0, err
+    assert calls == [[specs[1]["prompt"], specs[2]["prompt"]]], "only the missing prompts are explained"
+    resumed = output.read_text(encoding="utf-8").splitlines()
+    assert len(resumed) == 3
+    assert resumed[0] == first[0], "a finished result is kept as it was"
+    by_index = {json.loads(line)["index"]: Explanation.from_dict(json.loads(line)) for line in resumed}
+    assert sorted(by_index) == [0, 1, 2]
+    for i in (1, 2):
+        assert by_index[i].target == results[i].target and by_index[i].tokens == results[i].tokens
+        np.testing.assert_allclose(by_index[i].scores, results[i].scores, rtol=1e-3,
+                                   atol=1e-3 * np.abs(results[i].scores).max())
+    assert "(2 new, 1 already there)" in out
+
+    # nothing left to do: nothing is computed and nothing changes
+    calls.clear()
+    code, out, _ = run("explain", "--input", str(prompts), "--output", str(output), "--no-color")
+    assert code == 0 and calls == []
+    assert output.read_text(encoding="utf-8").splitlines() == resumed
+    assert "(0 new, 3 already there)" in out
+
+
+def test_help_texts(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--help"])
+    assert info.value.code == 0
+    top = capsys.readouterr().out
+    for word in ("explain", "generate", "audit", "examples:", "SmolLM2-135M-Instruct"):
+        assert word in top
+    expected = {
+        "explain": ["--target", "--contrast", "--answer", "--words", "--json", "--html", "--input", "--output",
+                    "--method", "--batch-size"],
+        "generate": ["--max-new-tokens", "--json", "--html", "--method"],
+        "audit": ["--model", "--method"],
+    }
+    for command, options in expected.items():
+        with pytest.raises(SystemExit) as info:
+            cli.main([command, "--help"])
+        assert info.value.code == 0
+        text = capsys.readouterr().out
+        assert f"usage: attnlrp {command}" in text
+        for option in options:
+            assert option in text, f"{command} --help lacks {option}"
+
+
+def test_errors_exit_2_with_a_message(run, tmp_path):
+    def fails(*argv: str, says: str) -> None:
+        code, _, err = run(*argv)
+        assert code == 2, (argv, err)
+        assert err.startswith("attnlrp: error: ") and says in err, err
+
+    fails("explain", "   ", says="The prompt is empty")
+    fails("generate", "", says="The prompt is empty")
+    fails("explain", PROMPT, "--target", " Paris is lovely", says="is 3 tokens")
+    fails("explain", "--input", str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "o.jsonl"),
+          says="missing.jsonl")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('"fine"\n{"prompt": \n', encoding="utf-8")
+    fails("explain", "--input", str(prompts), "--output", str(tmp_path / "o.jsonl"), says="p.jsonl:2: not valid JSON")
+    prompts.write_text('"fine"\n{"text": "no prompt key"}\n', encoding="utf-8")
+    fails("explain", "--input", str(prompts), "--output", str(tmp_path / "o.jsonl"), says='"prompt" key')
+    fails("explain", "--input", str(prompts), says="--input needs --output")
+    prompts.write_text('"fine"\n', encoding="utf-8")
+    foreign = tmp_path / "foreign.jsonl"
+    foreign.write_text('{"name": "something else"}\n', encoding="utf-8")
+    fails("explain", "--input", str(prompts), "--output", str(foreign), says="is not an attnlrp result line")
+    assert foreign.read_text(encoding="utf-8") == '{"name": "something else"}\n', "a foreign file is left alone"
+
+
+def test_usage_errors_exit_2(capsys):
+    for argv, says in [(["explain"], "explain needs a prompt"), (["explain", "x", "--method", "nope"], "invalid choice"),
+                       (["frobnicate"], "invalid choice"), (["generate", "x", "--max-new-tokens", "many"], "invalid int")]:
+        with pytest.raises(SystemExit) as info:
+            cli.main(argv)
+        assert info.value.code == 2
+        assert says in capsys.readouterr().err
+
+
+def test_model_options_reach_load_model(monkeypatch, capsys):
+    seen = []
+
+    def fake_load(path_or_id=None, gguf_file=None, **kwargs):
+        seen.append((path_or_id, gguf_file))
+        raise FileNotFoundError(f"GGUF file {path_or_id}/{gguf_file} does not exist.")
+
+    monkeypatch.setattr(attnlrp, "load_model", fake_load)
+    assert cli.main(["audit", "--model", "some/folder", "--gguf-file", "m.gguf"]) == 2
+    assert seen == [("some/folder", "m.gguf")]
+    assert "some/folder/m.gguf does not exist" in capsys.readouterr().err
+    assert cli.main(["explain", "hello"]) == 2
+    assert seen[-1] == (None, None), "no --model: the bundled default"
+
+
+def test_installed_script_smoke():
+    script = Path(sys.executable).parent / "attnlrp"
+    assert script.is_file(), f"the console script is missing: {script}"
+    done = subprocess.run([str(script), "generate", "--help"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    assert "usage: attnlrp generate" in done.stdout and "--max-new-tokens" in done.stdout
