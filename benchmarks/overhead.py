@@ -21,8 +21,8 @@ Every configuration calls the model with ``inputs_embeds`` (the same leaf-making
 ``logits_to_keep=1``: only the explained position goes through the LM head, as an explanation of the
 next token needs.
 
-Peak memory: each configuration runs again in a fresh subprocess that loads the model, does one
-warm-up run, resets the kernel's peak-RSS mark (``echo 5 > /proc/self/clear_refs``) and reads VmHWM
+Peak memory: each configuration runs again in a fresh subprocess that loads the model, does one short
+(32-token) warm-up run, resets the kernel's peak-RSS mark (``echo 5 > /proc/self/clear_refs``) and reads VmHWM
 after one more run: "peak MiB" is that peak minus the RSS just before the run, i.e. the memory the run
 itself needed on top of the weights. The subprocess runs with ``MALLOC_MMAP_THRESHOLD_=65536`` so that
 glibc serves every large tensor with mmap and returns it on free: RSS then follows the live tensor
@@ -204,12 +204,15 @@ def time_generation(model, tokenizer, new_tokens: int, repeats: int, log=print) 
     def shared():
         return attnlrp.explain_generation(model, tokenizer, ids, **kwargs)
 
-    def per_step():
+    def generate():
         prompt = torch.tensor([ids])
         with torch.no_grad():
-            sequence = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                                      pad_token_id=tokenizer.pad_token_id, **kwargs)[0]
-        n = prompt.shape[1]
+            return model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                  pad_token_id=tokenizer.pad_token_id, **kwargs)[0]
+
+    def per_step():
+        sequence = generate()
+        n = len(ids)
         rows = []
         with attnlrp.lrp(model, method="attnlrp") as binding, torch.enable_grad():
             for i in range(sequence.shape[0] - n):
@@ -219,9 +222,13 @@ def time_generation(model, tokenizer, new_tokens: int, repeats: int, log=print) 
                 rows.append((e * e.grad).sum(-1)[0].detach())
         return rows
 
-    t_shared, t_step = [], []
+    t_shared, t_step, t_generate = [], [], []
     reference = steps = None
     for round_ in range(repeats):  # the model is warm from the timings above: no warm-up round
+        gc.collect()
+        start = time.perf_counter()
+        generate()
+        t_generate.append(time.perf_counter() - start)
         gc.collect()
         start = time.perf_counter()
         reference = shared()
@@ -233,13 +240,15 @@ def time_generation(model, tokenizer, new_tokens: int, repeats: int, log=print) 
         t_shared.append(elapsed_shared)
         t_step.append(elapsed_step)
         log(f"  generation, round {round_ + 1}/{repeats}: explain_generation {elapsed_shared:.2f}s, "
-            f"per-step {elapsed_step:.2f}s")
+            f"per-step {elapsed_step:.2f}s, generate alone {t_generate[-1]:.2f}s")
     # The two must agree: the same relevance, computed two ways.
     diff = max(float((reference.matrix[i, : len(r)] - r.numpy()).__abs__().max()) for i, r in enumerate(steps))
     return {"new_tokens": len(reference), "prompt_tokens": reference.prompt_length,
             "shared": statistics.median(t_shared), "shared_range": (min(t_shared), max(t_shared)),
             "per_step": statistics.median(t_step), "per_step_range": (min(t_step), max(t_step)),
             "ratio": statistics.median(s / t for s, t in zip(t_step, t_shared)), "repeats": repeats,
+            "generate": statistics.median(t_generate),
+            "ratio_without_generate": statistics.median((s - g) / (t - g) for s, t, g in zip(t_step, t_shared, t_generate)),
             "max_abs_diff": diff, "text": "".join(reference.generated)}
 
 
@@ -298,6 +307,8 @@ def verdicts(results: dict[int, dict], memory: dict[int, dict]) -> list[str]:
 
 def markdown(command: str, results, memory, generation, elapsed: float, repeats: int) -> str:
     date = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    baselines = [m["baseline_mib"] for by_config in memory.values() for m in by_config.values()]
+    baseline = statistics.median(baselines) if baselines else None
     out = [
         "# Overhead of an explanation",
         "",
@@ -313,14 +324,15 @@ def markdown(command: str, results, memory, generation, elapsed: float, repeats:
         "checkpointing AttnLRP's memory should fall below the plain gradient's (checkpointing trades one "
         "more forward per layer for not keeping each layer's activations).",
         "",
-        f"Times: median and min–max of {repeats} runs per configuration after one warm-up run, the "
+        f"Times: median and min–max of {repeats} run{'s' if repeats != 1 else ''} per configuration after one warm-up run, the "
         "configurations interleaved round by round; × gradient time is the median of the paired ratios "
         "(each run over the plain-gradient run of the same round, made seconds apart under the same load). "
         "Peak MiB: the peak RSS a single run adds on top of the loaded model, measured in a fresh "
-        "subprocess per configuration (after a warm-up run, with the peak mark reset through "
+        "subprocess per configuration (after a short 32-token warm-up run, with the peak mark reset through "
         "`/proc/self/clear_refs` and glibc told to mmap every large block, `MALLOC_MMAP_THRESHOLD_=65536`, "
         "so that freed tensors leave RSS at once). Σ R / y: the input relevance over the explained logit "
-        "(CP-LRP conserves it exactly on this bias-free model; AttnLRP loses some at every softmax).",
+        "(CP-LRP conserves it exactly on this bias-free model; AttnLRP loses some at every softmax)."
+        + (f" The loaded model itself takes about {baseline:.0f} MiB of RSS." if baseline else ""),
         "",
         *table(results, memory),
         "",
@@ -341,9 +353,11 @@ def markdown(command: str, results, memory, generation, elapsed: float, repeats:
             f"| explain_generation (one forward, one backward per token) | {g['shared']:.2f} | "
             f"{g['shared_range'][0]:.2f}–{g['shared_range'][1]:.2f} |",
             f"| per-step recomputation | {g['per_step']:.2f} | {g['per_step_range'][0]:.2f}–{g['per_step_range'][1]:.2f} |",
+            f"| (the `generate` call alone, included in both) | {g['generate']:.2f} | |",
             "",
             f"Per-step recomputation takes {g['ratio']:.2f}× as long as explain_generation (median of "
-            f"{g['repeats']} paired runs). "
+            f"{g['repeats']} paired run{'s' if g['repeats'] != 1 else ''}); leaving out the shared `generate` call, "
+            f"{g['ratio_without_generate']:.2f}×. "
             f"The two give the same relevance (max |difference| {g['max_abs_diff']:.1e}).",
             "",
         ]

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from .attach import lrp
 from .attach.binding import normalize_method
 from .results import Explanation, GenerationExplanation
-from .targets import Answer, Resolved, Target, as_target
+from .targets import Answer, Custom, Resolved, Target, as_target
 from .tokens import clean_tokens, scheme_of
 
 
@@ -245,26 +245,35 @@ def _explain_batch(model, tokenizer, items: list[_Item], targets: list[Target], 
     ids, mask = _pad(sequences, pad_id, left)
     device = _device(model)
     ids, mask = ids.to(device), mask.to(device)
+    width = ids.shape[1]
+    spans = [slice(width - len(seq), width) if left else slice(0, len(seq)) for seq in sequences]
+    # Only the logit rows the targets read: the last one, an answer's rows, or all for a custom target.
+    needed = [len(seq) if isinstance(t, Custom) else len(a.answer_ids) + 1 if a else 1
+              for seq, t, a in zip(sequences, targets, answers)]
+    rows = sorted({p for span, n in zip(spans, needed) for p in range(span.stop - n, span.stop)})
+    kwargs = _forward_kwargs(model, ids, mask, left)
+    if len(rows) < width and "logits_to_keep" in inspect.signature(model.forward).parameters:
+        kwargs["logits_to_keep"] = torch.tensor(rows, device=device)
+    else:
+        rows = list(range(width))
+    where = {p: i for i, p in enumerate(rows)}
     with _checkpointing(model, checkpointing), lrp(model, method=method) as binding, torch.enable_grad():
-        logits = model(**_forward_kwargs(model, ids, mask, left)).logits
-        width = ids.shape[1]
+        logits = model(**kwargs).logits
         resolved: list[Resolved] = []
-        ys = []
-        for row, (seq, t, a) in enumerate(zip(sequences, targets, answers)):
-            span = slice(width - len(seq), width) if left else slice(0, len(seq))
-            own = logits[row, span]
+        ys, lasts = [], []
+        for row, (span, n, t, a) in enumerate(zip(spans, needed, targets, answers)):
+            own = logits[row, [where[p] for p in range(span.stop - n, span.stop)]]
             r = a or t.resolve(tokenizer, int(own[-1].detach().argmax()))
             resolved.append(r)
             ys.append(r.scalar(own))
+            lasts.append(own[-1].detach().float())
         _check_finite(torch.stack([y.detach() for y in ys]))
         torch.stack(ys).sum().backward()
         embeddings = binding.embeddings
         relevance = (embeddings * embeddings.grad).sum(-1).detach().float().cpu().numpy()
     out = []
-    for row, (item, seq, r, y) in enumerate(zip(items, sequences, resolved, ys)):
-        span = slice(width - len(seq), width) if left else slice(0, len(seq))
+    for row, (item, seq, span, r, y, last) in enumerate(zip(items, sequences, spans, resolved, ys, lasts)):
         raw, display, special = _display(tokenizer, seq)
-        last = logits[row, span][-1].detach().float()
         segments = list(item.segments)
         if r.answer_ids:
             segments = (segments or [("prompt", 0, len(item.ids))]) + [("answer", len(item.ids), len(seq))]
@@ -292,12 +301,13 @@ def explain_generation(
     prompt,
     max_new_tokens: int = 32,
     method: str = "attnlrp",
+    backward_batch: int = 8,
     **generate_kwargs,
 ) -> GenerationExplanation:
     """Generate (greedy by default), then explain every generated token against all tokens before it.
 
-    One forward pass over the whole sequence is shared by all generated tokens; each token then
-    costs one backward pass through the retained graph.
+    One forward pass over the whole sequence is shared by all generated tokens. The backward passes
+    run vectorised, ``backward_batch`` generated tokens at a time (more is faster and needs more memory).
     """
     method = normalize_method(method)  # fail before generating; results carry the canonical name
     item = _encode(tokenizer, prompt)
@@ -315,17 +325,24 @@ def explain_generation(
         raise InputError("The model generated no token (it stopped at once); nothing to explain.")
     matrix = np.zeros((n_new, sequence.shape[0]), dtype=np.float32)
     inputs = sequence[:-1].unsqueeze(0)
+    kwargs = {"input_ids": inputs, "use_cache": False}
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        kwargs["logits_to_keep"] = n_new  # only the rows that predict generated tokens
     with lrp(model, method=method) as binding, torch.enable_grad():
-        logits = model(input_ids=inputs, use_cache=False).logits[0]
+        logits = model(**kwargs).logits[0, -n_new:]
         embeddings = binding.embeddings
-        positions = torch.arange(n_prompt - 1, sequence.shape[0] - 1, device=device)
         chosen = sequence[n_prompt:]
-        values = logits[positions, chosen]
+        values = logits.gather(1, chosen.unsqueeze(1))[:, 0]
         _check_finite(values.detach())
-        for i in range(n_new):
-            (grad,) = torch.autograd.grad(values[i], embeddings, retain_graph=i < n_new - 1)
-            matrix[i, : inputs.shape[1]] = (embeddings * grad).sum(-1)[0].detach().float().cpu().numpy()
-        probs = torch.softmax(logits[positions].detach().float(), -1).gather(1, chosen.unsqueeze(1))[:, 0]
+        for start in range(0, n_new, backward_batch):
+            rows = torch.arange(start, min(start + backward_batch, n_new), device=device)
+            seeds = torch.zeros(len(rows), n_new, dtype=values.dtype, device=device)
+            seeds[torch.arange(len(rows)), rows] = 1
+            (grads,) = torch.autograd.grad(values, embeddings, grad_outputs=seeds, is_grads_batched=True,
+                                           retain_graph=start + backward_batch < n_new)
+            block = (embeddings * grads).sum(-1)[:, 0].detach().float().cpu().numpy()
+            matrix[start : start + len(rows), : inputs.shape[1]] = block
+        probs = torch.softmax(logits.detach().float(), -1).gather(1, chosen.unsqueeze(1))[:, 0]
     ids = sequence.tolist()
     raw, display, special = _display(tokenizer, ids)
     return GenerationExplanation(

@@ -66,26 +66,30 @@ def identity_rule(x: Tensor, fn: Callable[[Tensor], Tensor], ratio: Ratio) -> Te
     return _IdentityRule.apply(x, fn, ratio)
 
 
-class _ScaleGrad(torch.autograd.Function):
+class _ScaleGrads(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, factor: float) -> Tensor:
-        ctx.factor = factor
-        return x.view_as(x)
+    def forward(ctx, factors: tuple[float, ...], *xs: Tensor) -> tuple[Tensor, ...]:
+        ctx.factors = factors
+        return tuple(x.view_as(x) for x in xs)
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
-        return grad * ctx.factor, None
+    def backward(ctx, *grads: Tensor):
+        return (None, *(g * f if g is not None else None for g, f in zip(grads, ctx.factors)))
+
+
+def scale_grads(xs: tuple[Tensor, ...], factors: tuple[float, ...]) -> tuple[Tensor, ...]:
+    """Identity in the forward pass; multiplies the backward signal of ``xs[i]`` by ``factors[i]``."""
+    return _ScaleGrads.apply(tuple(factors), *xs)
 
 
 def scale_grad(x: Tensor, factor: float) -> Tensor:
     """Identity in the forward pass; multiplies the backward signal by ``factor``."""
-    return _ScaleGrad.apply(x, factor)
+    return _ScaleGrads.apply((factor,), x)[0]
 
 
 def uniform(*factors: Tensor) -> tuple[Tensor, ...]:
     """The uniform rule: each of n input-dependent factors of a product receives 1/n of the relevance."""
-    share = 1.0 / len(factors)
-    return tuple(scale_grad(f, share) for f in factors)
+    return scale_grads(factors, (1.0 / len(factors),) * len(factors))
 
 
 def stop_gradient(x: Tensor) -> Tensor:
@@ -101,7 +105,7 @@ def attention_factors(q: Tensor, k: Tensor, v: Tensor, method: str) -> tuple[Ten
     """
     if method == "cp-lrp":
         return q.detach(), k.detach(), v
-    return scale_grad(q, 0.25), scale_grad(k, 0.25), scale_grad(v, 0.5)
+    return scale_grads((q, k, v), (0.25, 0.25, 0.5))
 
 
 class _FrozenLayerNorm(torch.autograd.Function):

@@ -42,6 +42,9 @@ INLINE_ACTIVATIONS = {
 
 _NORM_CLASS = re.compile(r"Norm$|RMSNorm|LayerNorm")
 
+#: Module types whose forward is one linear op: they run in their parent's scope, without hooks.
+_LINEAR_LEAVES = frozenset({nn.Linear, nn.Embedding, nn.Dropout, nn.Identity, nn.Conv1d, nn.Conv2d, nn.Conv3d})
+
 #: Each module of a bound model -> its binding (our own bookkeeping; weak, so models can be freed).
 _BOUND: "weakref.WeakKeyDictionary[nn.Module, Binding]" = weakref.WeakKeyDictionary()
 
@@ -78,7 +81,6 @@ class _Mode(TorchFunctionMode):
         self.dropout_ops: dict[Callable, bool] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
         try:
             handler = self.handlers[func]
         except KeyError:
@@ -86,7 +88,8 @@ class _Mode(TorchFunctionMode):
         except TypeError:  # unhashable callables
             handler = ops.handler_for(func)
         if handler is None:
-            return func(*args, **kwargs)
+            return func(*args, **kwargs) if kwargs else func(*args)
+        kwargs = kwargs or {}
         if not torch.is_grad_enabled():
             # Dropout is off even without gradients: a reentrant checkpoint runs the forward under
             # no_grad and recomputes it with gradients; both must see the same activations.
@@ -118,7 +121,6 @@ class Binding:
         self._handles: list[Any] = []
         self._forwards: dict[nn.Module, Any] = {}
         self._checkpoint_funcs: dict[nn.Module, Any] = {}
-        self._requires_grad: dict[nn.Parameter, bool] = {}
         self._param_slots: list[tuple[nn.Module, str, bool]] = []
         self._paths: dict[nn.Module, str] = {}
         self._norms: set[nn.Module] = set()
@@ -189,27 +191,26 @@ class Binding:
 
     # --- attach and detach ----------------------------------------------------------------
 
-    def attach(self) -> None:
-        for path, module in self.model.named_modules():
+    def attach(self, modules: list[tuple[str, nn.Module]]) -> None:
+        for path, module in modules:
             self._paths[module] = path
             _BOUND[module] = self
             if isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or _NORM_CLASS.search(type(module).__name__):
                 self._norms.add(module)
-            self._handles.append(module.register_forward_pre_hook(self._pre_hook))
-            self._handles.append(module.register_forward_hook(self._post_hook, always_call=True))
+            if module is self.model or type(module) not in _LINEAR_LEAVES:  # a linear leaf needs no scope
+                self._handles.append(module.register_forward_pre_hook(self._pre_hook))
+                self._handles.append(module.register_forward_hook(self._post_hook, always_call=True))
             ratio = INLINE_ACTIVATIONS.get(type(module).__name__)
             if ratio is not None:
                 self._override_forward(module, ratio)
+            for name, param in module._parameters.items():
+                if param is not None:
+                    self._param_slots.append((module, name, param.requires_grad))
+        for module, name, _ in self._param_slots:
+            module._parameters[name].requires_grad_(False)
         embeddings = _input_embeddings(self.model)
         if embeddings is not None:
             self._handles.append(embeddings.register_forward_hook(self._capture_embeddings))
-        for param in self.model.parameters():
-            self._requires_grad[param] = param.requires_grad
-            param.requires_grad_(False)
-        for module in self.model.modules():
-            for name, param in module._parameters.items():
-                if param is not None:
-                    self._param_slots.append((module, name, self._requires_grad[param]))
 
     def detach(self) -> None:
         for handle in self._handles:
@@ -221,11 +222,9 @@ class Binding:
                 module.forward = previous
         for module, previous in self._checkpoint_funcs.items():
             module._gradient_checkpointing_func = previous
-        for param, flag in self._requires_grad.items():
-            param.requires_grad_(flag)
         for module, name, flag in self._param_slots:
-            # a parameter replaced inside the block (accelerate's offloading hooks swap in a new
-            # Parameter, inheriting requires_grad, at every forward): restore the one there now
+            # the parameter in the slot now: accelerate's offloading hooks swap in a new Parameter
+            # (inheriting requires_grad) at every forward
             param = module._parameters.get(name)
             if param is not None and param.is_leaf:
                 param.requires_grad_(flag)
@@ -313,14 +312,15 @@ def lrp(model: nn.Module, method: str = "attnlrp", strict: bool = False) -> Iter
             f"attnlrp.lrp expects a torch.nn.Module (for example a transformers model), got {type(model).__name__}."
         )
     method = normalize_method(method)
-    already = next((_BOUND[m] for m in model.modules() if m in _BOUND), None)
+    modules = list(model.named_modules())
+    already = next((_BOUND[m] for _, m in modules if m in _BOUND), None)
     if already is not None:
         raise BindingError(
             f"{type(model).__name__} is already bound by an enclosing attnlrp.lrp(...) block "
             f"(method={already.method!r}); leave that block first, or reuse its binding."
         )
     binding = Binding(model, method, strict)
-    binding.attach()
+    binding.attach(modules)
     try:
         yield binding
     finally:
