@@ -30,7 +30,12 @@ BROWSER := /usr/bin/chromedriver
 $(BROWSER):
 	apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null
 
-install: $(VENV)/.installed $(VENV_TF4)/.installed $(BROWSER)
+# TeX Live, so that the LaTeX backend's .tex files are compiled in the tests (about a minute).
+XELATEX := /usr/bin/xelatex
+$(XELATEX):
+	apt-get update -qq && apt-get install -y -qq --no-install-recommends texlive-xetex texlive-latex-extra >/dev/null
+
+install: $(VENV)/.installed $(VENV_TF4)/.installed $(BROWSER) $(XELATEX)
 
 test: install
 	$(PY) -m pytest -q

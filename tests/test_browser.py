@@ -89,8 +89,7 @@ def test_explanation_set_side_by_side_and_word_view(browser, tmp_path):
                                 target=" Paris", value=3.0, method="attnlrp")
     second = attnlrp.Explanation(tokens=tokens, display=tokens, scores=[0.0, 0.1, 0.2, 0.9, 0.1, -0.3],
                                  target=" Paris", value=1.0, method="cp-lrp")
-    page = tmp_path / "set.html"
-    page.write_text(attnlrp.results.explanations_html([first, second]))
+    page = attnlrp.save_html(tmp_path / "set.html", first, second)
     browser.get(page.as_uri())
     assert _errors(browser) == []
     panels = browser.find_elements(By.CSS_SELECTOR, "#main .panel")

@@ -140,9 +140,7 @@ class Explanation:
         return explanations_html([self])
 
     def save_html(self, path: str | Path) -> Path:
-        from .render.html import write
-
-        return write(path, self.to_html())
+        return save_html(path, self)
 
     def _repr_html_(self) -> str:
         return self.to_html()
@@ -196,6 +194,15 @@ def explanations_html(explanations: list[Explanation]) -> str:
     methods = ", ".join(dict.fromkeys(e.method for e in explanations))
     return page({"kind": "set", "items": [e._html_item() for e in explanations]},
                 title=f"{methods}: {first.target!r}", meta=f"model {first.model} · {len(first)} {first.unit}s")
+
+
+def save_html(path: str | Path, *explanations: Explanation) -> Path:
+    """Write one self-contained page showing the given explanations side by side."""
+    from .render.html import write
+
+    if not explanations:
+        raise ValueError("save_html needs at least one Explanation.")
+    return write(path, explanations_html(list(explanations)))
 
 
 @dataclass
