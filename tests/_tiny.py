@@ -4,27 +4,15 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoConfig, AutoModelForCausalLM
 
 from attnlrp import rules
 
-VOCAB = 100
-
-_CONFIGS = {
-    "llama": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=128),
-    "gpt2": dict(n_embd=64, n_layer=2, n_head=4, n_positions=128, bos_token_id=0, eos_token_id=0),
-    "gemma3_text": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                        num_key_value_heads=2, head_dim=16, max_position_embeddings=128, sliding_window=4,
-                        layer_types=["sliding_attention", "full_attention"]),
-}
+from tiny_models import VOCAB, build
 
 
 def tiny(arch: str = "llama", attn: str = "eager", dtype: torch.dtype = torch.float64, seed: int = 0, **overrides):
-    config = AutoConfig.for_model(arch, vocab_size=VOCAB, **{**_CONFIGS[arch], **overrides})
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn)
-    return model.to(dtype).eval()
+    """The architecture matrix's tiny model of a family (see tiny_models.py), alone."""
+    return build(arch, attn, seed, dtype=dtype, **overrides).model
 
 
 def ids(n: int = 10, batch: int = 1, seed: int = 1) -> torch.Tensor:

@@ -148,7 +148,7 @@ def _pad(items_ids: list[list[int]], pad_id: int, left: bool) -> tuple[Tensor, T
 
 
 @contextmanager
-def _checkpointing(model: nn.Module, enabled: bool) -> Iterator[None]:
+def gradient_checkpointing(model: nn.Module, enabled: bool = True) -> Iterator[None]:
     """HF gradient checkpointing for the duration (HF checkpoints only in training mode; dropout is off in lrp)."""
     if not enabled:
         yield
@@ -257,7 +257,7 @@ def _explain_batch(model, tokenizer, items: list[_Item], targets: list[Target], 
     else:
         rows = list(range(width))
     where = {p: i for i, p in enumerate(rows)}
-    with _checkpointing(model, checkpointing), lrp(model, method=method) as binding, torch.enable_grad():
+    with gradient_checkpointing(model, checkpointing), lrp(model, method=method) as binding, torch.enable_grad():
         logits = model(**kwargs).logits
         resolved: list[Resolved] = []
         ys, lasts = [], []
