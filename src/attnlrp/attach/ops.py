@@ -81,15 +81,6 @@ def _requires_grad(x: Any) -> bool:
     return isinstance(x, Tensor) and x.requires_grad
 
 
-def _replace(args: tuple, kwargs: dict, position: int, name: str, fn: Callable[[Tensor], Tensor]):
-    """Apply fn to the argument given at ``position`` or as keyword ``name``."""
-    if position < len(args):
-        args = args[:position] + (fn(args[position]),) + args[position + 1 :]
-    elif name in kwargs:
-        kwargs = {**kwargs, name: fn(kwargs[name])}
-    return args, kwargs
-
-
 def _arg(args: tuple, kwargs: dict, position: int, name: str, default: Any = None) -> Any:
     if position < len(args):
         return args[position]
@@ -135,16 +126,21 @@ def _mul(binding: "Binding", func, args, kwargs):
         source = getattr(gate, "_attnlrp_gate_input", None)
         if source is not None and source() is other:  # x * sigmoid(x): SiLU written out, identity rule
             binding.note(func, "identity (self-gated)")
-            a, b = (a.detach(), b) if gate is a else (a, b.detach())
-            return func(a, b, *args[2:], **kwargs)
+            return _held_constant(func, args, kwargs, gate)
     if binding.method == "cp-lrp":
         gate = a if getattr(a, "_attnlrp_gate", False) else b if getattr(b, "_attnlrp_gate", False) else None
         if gate is not None:
             binding.note(func, "gate (cp-lrp)")
-            a, b = (a.detach(), b) if gate is a else (a, b.detach())
-            return func(a, b, *args[2:], **kwargs)
+            return _held_constant(func, args, kwargs, gate)
     binding.note(func, "uniform")
     a, b = rules.uniform(a, b)
+    return func(a, b, *args[2:], **kwargs)
+
+
+def _held_constant(func, args, kwargs, gate: Tensor):
+    """The product with ``gate`` (one of the two factors) detached."""
+    a, b = args[0], args[1]
+    a, b = (a.detach(), b) if gate is a else (a, b.detach())
     return func(a, b, *args[2:], **kwargs)
 
 
@@ -158,36 +154,31 @@ def _div(binding: "Binding", func, args, kwargs):
     return _unruled(binding, func, args, kwargs)
 
 
-def _activation(ratio_name: str) -> Handler:
-    ratio = rules.RATIOS[ratio_name]
-
-    def handle(binding: "Binding", func, args, kwargs):
-        x = args[0]
-        if not _requires_grad(x):
-            return func(*args, **kwargs)
-        binding.note(func, "identity")
-        rest = args[1:]
-        out = rules.identity_rule(x, lambda t: func(t, *rest, **kwargs), ratio)
-        out._attnlrp_gate = True
-        return out
-
-    return handle
-
-
-def _gelu(binding: "Binding", func, args, kwargs):
-    tanh_form = _arg(args, kwargs, 1, "approximate", "none") == "tanh"
-    return _activation("gelu_tanh" if tanh_form else "gelu")(binding, func, args, kwargs)
-
-
-def _leaky_relu(binding: "Binding", func, args, kwargs):
+def _identity(binding: "Binding", func, args, kwargs, ratio: rules.Ratio):
+    """An element-wise activation f: backward g * f(x)/x. Its output may gate a product (see _mul)."""
     x = args[0]
     if not _requires_grad(x):
         return func(*args, **kwargs)
     binding.note(func, "identity")
-    slope = _arg(args, kwargs, 1, "negative_slope", 0.01)
-    out = rules.identity_rule(x, lambda t: func(t, *args[1:], **kwargs), rules.leaky_relu_ratio(slope))
+    rest = args[1:]
+    out = rules.identity_rule(x, lambda t: func(t, *rest, **kwargs), ratio)
     out._attnlrp_gate = True
     return out
+
+
+def _activation(ratio_name: str) -> Handler:
+    ratio = rules.RATIOS[ratio_name]
+    return lambda binding, func, args, kwargs: _identity(binding, func, args, kwargs, ratio)
+
+
+def _gelu(binding: "Binding", func, args, kwargs):
+    tanh_form = _arg(args, kwargs, 1, "approximate", "none") == "tanh"
+    return _identity(binding, func, args, kwargs, rules.RATIOS["gelu_tanh" if tanh_form else "gelu"])
+
+
+def _leaky_relu(binding: "Binding", func, args, kwargs):
+    slope = _arg(args, kwargs, 1, "negative_slope", 0.01)
+    return _identity(binding, func, args, kwargs, rules.leaky_relu_ratio(slope))
 
 
 def _softmax(binding: "Binding", func, args, kwargs):
