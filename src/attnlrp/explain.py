@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from .attach import lrp
 from .attach.binding import normalize_method
+from .methods import Baseline, Batch, method_name, resolve_method
 from .results import Explanation, GenerationExplanation
 from .targets import Answer, Custom, Resolved, Target, as_target
 from .tokens import clean_tokens, scheme_of
@@ -192,7 +193,7 @@ def explain(
     tokenizer,
     inputs,
     target=None,
-    method: str = "attnlrp",
+    method: str | Baseline = "attnlrp",
     batch_size: int = 8,
     padding_side: str = "right",
     gradient_checkpointing: bool = False,
@@ -202,28 +203,49 @@ def explain(
     inputs: text, token ids, chat messages, or a list of these (explained in batches; returns a list).
     target: None (the top next token), a token string or id, attnlrp.Answer / Contrast / LogProb,
     a callable on the logits [T, V] of one sequence, or a list with one target per prompt.
+    method: "attnlrp" or "cp-lrp", or a baseline by name ("gradient", "input_x_gradient",
+    "integrated_gradients", "attention", "attention_rollout", "occlusion", "random") or as a configured
+    instance (``attnlrp.methods.IntegratedGradients(steps=64)``).
     """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}.")
-    method = normalize_method(method)  # fail before any work; results carry the canonical name
+    method = resolve_method(method)  # fail before any work; results carry the canonical name
+    if gradient_checkpointing and isinstance(method, Baseline):
+        raise ValueError(f"gradient_checkpointing is for the LRP methods; the {method.name!r} baseline runs without it.")
     if _input_embeddings_missing(model):
         raise InputError(
             f"{type(model).__name__} has no input token embeddings (get_input_embeddings), so token relevance "
             "can't be read; use attnlrp.lrp(model) with your own input tensors."
         )
     items, single = _split_batch(tokenizer, inputs)
-    targets = list(target) if isinstance(target, (list, tuple)) else [target] * len(items)
-    if len(targets) != len(items):
-        raise ValueError(f"{len(targets)} targets were given for {len(items)} prompts; give one each, or one for all.")
-    targets = [as_target(t) for t in targets]
-    for t in targets:  # a bad target (several tokens, unknown id) fails now, not after the forward passes
-        t.resolve(tokenizer, 0)
+    targets = _targets(tokenizer, target, len(items))
     results: list[Explanation] = []
     for start in range(0, len(items), batch_size):
         chunk = slice(start, start + batch_size)
         results.extend(_explain_batch(model, tokenizer, items[chunk], targets[chunk], method, padding_side,
                                       gradient_checkpointing))
     return results[0] if single else results
+
+
+def _targets(tokenizer, target, count: int) -> list[Target]:
+    """One target per prompt; a bad target (several tokens, unknown id) fails now, not after the forward passes."""
+    targets = list(target) if isinstance(target, (list, tuple)) else [target] * count
+    if len(targets) != count:
+        raise ValueError(f"{len(targets)} targets were given for {count} prompts; give one each, or one for all.")
+    targets = [as_target(t) for t in targets]
+    for t in targets:
+        t.resolve(tokenizer, 0)
+    return targets
+
+
+def prepare_batch(model: nn.Module, tokenizer, inputs, target=None,
+                  padding_side: str = "right") -> tuple[Batch, list[Resolved]]:
+    """One padded batch of prompts with their targets resolved (one forward, no gradients), for baselines and
+    evaluation: ``batch.clean`` holds the targets' values, ``batch.values`` runs variants of the embeddings."""
+    items, _ = _split_batch(tokenizer, inputs)
+    layout = _layout(model, tokenizer, items, _targets(tokenizer, target, len(items)), padding_side)
+    batch, resolved, _ = _prepare(model, tokenizer, layout)
+    return batch, resolved
 
 
 def _input_embeddings_missing(model: nn.Module) -> bool:
@@ -234,8 +256,25 @@ def _input_embeddings_missing(model: nn.Module) -> bool:
         return True
 
 
-def _explain_batch(model, tokenizer, items: list[_Item], targets: list[Target], method: str, padding_side: str,
-                   checkpointing: bool) -> list[Explanation]:
+@dataclass
+class _Layout:
+    """A padded batch: each prompt's sequence, target and place in its row, and the forward's inputs."""
+
+    sequences: list[list[int]]
+    targets: list[Target]
+    answers: list[Resolved | None]
+    spans: list[slice]
+    needed: list[int]  # how many logit rows, up to the sequence's end, each target reads
+    kwargs: dict
+    where: dict[int, int]  # position -> row among the kept logits
+
+    def reads(self, row: int) -> list[int]:
+        """The kept-logit rows that prompt ``row``'s target reads."""
+        span = self.spans[row]
+        return [self.where[p] for p in range(span.stop - self.needed[row], span.stop)]
+
+
+def _layout(model, tokenizer, items: list[_Item], targets: list[Target], padding_side: str) -> _Layout:
     answers = [t.resolve(tokenizer) if isinstance(t, Answer) else None for t in targets]
     sequences = [item.ids + list(a.answer_ids if a else ()) for item, a in zip(items, answers)]
     for seq in sequences:
@@ -256,30 +295,65 @@ def _explain_batch(model, tokenizer, items: list[_Item], targets: list[Target], 
         kwargs["logits_to_keep"] = torch.tensor(rows, device=device)
     else:
         rows = list(range(width))
-    where = {p: i for i, p in enumerate(rows)}
-    with gradient_checkpointing(model, checkpointing), lrp(model, method=method) as binding, torch.enable_grad():
-        logits = model(**kwargs).logits
-        resolved: list[Resolved] = []
-        ys, lasts = [], []
-        for row, (span, n, t, a) in enumerate(zip(spans, needed, targets, answers)):
-            own = logits[row, [where[p] for p in range(span.stop - n, span.stop)]]
-            r = a or t.resolve(tokenizer, int(own[-1].detach().argmax()))
-            resolved.append(r)
-            ys.append(r.scalar(own))
-            lasts.append(own[-1].detach().float())
-        _check_finite(torch.stack([y.detach() for y in ys]))
-        torch.stack(ys).sum().backward()
-        embeddings = binding.embeddings
-        relevance = (embeddings * embeddings.grad).sum(-1).detach().float().cpu().numpy()
+    return _Layout(sequences, targets, answers, spans, needed, kwargs, {p: i for i, p in enumerate(rows)})
+
+
+def _read_targets(tokenizer, logits: Tensor, layout: _Layout) -> tuple[list[Resolved], list[Tensor], list[Tensor]]:
+    """Each prompt's resolved target (None: the top token), its value y, and its last logit row."""
+    resolved: list[Resolved] = []
+    ys, lasts = [], []
+    for row, (t, a) in enumerate(zip(layout.targets, layout.answers)):
+        own = logits[row, layout.reads(row)]
+        r = a or t.resolve(tokenizer, int(own[-1].detach().argmax()))
+        resolved.append(r)
+        ys.append(r.scalar(own))
+        lasts.append(own[-1].detach().float())
+    return resolved, ys, lasts
+
+
+def _prepare(model, tokenizer, layout: _Layout) -> tuple[Batch, list[Resolved], list[Tensor]]:
+    """The batch a baseline runs on, from one forward without gradients; also the resolved targets and last logit rows."""
+    with torch.no_grad():
+        resolved, ys, lasts = _read_targets(tokenizer, model(**layout.kwargs).logits, layout)
+        clean = torch.stack(ys)
+        _check_finite(clean)
+        ids = layout.kwargs["input_ids"]
+        embeds = model.get_input_embeddings()(ids)
+    kwargs = layout.kwargs
+    batch = Batch(
+        model=model, ids=ids, embeds=embeds, spans=layout.spans,
+        positions=[span.stop - len(r.answer_ids) - 1 for span, r in zip(layout.spans, resolved)],
+        scalars=[r.scalar for r in resolved], reads=[layout.reads(row) for row in range(len(resolved))],
+        row_inputs={k: kwargs[k] for k in ("attention_mask", "position_ids") if k in kwargs},
+        inputs={k: kwargs[k] for k in ("use_cache", "logits_to_keep") if k in kwargs}, clean=clean,
+    )
+    return batch, resolved, lasts
+
+
+def _explain_batch(model, tokenizer, items: list[_Item], targets: list[Target], method: str | Baseline,
+                   padding_side: str, checkpointing: bool) -> list[Explanation]:
+    layout = _layout(model, tokenizer, items, targets, padding_side)
+    if isinstance(method, Baseline):
+        batch, resolved, lasts = _prepare(model, tokenizer, layout)
+        ys = list(batch.clean)
+        relevance = method.attribute(batch).detach().float().cpu().numpy()
+    else:
+        with gradient_checkpointing(model, checkpointing), lrp(model, method=method) as binding, torch.enable_grad():
+            logits = model(**layout.kwargs).logits
+            resolved, ys, lasts = _read_targets(tokenizer, logits, layout)
+            _check_finite(torch.stack([y.detach() for y in ys]))
+            torch.stack(ys).sum().backward()
+            embeddings = binding.embeddings
+            relevance = (embeddings * embeddings.grad).sum(-1).detach().float().cpu().numpy()
     out = []
-    for row, (item, seq, span, r, y, last) in enumerate(zip(items, sequences, spans, resolved, ys, lasts)):
+    for row, (item, seq, span, r, y, last) in enumerate(zip(items, layout.sequences, layout.spans, resolved, ys, lasts)):
         raw, display, special = _display(tokenizer, seq)
         segments = list(item.segments)
         if r.answer_ids:
             segments = (segments or [("prompt", 0, len(item.ids))]) + [("answer", len(item.ids), len(seq))]
         out.append(Explanation(
             tokens=raw, display=display, scores=relevance[row, span], target=r.label, value=float(y.detach()),
-            method=method, model=model_name(model), token_ids=list(seq), special=special,
+            method=method_name(method), model=model_name(model), token_ids=list(seq), special=special,
             target_id=r.token_id, logit=float(last[r.token_id]) if r.token_id is not None else None,
             prob=float(torch.softmax(last, -1)[r.token_id]) if r.token_id is not None else None,
             segments=segments,

@@ -20,6 +20,10 @@ class ResultFileError(ValueError):
     """A file that is not a readable attnlrp result."""
 
 
+#: The result class that writes each kind of file.
+_CLASS_OF_KIND = {"explanation": "Explanation", "generation": "GenerationExplanation", "image": "ImageExplanation"}
+
+
 def _write_json(path: str | Path, payload: dict) -> Path:
     path = Path(path)
     text = json.dumps(payload, ensure_ascii=False)
@@ -45,7 +49,7 @@ def _read_json(path: str | Path, kind: str) -> dict:
         found = payload.get("kind", payload.get("format")) if isinstance(payload, dict) else type(payload).__name__
         raise ResultFileError(
             f"{path} is not an attnlrp {kind} file (found {found!r}); it must be written by "
-            f"{'Explanation' if kind == 'explanation' else 'GenerationExplanation'}.save()."
+            f"{_CLASS_OF_KIND.get(kind, 'Explanation')}.save()."
         )
     if payload.get("version", 0) > VERSION:
         raise ResultFileError(f"{path} was written by a newer attnlrp (format version {payload['version']}); upgrade attnlrp.")

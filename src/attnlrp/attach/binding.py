@@ -23,7 +23,8 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from .. import rules
-from . import ops
+from ..layer_rules import LayerRule, apply_rule
+from . import layer_map, ops
 
 METHODS = ("attnlrp", "cp-lrp")
 
@@ -84,9 +85,9 @@ class _Mode(TorchFunctionMode):
         try:
             handler = self.handlers[func]
         except KeyError:
-            handler = self.handlers[func] = ops.handler_for(func)
+            handler = self.handlers[func] = self.binding.handler_for(func)
         except TypeError:  # unhashable callables
-            handler = ops.handler_for(func)
+            handler = self.binding.handler_for(func)
         if handler is None:
             return func(*args, **kwargs) if kwargs else func(*args)
         kwargs = kwargs or {}
@@ -191,7 +192,8 @@ class Binding:
 
     # --- attach and detach ----------------------------------------------------------------
 
-    def attach(self, modules: list[tuple[str, nn.Module]]) -> None:
+    def attach(self, modules: list[tuple[str, nn.Module]], layer_rules: dict[nn.Module, LayerRule] | None = None) -> None:
+        self._layer_rules = layer_rules or {}
         for path, module in modules:
             self._paths[module] = path
             _BOUND[module] = self
@@ -200,9 +202,7 @@ class Binding:
             if module is self.model or type(module) not in _LINEAR_LEAVES:  # a linear leaf needs no scope
                 self._handles.append(module.register_forward_pre_hook(self._pre_hook))
                 self._handles.append(module.register_forward_hook(self._post_hook, always_call=True))
-            ratio = INLINE_ACTIVATIONS.get(type(module).__name__)
-            if ratio is not None:
-                self._override_forward(module, ratio)
+            self._bind_module(path, module)
             for name, param in module._parameters.items():
                 if param is not None:
                     self._param_slots.append((module, name, param.requires_grad))
@@ -235,6 +235,34 @@ class Binding:
         if stack:  # an exception escaped mid-forward with hooks that did not unwind
             stack.clear()
             self._mode.__exit__(None, None, None)
+
+    def handler_for(self, func: Callable) -> ops.Handler | None:
+        """The handler of ``func`` in this binding's op table (None: plain autograd is its rule)."""
+        return ops.handler_for(func)
+
+    def _bind_module(self, path: str, module: nn.Module) -> None:
+        """Per-module binding beyond the scope hooks: a layer rule where one is mapped, else inline
+        activation modules get the identity rule."""
+        rule = self._layer_rules.get(module)
+        ratio = INLINE_ACTIVATIONS.get(type(module).__name__)
+        if rule is not None:
+            self._override_layer(module, rule)
+        elif ratio is not None:
+            self._override_forward(module, ratio)
+
+    def _override_layer(self, module: nn.Module, rule: LayerRule) -> None:
+        previous = module.__dict__.get("forward")
+        original = module.forward
+
+        def forward(x: Tensor) -> Tensor:
+            if not (torch.is_grad_enabled() and x.requires_grad):
+                return original(x)
+            if self.counting:
+                self.ruled_ops[(self._paths.get(module, "?"), f"{type(module).__name__} [{rule!r}]")] += 1
+            return apply_rule(rule, module, original, x)
+
+        self._forwards[module] = previous
+        module.forward = forward
 
     def _override_forward(self, module: nn.Module, ratio_name: str) -> None:
         previous = module.__dict__.get("forward")
@@ -297,8 +325,14 @@ def _input_embeddings(model: nn.Module) -> nn.Module | None:
     return embeddings if isinstance(embeddings, nn.Module) else None
 
 
+def binding_of(model: nn.Module) -> Binding | None:
+    """The binding (an ``lrp`` block or a registered explicit composite) that holds ``model`` or one of its modules."""
+    return next((_BOUND[m] for m in model.modules() if m in _BOUND), None)
+
+
 @contextmanager
-def lrp(model: nn.Module, method: str = "attnlrp", strict: bool = False) -> Iterator[Binding]:
+def lrp(model: nn.Module, method: str = "attnlrp", strict: bool = False,
+        layer_rules: layer_map.LayerRules | None = None) -> Iterator[Binding]:
     """Bind LRP rules to ``model`` for the duration of the block.
 
     Inside the block a plain ``backward`` computes the modified gradient, so ``h * h.grad`` is the
@@ -306,6 +340,8 @@ def lrp(model: nn.Module, method: str = "attnlrp", strict: bool = False) -> Iter
     are made a leaf that requires grad and are available as ``binding.embeddings``.
 
     method: "attnlrp" or "cp-lrp". strict: raise on an op without a rule instead of warning.
+    layer_rules: rules for linear layers by module type, e.g. ``{nn.Conv2d: Gamma(0.25), nn.Linear: Epsilon()}``
+    (first match wins; a list of (types, rule) pairs or a Zennit composite works too); unmapped layers keep LRP-0.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(
@@ -319,8 +355,9 @@ def lrp(model: nn.Module, method: str = "attnlrp", strict: bool = False) -> Iter
             f"{type(model).__name__} is already bound by an enclosing attnlrp.lrp(...) block "
             f"(method={already.method!r}); leave that block first, or reuse its binding."
         )
+    chosen = layer_map.resolve(layer_rules, modules)
     binding = Binding(model, method, strict)
-    binding.attach(modules)
+    binding.attach(modules, chosen)
     try:
         yield binding
     finally:

@@ -1,0 +1,98 @@
+"""Shared pieces of the benchmark scripts: the machine line, peak-RSS reading, and docs/benchmarks.md sections.
+
+docs/benchmarks.md is written by several scripts (``make bench`` runs them one after another). Each owns
+one section, fenced by ``<!-- bench:NAME -->`` … ``<!-- /bench:NAME -->``; writing a section replaces only
+that section and keeps the others, in the order of ``SECTIONS``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "benchmarks.md"
+
+#: The sections of docs/benchmarks.md, in the order they appear, and the script that writes each.
+SECTIONS = {
+    "overhead": "benchmarks/overhead.py",
+    "peers": "benchmarks/peers.py",
+    "long-context": "benchmarks/long_context.py",
+    "profile": "benchmarks/profile_overhead.py",
+    "gpu": "benchmarks/overhead.py",
+}
+
+
+def _fence(name: str) -> tuple[str, str]:
+    return f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+
+
+def read_sections(text: str) -> dict[str, str]:
+    found = {}
+    for name in re.findall(r"<!-- bench:([\w-]+) -->", text):
+        start, end = _fence(name)
+        i, j = text.find(start), text.find(end)
+        if i >= 0 and j > i:
+            found[name] = text[i + len(start) : j].strip("\n")
+    return found
+
+
+def write_section(name: str, body: str, path: Path | str = DOC) -> Path:
+    """Replace (or add) section ``name`` of the benchmarks page; the other sections stay as they are."""
+    if name not in SECTIONS:
+        raise ValueError(f"unknown section {name!r}; add it to SECTIONS")
+    path = Path(path)
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    sections = read_sections(text)
+    if text.strip() and not sections:  # a page from before the sections: it was the overhead table
+        sections["overhead"] = text.strip("\n")
+    sections[name] = body.strip("\n")
+    parts = []
+    for key in [*SECTIONS, *(k for k in sections if k not in SECTIONS)]:
+        if key in sections:
+            start, end = _fence(key)
+            parts.append(f"{start}\n{sections[key]}\n{end}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n\n".join(parts) + "\n", encoding="utf-8")
+    return path
+
+
+def load_average() -> str:
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+
+
+def cpu_name() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            found = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
+            cpu = found.group(1) if found else cpu
+    except OSError:
+        pass
+    return cpu
+
+
+def rss_kib(field: str) -> int:
+    """VmRSS (now) or VmHWM (peak since the last reset) of this process, in KiB."""
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"^{field}:\s+(\d+)", f.read(), re.M).group(1))
+
+
+def reset_peak() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS; False where that isn't allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def median_range(values: list[float], fmt: str = "{:.2f}") -> str:
+    import statistics
+
+    if not values:
+        return "–"
+    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}–{fmt.format(max(values))})"

@@ -1,0 +1,18 @@
+"""The explicit mode: LRP as relevance flowing backward, with every rule's math in plain sight.
+
+The backward pass receives relevance and returns relevance: start it with ``y.backward(y)`` and read
+``x.grad`` as the relevance of x. ``functional`` holds the rules as functions, ``rules`` wraps any
+module or function, ``Composite`` applies them to one model instance, ``transformer_composite``
+is the ready composite for Hugging Face transformers. See ``docs/explicit.md``.
+"""
+
+from . import functional
+from .composite import Composite, ExplicitBinding
+from .conservation import ConservationReport, ModuleRelevance, conservation_check
+from .presets import GateRule, transformer_composite
+from .rules import (EpsilonRule, IdentityRule, Rule, StopRelevanceRule, TaylorDecompositionRule, UniformEpsilonRule,
+                    UniformRule)
+
+__all__ = ["functional", "Composite", "ExplicitBinding", "ConservationReport", "ModuleRelevance",
+           "conservation_check", "GateRule", "transformer_composite", "EpsilonRule", "IdentityRule", "Rule",
+           "StopRelevanceRule", "TaylorDecompositionRule", "UniformEpsilonRule", "UniformRule"]

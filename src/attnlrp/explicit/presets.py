@@ -1,0 +1,128 @@
+"""Ready composites: the explicit rules for the standard parts of Hugging Face transformers.
+
+One composite covers every family the engine is tested on (LLaMA, Mistral, Mixtral, Qwen2/3 and their
+MoE, Gemma 1-3, Phi-3, OLMo2, GPT-2, GPT-NeoX, BERT, RoBERTa, DistilBERT, ViT): attention matmuls,
+softmax and fused attention, norms, activations, gated products, linear layers, sums.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+import weakref
+from numbers import Number
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils._pytree import tree_leaves
+
+from ..attach.binding import INLINE_ACTIVATIONS, normalize_method
+from . import functional
+from .composite import Composite
+from .functional import DEFAULT_EPSILON
+from .rules import EpsilonRule, IdentityRule, Rule, StopRelevanceRule, UniformEpsilonRule, carries_relevance
+
+
+class GateRule(Rule):
+    """Applies ``rule`` and marks the output as a gate, which CP-LRP holds constant where it scales a product.
+
+    self_gating: also remember the input, so that ``x * sigmoid(x)`` (SiLU written out) gets the
+    identity rule in ``product``.
+    """
+
+    def __init__(self, rule: Rule, self_gating: bool = False):
+        self.rule, self.self_gating = rule, self_gating
+
+    def __call__(self, fn, *args: Any, **kwargs: Any) -> Any:
+        out = self.rule(fn, *args, **kwargs)
+        if isinstance(out, Tensor) and out.requires_grad:
+            out._explicit_gate = True
+            if self.self_gating:  # the tensor it gates when written out as x * sigmoid(x)
+                source = next(t for t in tree_leaves((args, kwargs)) if carries_relevance(t))
+                out._explicit_gate_input = weakref.ref(source)
+        return out
+
+
+def product(input: Tensor | Number, other: Tensor | Number, *, constant_gates: bool = False) -> Tensor:
+    """a ⊙ b by ``functional.mul2``; x ⊙ sigmoid(x) gives x all relevance; CP-LRP: gates are constants."""
+    for gate, x in ((input, other), (other, input)):
+        source = getattr(gate, "_explicit_gate_input", None)
+        if source is not None and source() is x:
+            return functional.mul2(x, gate.detach())
+    if constant_gates:
+        for gate, x in ((input, other), (other, input)):
+            if getattr(gate, "_explicit_gate", False) and carries_relevance(x):
+                return functional.mul2(x, gate.detach())
+    return functional.mul2(input, other)
+
+
+def quotient(input: Tensor | Number, other: Tensor | Number, *, rounding_mode: str | None = None) -> Tensor:
+    """a / b with b held constant (a scaling, or a normalisation such as MoE routing weights): R_a = R."""
+    other = other.detach() if isinstance(other, Tensor) else other
+    return IdentityRule()(torch.div, input, other, rounding_mode=rounding_mode)
+
+
+def add(input: Tensor | Number, other: Tensor | Number, *, alpha: Number = 1,
+        epsilon: float = DEFAULT_EPSILON) -> Tensor:
+    """a + α·b by ``functional.add2`` (the scaling by α is an identity)."""
+    return functional.add2(input, other if alpha == 1 else functional.mul2(other, alpha), epsilon=epsilon)
+
+
+def subtract(input: Tensor | Number, other: Tensor | Number, *, alpha: Number = 1,
+             epsilon: float = DEFAULT_EPSILON) -> Tensor:
+    """a − α·b = a + (−α·b) by ``functional.add2``."""
+    return functional.add2(input, functional.mul2(other, -alpha), epsilon=epsilon)
+
+
+def dropout_off(input: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+    """Dropout is off while explaining."""
+    return input
+
+
+#: Element-wise activations f(x) with f(0) = 0: identity rule, output marked as a possible gate.
+_ACTIVATIONS = (F.silu, F.gelu, F.relu, torch.relu, torch.tanh, F.leaky_relu, F.mish, F.hardswish, F.elu)
+#: Products of a tensor with a constant or of two input-dependent tensors: uniform ε-rule.
+_PRODUCTS = (torch.einsum, torch.addmm, torch.baddbmm, torch.addbmm, torch.mv, torch.dot, torch.tensordot,
+             F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.bilinear,
+             *filter(None, [getattr(F, "grouped_mm", None)]))  # MoE experts (newer torch)
+#: Linear ops that sum or average: ε-rule.
+_SUMS = (torch.sum, torch.mean, torch.nansum, torch.cumsum, torch.index_add, torch.scatter_add, F.avg_pool1d,
+         F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.interpolate, F.batch_norm)
+_DROPOUT = (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout)
+
+
+def transformer_composite(method: str = "attnlrp", epsilon: float = DEFAULT_EPSILON) -> Composite:
+    """AttnLRP (or CP-LRP) in the explicit mode for Hugging Face transformers.
+
+    method "cp-lrp": attention weights are constants (relevance flows through the values only) and the
+    activated gate of a gated MLP is a constant, as in the efficient mode.
+    """
+    cp = normalize_method(method) == "cp-lrp"
+    activation = GateRule(IdentityRule())
+    rules: dict[Any, Any] = {
+        "*RMSNorm": IdentityRule(),  # y = x w / rms(x), rms frozen: R_x = R_y
+        **{name: activation for name in INLINE_ACTIVATIONS},  # GPT-2's NewGELU and other inline activations
+        F.linear: functools.partial(functional.linear_epsilon, epsilon=epsilon),
+        torch.matmul: functools.partial(functional.matmul, epsilon=epsilon),
+        torch.bmm: functools.partial(functional.matmul, epsilon=epsilon),
+        torch.mm: functools.partial(functional.matmul, epsilon=epsilon),
+        **{fn: UniformEpsilonRule(epsilon) for fn in _PRODUCTS},
+        F.softmax: StopRelevanceRule() if cp else functional.softmax,
+        F.scaled_dot_product_attention: functools.partial(
+            functional.scaled_dot_product_attention, epsilon=epsilon, constant_weights=cp),
+        F.layer_norm: functools.partial(functional.layer_norm, epsilon=epsilon),
+        F.rms_norm: functional.rms_norm_identity,
+        **{fn: activation for fn in _ACTIVATIONS},
+        # sigmoid(x) = softmax([x, 0])[0]: its ε-rule is the softmax rule
+        torch.sigmoid: GateRule(EpsilonRule(epsilon), self_gating=True),
+        operator.mul: functools.partial(product, constant_gates=cp),
+        operator.truediv: quotient,
+        operator.add: functools.partial(add, epsilon=epsilon),
+        operator.sub: functools.partial(subtract, epsilon=epsilon),
+        operator.neg: IdentityRule(),
+        **{fn: EpsilonRule(epsilon) for fn in _SUMS},
+        **{fn: dropout_off for fn in _DROPOUT},
+    }
+    return Composite(rules, name=f"{'cp-lrp' if cp else 'attnlrp'} (explicit, epsilon={epsilon:g})")

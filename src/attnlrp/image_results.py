@@ -1,0 +1,127 @@
+"""ImageExplanation: pixel relevance of one image that draws, aggregates, saves and loads itself."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .results import FORMAT, VERSION, _read_json, _write_json
+
+
+@dataclass
+class ImageExplanation:
+    """Relevance of each pixel (summed over channels) for one explained scalar of an image model."""
+
+    scores: np.ndarray
+    target: str
+    value: float
+    method: str
+    model: str = ""
+    target_index: int | None = None
+    image: np.ndarray | None = None
+    rules: str = ""
+    patch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        self.scores = np.asarray(self.scores, dtype=np.float32)
+        if self.scores.ndim != 2:
+            raise ValueError(f"scores must be a [height, width] map, got shape {self.scores.shape}.")
+        if self.image is not None:
+            self.image = np.asarray(self.image, dtype=np.uint8)
+            if self.image.shape != (*self.scores.shape, 3):
+                raise ValueError(f"image must be [height, width, 3] like the scores, got shape {self.image.shape}.")
+
+    @property
+    def total(self) -> float:
+        """Σ relevance; compare with ``value`` (the explained scalar) for conservation."""
+        return float(self.scores.sum(dtype=np.float64))
+
+    def patches(self, size: int | None = None) -> np.ndarray:
+        """Relevance summed over square patches of ``size`` pixels (the model's patch size by default)."""
+        size = size or self.patch_size
+        if not size:
+            raise ValueError("Give a patch size: this explanation does not know its model's.")
+        h, w = self.scores.shape
+        if h % size or w % size:
+            raise ValueError(f"A {h}x{w} map does not divide into {size}x{size} patches.")
+        return self.scores.reshape(h // size, size, w // size, size).sum(axis=(1, 3))
+
+    def top_patch(self, size: int | None = None) -> tuple[int, int]:
+        """(row, column) of the most relevant patch."""
+        grid = self.patches(size)
+        row, col = np.unravel_index(int(np.argmax(grid)), grid.shape)
+        return int(row), int(col)
+
+    def normalized(self) -> "ImageExplanation":
+        """Scores divided by max |score| (range [-1, 1])."""
+        scale = float(np.abs(self.scores).max())
+        return replace(self, scores=self.scores / scale if scale > 0 else self.scores.copy())
+
+    def save_heatmap(self, path: str | Path, size: int = 256) -> Path:
+        """A PNG of the relevance map: blue (-) to red (+), symmetric around 0, about ``size`` pixels wide."""
+        from .render.image import heatmap
+
+        return heatmap(self.scores, path, size=size)
+
+    def save_overlay(self, path: str | Path, alpha: float = 0.8, size: int = 256) -> Path:
+        """A PNG of the relevance blended over the image (opacity grows with |relevance|)."""
+        from .render.image import overlay
+
+        if self.image is None:
+            raise ValueError("This explanation has no image to draw on; use save_heatmap().")
+        return overlay(self.image, self.scores, path, alpha=alpha, size=size)
+
+    def title(self) -> str:
+        """A short label: method, rules and target."""
+        rules = f" + {self.rules}" if self.rules else ""
+        return f"{self.method}{rules}: {self.target}"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["scores"] = self.scores.tolist()
+        data["image"] = self.image.tolist() if self.image is not None else None
+        return {"format": FORMAT, "kind": "image", "version": VERSION, **data}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ImageExplanation":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def save(self, path: str | Path) -> Path:
+        """Write JSON (gzip when the name ends in .gz); no pickle."""
+        return _write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ImageExplanation":
+        return cls.from_dict(_read_json(path, "image"))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ImageExplanation):
+            return NotImplemented
+        return all(
+            np.array_equal(getattr(self, f.name), getattr(other, f.name)) if f.name in ("scores", "image")
+            else getattr(self, f.name) == getattr(other, f.name)
+            for f in fields(self)
+        )
+
+    def __repr__(self) -> str:
+        h, w = self.scores.shape
+        return f"ImageExplanation({self.title()}, y={self.value:.4g}, Σ relevance={self.total:.4g}, {h}x{w} pixels)"
+
+
+def save_image_grid(path: str | Path, explanations: Sequence[ImageExplanation], titles: Sequence[str] | None = None,
+                    columns: int | None = None, show_images: bool = False) -> Path:
+    """One figure with the explanations side by side (e.g. a sweep of γ), each scaled to its own max |R|;
+    ``show_images`` puts the plain images above the overlays."""
+    from .render.image import grid
+
+    if not explanations:
+        raise ValueError("save_image_grid needs at least one ImageExplanation.")
+    titles = list(titles) if titles is not None else [e.title() for e in explanations]
+    if len(titles) != len(explanations):
+        raise ValueError(f"{len(titles)} titles for {len(explanations)} explanations.")
+    return grid([(e.image, e.scores) for e in explanations], titles, path, columns=columns, show_images=show_images)

@@ -1,0 +1,162 @@
+"""ViT, DeiT and CLIP's vision tower through the same engine, tiny random configs in float64.
+
+CP-LRP conserves the explained scalar at the pixels and at every layer boundary once the biases,
+CLS / distillation tokens and bare position-embedding parameters are zero; CLIP's position
+embedding is a module, so its share is read with the Recorder and accounted for.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from transformers import (CLIPVisionConfig, CLIPVisionModel, CLIPVisionModelWithProjection, DeiTConfig,
+                          DeiTForImageClassification, DeiTForImageClassificationWithTeacher, ViTConfig,
+                          ViTForImageClassification)
+
+import attnlrp
+
+SIZE = dict(image_size=16, patch_size=4, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4)
+
+#: name -> (builder, layer glob, module globs of learned additive inputs)
+MODELS = {
+    "vit": (lambda: ViTForImageClassification(ViTConfig(**SIZE, num_labels=5)), "vit.layers.*", ()),
+    "deit": (lambda: DeiTForImageClassification(DeiTConfig(**SIZE, num_labels=5)), "deit.layers.*", ()),
+    "deit-teacher": (lambda: DeiTForImageClassificationWithTeacher(DeiTConfig(**SIZE, num_labels=5)),
+                     "deit.layers.*", ()),
+    "clip": (lambda: CLIPVisionModel(CLIPVisionConfig(**SIZE)), "encoder.layers.*", ("embeddings.position_embedding",)),
+    "clip-projection": (lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**SIZE, projection_dim=8)),
+                        "vision_model.encoder.layers.*", ("vision_model.embeddings.position_embedding",)),
+}
+
+#: bare parameters added to the tokens (no module a Recorder could watch)
+_CONSTANTS = ("bias", "cls_token", "distillation_token", "position_embeddings", "class_embedding")
+
+
+def build(name, attn="eager", constants=False):
+    """The model in float64; with ``constants=False`` every bias and bare additive parameter is zero."""
+    torch.manual_seed(0)
+    model = MODELS[name][0]().double().eval()
+    model.config._attn_implementation = attn
+    if not constants:
+        with torch.no_grad():
+            for path, param in model.named_parameters():
+                if path.endswith(_CONSTANTS):
+                    param.zero_()
+    return model
+
+
+def pixels(batch=1, seed=1):
+    return torch.randn(batch, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+def direction(model, seed=2):
+    """A fixed vector to explain output · vector with (a CLIP text embedding, say)."""
+    width = model.config.projection_dim if hasattr(model, "visual_projection") else model.config.hidden_size
+    return torch.randn(width, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+def target_of(name, model):
+    return direction(model) if name.startswith("clip") else None
+
+
+def run(name, model, method, record=(), layer_rules=None):
+    """(y, pixel relevance [B, C, H, W], Recorder of the layers and ``record``), through lrp() directly."""
+    x = pixels().requires_grad_()
+    watched = [MODELS[name][1], *record]
+    with attnlrp.lrp(model, method=method, layer_rules=layer_rules), attnlrp.Recorder(model, watched) as rec:
+        out = model(pixel_values=x)
+        if name.startswith("clip"):
+            vector = out.image_embeds if name == "clip-projection" else out.pooler_output
+            y = vector[0] @ direction(model)
+        else:
+            y = out.logits[0].max()
+        y.backward()
+    return y.detach(), (x * x.grad).detach(), rec
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_cp_lrp_conserves_at_pixels_and_every_layer(name):
+    model = build(name)
+    additive = MODELS[name][2]
+    y, relevance, rec = run(name, model, "cp-lrp", record=additive)
+    held = sum(float(rec.relevance[path].sum()) for path in additive)
+    assert float(relevance.sum()) + held == pytest.approx(float(y), rel=1e-4)
+    totals = [float(r.sum()) for path, r in rec.relevance.items() if path not in additive]
+    assert len(totals) == 2 and totals == pytest.approx([float(y)] * 2, rel=1e-4)
+    if additive:
+        assert abs(held) > 0.01 * abs(float(y))  # the accounting matters
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_eager_and_sdpa_agree_and_audit_is_clean(name):
+    eager, sdpa = build(name, constants=True), build(name, "sdpa", constants=True)
+    y_e, r_e, _ = run(name, eager, "attnlrp")  # the uniform rule at q·kᵀ and A·V, moved into the kernel
+    y_s, r_s, _ = run(name, sdpa, "attnlrp")
+    # HF's eager attention takes its softmax in float32
+    assert float(y_s) == pytest.approx(float(y_e), rel=1e-6)
+    assert float((r_s - r_e).norm() / r_e.norm()) < 1e-6
+    for method in ("cp-lrp", "attnlrp"):
+        assert attnlrp.audit(sdpa, {"pixel_values": pixels()}, method=method).unruled == []
+
+
+@pytest.mark.parametrize("name", ["vit", "clip-projection"])
+def test_explain_image_defaults_to_cp_lrp(name):
+    model = build(name, constants=True)
+    exp = attnlrp.explain_image(model, pixels()[0], target=target_of(name, model))
+    y, relevance, _ = run(name, model, "cp-lrp")
+    assert exp.method == "cp-lrp" and exp.value == pytest.approx(float(y), rel=1e-12)
+    assert exp.scores.shape == (16, 16) and exp.image.shape == (16, 16, 3) and exp.patch_size == 4
+    torch.testing.assert_close(torch.from_numpy(exp.scores), relevance[0].sum(0).float())
+
+
+def test_batch_with_per_image_targets_in_one_backward_equals_one_by_one():
+    model = build("vit", constants=True)
+    batch, targets = pixels(3), [0, 4, None]
+    together = attnlrp.explain_image(model, batch, target=targets, method="attnlrp")
+    alone = [attnlrp.explain_image(model, image, target=t, method="attnlrp") for image, t in zip(batch, targets)]
+    assert [e.target_index for e in together][:2] == [0, 4]
+    for a, b in zip(together, alone):
+        assert a.target_index == b.target_index and a.value == pytest.approx(b.value, rel=1e-12)
+        assert abs(a.scores - b.scores).max() <= 1e-6 * abs(b.scores).max()
+
+
+def test_gamma_rules_on_vit_conserve_without_biases():
+    model = build("vit")
+    # the stabiliser ε takes a share of about ε / |z_γ| per unit: 3e-4 of y here at the default 1e-6
+    rules = {nn.Conv2d: attnlrp.Gamma(0.25, stabilizer=1e-9), nn.Linear: attnlrp.Gamma(0.05, stabilizer=1e-9)}
+    y, relevance, _ = run("vit", model, "cp-lrp", layer_rules=rules)
+    assert float(relevance.sum()) == pytest.approx(float(y), rel=1e-5)
+    _, plain, _ = run("vit", model, "cp-lrp")
+    assert float((relevance - plain).norm() / plain.norm()) > 0.01  # γ does change the map
+
+
+def test_image_targets_by_label_and_errors():
+    model = build("vit", constants=True)
+    model.config.id2label = {i: f"class {i}" for i in range(5)}
+    model.config.label2id = {v: k for k, v in model.config.id2label.items()}
+    exp = attnlrp.explain_image(model, pixels()[0], target="class 3")
+    assert (exp.target, exp.target_index) == ("class 3", 3)
+    with pytest.raises(attnlrp.InputError, match="Unknown label"):
+        attnlrp.explain_image(model, pixels()[0], target="dog")
+    with pytest.raises(attnlrp.InputError, match="outside"):
+        attnlrp.explain_image(model, pixels()[0], target=7)
+    with pytest.raises(attnlrp.InputError, match="processor="):
+        attnlrp.explain_image(model, [pixels()[0].numpy()])
+    with pytest.raises(ValueError, match="targets were given for 2 images"):
+        attnlrp.explain_image(model, pixels(2), target=[0, 1, 2])
+
+
+def test_pil_images_through_the_processor_are_drawn_unnormalised():
+    from PIL import Image
+    from transformers import ViTImageProcessor
+
+    model = build("vit", constants=True)
+    processor = ViTImageProcessor(size={"height": 16, "width": 16})
+    array = (torch.arange(16 * 16 * 3) % 256).reshape(16, 16, 3).to(torch.uint8).numpy()
+    picture = Image.fromarray(array)
+    exp = attnlrp.explain_image(model, picture, processor=processor)
+    direct = attnlrp.explain_image(model, processor(images=[picture], return_tensors="pt")["pixel_values"][0])
+    assert abs(exp.image.astype(int) - array.astype(int)).max() <= 1
+    assert exp.value == pytest.approx(direct.value) and (exp.scores == direct.scores).all()
