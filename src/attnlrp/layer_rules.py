@@ -15,13 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .rules import stabilize
+
 #: A linear map of a layer: (x, weight, bias) -> z.
 LinearMap = Callable[[Tensor, Tensor, Tensor | None], Tensor]
-
-
-def stabilize(z: Tensor, epsilon: float) -> Tensor:
-    """z + ε·sign(z), with sign(0) = +1: a denominator that is never zero (for ε > 0)."""
-    return z + epsilon * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
 
 
 def _ratio(r: Tensor, denominator: Tensor, epsilon: float) -> Tensor:

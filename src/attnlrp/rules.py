@@ -42,6 +42,11 @@ def leaky_relu_ratio(slope: float) -> Ratio:
     return lambda x: torch.where(x > 0, torch.ones_like(x), torch.full_like(x, slope))
 
 
+def stabilize(z: Tensor, epsilon: float) -> Tensor:
+    """z + ε·sign(z) with sign(0) = 1: the ε-rule's denominator, pushed away from zero on its own side."""
+    return torch.where(z >= 0, z + epsilon, z - epsilon)
+
+
 def _ratio_in_float32(ratio: Ratio, x: Tensor) -> Tensor:
     if x.dtype in (torch.float16, torch.bfloat16):
         return ratio(x.float()).to(x.dtype)

@@ -304,7 +304,7 @@ _SPECIAL: dict[str, Handler] = {
 }
 
 #: Attribute reads, shape queries and the like: never a tensor that carries relevance.
-_PASSIVE_PREFIXES = ("size", "dim", "numel", "shape", "dtype", "device", "is_", "get", "item", "tolist", "stride",
+PASSIVE_PREFIXES = ("size", "dim", "numel", "shape", "dtype", "device", "is_", "get", "item", "tolist", "stride",
                      "data_ptr", "element_size", "__")
 
 
@@ -313,6 +313,6 @@ def handler_for(func: Callable) -> Handler | None:
     name = op_name(func)
     if name in _SPECIAL:
         return _SPECIAL[name]
-    if name in LINEAR or name.startswith(_PASSIVE_PREFIXES):
+    if name in LINEAR or name.startswith(PASSIVE_PREFIXES):
         return None
     return _unruled

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 
-def _matches(pattern: str, path: str) -> bool:
+def path_matches(pattern: str, path: str) -> bool:
     """Glob per dotted component: ``model.layers.*`` matches ``model.layers.3``, not its children."""
     parts, names = pattern.split("."), path.split(".")
     return len(parts) == len(names) and all(fnmatchcase(n, p) for p, n in zip(parts, names))
@@ -27,7 +27,7 @@ class Recorder:
         if at not in ("output", "input"):
             raise ValueError(f"at must be 'output' or 'input', not {at!r}.")
         patterns = [modules] if isinstance(modules, str) else list(modules)
-        self.modules = {path: m for path, m in model.named_modules() if any(_matches(p, path) for p in patterns)}
+        self.modules = {path: m for path, m in model.named_modules() if any(path_matches(p, path) for p in patterns)}
         if not self.modules:
             raise ValueError(
                 f"No module path of {type(model).__name__} matches {patterns}; "

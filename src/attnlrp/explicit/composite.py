@@ -22,7 +22,7 @@ from torch.utils._pytree import tree_leaves
 
 from ..attach.binding import Binding, BindingError, binding_of
 from ..attach.ops import op_name
-from ..attach.recorder import _matches
+from ..attach.recorder import path_matches
 from .conservation import ConservationReport, conservation_check
 from .rules import Rule, carries_relevance
 from .safety import classify
@@ -107,7 +107,7 @@ class Composite:
             if isinstance(key, type):
                 if isinstance(module, key):
                     return key, rule
-            elif _matches(key, path) or fnmatchcase(cls, key):
+            elif path_matches(key, path) or fnmatchcase(cls, key):
                 return key, rule
         return None
 

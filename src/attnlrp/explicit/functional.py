@@ -18,12 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd import Function
 
+from ..rules import stabilize
+
 DEFAULT_EPSILON = 1e-6
-
-
-def stabilize(z: Tensor, epsilon: float) -> Tensor:
-    """z + ε·sign(z) with sign(0) = 1: the ε-rule's denominator, pushed away from zero on its own side."""
-    return torch.where(z >= 0, z + epsilon, z - epsilon)
 
 
 def sum_to(relevance: Tensor, shape: torch.Size, dtype: torch.dtype) -> Tensor:

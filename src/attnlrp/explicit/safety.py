@@ -48,6 +48,6 @@ def classify(name: str) -> str | None:
         return "safe"
     if name in BREAKS:
         return "breaks"
-    if name.startswith(ops._PASSIVE_PREFIXES):
+    if name.startswith(ops.PASSIVE_PREFIXES):
         return None
     return "unknown"
