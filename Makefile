@@ -45,6 +45,8 @@ demo: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/peers.py
+	$(PY) benchmarks/long_context.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -60,6 +60,11 @@ import torch  # noqa: E402
 import attnlrp  # noqa: E402
 from attnlrp.explain import gradient_checkpointing  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import load_average, read_sections, write_section  # noqa: E402
+
+_LOAD_START = ["?"]
+
 THREADS = 2
 CONFIGS = ("forward", "gradient", "attnlrp", "cp-lrp", "attnlrp+ckpt")
 ROOT = Path(__file__).resolve().parent.parent
@@ -263,7 +268,8 @@ def machine_note() -> str:
 
     return (f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} ({THREADS} threads), "
             f"transformers {transformers.__version__}, Python {platform.python_version()}; "
-            f"load average at the end {load} (a shared machine: other jobs ran alongside)")
+            f"load average (1 / 5 / 15 min) at the start {_LOAD_START[0]}, at the end {load} (a shared machine: "
+            "other jobs may run alongside)")
 
 
 def table(results: dict[int, dict], memory: dict[int, dict]) -> list[str]:
@@ -305,7 +311,15 @@ def markdown(command: str, results, memory, generation, elapsed: float, repeats:
     baselines = [m["baseline_mib"] for by_config in memory.values() for m in by_config.values()]
     baseline = statistics.median(baselines) if baselines else None
     out = [
-        "# Overhead of an explanation",
+        "# Benchmarks",
+        "",
+        "`make bench` runs `benchmarks/overhead.py` (this first section), `benchmarks/peers.py` (attnlrp side by "
+        "side with LXT, Captum and Inseq), `benchmarks/long_context.py` (2k–8k tokens) and "
+        "`benchmarks/profile_overhead.py` (where the remaining overhead goes); each rewrites only its own section "
+        "of this page. The machine is shared: read the load averages quoted in each section, and compare ratios "
+        "measured side by side rather than absolute times across sections.",
+        "",
+        "## Overhead of an explanation",
         "",
         f"Command: `{command}` (`make bench`). Date: {date}. Wall time of the run: {elapsed / 60:.1f} min.",
         "",
@@ -337,7 +351,7 @@ def markdown(command: str, results, memory, generation, elapsed: float, repeats:
     if generation:
         g = generation
         out += [
-            "## `explain_generation` against per-step recomputation",
+            "### `explain_generation` against per-step recomputation",
             "",
             f"A chat prompt of {g['prompt_tokens']} tokens, {g['new_tokens']} generated tokens (greedy), AttnLRP. "
             "Both include the same `generate` call; per-step recomputation runs a fresh forward + backward "
@@ -381,6 +395,7 @@ def main(argv=None) -> None:
     command = "python benchmarks/overhead.py" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
 
     started = time.perf_counter()
+    _LOAD_START[0] = load_average()
     model, tokenizer = load()
     print(f"SmolLM2-135M-Instruct float32, {THREADS} threads; lengths {lengths}, {repeats} runs each after a warm-up")
     results = {}
@@ -402,9 +417,23 @@ def main(argv=None) -> None:
     print()
     print(report)
     if output:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(report + "\n", encoding="utf-8")
-        print(f"\nwritten to {output}")
+        write_section("overhead", report, output)
+        if "gpu" not in read_sections(Path(output).read_text(encoding="utf-8")):
+            write_section("gpu", gpu_note(), output)
+        print(f"\nwritten to {output} (section 'overhead')")
+
+
+def gpu_note() -> str:
+    """The GPU section, until a session with a GPU measures it (this script runs on the CPU only)."""
+    date = _dt.datetime.now().astimezone().strftime("%Y-%m-%d")
+    return "\n".join([
+        "## bf16 on a GPU",
+        "",
+        f"Not measured: the sessions that produced these tables ({date}) had no GPU (CPU-only machine, and no GPU "
+        "was lent to the task). The bf16 GPU table (AttnLRP vs the plain gradient in time and memory, with and "
+        "without checkpointing) is still to be measured on a machine with one; nothing on this page is a GPU "
+        "figure.",
+    ])
 
 
 if __name__ == "__main__":

@@ -131,7 +131,16 @@ class LXT:
                 sys.modules.pop(n, None)
         monkey_patch(modeling_llama)
         self.version = transformers.__version__
-        self.model = _freeze(modeling_llama.LlamaForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32))
+        # The cache was written by transformers 5, which keeps RoPE's base in "rope_parameters"; transformers 4
+        # reads "rope_theta" and would silently fall back to its default (10000 instead of SmolLM2's 100000).
+        config = modeling_llama.LlamaConfig.from_pretrained(model_dir)
+        rope = json.loads((Path(model_dir) / "config.json").read_text()).get("rope_parameters")
+        if rope:
+            config.rope_theta = rope["rope_theta"]
+            if rope.get("rope_type", "default") != "default":
+                config.rope_scaling = dict(rope)
+        self.model = _freeze(modeling_llama.LlamaForCausalLM.from_pretrained(model_dir, config=config,
+                                                                             torch_dtype=torch.float32))
 
     def explain(self, config: str, ids):
         y, relevance = _top_logit_relevance(self.model, ids)

@@ -369,6 +369,44 @@ def _check_finite(values: Tensor) -> None:
         )
 
 
+class _HeadInput:
+    """The input of the model's output head (LM head) in one forward pass, if it ran exactly once on [1, T, H]."""
+
+    def __init__(self):
+        self.seen: list[Tensor] = []
+
+    def hook(self, module: nn.Module, args: tuple, output) -> None:
+        if args and isinstance(args[0], Tensor):
+            self.seen.append(args[0])
+        else:
+            self.seen.append(None)
+
+    def input(self, n_rows: int) -> Tensor | None:
+        if len(self.seen) != 1 or self.seen[0] is None:
+            return None
+        h = self.seen[0]
+        ok = h.dim() == 3 and h.shape[0] == 1 and h.shape[1] >= n_rows and h.requires_grad and h.is_floating_point()
+        return h if ok else None
+
+
+@contextmanager
+def _head_input(model: nn.Module) -> Iterator[_HeadInput]:
+    capture = _HeadInput()
+    getter = getattr(model, "get_output_embeddings", None)
+    try:
+        head = getter() if getter is not None else None
+    except (NotImplementedError, AttributeError):
+        head = None
+    if not isinstance(head, nn.Linear):  # only a plain linear head is known to act on each position alone
+        yield capture  # nothing captured: input() returns None, the backward starts at the values
+        return
+    handle = head.register_forward_hook(capture.hook)
+    try:
+        yield capture
+    finally:
+        handle.remove()
+
+
 def explain_generation(
     model: nn.Module,
     tokenizer,
@@ -402,17 +440,32 @@ def explain_generation(
     kwargs = {"input_ids": inputs, "use_cache": False}
     if "logits_to_keep" in inspect.signature(model.forward).parameters:
         kwargs["logits_to_keep"] = n_new  # only the rows that predict generated tokens
-    with lrp(model, method=method) as binding, torch.enable_grad():
+    with lrp(model, method=method) as binding, _head_input(model) as head, torch.enable_grad():
         logits = model(**kwargs).logits[0, -n_new:]
         embeddings = binding.embeddings
         chosen = sequence[n_prompt:]
         values = logits.gather(1, chosen.unsqueeze(1))[:, 0]
         _check_finite(values.detach())
+        hidden = head.input(n_new)
+        if hidden is not None:
+            # Start the per-token backward passes below the LM head: the head maps each position on its own
+            # (a linear map, then at most element-wise scaling or soft-capping), so one backward of sum(values)
+            # gives every generated token's gradient at its own row of the head's input. The batched passes
+            # then skip the head, which would otherwise multiply [batch, n_new, vocab] mostly-zero seeds by
+            # the vocab x hidden weight for every batch.
+            (at_hidden,) = torch.autograd.grad(values.sum(), hidden, retain_graph=True)
+            offset = hidden.shape[1] - n_new
         for start in range(0, n_new, backward_batch):
             rows = torch.arange(start, min(start + backward_batch, n_new), device=device)
-            seeds = torch.zeros(len(rows), n_new, dtype=values.dtype, device=device)
-            seeds[torch.arange(len(rows)), rows] = 1
-            (grads,) = torch.autograd.grad(values, embeddings, grad_outputs=seeds, is_grads_batched=True,
+            if hidden is None:
+                origin = values
+                seeds = torch.zeros(len(rows), n_new, dtype=values.dtype, device=device)
+                seeds[torch.arange(len(rows)), rows] = 1
+            else:
+                origin = hidden
+                seeds = torch.zeros((len(rows), *hidden.shape), dtype=hidden.dtype, device=device)
+                seeds[torch.arange(len(rows)), 0, offset + rows] = at_hidden[0, offset + rows]
+            (grads,) = torch.autograd.grad(origin, embeddings, grad_outputs=seeds, is_grads_batched=True,
                                            retain_graph=start + backward_batch < n_new)
             block = (embeddings * grads).sum(-1)[:, 0].detach().float().cpu().numpy()
             matrix[start : start + len(rows), : inputs.shape[1]] = block
