@@ -43,7 +43,6 @@ import gc
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -61,7 +60,7 @@ import attnlrp  # noqa: E402
 from attnlrp.explain import gradient_checkpointing  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import load_average, read_sections, write_section  # noqa: E402
+from _report import cpu_name, load_average, read_sections, reset_peak, rss_kib, write_section  # noqa: E402
 
 _LOAD_START = ["?"]
 
@@ -143,26 +142,16 @@ def time_configs(model, length: int, repeats: int, configs=CONFIGS, log=print) -
 # --- memory: one fresh subprocess per configuration --------------------------------------------------
 
 
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return int(re.search(rf"^{field}:\s+(\d+)", f.read(), re.M).group(1))
-
-
 def measure_memory_here(config: str, length: int) -> dict:
     """Run in the child: load, warm up, reset the peak mark, run once; report MiB over the pre-run RSS."""
     model, _ = load()
     ids = token_ids(model, length)
     run_once(model, config, ids[:, :32])  # warm-up (short): lazy initialisations are not the run's memory
     gc.collect()
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        exact = True
-    except OSError:
-        exact = False
-    before = _rss_kib("VmRSS")
+    exact = reset_peak()
+    before = rss_kib("VmRSS")
     run_once(model, config, ids)
-    peak = _rss_kib("VmHWM")
+    peak = rss_kib("VmHWM")
     return {"peak_mib": (peak - before) / 1024, "baseline_mib": before / 1024, "exact": exact}
 
 
@@ -256,13 +245,7 @@ def time_generation(model, tokenizer, new_tokens: int, repeats: int, log=print) 
 
 
 def machine_note() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            found = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
-            cpu = found.group(1) if found else cpu
-    except OSError:
-        pass
+    cpu = cpu_name()
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     import transformers
 
