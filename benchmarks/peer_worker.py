@@ -86,9 +86,9 @@ class Ours:
     def __init__(self, model_dir: str):
         sys.path.insert(0, str(HERE))
         import attnlrp
-        from overhead import per_step_relevance
+        from overhead import greedy, per_step_relevance
 
-        self.attnlrp, self.per_step_relevance = attnlrp, per_step_relevance
+        self.attnlrp, self.per_step_relevance, self.greedy = attnlrp, per_step_relevance, greedy
         self.model, self.tokenizer = attnlrp.load_model(model_dir, dtype=torch.float32)
         _freeze(self.model)
 
@@ -98,6 +98,9 @@ class Ours:
         return {"y": y, "relevance": relevance.tolist()}
 
     def generation(self, config: str, ids, new_tokens: int):
+        if config == "generate":  # the greedy generation alone, which every approach includes
+            sequence = self.greedy(self.model, self.tokenizer, ids[0].tolist(), new_tokens)
+            return {"generated": sequence[ids.shape[1]:].tolist(), "rows": 0}
         if config == "per-step":
             sequence, rows = self.per_step_relevance(self.model, self.tokenizer, ids[0].tolist(), new_tokens)
             return {"generated": sequence[ids.shape[1]:].tolist(), "rows": len(rows)}
@@ -196,6 +199,12 @@ SYSTEMS = {"ours": Ours, "lxt": LXT, "captum": Captum, "inseq": Inseq}
 
 def run(system, request: dict) -> dict:
     ids = torch.tensor([request["ids"]])
+    if request.get("flops"):  # count the matmul FLOPs of the run instead (torch.profiler; not timed)
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+            run(system, dict(request, flops=False))
+        return {"gflop": sum(e.flops for e in prof.key_averages()) / 1e9, "seconds": float("nan")}
     gc.collect()
     start = time.perf_counter()
     if request["task"] == "explain":

@@ -1,4 +1,4 @@
-"""The ``attnlrp`` command: explain, generate and audit, mirroring the Python API."""
+"""The ``attnlrp`` command: explain, generate, audit and evaluate, mirroring the Python API."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ EXAMPLES = """examples:
   attnlrp explain --input prompts.jsonl --output results.jsonl     (resumes if interrupted)
   attnlrp generate "Write a haiku about the sea." --max-new-tokens 24 --html gen.html
   attnlrp audit --model path/to/model
+  attnlrp evaluate --suite facts --methods attnlrp,input_x_gradient,random --limit 50 --output facts.json
 """
 
 
@@ -60,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
     au = commands.add_parser("audit", help="list the ops of a model that have no LRP rule",
                              description="Run the model once under the LRP rules and report ops without a rule.")
     common(au)
+
+    from .evaluate.command import add_arguments
+
+    add_arguments(commands.add_parser("evaluate", help="measure faithfulness: ground-truth suites and perturbation",
+                                      description="Compare attribution methods on generated suites the model gets right."))
     return parser
 
 
@@ -176,6 +182,12 @@ def _audit(args, model, tokenizer) -> None:
                         method=args.method))
 
 
+def _evaluate(args, model, tokenizer) -> None:
+    from .evaluate.command import run
+
+    run(args, model, tokenizer)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = _parser()
@@ -188,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         model, tokenizer = _load(args)
-        run = {"generate": _generate, "audit": _audit}.get(
+        run = {"generate": _generate, "audit": _audit, "evaluate": _evaluate}.get(
             args.command, _explain_many if getattr(args, "input", None) else _explain_one
         )
         run(args, model, tokenizer)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...targets import Contrast, token_id
+from ...targets import Contrast
 
 
 @dataclass(frozen=True)
@@ -15,7 +15,7 @@ class Item:
     prompt: str
     answer: str  # the correct continuation; its first token is the one explained
     evidence: tuple[tuple[int, int], ...]  # character spans [start, end) of the prompt
-    against: str | None = None  # explain the answer's logit minus this token's (a contrast)
+    against: str | None = None  # explain the answer's logit minus this token's, or minus the mean logit ("mean")
     top1: bool = True  # kept only if the answer is the top next token; else only if it beats ``against``
     group: str = ""  # a subgroup reported on its own (a relation, a context length)
 
@@ -26,7 +26,7 @@ class Item:
     def target(self, tokenizer):
         """What ``explain`` explains for this item: the answer's logit, or its difference to ``against``."""
         answer = self.answer_id(tokenizer)
-        return Contrast(answer, token_id(tokenizer, self.against)) if self.against else answer
+        return Contrast(answer, self.against) if self.against else answer
 
     def evidence_positions(self, tokenizer) -> list[int]:
         """Token positions of the prompt (as ``tokenizer(prompt)`` splits it) that overlap the evidence."""

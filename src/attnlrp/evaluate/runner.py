@@ -1,0 +1,169 @@
+"""Run a suite over several methods: explain, score, append each finished item to a journal, summarise.
+
+The journal (``<output>.jsonl`` beside ``<output>.json``) holds one line per (item, method); a rerun with
+the same settings skips what it already holds, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from rich.progress import Progress
+
+from ..explain import InputError, explain, model_name
+from ..methods import method_name, resolve_method
+from . import metrics
+from .perturbation import perturbation_curves
+from .suites import Item, kept_items, needle
+
+#: Tokens explained together in one batch (the baselines split their own work further).
+BATCH_TOKENS = 4096
+#: Most items explained together in one batch.
+BATCH_ITEMS = 16
+
+
+def score_items(model, tokenizer, items: Sequence[Item], method: str, curves: bool, steps: int = 10,
+                mode: str = "zero", exclude_first: bool = False) -> list[dict]:
+    """Explain ``items`` (one batch) with ``method``; per item, its ground-truth metrics and, with ``curves``,
+    its perturbation metrics."""
+    targets = [item.target(tokenizer) for item in items]
+    explanations = explain(model, tokenizer, [item.prompt for item in items], target=targets, method=method,
+                           batch_size=len(items))
+    records = []
+    for item, exp in zip(items, explanations):
+        evidence = item.evidence_positions(tokenizer)
+        magnitude = np.abs(exp.scores).sum()
+        records.append({
+            "pointing": metrics.pointing_game(exp.scores, evidence),
+            "recovery": metrics.recovery_at_k(exp.scores, evidence),
+            "pointing_no_first": metrics.pointing_game(exp.scores, evidence, exclude=(0,)),
+            "recovery_no_first": metrics.recovery_at_k(exp.scores, evidence, exclude=(0,)),
+            "first_share": float(abs(exp.scores[0]) / magnitude) if magnitude > 0 else 0.0,
+        })
+    if curves:
+        found = perturbation_curves(model, tokenizer, [e.token_ids for e in explanations], targets,
+                                    [e.scores for e in explanations], steps=steps, mode=mode, exclude_first=exclude_first)
+        for record, c in zip(records, found):
+            record.update(c.to_dict())
+    return records
+
+
+def _batches(items: list[Item], lengths: list[int]) -> list[list[int]]:
+    """Item indices grouped by similar length, each group within the token and item budgets."""
+    groups: list[list[int]] = []
+    tokens = 0
+    for i in sorted(range(len(items)), key=lambda i: lengths[i]):
+        if not groups or len(groups[-1]) >= BATCH_ITEMS or tokens + lengths[i] > BATCH_TOKENS:
+            groups.append([])
+            tokens = 0
+        groups[-1].append(i)
+        tokens += lengths[i]
+    return groups
+
+
+class Journal:
+    """The JSONL file of finished (item, method) records, headed by the run's settings."""
+
+    def __init__(self, path: Path, settings: dict):
+        self.path = path
+        self.records: dict[tuple[str, str], dict] = {}
+        if path.exists():
+            self._read(settings)
+        else:
+            path.write_text(json.dumps({"settings": settings}) + "\n", encoding="utf-8")
+
+    def _read(self, settings: dict) -> None:
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        try:
+            header = json.loads(lines[0])["settings"] if lines else None
+        except (json.JSONDecodeError, KeyError, TypeError):
+            header = None
+        if header != settings:
+            raise InputError(f"{self.path} holds a run with other settings ({header}); give --output another name, "
+                             "or delete it to start afresh.")
+        kept = [lines[0]]
+        for line in lines[1:]:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line torn by an interruption: computed again
+                continue
+            self.records[(record["item"], record["method"])] = record
+            kept.append(line)
+        self.path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+
+    def add(self, records: list[dict]) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record) + "\n")
+                self.records[(record["item"], record["method"])] = record
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def run_suite(model, tokenizer, suite: str, methods: Sequence[str], limit: int, output: str | Path, seed: int = 0,
+              lengths: Sequence[int] = needle.LENGTHS, steps: int = 10, mode: str = "zero",
+              exclude_first: bool = False, centered: bool = True, progress: bool = True) -> dict:
+    """Evaluate ``methods`` on the first ``limit`` items of ``suite`` the model gets right; write the JSON
+    results to ``output`` (resuming from its journal) and return them.
+
+    lengths: the needle's context lengths; steps, mode, exclude_first, centered: the perturbation suite's
+    curves (``perturbation_curves``) and explained value (the answer's logit minus the mean logit, or not).
+    """
+    names = [method_name(resolve_method(m)) for m in methods]
+    output = Path(output)
+    settings = {"suite": suite, "model": model_name(model), "seed": seed, "steps": steps, "mode": mode,
+                "exclude_first": exclude_first, "centered": centered,
+                "lengths": list(lengths) if suite == "needle" else None}
+    journal = Journal(output.with_suffix(".jsonl"), settings)
+    started = time.perf_counter()
+    items, tried = kept_items(model, tokenizer, suite, limit, seed, lengths, centered)
+    lengths_of = [len(tokenizer(item.prompt).input_ids) for item in items]
+    todo = [(batch, name) for batch in _batches(items, lengths_of) for name in names
+            if any((items[i].id, name) not in journal.records for i in batch)]
+    with Progress(disable=not progress) as bar:
+        task = bar.add_task(f"{suite}: {len(items)} items x {len(names)} methods", total=len(todo))
+        for batch, name in todo:
+            chosen = [items[i] for i in batch if (items[i].id, name) not in journal.records]
+            start = time.perf_counter()
+            records = score_items(model, tokenizer, chosen, name, suite == "perturbation", steps, mode, exclude_first)
+            seconds = (time.perf_counter() - start) / len(chosen)
+            journal.add([{"item": item.id, "method": name, "group": item.group, "seconds": seconds, **record}
+                         for item, record in zip(chosen, records)])
+            bar.advance(task)
+    results = summarise(settings, names, items, tried, journal.records)
+    results["elapsed_s"] = time.perf_counter() - started
+    output.write_text(json.dumps(results, indent=1), encoding="utf-8")
+    return results
+
+
+def summarise(settings: dict, names: Sequence[str], items: Sequence[Item], tried: int,
+              records: dict[tuple[str, str], dict]) -> dict:
+    """Per method (and per group): mean and 95% bootstrap interval of each metric; mean perturbation curves."""
+    table: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    groups: dict[str, dict[str, dict[str, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    curves: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for item in items:
+        for name in names:
+            record = records[(item.id, name)]
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    table[name][key].append(value)
+                    groups[item.group][name][key].append(value)
+                elif key in ("morf", "lerf"):
+                    curves[name][key].append(value)
+    return {
+        "settings": settings, "methods": list(names), "tried": tried, "kept": len(items),
+        "metrics": {name: _summaries(table[name]) for name in names},
+        "groups": {g: {name: _summaries(by[name]) for name in names} for g, by in groups.items() if g},
+        "curves": {name: {k: np.mean(v, axis=0).tolist() for k, v in c.items()} for name, c in curves.items()},
+    }
+
+
+def _summaries(values: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    return {key: metrics.summary(v) for key, v in values.items()}
