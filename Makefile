@@ -25,6 +25,15 @@ $(VENV_TF4)/.installed: pyproject.toml Makefile
 	$(VENV_TF4)/bin/pip install -q --no-deps -e .
 	touch $@
 
+# A third environment with torchvision and timm, which need torch 2.14.1 (tests/test_torchvision_timm.py).
+VENV_VISION ?= .venv-vision
+$(VENV_VISION)/.installed: pyproject.toml Makefile
+	test -x $(VENV_VISION)/bin/python || python3 -m venv $(VENV_VISION)
+	$(VENV_VISION)/bin/pip install -q --upgrade pip
+	$(VENV_VISION)/bin/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(VENV_VISION)/bin/pip install -q -e ".[vision]" "transformers==5.23.0" timm==1.0.31
+	touch $@
+
 # Debian's Chromium and its driver, for the browser tests of the HTML pages.
 BROWSER := /usr/bin/chromedriver
 $(BROWSER):
@@ -35,7 +44,7 @@ XELATEX := /usr/bin/xelatex
 $(XELATEX):
 	apt-get update -qq && apt-get install -y -qq --no-install-recommends texlive-xetex texlive-latex-extra >/dev/null
 
-install: $(VENV)/.installed $(VENV_TF4)/.installed $(BROWSER) $(XELATEX)
+install: $(VENV)/.installed $(VENV_TF4)/.installed $(VENV_VISION)/.installed $(BROWSER) $(XELATEX)
 
 test: install
 	$(PY) -m pytest -q

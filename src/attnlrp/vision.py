@@ -1,4 +1,4 @@
-"""From images to ImageExplanations: ViT, DeiT, CLIP's vision tower and other image models.
+"""From images to ImageExplanations: ViT, DeiT, CLIP's vision tower, torchvision and timm ViTs, other image models.
 
 CP-LRP is the default here (attention weights held constant), as usual for vision transformers;
 ``lrp()`` itself keeps AttnLRP as its default.
@@ -6,6 +6,7 @@ CP-LRP is the default here (attention weights held constant), as usual for visio
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -56,6 +57,13 @@ def _display(pixels: Tensor, processor: Any) -> np.ndarray:
     if x.shape[-1] != 3:
         x = x.mean(-1, keepdim=True).repeat(1, 1, 1, 3)
     return (x * 255).round().to(torch.uint8).numpy()
+
+
+def _run(model: nn.Module, x: Tensor) -> Any:
+    """Hugging Face image models take ``pixel_values=``; torchvision and timm models take the tensor itself."""
+    if "pixel_values" in inspect.signature(model.forward).parameters:
+        return model(pixel_values=x)
+    return model(x)
 
 
 def _output_vectors(model: nn.Module, output: Any) -> Tensor:
@@ -133,7 +141,7 @@ def explain_image(
     for start in range(0, len(pixels), batch_size):
         x = pixels[start : start + batch_size].detach().clone().requires_grad_()
         with lrp(model, method=method, layer_rules=layer_rules), torch.enable_grad():
-            vectors = _output_vectors(model, model(pixel_values=x))
+            vectors = _output_vectors(model, _run(model, x))
             resolved = [_resolve(model, t, v) for t, v in zip(targets[start : start + len(x)], vectors)]
             ys = torch.stack([y for y, _, _ in resolved])
             _check_finite(ys.detach())

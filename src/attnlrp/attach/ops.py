@@ -7,6 +7,7 @@ run with their plain gradient and are reported by the audit.
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -222,6 +223,22 @@ def _sdpa(binding: "Binding", func, args, kwargs):
     return func(q, k, v, *rest, **kwargs)
 
 
+_MHA_PARAMETERS = tuple(inspect.signature(torch.nn.functional.multi_head_attention_forward).parameters)
+
+
+def _multi_head_attention(binding: "Binding", func, args, kwargs):
+    """``nn.MultiheadAttention``'s functional form: the attention rule where query, key and value enter (their
+    projections are linear, so scaling or detaching there is the rule at q, k and v), then the function as written."""
+    call = dict(zip(_MHA_PARAMETERS, args), **kwargs)
+    q, k, v = call["query"], call["key"], call["value"]
+    if not any(_requires_grad(t) for t in (q, k, v)):
+        return func(*args, **kwargs)
+    binding.note(func, "attention kernel")
+    call["query"], call["key"], call["value"] = rules.attention_factors(q, k, v, binding.method)
+    call["dropout_p"] = 0.0
+    return func(**call)
+
+
 def _layer_norm(binding: "Binding", func, args, kwargs):
     if not _requires_grad(args[0]):
         return func(*args, **kwargs)
@@ -293,6 +310,7 @@ _SPECIAL: dict[str, Handler] = {
     "softmax": _softmax,
     "sigmoid": _sigmoid,
     "scaled_dot_product_attention": _sdpa,
+    "multi_head_attention_forward": _multi_head_attention,
     "layer_norm": _layer_norm,
     "rms_norm": _rms_norm,
     "group_norm": _group_norm,
