@@ -5,7 +5,7 @@ PIP := $(VENV)/bin/pip
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench evaluation clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -56,6 +56,10 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/peers.py
 	$(PY) benchmarks/long_context.py
+
+# The faithfulness figures of docs/evaluation.md (about 1.5 hours on 2 cores; resumes if interrupted).
+evaluation: $(VENV)/.installed
+	$(PY) benchmarks/evaluation.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

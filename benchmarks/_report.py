@@ -39,24 +39,34 @@ def read_sections(text: str) -> dict[str, str]:
     return found
 
 
-def write_section(name: str, body: str, path: Path | str = DOC) -> Path:
-    """Replace (or add) section ``name`` of the benchmarks page; the other sections stay as they are."""
-    if name not in SECTIONS:
-        raise ValueError(f"unknown section {name!r}; add it to SECTIONS")
+def write_section(name: str, body: str, path: Path | str = DOC, order: dict[str, str] = SECTIONS) -> Path:
+    """Replace (or add) section ``name`` of a page (by default the benchmarks page, whose sections are ``SECTIONS``);
+    the other sections stay as they are, in the order of ``order``."""
+    if name not in order:
+        raise ValueError(f"unknown section {name!r}; add it to {'SECTIONS' if order is SECTIONS else 'the order'}")
     path = Path(path)
     text = path.read_text(encoding="utf-8") if path.is_file() else ""
     sections = read_sections(text)
-    if text.strip() and not sections:  # a page from before the sections: it was the overhead table
+    if text.strip() and not sections and order is SECTIONS:  # a page from before the sections: the overhead table
         sections["overhead"] = text.strip("\n")
     sections[name] = body.strip("\n")
     parts = []
-    for key in [*SECTIONS, *(k for k in sections if k not in SECTIONS)]:
+    for key in [*order, *(k for k in sections if k not in order)]:
         if key in sections:
             start, end = _fence(key)
             parts.append(f"{start}\n{sections[key]}\n{end}")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n\n".join(parts) + "\n", encoding="utf-8")
     return path
+
+
+def publish(name: str, report: str, output: Path | str | None) -> None:
+    """Print a section's markdown and, unless ``output`` is None, write it as section ``name`` of that page."""
+    print()
+    print(report)
+    if output:
+        write_section(name, report, output)
+        print(f"\nwritten to {output} (section {name!r})")
 
 
 def load_average() -> str:

@@ -148,7 +148,7 @@ def main(argv=None) -> None:
 
     import json as _json
 
-    from _report import load_average, write_section
+    from _report import load_average, publish
     from attnlrp.loading import _cache_dir_for, default_model_file
 
     config_file = _cache_dir_for(default_model_file()) / "config.json"
@@ -177,11 +177,7 @@ def main(argv=None) -> None:
     for n in skipped:
         print(f"  {n} tokens: skipped, past the model's context of {context} tokens")
     report = markdown(results, lengths, context, loads, time.perf_counter() - started, args.repeats, command, skipped)
-    print()
-    print(report)
-    if output:
-        write_section("long-context", report, output)
-        print(f"\nwritten to {output} (section 'long-context')")
+    publish("long-context", report, output)
 
 
 if __name__ == "__main__":

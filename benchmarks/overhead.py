@@ -60,7 +60,7 @@ import attnlrp  # noqa: E402
 from attnlrp.explain import gradient_checkpointing  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import cpu_name, load_average, read_sections, reset_peak, rss_kib, write_section  # noqa: E402
+from _report import cpu_name, load_average, publish, read_sections, reset_peak, rss_kib, write_section  # noqa: E402
 
 _LOAD_START = ["?"]
 
@@ -397,13 +397,9 @@ def main(argv=None) -> None:
     elapsed = time.perf_counter() - started
 
     report = markdown(command, results, memory, generation, elapsed, repeats)
-    print()
-    print(report)
-    if output:
-        write_section("overhead", report, output)
-        if "gpu" not in read_sections(Path(output).read_text(encoding="utf-8")):
-            write_section("gpu", gpu_note(), output)
-        print(f"\nwritten to {output} (section 'overhead')")
+    publish("overhead", report, output)
+    if output and "gpu" not in read_sections(Path(output).read_text(encoding="utf-8")):
+        write_section("gpu", gpu_note(), output)
 
 
 def gpu_note() -> str:

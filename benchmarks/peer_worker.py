@@ -17,7 +17,8 @@ N-token greedy generation after the prompt ids. Replies carry the seconds of the
 (the explained value, Σ relevance, relevance per token, generated ids), so that peers.py can check that the
 systems did the same work.
 
-This file imports only the standard library, torch and transformers at the top: it runs in every venv.
+This file imports only the standard library, torch, transformers and benchmarks/_report.py (standard library
+only) at the top: it runs in every venv.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import re
 import sys
 import time
 import warnings
@@ -37,24 +37,13 @@ warnings.simplefilter("ignore")
 
 import torch  # noqa: E402
 
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _report import reset_peak, rss_kib  # noqa: E402  (standard library only: importable in every venv)
+
 THREADS = 2
 REPLY = "@@reply "  # replies are marked: libraries may print to stdout too
-HERE = Path(__file__).resolve().parent
 IG_STEPS, IG_BATCH = 32, 8
-
-
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return int(re.search(rf"^{field}:\s+(\d+)", f.read(), re.M).group(1))
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def _freeze(model):
@@ -84,7 +73,6 @@ class Ours:
     """This repository: plain gradient, AttnLRP through attnlrp.lrp, explain_generation, per-step recomputation."""
 
     def __init__(self, model_dir: str):
-        sys.path.insert(0, str(HERE))
         import attnlrp
         from overhead import greedy, per_step_relevance
 
@@ -233,10 +221,10 @@ def main(argv: list[str]) -> None:
             warm["new_tokens"] = 2
         run(system, warm)  # lazy initialisations are not the run's memory
         gc.collect()
-        exact = _reset_peak()
-        before = _rss_kib("VmRSS")
+        exact = reset_peak()
+        before = rss_kib("VmRSS")
         out = run(system, request)
-        peak = _rss_kib("VmHWM")
+        peak = rss_kib("VmHWM")
         reply = {"peak_mib": (peak - before) / 1024, "baseline_mib": before / 1024, "exact": exact,
                  "seconds": out["seconds"], **info}
         print(REPLY + json.dumps(reply), flush=True)

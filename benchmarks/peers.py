@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import hashlib
 import json
 import os
 import statistics
@@ -251,7 +250,7 @@ def main(argv=None) -> None:
     from attnlrp.loading import _cache_dir_for, default_model_file
 
     sys.path.insert(0, str(HERE))
-    from _report import cpu_name, load_average, write_section
+    from _report import load_average, publish
     from overhead import generation_prompt_ids
 
     attnlrp.load_model()  # converts the bundled GGUF to the safetensors cache on first use
@@ -320,12 +319,7 @@ def main(argv=None) -> None:
     elapsed = time.perf_counter() - started
     report = markdown(explain, generation, memory, versions, loads, elapsed, repeats, slow_repeats, new_tokens,
                       len(gen_ids), "python benchmarks/peers.py" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else ""))
-    print()
-    print(report)
-    if output:
-        write_section("peers", report, output)
-        print(f"\nwritten to {output} (section 'peers')")
-    _ = cpu_name  # the machine line is in the overhead section
+    publish("peers", report, output)
 
 
 def _mem(memory, key, ref_key=None) -> tuple[str, str]:

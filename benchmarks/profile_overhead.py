@@ -36,11 +36,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 import attnlrp  # noqa: E402
-from _report import load_average, write_section  # noqa: E402
+from _report import load_average, publish  # noqa: E402
 from overhead import load, run_once, token_ids  # noqa: E402
 
 #: cProfile entries (file suffix, function name or None for all) -> part of the engine.
@@ -259,11 +258,7 @@ def main(argv=None) -> None:
         loads.append(load_average())
         print(f"  {length} tokens done (load {loads[-1]})", flush=True)
     report = markdown(results, command, time.perf_counter() - started, loads, rounds)
-    print()
-    print(report)
-    if output:
-        write_section("profile", report, output)
-        print(f"\nwritten to {output} (section 'profile')")
+    publish("profile", report, output)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import pytest
@@ -229,7 +230,7 @@ def test_other_model_of_same_class_untouched_inside_the_block():
         warnings.simplefilter("error")  # B's ops must not be seen (or reported) by A's binding
         a(input_ids=x).logits[0, -1].max().backward()
         a_embeddings = binding.embeddings
-        assert all(p.requires_grad for p in b.parameters())
+        assert {n: p.requires_grad for n, p in b.named_parameters()} == b_flags
         assert _module_state(b) == b_state
         got = _plain_pass(b, x)
         assert binding.embeddings is a_embeddings  # B's embedding did not replace A's
@@ -386,22 +387,23 @@ class _Boom(RuntimeError):
     pass
 
 
-def _raise_in_layer(model, layer=1):
+def _raise_in_layer(model, layer=1, error=_Boom):
     def hook(module, args, kwargs):
-        raise _Boom("mid-forward")
+        raise error("mid-forward")
 
     return model.model.layers[layer].self_attn.register_forward_pre_hook(hook, with_kwargs=True)
 
 
+@pytest.mark.parametrize("error", [_Boom, KeyboardInterrupt])
 @pytest.mark.parametrize("hook_first", [False, True], ids=["binding-hooks-first", "raising-hook-first"])
-def test_exception_mid_forward_caught_inside_the_block(llama, hook_first):
+def test_exception_mid_forward_caught_inside_the_block(llama, hook_first, error):
     x = ids(8)
     _, expected = _explain(llama, x)
     state, flags = _module_state(llama), {n: p.requires_grad for n, p in llama.named_parameters()}
-    handle = _raise_in_layer(llama) if hook_first else None  # runs before the binding's pre-hook
+    handle = _raise_in_layer(llama, error=error) if hook_first else None  # runs before the binding's pre-hook
     with attnlrp.lrp(llama) as b:
-        handle = handle or _raise_in_layer(llama)
-        with pytest.raises(_Boom), warnings.catch_warnings():
+        handle = handle or _raise_in_layer(llama, error=error)
+        with pytest.raises(error), warnings.catch_warnings():
             warnings.simplefilter("error")  # torch warns when an always_call hook fails during unwinding
             llama(input_ids=x)
         handle.remove()
@@ -441,3 +443,31 @@ def test_exception_in_the_backward_restores_the_model(llama):
             b.embeddings.register_hook(lambda g: (_ for _ in ()).throw(_Boom("in backward")))
             logits.sum().backward()
     _assert_pristine(llama, state, flags)
+
+
+def test_threads_sharing_a_binding_each_read_their_own_embeddings(llama):
+    xs = [ids(6, seed=1), ids(9, seed=2)]
+    expected = [_explain(llama, x)[1] for x in xs]
+    got, errors = {}, []
+    both = threading.Barrier(2)
+
+    def work(i):
+        try:
+            both.wait()
+            logits = llama(input_ids=xs[i]).logits[0, -1]
+            both.wait()  # both forwards ran before either backward: a single shared attribute would mix them up
+            logits[logits.argmax()].backward()
+            got[i] = (b.embeddings * b.embeddings.grad).sum(-1).detach()
+        except BaseException as error:  # noqa: BLE001 - reported below, in the test's thread
+            errors.append(error)
+            both.abort()
+
+    with attnlrp.lrp(llama) as b:
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors
+    for i in range(2):
+        torch.testing.assert_close(got[i], expected[i], rtol=1e-12, atol=1e-12)

@@ -96,7 +96,7 @@ def test_bert_classifier_quickstart(tmp_path):
 
 
 def test_gpt2_contrastive_quickstart(tmp_path):
-    from attnlrp.compat import modeling_gpt2, monkey_patch, pdf_heatmap, clean_tokens, cp_LRP  # changed imports
+    from attnlrp.compat import modeling_gpt2, monkey_patch, pdf_heatmap, clean_tokens, cp_LRP  # noqa: F401  (the quickstart's imports, changed)
 
     monkey_patch(modeling_gpt2, cp_LRP, verbose=True)
     config = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=200, bos_token_id=0, eos_token_id=0)

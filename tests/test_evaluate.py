@@ -88,8 +88,8 @@ def _grad(model, tokenizer, prompt):
     ids = tokenizer(prompt, return_tensors="pt").input_ids
     embeds = model.get_input_embeddings()(ids).detach().requires_grad_()
     logits = model(inputs_embeds=embeds).logits[0, -1]
-    logits[logits.argmax()].backward()
-    return embeds[0].detach(), embeds.grad[0]
+    (grad,) = torch.autograd.grad(logits[logits.argmax()], embeds)  # no parameter .grad left on the shared model
+    return embeds[0].detach(), grad[0]
 
 
 def test_gradient_and_input_x_gradient_by_hand(tiny_lm, tokenizer):

@@ -260,13 +260,14 @@ def test_padding_side_is_checked(tiny_lm, tokenizer):
 # --- generation ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["attnlrp", "cp-lrp"])
-def test_generation_rows_equal_per_step_explanations(tiny_lm, tokenizer, method):
+@pytest.mark.parametrize("method, backward_batch", [("attnlrp", 8), ("cp-lrp", 8), ("attnlrp", 3), ("cp-lrp", 1)])
+def test_generation_rows_equal_per_step_explanations(tiny_lm, tokenizer, method, backward_batch):
     n_new = 4
     prompt_ids = ids_of(tokenizer, PROMPT)
     p = len(prompt_ids)
 
-    gen = attnlrp.explain_generation(tiny_lm, tokenizer, PROMPT, max_new_tokens=n_new, method=method)
+    gen = attnlrp.explain_generation(tiny_lm, tokenizer, PROMPT, max_new_tokens=n_new, method=method,
+                                     backward_batch=backward_batch)
 
     ids = gen.token_ids
     assert gen.matrix.shape == (n_new, p + n_new)
@@ -283,6 +284,29 @@ def test_generation_rows_equal_per_step_explanations(tiny_lm, tokenizer, method)
         assert gen.values[i] == pytest.approx(step.value, rel=1e-6)  # stored as float32
         assert gen.probs[i] == pytest.approx(step.prob, rel=1e-5)
         assert gen.generated[i] == step.target
+
+
+class NoCache(torch.nn.Module):
+    """A causal LM whose forward takes no key-value cache (it can still generate through the model inside)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.generate = inner.generate
+        self.get_output_embeddings = inner.get_output_embeddings
+
+    def forward(self, input_ids, use_cache=False):
+        return self.inner(input_ids=input_ids, use_cache=False)
+
+    def get_input_embeddings(self):
+        return self.inner.get_input_embeddings()
+
+
+def test_generation_without_a_cache_runs_one_forward(tiny_lm, tokenizer):
+    cached = attnlrp.explain_generation(tiny_lm, tokenizer, PROMPT, max_new_tokens=3, backward_batch=2)
+    plain = attnlrp.explain_generation(NoCache(tiny_lm), tokenizer, PROMPT, max_new_tokens=3, backward_batch=2)
+    assert plain.token_ids == cached.token_ids
+    np.testing.assert_allclose(plain.matrix, cached.matrix, rtol=1e-5, atol=1e-9)
 
 
 def test_gradient_checkpointing_gives_identical_scores(tiny_lm, tokenizer):

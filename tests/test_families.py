@@ -6,6 +6,7 @@
 (c) the engine equals an independent reference of one block, written here from rules.md.
 (d) the audit finds no op without a rule; MoE experts are covered in every implementation.
 (e) AttnLRP: the input relevance is finite and in the range observed on these models.
+(f) explain_generation: its segments over a graph-keeping key-value cache give the same relevance as one forward.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import math
 
 import pytest
 import torch
-from tiny_models import FAMILIES, MOE, build, zero_biases, zero_vit_constants
+import numpy as np
+from tiny_models import DECODERS, FAMILIES, MOE, SEQ, build, zero_biases, zero_vit_constants
 
 import attnlrp
 
@@ -328,3 +330,23 @@ def test_attnlrp_relevance_is_finite_and_in_the_observed_range(name):
     # The last layer boundary sits above every softmax: only norms, linear maps and the head remain.
     assert float(rec.relevance[fam.layers.replace("*", "1")].sum()) == pytest.approx(float(y), rel=1e-4)
 
+
+
+# --- (f) explain_generation over a key-value cache ---------------------------------------------------
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_generation_segments_equal_one_forward(name, tokenizer):
+    fam = build(name, dtype=torch.float32)
+    prompt = fam.inputs["input_ids"][0].tolist()
+    n_new = 5
+
+    def run(backward_batch):
+        return attnlrp.explain_generation(fam.model, tokenizer, prompt, max_new_tokens=n_new, min_new_tokens=n_new,
+                                          backward_batch=backward_batch)
+
+    segmented, whole = run(2), run(n_new)  # segments of 2, 2, 1 generated tokens; one segment
+    assert segmented.token_ids == whole.token_ids and len(whole.token_ids) == SEQ + n_new
+    assert np.abs(whole.matrix).max() > 0
+    np.testing.assert_allclose(segmented.matrix, whole.matrix, rtol=2e-4, atol=1e-5 * np.abs(whole.matrix).max())
+    np.testing.assert_allclose(segmented.values, whole.values, rtol=1e-5)

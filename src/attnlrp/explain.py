@@ -407,6 +407,30 @@ def _head_input(model: nn.Module) -> Iterator[_HeadInput]:
         handle.remove()
 
 
+def _explain_rows(matrix: np.ndarray, rows: range, first: int, values: Tensor, hidden: Tensor | None,
+                  embeddings: list[Tensor]) -> None:
+    """Fill ``matrix[rows]``: one batched backward from the values of generated tokens ``rows`` (of a segment that
+    starts at ``first``) to the input embeddings of every segment up to it."""
+    seeds_at = torch.arange(len(rows), device=values.device)
+    picked = torch.tensor(list(rows), device=values.device) - first
+    if hidden is None:
+        origin = values
+        seeds = torch.zeros(len(rows), len(values), dtype=values.dtype, device=values.device)
+        seeds[seeds_at, picked] = 1
+    else:
+        # Start below the LM head: it maps each position on its own (a linear map, then at most element-wise
+        # scaling or soft-capping), so one cheap backward of the values to the head's input gives each token's
+        # seed there, and the batched passes skip multiplying mostly-zero [batch, rows, vocab] seeds by the head.
+        (at_hidden,) = torch.autograd.grad(values[picked].sum(), hidden, retain_graph=True)
+        offset = hidden.shape[1] - len(values)
+        origin = hidden
+        seeds = torch.zeros((len(rows), *hidden.shape), dtype=hidden.dtype, device=hidden.device)
+        seeds[seeds_at, 0, offset + picked] = at_hidden[0, offset + picked]
+    grads = torch.autograd.grad(origin, embeddings, grad_outputs=seeds, is_grads_batched=True, retain_graph=True)
+    block = torch.cat([(e * g).sum(-1)[:, 0] for e, g in zip(embeddings, grads)], dim=-1)
+    matrix[rows.start : rows.stop, : block.shape[1]] = block.detach().float().cpu().numpy()
+
+
 def explain_generation(
     model: nn.Module,
     tokenizer,
@@ -418,8 +442,10 @@ def explain_generation(
 ) -> GenerationExplanation:
     """Generate (greedy by default), then explain every generated token against all tokens before it.
 
-    One forward pass over the whole sequence is shared by all generated tokens. The backward passes
-    run vectorised, ``backward_batch`` generated tokens at a time (more is faster and needs more memory).
+    One forward pass over the whole sequence is shared by all generated tokens, run in segments of
+    ``backward_batch`` generated tokens over a key-value cache that keeps the graph. Each segment's tokens are
+    explained in one vectorised backward that reaches back only through the segments before it (more tokens
+    per batch is faster and needs more memory).
     """
     method = normalize_method(method)  # fail before generating; results carry the canonical name
     item = _encode(tokenizer, prompt)
@@ -437,42 +463,34 @@ def explain_generation(
         raise InputError("The model generated no token (it stopped at once); nothing to explain.")
     matrix = np.zeros((n_new, sequence.shape[0]), dtype=np.float32)
     inputs = sequence[:-1].unsqueeze(0)
-    kwargs = {"input_ids": inputs, "use_cache": False}
-    if "logits_to_keep" in inspect.signature(model.forward).parameters:
-        kwargs["logits_to_keep"] = n_new  # only the rows that predict generated tokens
-    with lrp(model, method=method) as binding, _head_input(model) as head, torch.enable_grad():
-        logits = model(**kwargs).logits[0, -n_new:]
-        embeddings = binding.embeddings
-        chosen = sequence[n_prompt:]
-        values = logits.gather(1, chosen.unsqueeze(1))[:, 0]
-        _check_finite(values.detach())
-        hidden = head.input(n_new)
-        if hidden is not None:
-            # Start the per-token backward passes below the LM head: the head maps each position on its own
-            # (a linear map, then at most element-wise scaling or soft-capping), so one backward of sum(values)
-            # gives every generated token's gradient at its own row of the head's input. The batched passes
-            # then skip the head, which would otherwise multiply [batch, n_new, vocab] mostly-zero seeds by
-            # the vocab x hidden weight for every batch.
-            (at_hidden,) = torch.autograd.grad(values.sum(), hidden, retain_graph=True)
-            offset = hidden.shape[1] - n_new
-        for start in range(0, n_new, backward_batch):
-            rows = torch.arange(start, min(start + backward_batch, n_new), device=device)
-            if hidden is None:
-                origin = values
-                seeds = torch.zeros(len(rows), n_new, dtype=values.dtype, device=device)
-                seeds[torch.arange(len(rows)), rows] = 1
-            else:
-                origin = hidden
-                seeds = torch.zeros((len(rows), *hidden.shape), dtype=hidden.dtype, device=device)
-                seeds[torch.arange(len(rows)), 0, offset + rows] = at_hidden[0, offset + rows]
-            (grads,) = torch.autograd.grad(origin, embeddings, grad_outputs=seeds, is_grads_batched=True,
-                                           retain_graph=start + backward_batch < n_new)
-            block = (embeddings * grads).sum(-1)[:, 0].detach().float().cpu().numpy()
-            matrix[start : start + len(rows), : inputs.shape[1]] = block
-        probs = torch.softmax(logits.detach().float(), -1).gather(1, chosen.unsqueeze(1))[:, 0]
+    chosen = sequence[n_prompt:]
+    parameters = inspect.signature(model.forward).parameters
+    cached = "past_key_values" in parameters
+    segment = backward_batch if cached else n_new
+    values, probs = [], []
+    with lrp(model, method=method) as binding, torch.enable_grad():
+        embeddings, kwargs, done = [], {"use_cache": cached}, 0
+        for first in range(0, n_new, segment):
+            last = min(first + segment, n_new)  # this segment's rows predict generated tokens first..last-1
+            if "logits_to_keep" in parameters:
+                kwargs["logits_to_keep"] = last - first
+            with _head_input(model) as head:
+                out = model(input_ids=inputs[:, done : n_prompt - 1 + last], **kwargs)
+            done = n_prompt - 1 + last
+            if cached:
+                kwargs["past_key_values"] = out.past_key_values
+            embeddings.append(binding.embeddings)
+            logits = out.logits[0, -(last - first):]
+            seg_values = logits.gather(1, chosen[first:last].unsqueeze(1))[:, 0]
+            _check_finite(seg_values.detach())
+            values += seg_values.detach().float().tolist()
+            probs += torch.softmax(logits.detach().float(), -1).gather(1, chosen[first:last].unsqueeze(1))[:, 0].tolist()
+            for start in range(first, last, backward_batch):
+                rows = range(start, min(start + backward_batch, last))
+                _explain_rows(matrix, rows, first, seg_values, head.input(last - first), embeddings)
     ids = sequence.tolist()
     raw, display, special = _display(tokenizer, ids)
     return GenerationExplanation(
-        tokens=raw, display=display, matrix=matrix, prompt_length=n_prompt, values=values.detach().float().tolist(),
-        method=method, model=model_name(model), token_ids=ids, special=special, probs=probs.tolist(),
+        tokens=raw, display=display, matrix=matrix, prompt_length=n_prompt, values=values,
+        method=method, model=model_name(model), token_ids=ids, special=special, probs=probs,
     )

@@ -112,7 +112,6 @@ class Binding:
         self.model = model
         self.method = method
         self.strict = strict
-        self.embeddings: Tensor | None = None
         self.unruled_ops: Counter[tuple[str, str]] = Counter()
         self.ruled_ops: Counter[tuple[str, str]] = Counter()
         self.counting = False
@@ -125,6 +124,11 @@ class Binding:
         self._param_slots: list[tuple[nn.Module, str, bool]] = []
         self._paths: dict[nn.Module, str] = {}
         self._norms: set[nn.Module] = set()
+
+    @property
+    def embeddings(self) -> Tensor | None:
+        """The input embeddings of this thread's last forward pass (read ``.grad`` after the backward)."""
+        return getattr(self._local, "embeddings", None)
 
     # --- scope: which module of ours is running -------------------------------------------
 
@@ -211,6 +215,33 @@ class Binding:
         embeddings = _input_embeddings(self.model)
         if embeddings is not None:
             self._handles.append(embeddings.register_forward_hook(self._capture_embeddings))
+        self._guard_root()
+
+    def _guard_root(self) -> None:
+        """Close the scope when a KeyboardInterrupt (or another non-Exception) stops a forward midway: the
+        always-called post-hooks only run for Exceptions, and an open scope would route the caller's ops too."""
+        model = self.model
+        previous, original = model.__dict__.get("forward"), model.forward
+
+        @functools.wraps(original)
+        def forward(*args, **kwargs):
+            try:
+                return original(*args, **kwargs)
+            except Exception:
+                raise
+            except BaseException:
+                self._close_scope()
+                raise
+
+        if model not in self._forwards:
+            self._forwards[model] = previous
+        model.forward = forward
+
+    def _close_scope(self) -> None:
+        stack = self._stack()
+        if stack:
+            stack.clear()
+            self._mode.__exit__(None, None, None)
 
     def detach(self) -> None:
         for handle in self._handles:
@@ -231,10 +262,7 @@ class Binding:
         for module in self._paths:
             if _BOUND.get(module) is self:
                 del _BOUND[module]
-        stack = self._stack()
-        if stack:  # an exception escaped mid-forward with hooks that did not unwind
-            stack.clear()
-            self._mode.__exit__(None, None, None)
+        self._close_scope()  # an exception escaped mid-forward with hooks that did not unwind
 
     def handler_for(self, func: Callable) -> ops.Handler | None:
         """The handler of ``func`` in this binding's op table (None: plain autograd is its rule)."""
@@ -310,7 +338,7 @@ class Binding:
             output = output.detach().requires_grad_()
         else:  # computed from inputs that require grad (pixels of a ViT): keep its grad readable too
             output.retain_grad()
-        self.embeddings = output
+        self._local.embeddings = output
         return output
 
 
