@@ -56,10 +56,11 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/peers.py
 	$(PY) benchmarks/long_context.py
+	$(PY) benchmarks/profile_overhead.py
 
 # The faithfulness figures of docs/evaluation.md (about 1.5 hours on 2 cores; resumes if interrupted).
 evaluation: $(VENV)/.installed
 	$(PY) benchmarks/evaluation.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(VENV_TF4) $(VENV_VISION) .pytest_cache

@@ -187,12 +187,6 @@ SYSTEMS = {"ours": Ours, "lxt": LXT, "captum": Captum, "inseq": Inseq}
 
 def run(system, request: dict) -> dict:
     ids = torch.tensor([request["ids"]])
-    if request.get("flops"):  # count the matmul FLOPs of the run instead (torch.profiler; not timed)
-        from torch.profiler import ProfilerActivity, profile
-
-        with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
-            run(system, dict(request, flops=False))
-        return {"gflop": sum(e.flops for e in prof.key_averages()) / 1e9, "seconds": float("nan")}
     gc.collect()
     start = time.perf_counter()
     if request["task"] == "explain":
