@@ -480,11 +480,11 @@ def explain_generation(
             if cached:
                 kwargs["past_key_values"] = out.past_key_values
             embeddings.append(binding.embeddings)
-            logits = out.logits[0, -(last - first):]
-            seg_values = logits.gather(1, chosen[first:last].unsqueeze(1))[:, 0]
+            logits, picked = out.logits[0, -(last - first):], chosen[first:last].unsqueeze(1)
+            seg_values = logits.gather(1, picked)[:, 0]
             _check_finite(seg_values.detach())
             values += seg_values.detach().float().tolist()
-            probs += torch.softmax(logits.detach().float(), -1).gather(1, chosen[first:last].unsqueeze(1))[:, 0].tolist()
+            probs += torch.softmax(logits.detach().float(), -1).gather(1, picked)[:, 0].tolist()
             for start in range(first, last, backward_batch):
                 rows = range(start, min(start + backward_batch, last))
                 _explain_rows(matrix, rows, first, seg_values, head.input(last - first), embeddings)
