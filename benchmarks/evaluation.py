@@ -52,6 +52,8 @@ RUNS = [
 #: What each suite is judged by, and the baselines AttnLRP must beat with non-overlapping intervals.
 JUDGED = {"needle": "pointing", "facts": "pointing", "ioi": "pointing", "agreement": "pointing", "perturbation": "abpc"}
 RIVALS = ("input_x_gradient", "random")
+#: The suites whose groups get a table of their own: what a group is.
+GROUPED = {"needle": "context length (tokens)", "facts": "relation", "perturbation": "source of the prompt"}
 
 
 def _cell(stat: dict) -> str:
@@ -88,13 +90,14 @@ def section(name: str, results: dict, figures: list[Path]) -> list[str]:
            "of explaining and scoring, all methods together.", ""]
     out += _table(results["metrics"], results["methods"], keys)
     out += ["", "- " + _verdict(results, judged), ""]
-    if suite == "needle":
-        out += ["Pointing game by context length (tokens):", ""]
-        lengths = list(results["groups"])
-        out += ["| method | " + " | ".join(lengths) + " |", "|---" * (len(lengths) + 1) + "|"]
+    if suite in GROUPED:
+        out += [f"{COLUMNS[judged]} by {GROUPED[suite]}:", ""]
+        groups = list(results["groups"])
+        out += ["| method | " + " | ".join(groups) + " |", "|---" * (len(groups) + 1) + "|"]
         for m in results["methods"]:
-            out.append(f"| {m} | " + " | ".join(_cell(results["groups"][g][m]["pointing"]) for g in lengths) + " |")
-        out.append("")
+            out.append(f"| {m} | " + " | ".join(f"{results['groups'][g][m][judged]['mean']:.2f}" for g in groups) + " |")
+        out += ["", "Items per group: " + ", ".join(f"{g} {results['groups'][g][results['methods'][0]][judged]['n']}"
+                                                    for g in groups) + ".", ""]
     for figure in figures:
         out += [f"![{name}: {figure.stem.split('-')[-1]}](img/evaluation/{figure.name})", ""]
     return out

@@ -130,6 +130,36 @@ def test_integrated_gradients_completeness(make_tiny_lm, tokenizer):
         IntegratedGradients(steps=0)
 
 
+def test_baselines_agree_with_captum(tiny_lm, tokenizer):
+    """Our gradient baselines equal Captum's implementations of the same methods on the same embeddings."""
+    from captum.attr import InputXGradient, IntegratedGradients as CaptumIG, Occlusion, Saliency
+
+    ids = tokenizer(PROMPTS[1], return_tensors="pt").input_ids
+    embeds = tiny_lm.get_input_embeddings()(ids).detach()
+    with torch.no_grad():
+        target = int(tiny_lm(input_ids=ids).logits[0, -1].argmax())
+
+    def forward(e):
+        return tiny_lm(inputs_embeds=e).logits[:, -1, target]
+
+    ours = {m: attnlrp.explain(tiny_lm, tokenizer, PROMPTS[1], method=m, target=target).scores
+            for m in ("gradient", "input_x_gradient", "occlusion")}
+    ours["ig"] = attnlrp.explain(tiny_lm, tokenizer, PROMPTS[1], method=IntegratedGradients(steps=16),
+                                 target=target).scores
+    hidden = embeds.shape[-1]
+    theirs = {
+        "gradient": Saliency(forward).attribute(embeds.clone().requires_grad_(), abs=False)[0].norm(dim=-1),
+        "input_x_gradient": InputXGradient(forward).attribute(embeds.clone().requires_grad_())[0].sum(-1),
+        # one token's whole embedding zeroed at a time: every element of the window carries the full drop
+        "occlusion": Occlusion(forward).attribute(embeds, sliding_window_shapes=(1, hidden), strides=(1, hidden),
+                                                  baselines=0.0)[0, :, 0],
+        "ig": CaptumIG(forward).attribute(embeds, baselines=torch.zeros_like(embeds), n_steps=16,
+                                          method="riemann_middle")[0].sum(-1),
+    }
+    for name, reference in theirs.items():
+        np.testing.assert_allclose(ours[name], reference.detach().numpy(), rtol=1e-5, atol=1e-7, err_msg=name)
+
+
 def test_occlusion_is_leave_one_out(tiny_lm, tokenizer):
     exp = attnlrp.explain(tiny_lm, tokenizer, PROMPTS[0], method="occlusion")
     ids = tokenizer(PROMPTS[0], return_tensors="pt").input_ids
