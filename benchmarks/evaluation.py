@@ -52,6 +52,7 @@ RUNS = [
 #: What each suite is judged by, and the baselines AttnLRP must beat with non-overlapping intervals.
 JUDGED = {"needle": "pointing", "facts": "pointing", "ioi": "pointing", "agreement": "pointing", "perturbation": "abpc"}
 RIVALS = ("input_x_gradient", "random")
+FACTS_CONTRAST_METHODS = ("attnlrp", "cp-lrp", "input_x_gradient", "gradient", "random")
 #: The suites whose groups get a table of their own: what a group is.
 GROUPED = {"needle": "context length (tokens)", "facts": "relation", "perturbation": "source of the prompt"}
 
@@ -130,6 +131,36 @@ def zeroing_effects(model, tokenizer, limit: int) -> list[str]:
             "items.", "", *out, ""]
 
 
+def facts_contrast(model, tokenizer, limit: int) -> list[str]:
+    """Pointing game on the facts suite when the explained value is the answer's logit against the runner-up
+    answer of the same relation (another continent, another sport) instead of the bare logit: does the relation
+    word win because it raises every answer of its kind?"""
+    items, _ = kept_items(model, tokenizer, "facts", limit)
+    answers: dict[str, set[int]] = {}
+    for item in items:
+        answers.setdefault(item.group, set()).add(item.answer_id(tokenizer))
+    kept = []
+    for item in items:
+        rivals = sorted(answers[item.group] - {item.answer_id(tokenizer)})
+        if not rivals:
+            continue
+        with torch.no_grad():
+            last = model(input_ids=torch.tensor([tokenizer(item.prompt).input_ids]), logits_to_keep=1).logits[0, -1]
+        runner_up = max(rivals, key=lambda t: float(last[t]))
+        kept.append((item, attnlrp.Contrast(item.answer_id(tokenizer), runner_up)))
+    prompts = [item.prompt for item, _ in kept]
+    out = ["| method | the answer's logit | the answer against the runner-up answer |", "|---|---|---|"]
+    for method in FACTS_CONTRAST_METHODS:
+        cells = []
+        for target in ([item.answer_id(tokenizer) for item, _ in kept], [t for _, t in kept]):
+            exps = attnlrp.explain(model, tokenizer, prompts, target=target, method=method, batch_size=16)
+            cells.append(metrics.summary([metrics.pointing_game(e.scores, item.evidence_positions(tokenizer))
+                                          for e, (item, _) in zip(exps, kept)]))
+        out.append(f"| {method} | {_cell(cells[0])} | {_cell(cells[1])} |")
+    return [f"Pointing game on the {len(kept)} facts items whose relation has more than one answer in the suite "
+            "(the runner-up: the other answer of the same relation with the highest logit):", "", *out, ""]
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=200)
@@ -159,6 +190,8 @@ def main(argv=None) -> None:
         body += section(name, results, figures)
         if name == "perturbation":
             body += ["#### Zeroing one part of the prompt", "", *zeroing_effects(model, tokenizer, args.limit)]
+        if name == "facts":
+            body += ["#### The answer against its rivals", "", *facts_contrast(model, tokenizer, args.limit)]
     body.append(f"Wall time of this run: {(time.perf_counter() - started) / 60:.1f} min; load average at the end "
                 f"{load_average()}.")
     write_section("results", "\n".join(body), PAGE, ORDER)

@@ -429,7 +429,7 @@ def markdown(explain, generation, memory, versions, loads, elapsed, repeats, slo
     vs_inseq = inseq["ratio"]
     floor = (prompt_tokens + new_tokens - 1 + per_step_rows) / (2 * per_step_rows)
     out += ["",
-            f"- explain_generation takes {vs_step:.2f}× the time of per-step recomputation (paired, "
+            f"- explain_generation takes {vs_step:.3f}× the time of per-step recomputation (paired, "
             f"{min(vs_step_range):.2f}–{max(vs_step_range):.2f}; {no_gen:.2f}× leaving out the shared `generate` call) "
             f"and {(rows[GENERATION[0][0]][0] + ours_bwd) / (2 * per_step_rows):.2f}× its token rows. Target ≤ "
             f"{TARGET_GEN_VS_STEP}×: {'met' if vs_step <= TARGET_GEN_VS_STEP else 'missed'}. Exact relevance for every "

@@ -257,6 +257,14 @@ def test_cli_evaluate_resumes(smollm, monkeypatch, capsys, tmp_path):
         return real(model, tokenizer, items, method, *args)
 
     monkeypatch.setattr(runner, "score_items", counting)
+    bars: list[tuple[int, int]] = []  # (completed, total) of each progress bar at its start
+
+    class RecordingProgress(runner.Progress):
+        def add_task(self, description, **kwargs):
+            bars.append((kwargs["completed"], kwargs["total"]))
+            return super().add_task(description, **kwargs)
+
+    monkeypatch.setattr(runner, "Progress", RecordingProgress)
     output = tmp_path / "agreement.json"
     argv = ["evaluate", "--suite", "agreement", "--methods", "attnlrp,random", "--limit", "4", "--output", str(output),
             "--quiet"]
@@ -279,6 +287,7 @@ def test_cli_evaluate_resumes(smollm, monkeypatch, capsys, tmp_path):
     scored.clear()
     assert cli.main(argv) == 0
     assert scored == [("random", 2)]
+    assert bars == [(0, 2), (1, 2)], "the resumed run's progress bar starts at the (batch, method) pair done"
     again = json.loads(output.read_text())["metrics"]
     assert all(again[m]["pointing"] == results["metrics"][m]["pointing"] for m in ("attnlrp", "random"))
 

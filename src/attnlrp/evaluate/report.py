@@ -63,14 +63,29 @@ def _curves(results: dict) -> Figure:
 
 
 def _by_group(results: dict, key: str) -> Figure:
-    groups = list(results["groups"])
-    fig = Figure(figsize=(6, 3.4))
-    ax = fig.add_subplot()
-    for method in results["methods"]:
-        ax.plot(groups, [results["groups"][g][method][key]["mean"] for g in groups], marker="o", label=method)
-    ax.set_xlabel("context length (tokens)" if results["settings"]["suite"] == "needle" else "group")
-    ax.set_ylabel(COLUMNS[key])
-    ax.legend(fontsize=7)
+    """The needle's lengths as lines (an ordered axis); other suites' groups as a method x group grid of values."""
+    groups, methods = list(results["groups"]), results["methods"]
+    means = [[results["groups"][g][m][key]["mean"] for g in groups] for m in methods]
+    if results["settings"]["suite"] == "needle":
+        fig = Figure(figsize=(6, 3.4))
+        ax = fig.add_subplot()
+        for method, row in zip(methods, means):
+            ax.plot(groups, row, marker="o", label=method)
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel(COLUMNS[key])
+        ax.legend(fontsize=7)
+    else:
+        fig = Figure(figsize=(max(4.5, 1.2 + 0.75 * len(groups)), 0.9 + 0.32 * len(methods)))
+        ax = fig.add_subplot()
+        image = ax.imshow(means, cmap="viridis", aspect="auto")
+        for i, row in enumerate(means):
+            for j, value in enumerate(row):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                        color="black" if value > 0.5 * max(max(r) for r in means) else "white")
+        ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right", fontsize=8)
+        ax.set_yticks(range(len(methods)), methods, fontsize=8)
+        ax.set_title(f"{COLUMNS[key]} per group", fontsize=9)
+        fig.colorbar(image, ax=ax, fraction=0.03)
     fig.tight_layout()
     return fig
 

@@ -124,10 +124,11 @@ def run_suite(model, tokenizer, suite: str, methods: Sequence[str], limit: int, 
     started = time.perf_counter()
     items, tried = kept_items(model, tokenizer, suite, limit, seed, lengths, centered)
     lengths_of = [len(tokenizer(item.prompt).input_ids) for item in items]
-    todo = [(batch, name) for batch in _batches(items, lengths_of) for name in names
-            if any((items[i].id, name) not in journal.records for i in batch)]
-    with Progress(disable=not progress) as bar:
-        task = bar.add_task(f"{suite}: {len(items)} items x {len(names)} methods", total=len(todo))
+    pairs = [(batch, name) for batch in _batches(items, lengths_of) for name in names]
+    todo = [(batch, name) for batch, name in pairs if any((items[i].id, name) not in journal.records for i in batch)]
+    with Progress(disable=not progress) as bar:  # a resumed run starts the bar at what the journal holds
+        task = bar.add_task(f"{suite}: {len(items)} items x {len(names)} methods", total=len(pairs),
+                            completed=len(pairs) - len(todo))
         for batch, name in todo:
             chosen = [items[i] for i in batch if (items[i].id, name) not in journal.records]
             start = time.perf_counter()
