@@ -176,7 +176,7 @@ def main(argv=None) -> None:
             f"Command: `python benchmarks/evaluation.py --limit {args.limit}` (`make evaluation`). "
             f"Date: {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC. SmolLM2-135M-Instruct, float32, "
             f"{cpu_name()}, torch {torch.__version__}. Cells: mean [95% percentile-bootstrap interval of the mean]. "
-            "Seconds per item are wall time on a shared 2-core machine (several suites ran at once): read them as "
+            "Seconds per item are wall time on a shared 2-core machine (other jobs ran alongside): read them as "
             "relative costs.", ""]
     for suite, name, methods, options in RUNS:
         if suite not in wanted:
