@@ -136,26 +136,27 @@ def facts_contrast(model, tokenizer, limit: int) -> list[str]:
     answer of the same relation (another continent, another sport) instead of the bare logit: does the relation
     word win because it raises every answer of its kind?"""
     items, _ = kept_items(model, tokenizer, "facts", limit)
+    answer_of = {item.id: item.answer_id(tokenizer) for item in items}
     answers: dict[str, set[int]] = {}
     for item in items:
-        answers.setdefault(item.group, set()).add(item.answer_id(tokenizer))
-    kept = []
+        answers.setdefault(item.group, set()).add(answer_of[item.id])
+    kept, contrasts = [], []
     for item in items:
-        rivals = sorted(answers[item.group] - {item.answer_id(tokenizer)})
+        rivals = sorted(answers[item.group] - {answer_of[item.id]})
         if not rivals:
             continue
         with torch.no_grad():
             last = model(input_ids=torch.tensor([tokenizer(item.prompt).input_ids]), logits_to_keep=1).logits[0, -1]
-        runner_up = max(rivals, key=lambda t: float(last[t]))
-        kept.append((item, attnlrp.Contrast(item.answer_id(tokenizer), runner_up)))
-    prompts = [item.prompt for item, _ in kept]
+        kept.append(item)
+        contrasts.append(attnlrp.Contrast(answer_of[item.id], max(rivals, key=lambda t: float(last[t]))))
+    prompts = [item.prompt for item in kept]
+    evidence = [item.evidence_positions(tokenizer) for item in kept]
     out = ["| method | the answer's logit | the answer against the runner-up answer |", "|---|---|---|"]
     for method in FACTS_CONTRAST_METHODS:
         cells = []
-        for target in ([item.answer_id(tokenizer) for item, _ in kept], [t for _, t in kept]):
+        for target in ([answer_of[item.id] for item in kept], contrasts):
             exps = attnlrp.explain(model, tokenizer, prompts, target=target, method=method, batch_size=16)
-            cells.append(metrics.summary([metrics.pointing_game(e.scores, item.evidence_positions(tokenizer))
-                                          for e, (item, _) in zip(exps, kept)]))
+            cells.append(metrics.summary([metrics.pointing_game(e.scores, ev) for e, ev in zip(exps, evidence)]))
         out.append(f"| {method} | {_cell(cells[0])} | {_cell(cells[1])} |")
     return [f"Pointing game on the {len(kept)} facts items whose relation has more than one answer in the suite "
             "(the runner-up: the other answer of the same relation with the highest logit):", "", *out, ""]

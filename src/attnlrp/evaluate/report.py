@@ -78,10 +78,11 @@ def _by_group(results: dict, key: str) -> Figure:
         fig = Figure(figsize=(max(4.5, 1.2 + 0.75 * len(groups)), 0.9 + 0.32 * len(methods)))
         ax = fig.add_subplot()
         image = ax.imshow(means, cmap="viridis", aspect="auto")
+        light = 0.5 * max(max(row) for row in means)  # above it the colour map is light: dark text
         for i, row in enumerate(means):
             for j, value in enumerate(row):
                 ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                        color="black" if value > 0.5 * max(max(r) for r in means) else "white")
+                        color="black" if value > light else "white")
         ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right", fontsize=8)
         ax.set_yticks(range(len(methods)), methods, fontsize=8)
         ax.set_title(f"{COLUMNS[key]} per group", fontsize=9)
