@@ -58,7 +58,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/long_context.py
 	$(PY) benchmarks/profile_overhead.py
 
-# The faithfulness figures of docs/evaluation.md (about 3 hours on 2 cores, an hour of it the 2,048-token needle;
+# The faithfulness figures of docs/evaluation.md (about 2¾ hours on 2 cores, 80 min of it the needle;
 # resumes if interrupted).
 evaluation: $(VENV)/.installed
 	$(PY) benchmarks/evaluation.py

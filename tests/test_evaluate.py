@@ -13,6 +13,7 @@ import torch
 import attnlrp
 from attnlrp import cli
 from attnlrp.evaluate import metrics, perturbation_curves, score_items
+from attnlrp.evaluate import suites
 from attnlrp.evaluate.suites import kept_items
 from attnlrp.explain import prepare_batch
 from attnlrp.methods import BASELINES, IntegratedGradients, Random, method_names
@@ -300,6 +301,17 @@ def test_cli_evaluate_resumes(smollm, monkeypatch, capsys, tmp_path):
     with pytest.raises(SystemExit):
         cli.main(["evaluate", "--suite", "facts", "--methods", "attnlrp,shap"])
     assert "Unknown LRP method 'shap'" in capsys.readouterr().err
+
+
+def test_filtering_does_not_depend_on_its_batches(smollm, monkeypatch):
+    model, tokenizer = smollm
+    assert suites._length_batches([30, 10, 20, 10]) == [[1, 3, 2, 0]]
+    shared = kept_items(model, tokenizer, "needle", 4, lengths=(128, 256))  # haystacks share forwards
+    monkeypatch.setattr(suites, "FILTER_TOKENS", 40)
+    assert suites._length_batches([30, 10, 20, 10]) == [[1, 3], [2], [0]], "rows x longest within the budget"
+    single = kept_items(model, tokenizer, "needle", 4, lengths=(128, 256))  # one haystack per forward
+    assert [i.id for i in shared[0]] == [i.id for i in single[0]] and shared[1] == single[1] >= 4
+    assert {i.group for i in single[0]} == {"128", "256"}
 
 
 # --- fixed slices of each suite on the bundled model: AttnLRP beats random --------------------------

@@ -12,7 +12,7 @@ from .item import Item
 
 SUITES = ("needle", "facts", "ioi", "agreement", "perturbation")
 
-#: Tokens per forward while filtering (no gradients).
+#: Padded tokens per forward while filtering (no gradients): rows times the longest prompt among them.
 FILTER_TOKENS = 16384
 
 _GENERATORS = {"facts": facts.candidates, "ioi": ioi.candidates, "agreement": agreement.candidates}
@@ -42,11 +42,30 @@ def candidates(suite: str, tokenizer, seed: int = 0, lengths: Sequence[int] = ne
 
 
 def _correct(model, tokenizer, items: list[Item]) -> list[bool]:
-    """Whether the model gets each item right: the answer is its top next token, or beats ``against``."""
-    targets = [None if item.top1 else item.target(tokenizer) for item in items]
-    batch, resolved = prepare_batch(model, tokenizer, [item.prompt for item in items], targets, padding_side="left")
-    return [r.token_id == item.answer_id(tokenizer) if item.top1 else bool(value > 0)
-            for item, r, value in zip(items, resolved, batch.clean)]
+    """Whether the model gets each item right: the answer is its top next token, or beats ``against``.
+
+    The forwards run over prompts of similar length, so that a short prompt is not padded to a long one's size.
+    """
+    lengths = [len(tokenizer(item.prompt).input_ids) for item in items]
+    ok = [False] * len(items)
+    for rows in _length_batches(lengths):
+        chosen = [items[i] for i in rows]
+        targets = [None if item.top1 else item.target(tokenizer) for item in chosen]
+        batch, resolved = prepare_batch(model, tokenizer, [item.prompt for item in chosen], targets,
+                                        padding_side="left")
+        for i, item, r, value in zip(rows, chosen, resolved, batch.clean):
+            ok[i] = r.token_id == item.answer_id(tokenizer) if item.top1 else bool(value > 0)
+    return ok
+
+
+def _length_batches(lengths: list[int]) -> list[list[int]]:
+    """Row indices sorted by length, split so that rows times the longest stays within ``FILTER_TOKENS``."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if not batches or (len(batches[-1]) + 1) * lengths[i] > FILTER_TOKENS:
+            batches.append([])
+        batches[-1].append(i)
+    return batches
 
 
 def _distinct(stream: Iterator[Item]) -> Iterator[Item]:
@@ -65,17 +84,12 @@ def kept_items(model, tokenizer, suite: str, limit: int, seed: int = 0, lengths:
     tried = 0
     stream = _distinct(candidates(suite, tokenizer, seed, lengths, centered))
     while len(kept) < limit:
-        pending, tokens = [], 0
-        for item in stream:  # as many as still needed, within one forward's token budget
-            pending.append(item)
-            tokens += len(tokenizer(item.prompt).input_ids)
-            if tokens >= FILTER_TOKENS or len(pending) >= limit - len(kept):
-                break
+        pending = list(itertools.islice(stream, limit - len(kept)))  # as many as still needed
         if not pending:
             break
         tried += len(pending)
         kept += [item for item, ok in zip(pending, _correct(model, tokenizer, pending)) if ok]
-    return kept[:limit], tried
+    return kept, tried
 
 
 __all__ = ["Item", "SUITES", "candidates", "kept_items"]
