@@ -12,8 +12,7 @@ import torch
 
 import attnlrp
 from attnlrp import cli
-from attnlrp.evaluate import metrics, perturbation_curves, score_items
-from attnlrp.evaluate import suites
+from attnlrp.evaluate import metrics, perturbation_curves, score_items, suites
 from attnlrp.evaluate.suites import kept_items
 from attnlrp.explain import prepare_batch
 from attnlrp.methods import BASELINES, IntegratedGradients, Random, method_names
