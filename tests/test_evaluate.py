@@ -12,7 +12,7 @@ import torch
 
 import attnlrp
 from attnlrp import cli
-from attnlrp.evaluate import metrics, perturbation_curves, score_items, suites
+from attnlrp.evaluate import metrics, perturbation_curves, runner, score_items, suites
 from attnlrp.evaluate.suites import kept_items
 from attnlrp.explain import prepare_batch
 from attnlrp.methods import BASELINES, IntegratedGradients, Random, method_names
@@ -246,8 +246,6 @@ def test_perturbation_curves_by_hand(tiny_lm, tokenizer):
 
 
 def test_cli_evaluate_resumes(smollm, monkeypatch, capsys, tmp_path):
-    from attnlrp.evaluate import runner
-
     monkeypatch.setattr(cli, "_load", lambda args: smollm)
     scored: list[tuple[str, int]] = []
     real = runner.score_items
@@ -311,6 +309,13 @@ def test_filtering_does_not_depend_on_its_batches(smollm, monkeypatch):
     single = kept_items(model, tokenizer, "needle", 4, lengths=(128, 256))  # one haystack per forward
     assert [i.id for i in shared[0]] == [i.id for i in single[0]] and shared[1] == single[1] >= 4
     assert {i.group for i in single[0]} == {"128", "256"}
+
+
+def test_needle_groups_in_length_order():
+    items = [suites.Item(f"needle:{n}", "p", " a", ((0, 1),), group=g) for n, g in enumerate(["256", "1024", "128"])]
+    records = {(item.id, "random"): {"pointing": 1.0} for item in items}
+    results = runner.summarise({"lengths": [128, 256, 1024]}, ["random"], items, 3, records)
+    assert list(results["groups"]) == ["128", "256", "1024"], "an ordered axis, whatever item came first"
 
 
 # --- fixed slices of each suite on the bundled model: AttnLRP beats random --------------------------

@@ -158,10 +158,11 @@ def summarise(settings: dict, names: Sequence[str], items: Sequence[Item], tried
                     groups[item.group][name][key].append(value)
                 elif key in ("morf", "lerf"):
                     curves[name][key].append(value)
+    order = sorted(groups, key=int) if settings["lengths"] else list(groups)  # the needle's lengths, ascending
     return {
         "settings": settings, "methods": list(names), "tried": tried, "kept": len(items),
         "metrics": {name: _summaries(table[name]) for name in names},
-        "groups": {g: {name: _summaries(by[name]) for name in names} for g, by in groups.items() if g},
+        "groups": {g: {name: _summaries(groups[g][name]) for name in names} for g in order if g},
         "curves": {name: {k: np.mean(v, axis=0).tolist() for k, v in c.items()} for name, c in curves.items()},
     }
 
