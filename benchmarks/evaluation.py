@@ -26,7 +26,7 @@ import torch  # noqa: E402
 import attnlrp  # noqa: E402
 from attnlrp.evaluate import kept_items, metrics, run_suite, write_report  # noqa: E402
 from attnlrp.evaluate.report import COLUMNS  # noqa: E402
-from attnlrp.explain import prepare_batch  # noqa: E402
+from attnlrp.tasks.causal_lm import prepare_batch  # noqa: E402
 
 from _report import ROOT, cpu_name, load_average, write_section  # noqa: E402
 
@@ -108,23 +108,23 @@ def zeroing_effects(model, tokenizer, limit: int) -> list[str]:
     """How much the perturbation suite's explained value drops when one thing's input embeddings are zeroed: the
     first token, the evidence, one other token (random, seeded). Is the first token's relevance earned?"""
     items, _ = kept_items(model, tokenizer, "perturbation", limit)
-    batch, _ = prepare_batch(model, tokenizer, [item.prompt for item in items], [item.target(tokenizer) for item in items],
+    batch = prepare_batch(model, tokenizer, [item.prompt for item in items], [item.target(tokenizer) for item in items],
                              padding_side="left")
     rng = random.Random(0)
     chosen: dict[str, list[list[int]]] = {"the first token": [], "the evidence (all its tokens)": [],
                                           "one other token": []}
     for row, item in enumerate(items):
         evidence = item.evidence_positions(tokenizer)
-        others = [p for p in range(1, batch.spans[row].stop - batch.spans[row].start) if p not in evidence]
+        others = [p for p in range(1, batch.spans["tokens"][row].stop - batch.spans["tokens"][row].start) if p not in evidence]
         for name, positions in zip(chosen, ([0], evidence, [rng.choice(others)])):
-            chosen[name].append([batch.spans[row].start + p for p in positions])
+            chosen[name].append([batch.spans["tokens"][row].start + p for p in positions])
     out = ["| zeroed | drop of the explained value (mean [95% interval]) |", "|---|---|"]
     with torch.no_grad():
         for name, positions in chosen.items():
-            embeds = batch.embeds.clone()
+            embeds = batch.inputs["tokens"].clone()
             for row, at in enumerate(positions):
                 embeds[row, at] = 0
-            drops = (batch.clean - batch.values(embeds, range(len(items)))).tolist()
+            drops = (batch.clean - batch.values({"tokens": embeds}, range(len(items)))).tolist()
             out.append(f"| {name} | {_cell(metrics.summary(drops))} |")
     clean = metrics.summary(batch.clean.tolist())
     return [f"The explained value (answer's logit minus the mean logit) is {_cell(clean)} on these {len(items)} "

@@ -149,9 +149,9 @@ def main(argv=None) -> None:
     import json as _json
 
     from _report import load_average, publish
-    from attnlrp.loading import _cache_dir_for, default_model_file
+    from attnlrp.loading import cache_dir_for, default_model_file
 
-    config_file = _cache_dir_for(default_model_file()) / "config.json"
+    config_file = cache_dir_for(default_model_file()) / "config.json"
     if not config_file.is_file():  # first use: convert the bundled GGUF
         import attnlrp
 

@@ -57,7 +57,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 import attnlrp  # noqa: E402
-from attnlrp.explain import gradient_checkpointing  # noqa: E402
+from attnlrp.engine import gradient_checkpointing  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import cpu_name, load_average, publish, read_sections, reset_peak, rss_kib, write_section  # noqa: E402

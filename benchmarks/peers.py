@@ -248,14 +248,14 @@ def main(argv=None) -> None:
         return
 
     import attnlrp
-    from attnlrp.loading import _cache_dir_for, default_model_file
+    from attnlrp.loading import cache_dir_for, default_model_file
 
     sys.path.insert(0, str(HERE))
     from _report import load_average, publish
     from overhead import generation_prompt_ids
 
     attnlrp.load_model()  # converts the bundled GGUF to the safetensors cache on first use
-    model_dir = str(_cache_dir_for(default_model_file()))
+    model_dir = str(cache_dir_for(default_model_file()))
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

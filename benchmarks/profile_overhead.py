@@ -44,20 +44,20 @@ from overhead import load, run_once, token_ids  # noqa: E402
 
 #: cProfile entries (file suffix, function name or None for all) -> part of the engine.
 PARTS = [
-    ("attach/binding.py", "__torch_function__", "function-mode dispatch (_Mode.__torch_function__)"),
-    ("attach/binding.py", "_pre_hook", "module hooks (scope enter/exit)"),
-    ("attach/binding.py", "_post_hook", "module hooks (scope enter/exit)"),
-    ("attach/binding.py", "_enter", "module hooks (scope enter/exit)"),
-    ("attach/binding.py", "_exit", "module hooks (scope enter/exit)"),
-    ("attach/binding.py", "_stack", "module hooks (scope enter/exit)"),
-    ("attach/binding.py", "in_norm", "op handlers (ops.py)"),
-    ("attach/binding.py", "note", "op handlers (ops.py)"),
-    ("attach/ops.py", None, "op handlers (ops.py)"),
-    ("attnlrp/rules.py", None, "rules: autograd functions (forward and backward)"),
-    ("attach/binding.py", "attach", "binding and unbinding (lrp() enter/exit)"),
-    ("attach/binding.py", "detach", "binding and unbinding (lrp() enter/exit)"),
-    ("attach/binding.py", "lrp", "binding and unbinding (lrp() enter/exit)"),
-    ("attach/binding.py", "__init__", "binding and unbinding (lrp() enter/exit)"),
+    ("engine/binding.py", "__torch_function__", "function-mode dispatch (_Mode.__torch_function__)"),
+    ("engine/binding.py", "_pre_hook", "module hooks (scope enter/exit)"),
+    ("engine/binding.py", "_post_hook", "module hooks (scope enter/exit)"),
+    ("engine/binding.py", "_enter", "module hooks (scope enter/exit)"),
+    ("engine/binding.py", "_exit", "module hooks (scope enter/exit)"),
+    ("engine/binding.py", "_stack", "module hooks (scope enter/exit)"),
+    ("engine/binding.py", "in_norm", "op handlers (ops.py)"),
+    ("engine/binding.py", "note", "op handlers (ops.py)"),
+    ("engine/ops.py", None, "op handlers (ops.py)"),
+    ("core/rules.py", None, "rules: autograd functions (forward and backward)"),
+    ("engine/binding.py", "attach", "binding and unbinding (lrp() enter/exit)"),
+    ("engine/binding.py", "detach", "binding and unbinding (lrp() enter/exit)"),
+    ("engine/binding.py", "lrp", "binding and unbinding (lrp() enter/exit)"),
+    ("engine/binding.py", "__init__", "binding and unbinding (lrp() enter/exit)"),
 ]
 
 
@@ -118,7 +118,7 @@ def torch_ops(model, config: str, length: int) -> dict[str, tuple[float, int]]:
 
 def dispatch_count(model, length: int) -> Counter:
     """How many ops pass through the function mode in one AttnLRP run, and how many get a rule."""
-    from attnlrp.attach import binding as binding_module
+    from attnlrp.engine import binding as binding_module
 
     counts: Counter = Counter()
     original = binding_module._Mode.__torch_function__

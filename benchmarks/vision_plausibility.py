@@ -4,7 +4,7 @@
     python benchmarks/vision_plausibility.py            # trains (about a minute on one CPU core) or reuses
     python benchmarks/vision_plausibility.py --retrain  # trains again
 
-The task (attnlrp.pointing.PatchTask): 32x32 noise images with one class pattern (4 kinds of stripes:
+The task (attnlrp.evaluate.pointing.PatchTask): 32x32 noise images with one class pattern (4 kinds of stripes:
 the class) and two class-neutral rings of higher contrast, each on a cell of the 4x4 patch grid. A
 small HF ViTForImageClassification (patch 8, hidden 64, 2 layers, 4 heads) is trained on fresh
 samples (seed 0) and saved with save_pretrained under out/vision_plausibility/model. On 512 held-out
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 import attnlrp
-from attnlrp.pointing import PatchTask, gradient_maps, pointing_accuracy, tiny_vit, train
+from attnlrp.evaluate.pointing import PatchTask, gradient_maps, pointing_accuracy, tiny_vit, train
 
 OUT = Path(__file__).resolve().parent.parent / "out" / "vision_plausibility"
 GAMMAS = (0.0, 0.05, 0.25, 1.0)

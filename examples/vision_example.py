@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import attnlrp
-from attnlrp.pointing import PatchTask, tiny_vit, train
+from attnlrp.evaluate.pointing import PatchTask, tiny_vit, train
 
 torch.set_num_threads(1)
 task = PatchTask()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from attnlrp import rules
+from attnlrp.core import rules
 
 from tiny_models import VOCAB, build
 

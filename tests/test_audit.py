@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import attnlrp
-from attnlrp import rules
-from attnlrp.attach import binding as binding_module
+from attnlrp.core import rules
+from attnlrp.engine import binding as binding_module
 
 
 class InlineSine(nn.Module):

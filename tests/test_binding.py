@@ -13,7 +13,7 @@ from torch import nn
 from transformers import activations, masking_utils, modeling_utils
 
 import attnlrp
-from attnlrp.attach import binding as binding_module
+from attnlrp.engine import binding as binding_module
 from _tiny import ids, reference_llama_relevance, tiny
 
 

@@ -64,20 +64,20 @@ def test_generation_page_clicks_and_toggles(browser, generation, tmp_path):
     browser.get(page.as_uri())
     assert _errors(browser) == []
     assert "network" not in page.read_text() and "http" not in page.read_text().split("<script>")[0]
-    before = _backgrounds(browser, "#heat .tok")
+    before = _backgrounds(browser, ".heat .tok")
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(ARTEFACTS / "generation_step0.png"))
 
-    browser.find_elements(By.CSS_SELECTOR, "#heat .gen")[3].click()  # the 4th generated token
-    after = _backgrounds(browser, "#heat .tok")
-    selected = browser.find_element(By.CSS_SELECTOR, "#heat .gen.sel").text
+    browser.find_elements(By.CSS_SELECTOR, ".heat .gen")[3].click()  # the 4th generated token
+    after = _backgrounds(browser, ".heat .tok")
+    selected = browser.find_element(By.CSS_SELECTOR, ".heat .gen.sel").text
     assert selected == " is" and after != before
-    assert "generated token 3" in browser.find_element(By.CSS_SELECTOR, "#main h2").text
+    assert "generated token 3" in browser.find_element(By.CSS_SELECTOR, ".main h2").text
     browser.save_screenshot(str(ARTEFACTS / "generation_step3.png"))
 
     assert len(browser.find_elements(By.CSS_SELECTOR, "table.matrix tr")) == len(generation)
     browser.find_element(By.CSS_SELECTOR, "input[value=global]").click()
-    assert _backgrounds(browser, "#heat .tok") != after  # normalised over all steps now
+    assert _backgrounds(browser, ".heat .tok") != after  # normalised over all steps now
     assert _errors(browser) == []
 
 
@@ -92,10 +92,10 @@ def test_explanation_set_side_by_side_and_word_view(browser, tmp_path):
     page = attnlrp.save_html(tmp_path / "set.html", first, second)
     browser.get(page.as_uri())
     assert _errors(browser) == []
-    panels = browser.find_elements(By.CSS_SELECTOR, "#main .panel")
+    panels = browser.find_elements(By.CSS_SELECTOR, ".main .panel")
     assert [p.find_element(By.TAG_NAME, "h2").text.split(" ")[0] for p in panels] == ["attnlrp", "cp-lrp"]
     assert len(panels[0].find_elements(By.CSS_SELECTOR, ".tok")) == 6
     browser.find_element(By.CSS_SELECTOR, "input[value=word]").click()
-    words = browser.find_elements(By.CSS_SELECTOR, "#main .panel")[0].find_elements(By.CSS_SELECTOR, ".tok")
+    words = browser.find_elements(By.CSS_SELECTOR, ".main .panel")[0].find_elements(By.CSS_SELECTOR, ".tok")
     assert [w.text for w in words] == ["The", " Eiffel", " Tower", " is", " in"]
     browser.save_screenshot(str(ARTEFACTS / "explanation_set_words.png"))

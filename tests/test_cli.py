@@ -34,7 +34,8 @@ def run(smollm, monkeypatch, capsys):
 def html_data(path: Path) -> dict:
     page = path.read_text(encoding="utf-8")
     assert "https://" not in page and "http://" not in page
-    start = page.index('<script id="data" type="application/json">') + len('<script id="data" type="application/json">')
+    marker = '<script class="attnlrp-data" type="application/json">'
+    start = page.index(marker) + len(marker)
     return json.loads(page[start : page.index("</script>", start)])
 
 

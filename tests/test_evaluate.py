@@ -14,8 +14,8 @@ import attnlrp
 from attnlrp import cli
 from attnlrp.evaluate import metrics, perturbation_curves, runner, score_items, suites
 from attnlrp.evaluate.suites import kept_items
-from attnlrp.explain import prepare_batch
-from attnlrp.methods import BASELINES, IntegratedGradients, Random, method_names
+from attnlrp.tasks.causal_lm import prepare_batch
+from attnlrp.methods import REGISTRY, IntegratedGradients, Random, method_names
 
 PROMPTS = ["The capital of France is", "When Mary and John went to the store, John gave a drink to"]
 
@@ -75,7 +75,7 @@ def test_unknown_method_lists_every_method(tiny_lm, tokenizer):
         attnlrp.explain(tiny_lm, tokenizer, "Hi", method="saliency")
     for name in method_names():
         assert repr(name) in str(error.value)
-    assert set(BASELINES) == {"gradient", "input_x_gradient", "integrated_gradients", "attention",
+    assert {c.name for c in REGISTRY.values() if not c.is_lrp} == {"gradient", "input_x_gradient", "integrated_gradients", "attention",
                               "attention_rollout", "occlusion", "random"}
     with pytest.raises(ValueError, match="Unknown LRP method 'gradient'"):
         with attnlrp.lrp(tiny_lm, method="gradient"):
@@ -116,9 +116,9 @@ def test_integrated_gradients_completeness(make_tiny_lm, tokenizer):
     # RMSNorm's epsilon sets how sharply f(a * e) moves near a = 0; with the bundled model's small epsilon the
     # path from the zero embedding is too rough for any affordable step count (see docs/evaluation.md)
     model = make_tiny_lm(rms_norm_eps=1e-2)
-    batch, _ = prepare_batch(model, tokenizer, PROMPTS, target=[" Paris", " Mary"])
+    batch = prepare_batch(model, tokenizer, PROMPTS, target=[" Paris", " Mary"])
     with torch.no_grad():
-        gap = (batch.clean - batch.values(torch.zeros_like(batch.embeds), [0, 1])).numpy()
+        gap = (batch.clean - batch.values({"tokens": torch.zeros_like(batch.inputs["tokens"])}, [0, 1])).numpy()
     errors = []
     for steps in (2, 32):
         exps = attnlrp.explain(model, tokenizer, PROMPTS, target=[" Paris", " Mary"],

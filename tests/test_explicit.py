@@ -23,7 +23,7 @@ from tiny_models import FAMILIES, build
 from torch import nn
 
 import attnlrp
-from attnlrp.attach.binding import BindingError
+from attnlrp.errors import BindingError
 from attnlrp.explicit import (Composite, EpsilonRule, IdentityRule, StopRelevanceRule, TaylorDecompositionRule,
                               UniformEpsilonRule, UniformRule, transformer_composite)
 from attnlrp.explicit import functional as xf

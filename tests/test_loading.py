@@ -25,7 +25,7 @@ def test_bundled_model_loads_in_eval_mode(smollm):
 
 
 def test_second_load_reads_the_cache(smollm, monkeypatch):
-    cached = loading._cache_dir_for(loading.default_model_file())
+    cached = loading.cache_dir_for(loading.default_model_file())
     assert cached.parent == loading.cache_root() / "models"
     assert cached.name.startswith("SmolLM2-135M-Instruct.Q4_1-")
     for name in ("model.safetensors", "config.json", "tokenizer.json"):
@@ -78,7 +78,7 @@ def test_cache_miss_converts_once_then_reads(tmp_path, monkeypatch):
     attnlrp.load_model(dtype="bfloat16", device_map="cpu")
 
     gguf = loading.default_model_file()
-    expected = tmp_path / "cache" / "models" / loading._cache_dir_for(gguf).name
+    expected = tmp_path / "cache" / "models" / loading.cache_dir_for(gguf).name
     assert conversions == [(gguf, expected)], "converted once, on the first load only"
     assert [source for source, _ in models.calls] == [expected, expected]
     assert [source for source, _ in tokenizers.calls] == [expected, expected]
@@ -111,11 +111,11 @@ def test_cache_key_follows_the_gguf_file(tmp_path, monkeypatch):
     monkeypatch.setenv("ATTNLRP_CACHE", str(tmp_path / "c"))
     gguf = tmp_path / "model.gguf"
     gguf.write_bytes(b"1234")
-    first = loading._cache_dir_for(gguf)
+    first = loading.cache_dir_for(gguf)
     assert first.parent == tmp_path / "c" / "models" and first.name.startswith("model-")
-    assert loading._cache_dir_for(gguf) == first
+    assert loading.cache_dir_for(gguf) == first
     gguf.write_bytes(b"12345")  # a changed file gets a new cache entry
-    assert loading._cache_dir_for(gguf) != first
+    assert loading.cache_dir_for(gguf) != first
     monkeypatch.delenv("ATTNLRP_CACHE")
     assert loading.cache_root() == Path.home() / ".cache" / "attnlrp"
 

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 import attnlrp
-from attnlrp import rules
-from attnlrp.tokens import word_starts
+from attnlrp.core import rules
+from attnlrp.results.tokens import word_starts
 
 pytestmark = pytest.mark.real
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attnlrp import rules
+from attnlrp.core import rules
 
 #: The activation f belonging to each closed-form ratio f(x)/x of rules.RATIOS.
 ACTIVATION_FN = {
@@ -111,9 +111,9 @@ def test_identity_rule_is_finite_at_zero_tiny_and_large_inputs(name, dtype):
 # --- uniform split ------------------------------------------------------------------------------
 
 
-def test_scale_grad_is_identity_forward_and_scales_backward():
+def test_scale_grads_is_identity_forward_and_scales_backward():
     x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
-    y = rules.scale_grad(x, 0.3)
+    (y,) = rules.scale_grads((x,), (0.3,))
     assert torch.equal(y.detach(), x.detach())
     g = torch.randn_like(x)
     (g_x,) = torch.autograd.grad(y, x, g)
@@ -153,12 +153,6 @@ def test_uniform_split_three_factors_and_matmul():
     total = (z.detach() * g).sum()
     torch.testing.assert_close((p.detach() * g_p).sum(), 0.5 * total)
     torch.testing.assert_close((q.detach() * g_q).sum(), 0.5 * total)
-
-
-def test_stop_gradient():
-    x = torch.randn(3, requires_grad=True)
-    y = rules.stop_gradient(x)
-    assert not y.requires_grad and torch.equal(y, x.detach())
 
 
 # --- frozen norms -------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import attnlrp
-from attnlrp.pointing import PatchTask, gradient_maps, pointing_accuracy, tiny_vit, train
+from attnlrp.evaluate.pointing import PatchTask, gradient_maps, pointing_accuracy, tiny_vit, train
 
 
 @pytest.fixture(scope="module")

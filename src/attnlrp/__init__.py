@@ -1,27 +1,36 @@
-"""attnlrp: Attention-aware Layer-wise Relevance Propagation for transformers."""
+"""attnlrp: Attention-aware Layer-wise Relevance Propagation for transformers.
 
-from .explain import InputError, explain, explain_generation
+One pipeline: a task adapter (``attnlrp.tasks``) x a method (``attnlrp.methods``) -> a result
+(``attnlrp.results``); ``explain``, ``explain_generation`` and ``explain_image`` are its front ends, and the
+engine (``attnlrp.lrp``) binds the rules to one model instance.
+"""
+
+import importlib
+
+from .core.layer_rules import AlphaBeta, Epsilon, Gamma, LayerRule, ZPlus
+from .engine import AuditReport, Binding, Recorder, audit, lrp
+from .errors import (AttnLRPError, BindingError, InputError, MethodError, ResultFileError, TargetError, UnruledOpError,
+                     UnruledOpWarning)
+from .frontends import explain, explain_generation, explain_image
 from .loading import load_model
-from .results import Explanation, GenerationExplanation, ResultFileError, save_html
-from .targets import Answer, Contrast, Custom, LogProb, TargetError, Token
-from .attach import AuditReport, Binding, BindingError, Recorder, UnruledOpError, UnruledOpWarning, audit, lrp
-from .layer_rules import AlphaBeta, Epsilon, Gamma, LayerRule, ZPlus
-from .image_results import ImageExplanation, save_image_grid
-from .vision import explain_image
+from .methods import available_methods
+from .results import Explanation, GenerationExplanation, ImageExplanation, save_html, save_image_grid
+from .tasks.targets import Answer, Contrast, Custom, LogProb, Token
 
 __version__ = "0.1.0"
 
-__all__ = ["Answer", "Contrast", "Custom", "Explanation", "GenerationExplanation", "InputError", "LogProb",
-           "ResultFileError", "TargetError", "Token", "explain", "explain_generation", "save_html",
-           "AuditReport", "Binding", "BindingError", "Recorder", "UnruledOpError", "UnruledOpWarning", "audit",
-           "load_model", "lrp", "__version__",
-           "AlphaBeta", "Epsilon", "Gamma", "LayerRule", "ZPlus", "ImageExplanation", "explain_image", "save_image_grid"]
+__all__ = ["AlphaBeta", "Answer", "AttnLRPError", "AuditReport", "Binding", "BindingError", "Contrast", "Custom",
+           "Epsilon", "Explanation", "Gamma", "GenerationExplanation", "ImageExplanation", "InputError", "LayerRule",
+           "LogProb", "MethodError", "Recorder", "ResultFileError", "TargetError", "Token", "UnruledOpError",
+           "UnruledOpWarning", "ZPlus", "__version__", "audit", "available_methods", "explain", "explain_generation",
+           "explain_image", "load_model", "lrp", "save_html", "save_image_grid"]
+
+#: Subpackages imported on first use: optional layers never break ``import attnlrp``.
+_LAZY = ("explicit", "compat", "evaluate", "interop")
 
 
 def __getattr__(name: str):
-    """``attnlrp.explicit`` (the explicit mode) is imported on first use."""
-    if name == "explicit":
-        import importlib
-
-        return importlib.import_module(".explicit", __name__)
+    """``attnlrp.explicit``, ``attnlrp.compat``, ``attnlrp.evaluate`` and ``attnlrp.interop`` load on first use."""
+    if name in _LAZY:
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'attnlrp' has no attribute {name!r}")

@@ -28,10 +28,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def common(p: argparse.ArgumentParser) -> None:
+    from .engine import RULE_SETS
+    from .methods import available_methods
+
+    methods = available_methods()
+
+    def common(p: argparse.ArgumentParser, choices=tuple(methods)) -> None:
         p.add_argument("--model", help="a model folder or hub id (default: the bundled SmolLM2-135M-Instruct)")
         p.add_argument("--gguf-file", help="a GGUF file inside --model (converted once, then cached)")
-        p.add_argument("--method", default="attnlrp", choices=["attnlrp", "cp-lrp"], help="LRP variant (default: attnlrp)")
+        p.add_argument("--method", default="attnlrp", choices=choices, metavar="METHOD",
+                       help="the attribution method (default: attnlrp); one of: " +
+                       "; ".join(f"{name}: {methods[name]}" for name in choices))
         p.add_argument("--no-color", action="store_true", help="plain text output, no colours")
 
     ex = commands.add_parser("explain", help="explain the next token (or an answer) for a prompt",
@@ -60,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
 
     au = commands.add_parser("audit", help="list the ops of a model that have no LRP rule",
                              description="Run the model once under the LRP rules and report ops without a rule.")
-    common(au)
+    common(au, RULE_SETS)
 
     from .evaluate.command import add_arguments
 
@@ -98,7 +105,7 @@ def _explain_one(args, model, tokenizer) -> None:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    from .explain import InputError
+    from .errors import InputError
 
     specs = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -117,7 +124,7 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 def _finished(path: Path) -> set[int]:
     """Indices already in the output; a torn last line (from an interruption) is dropped."""
-    from .explain import InputError
+    from .errors import InputError
 
     if not path.exists():
         return set()
@@ -140,7 +147,7 @@ def _explain_many(args, model, tokenizer) -> None:
     import attnlrp
     from rich.progress import Progress
 
-    from .explain import InputError
+    from .errors import InputError
 
     if not args.output:
         raise InputError("--input needs --output: the file the results are written to (one JSON line each).")
@@ -194,9 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "explain" and not (args.prompt or args.input):
         parser.error("explain needs a prompt, or --input prompts.jsonl --output results.jsonl")
-    from .explain import InputError
-    from .results import ResultFileError
-    from .targets import TargetError
+    from .errors import AttnLRPError
 
     try:
         model, tokenizer = _load(args)
@@ -204,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             args.command, _explain_many if getattr(args, "input", None) else _explain_one
         )
         run(args, model, tokenizer)
-    except (InputError, TargetError, ResultFileError, FileNotFoundError, ModuleNotFoundError) as error:
+    except (AttnLRPError, FileNotFoundError, ModuleNotFoundError) as error:
         print(f"attnlrp: error: {error}", file=sys.stderr)
         return 2
     return 0

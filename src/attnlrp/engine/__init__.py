@@ -1,8 +1,11 @@
-"""Binding rules to a model instance: ``lrp``, ``audit`` and the ``Recorder``."""
+"""The engine: binds the rules to one model instance (``lrp``), reports ops without a rule (``audit``),
+records relevance inside the model (``Recorder``) and taps the inputs that carry relevance."""
 
 from .audit import AuditReport, audit
-from .binding import METHODS, Binding, BindingError, UnruledOpError, UnruledOpWarning, lrp
-from .recorder import Recorder
+from .binding import RULE_SETS, Binding, binding_of, lrp, rule_set
+from .checkpointing import gradient_checkpointing
+from .inputs import InputTap, input_embeddings
+from .recorder import Recorder, path_matches
 
-__all__ = ["AuditReport", "audit", "METHODS", "Binding", "BindingError", "UnruledOpError", "UnruledOpWarning",
-           "lrp", "Recorder"]
+__all__ = ["RULE_SETS", "AuditReport", "Binding", "InputTap", "Recorder", "audit", "binding_of",
+           "gradient_checkpointing", "input_embeddings", "lrp", "path_matches", "rule_set"]

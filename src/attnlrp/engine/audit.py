@@ -10,7 +10,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .binding import UnruledOpWarning, _input_embeddings, lrp
+from ..errors import UnruledOpWarning
+from .binding import lrp
+from .inputs import input_embeddings
 
 
 @dataclass
@@ -39,7 +41,7 @@ class AuditReport:
 
 def _prepare(model: nn.Module, example_inputs: Any) -> tuple[tuple, dict]:
     if example_inputs is None:
-        embeddings = _input_embeddings(model)
+        embeddings = input_embeddings(model)
         if embeddings is None or not hasattr(embeddings, "num_embeddings"):
             raise ValueError(
                 f"{type(model).__name__} has no token embeddings to build example inputs from: "

@@ -22,11 +22,15 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from .. import rules
-from ..layer_rules import LayerRule, apply_rule
+from ..core import rules
+from ..core.layer_rules import LayerRule, apply_rule
+from ..core.naming import method_key
+from ..errors import BindingError, MethodError, UnruledOpError, UnruledOpWarning
 from . import layer_map, ops
+from .inputs import input_embeddings
 
-METHODS = ("attnlrp", "cp-lrp")
+#: The rule sets the engine binds.
+RULE_SETS = ("attnlrp", "cp-lrp")
 
 #: HF activation modules that compute their function inline (not through one torch op).
 INLINE_ACTIVATIONS = {
@@ -50,24 +54,12 @@ _LINEAR_LEAVES = frozenset({nn.Linear, nn.Embedding, nn.Dropout, nn.Identity, nn
 _BOUND: "weakref.WeakKeyDictionary[nn.Module, Binding]" = weakref.WeakKeyDictionary()
 
 
-class BindingError(RuntimeError):
-    """The model can't be bound as asked."""
-
-
-class UnruledOpError(RuntimeError):
-    """An op without an LRP rule ran inside a model bound with ``strict=True``."""
-
-
-class UnruledOpWarning(UserWarning):
-    """Ops without an LRP rule ran inside a bound model; their relevance is a plain gradient."""
-
-
-def normalize_method(method: str) -> str:
-    key = str(method).lower().replace("_", "-")
-    key = {"cplrp": "cp-lrp", "attn-lrp": "attnlrp"}.get(key, key)
-    if key not in METHODS:
-        raise ValueError(f"Unknown LRP method {method!r}: choose one of {', '.join(repr(m) for m in METHODS)}.")
-    return key
+def rule_set(method: str) -> str:
+    """The rule set a method name asks for ("attnlrp" or "cp-lrp"), spelled as the registry spells it."""
+    found = next((name for name in RULE_SETS if method_key(name) == method_key(method)), None)
+    if found is None:
+        raise MethodError(f"Unknown LRP method {method!r}: choose one of {', '.join(repr(m) for m in RULE_SETS)}.")
+    return found
 
 
 #: Ops whose handler runs with gradients off too: they switch dropout off.
@@ -212,7 +204,7 @@ class Binding:
                     self._param_slots.append((module, name, param.requires_grad))
         for module, name, _ in self._param_slots:
             module._parameters[name].requires_grad_(False)
-        embeddings = _input_embeddings(self.model)
+        embeddings = input_embeddings(self.model)
         if embeddings is not None:
             self._handles.append(embeddings.register_forward_hook(self._capture_embeddings))
         self._guard_root()
@@ -342,17 +334,6 @@ class Binding:
         return output
 
 
-def _input_embeddings(model: nn.Module) -> nn.Module | None:
-    getter = getattr(model, "get_input_embeddings", None)
-    if getter is None:
-        return None
-    try:
-        embeddings = getter()
-    except (NotImplementedError, AttributeError):
-        return None
-    return embeddings if isinstance(embeddings, nn.Module) else None
-
-
 def binding_of(model: nn.Module) -> Binding | None:
     """The binding (an ``lrp`` block or a registered explicit composite) that holds ``model`` or one of its modules."""
     return next((_BOUND[m] for m in model.modules() if m in _BOUND), None)
@@ -375,7 +356,7 @@ def lrp(model: nn.Module, method: str = "attnlrp", strict: bool = False,
         raise TypeError(
             f"attnlrp.lrp expects a torch.nn.Module (for example a transformers model), got {type(model).__name__}."
         )
-    method = normalize_method(method)
+    method = rule_set(method)
     modules = list(model.named_modules())
     already = next((_BOUND[m] for _, m in modules if m in _BOUND), None)
     if already is not None:

@@ -11,7 +11,7 @@ from typing import Any, Union
 
 from torch import nn
 
-from ..layer_rules import LayerRule
+from ..core.layer_rules import LayerRule
 
 LayerRules = Union[Mapping[Any, LayerRule], Sequence[tuple[Any, LayerRule]], Any]
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from .. import rules
+from ..core import rules
 
 if TYPE_CHECKING:
     from .binding import Binding

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..methods import method_name, method_names, resolve_method
+from ..methods import get_method, method_names
 from .perturbation import MODES
 from .report import COLUMNS, headline, write_report
 from .runner import run_suite
@@ -16,7 +16,7 @@ DEFAULT_METHODS = "attnlrp,cp-lrp,input_x_gradient,random"
 
 def _methods(text: str) -> list[str]:
     try:
-        return [method_name(resolve_method(m.strip())) for m in text.split(",") if m.strip()]
+        return [get_method(m.strip()).name for m in text.split(",") if m.strip()]
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..explain import prepare_batch
-from ..methods import Batch
-from ..targets import token_id
+from ..methods.batch import Batch, chunks
+from ..tasks.causal_lm import prepare_batch
+from ..tasks.targets import token_id
 from . import metrics
 
 MODES = ("zero", "replace", "remove")
@@ -68,23 +68,22 @@ def _embedded_values(batch: Batch, jobs: list[tuple[int, frozenset[int]]], fill:
     with torch.no_grad():
         for chunk in batch.chunks(len(jobs), grad=False):
             rows = [row for row, _ in jobs[chunk]]
-            embeds = batch.embeds[rows].clone()
+            embeds = batch.inputs["tokens"][rows].clone()
             for k, (row, positions) in enumerate(jobs[chunk]):
-                at = [batch.spans[row].start + p for p in positions]
+                at = [batch.spans["tokens"][row].start + p for p in positions]
                 embeds[k, at] = 0 if fill is None else fill
-            out[chunk] = batch.values(embeds, rows).float().cpu().numpy()
+            out[chunk] = batch.values({"tokens": embeds}, rows).float().cpu().numpy()
     return out
 
 
-def _removal_values(model, tokenizer, ids: Sequence[Sequence[int]], targets: Sequence, jobs, neutral: int,
-                    rows_per_forward: int) -> np.ndarray:
+def _removal_values(model, tokenizer, ids: Sequence[Sequence[int]], targets: Sequence, jobs, neutral: int
+                    ) -> np.ndarray:
     """Values for (row, positions) jobs with the positions deleted from the token ids."""
     out = np.empty(len(jobs))
-    for start in range(0, len(jobs), rows_per_forward):
-        chunk = jobs[start : start + rows_per_forward]
-        kept = [[t for p, t in enumerate(ids[row]) if p not in positions] or [neutral] for row, positions in chunk]
-        batch, _ = prepare_batch(model, tokenizer, kept, [targets[row] for row, _ in chunk], padding_side="left")
-        out[start : start + len(chunk)] = batch.clean.float().cpu().numpy()
+    for chunk in chunks(len(jobs), max(len(i) for i in ids), grad=False):
+        kept = [[t for p, t in enumerate(ids[row]) if p not in positions] or [neutral] for row, positions in jobs[chunk]]
+        batch = prepare_batch(model, tokenizer, kept, [targets[row] for row, _ in jobs[chunk]], padding_side="left")
+        out[chunk] = batch.clean.float().cpu().numpy()
     return out
 
 
@@ -112,14 +111,13 @@ def perturbation_curves(model, tokenizer, ids: Sequence[Sequence[int]], targets:
     jobs = [(row, positions) for row, (_, sets) in enumerate(plans) for positions in sets]
     neutral_id = token_id(tokenizer, neutral)
     if mode == "remove":
-        width = max(len(i) for i in ids)
-        values = _removal_values(model, tokenizer, ids, targets, jobs, neutral_id, max(1, 16384 // width))
+        values = _removal_values(model, tokenizer, ids, targets, jobs, neutral_id)
     else:
-        batch, _ = prepare_batch(model, tokenizer, [list(i) for i in ids], list(targets), padding_side="left")
+        batch = prepare_batch(model, tokenizer, [list(i) for i in ids], list(targets), padding_side="left")
         fill = None
         if mode == "replace":
             with torch.no_grad():
-                fill = model.get_input_embeddings()(torch.tensor([neutral_id], device=batch.ids.device))[0]
+                fill = model.get_input_embeddings()(torch.tensor([neutral_id], device=batch.device))[0]
         values = _embedded_values(batch, jobs, fill)
     out, start = [], 0
     for s, (index, sets) in zip(scores, plans):

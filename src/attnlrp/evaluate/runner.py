@@ -16,15 +16,16 @@ from pathlib import Path
 import numpy as np
 from rich.progress import Progress
 
-from ..explain import InputError, explain, model_name
-from ..methods import method_name, resolve_method
+from ..errors import InputError
+from ..frontends import explain
+from ..methods import get_method
+from ..methods.batch import TOKEN_BUDGET, plan
+from ..tasks.base import model_name
 from . import metrics
 from .perturbation import perturbation_curves
 from .suites import Item, kept_items, needle
 
-#: Tokens explained together in one batch (the baselines split their own work further).
-BATCH_TOKENS = 4096
-#: Most items explained together in one batch.
+#: Most items explained together in one batch (at most the token budget's worth of tokens).
 BATCH_ITEMS = 16
 
 
@@ -52,19 +53,6 @@ def score_items(model, tokenizer, items: Sequence[Item], method: str, curves: bo
         for record, c in zip(records, found):
             record.update(c.to_dict())
     return records
-
-
-def _batches(items: list[Item], lengths: list[int]) -> list[list[int]]:
-    """Item indices grouped by similar length, each group within the token and item budgets."""
-    groups: list[list[int]] = []
-    tokens = 0
-    for i in sorted(range(len(items)), key=lambda i: lengths[i]):
-        if not groups or len(groups[-1]) >= BATCH_ITEMS or tokens + lengths[i] > BATCH_TOKENS:
-            groups.append([])
-            tokens = 0
-        groups[-1].append(i)
-        tokens += lengths[i]
-    return groups
 
 
 class Journal:
@@ -115,7 +103,7 @@ def run_suite(model, tokenizer, suite: str, methods: Sequence[str], limit: int, 
     lengths: the needle's context lengths; steps, mode, exclude_first, centered: the perturbation suite's
     curves (``perturbation_curves``) and explained value (the answer's logit minus the mean logit, or not).
     """
-    names = [method_name(resolve_method(m)) for m in methods]
+    names = [get_method(m).name for m in methods]
     output = Path(output)
     settings = {"suite": suite, "model": model_name(model), "seed": seed, "steps": steps, "mode": mode,
                 "exclude_first": exclude_first, "centered": centered,
@@ -124,7 +112,7 @@ def run_suite(model, tokenizer, suite: str, methods: Sequence[str], limit: int, 
     started = time.perf_counter()
     items, tried = kept_items(model, tokenizer, suite, limit, seed, lengths, centered)
     lengths_of = [len(tokenizer(item.prompt).input_ids) for item in items]
-    pairs = [(batch, name) for batch in _batches(items, lengths_of) for name in names]
+    pairs = [(batch, name) for batch in plan(lengths_of, BATCH_ITEMS, TOKEN_BUDGET, by_length=True) for name in names]
     todo = [(batch, name) for batch, name in pairs if any((items[i].id, name) not in journal.records for i in batch)]
     with Progress(disable=not progress) as bar:  # a resumed run starts the bar at what the journal holds
         task = bar.add_task(f"{suite}: {len(items)} items x {len(names)} methods", total=len(pairs),

@@ -1,7 +1,7 @@
 """``Composite``: explicit rules for the modules and torch functions of one model instance, reversibly.
 
 Module rules replace the forward of the matching module instances. Function rules are applied by
-the engine's scoped torch-function mode (see ``attach/binding.py``): it is entered only while a module
+the engine's scoped torch-function mode (see ``engine/binding.py``): it is entered only while a module
 of the bound model runs, so nothing is patched process-wide, and it needs no tracer.
 """
 
@@ -20,9 +20,10 @@ from torch import Tensor, nn
 from torch.overrides import get_overridable_functions
 from torch.utils._pytree import tree_leaves
 
-from ..attach.binding import Binding, BindingError, binding_of
-from ..attach.ops import op_name
-from ..attach.recorder import path_matches
+from ..engine.binding import Binding, binding_of
+from ..errors import BindingError
+from ..engine.ops import op_name
+from ..engine.recorder import path_matches
 from .conservation import ConservationReport, conservation_check
 from .rules import Rule, carries_relevance
 from .safety import classify

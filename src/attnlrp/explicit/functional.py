@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd import Function
 
-from ..rules import stabilize
+from ..core.rules import stabilize
 
 DEFAULT_EPSILON = 1e-6
 

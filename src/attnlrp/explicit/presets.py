@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils._pytree import tree_leaves
 
-from ..attach.binding import INLINE_ACTIVATIONS, normalize_method
+from ..engine.binding import INLINE_ACTIVATIONS, rule_set
 from . import functional
 from .composite import Composite
 from .functional import DEFAULT_EPSILON
@@ -99,7 +99,7 @@ def transformer_composite(method: str = "attnlrp", epsilon: float = DEFAULT_EPSI
     method "cp-lrp": attention weights are constants (relevance flows through the values only) and the
     activated gate of a gated MLP is a constant, as in the efficient mode.
     """
-    cp = normalize_method(method) == "cp-lrp"
+    cp = rule_set(method) == "cp-lrp"
     activation = GateRule(IdentityRule())
     rules: dict[Any, Any] = {
         "*RMSNorm": IdentityRule(),  # y = x w / rms(x), rms frozen: R_x = R_y

@@ -7,7 +7,7 @@ concatenation. Sums, scalings and all non-linear ops need a rule.
 
 from __future__ import annotations
 
-from ..attach import ops
+from ..engine import ops
 
 #: Linear ops whose plain gradient adds up or scales relevance: they need the ε-rule (or the identity).
 MIXING = frozenset(

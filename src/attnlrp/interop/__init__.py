@@ -1,1 +1,2 @@
-"""Bridges to other attribution libraries (imported lazily: none of them is a dependency)."""
+"""Interoperability with other tools: Zennit composites (``zennit``) and LXT code (``lxt``, public as
+``attnlrp.compat``)."""

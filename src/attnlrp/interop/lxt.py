@@ -20,10 +20,9 @@ from typing import Any
 
 from torch import nn
 
-from .attach import lrp
-from .attach.binding import normalize_method
-from .render.latex import pdf_heatmap
-from .tokens import clean_tokens as _clean_tokens
+from ..engine import lrp, rule_set
+from ..render.latex import pdf_heatmap
+from ..results.tokens import clean_tokens as _clean_tokens
 
 attnlrp = "attnlrp"
 cp_LRP = "cp-lrp"
@@ -95,7 +94,7 @@ def monkey_patch(target: Any, method: str = "attnlrp", verbose: bool = False) ->
     target: a module from ``attnlrp.compat`` (e.g. ``modeling_llama``): models it loads afterwards are
     bound; or a model instance, bound at once. method: ``attnlrp`` (default) or ``cp_LRP``.
     """
-    method = normalize_method(method)
+    method = rule_set(method)
     if isinstance(target, nn.Module):
         return _bind(target, method, verbose)
     if isinstance(target, _CompatModule):

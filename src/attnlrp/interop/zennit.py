@@ -17,11 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..layer_rules import LayerRule
-
-
-class ZennitRelevanceWarning(UserWarning):
-    """A Zennit rule gave relevance to exactly-zero inputs, which ``x * grad`` can't carry."""
+from ..core.layer_rules import LayerRule
+from ..errors import ZennitRelevanceWarning
 
 
 def _placeholder(name: str) -> types.ModuleType:

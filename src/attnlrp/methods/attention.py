@@ -4,22 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from .base import Baseline, Batch
+from ..errors import MethodError
+from .base import Method
+from .batch import Batch
 
 
 @contextmanager
 def eager_attention(model: nn.Module) -> Iterator[None]:
     """Switch the model to eager attention (the only kind that returns its weights) for the duration."""
-    previous = getattr(model.config, "_attn_implementation", None)
+    previous = getattr(getattr(model, "config", None), "_attn_implementation", None)
     if previous == "eager":
         yield
         return
     if not hasattr(model, "set_attn_implementation"):
-        raise ValueError(f"{type(model).__name__} can't switch to eager attention, so its attention weights can't be read.")
+        raise MethodError(f"{type(model).__name__} can't switch to eager attention, so its attention weights can't "
+                          "be read; choose a method that needs no attention weights (see attnlrp.available_methods()).")
     model.set_attn_implementation("eager")
     try:
         yield
@@ -28,7 +32,7 @@ def eager_attention(model: nn.Module) -> Iterator[None]:
 
 
 def head_means(batch: Batch, rows: range, reduce: Callable[[Tensor], Tensor]) -> list[Tensor]:
-    """For prompts ``rows``: each layer's attention weights [n, T, T], averaged over heads, passed through ``reduce``."""
+    """For rows ``rows``: each layer's attention weights [n, T, T], averaged over heads, passed through ``reduce``."""
     maps: list[Tensor] = []
     last: list[Tensor] = []
 
@@ -39,46 +43,66 @@ def head_means(batch: Batch, rows: range, reduce: Callable[[Tensor], Tensor]) ->
             maps.append(reduce(weights.detach().float().mean(1)))
 
     model = batch.model
+    batch.resolve()  # before the hooks: resolving may run a forward of its own
     handles = [m.register_forward_hook(hook) for m in model.modules() if type(m).__name__.endswith("Attention")]
     try:
         with eager_attention(model), torch.no_grad():
-            batch.values(batch.embeds[rows.start : rows.stop], rows)
+            batch.values({kind: x[rows.start : rows.stop] for kind, x in batch.inputs.items()}, rows)
     finally:
         for handle in handles:
             handle.remove()
     if not maps:
-        raise ValueError(f"{type(model).__name__} returned no attention weights, so attention baselines can't run on it.")
+        raise MethodError(f"{type(model).__name__} returned no attention weights, so attention baselines can't run on "
+                          "it; choose a method that needs none (see attnlrp.available_methods()).")
     return maps
 
 
-class Attention(Baseline):
+class AttentionMethod(Method):
+    """A method that reads the model's attention weights from the explained position."""
+
+    token_inputs_only = True
+
+    def check(self, batch: Batch) -> None:
+        super().check(batch)
+        if batch.query is None or len(batch.inputs) != 1:
+            raise MethodError(f"The {self.name!r} method needs one token input and a position the target is read "
+                              "from; this task has neither, so choose another method.")
+
+
+@dataclass
+class Attention(AttentionMethod):
     """The last layer's attention from the explained position to every token, averaged over heads."""
 
     name = "attention"
+    description = "The last layer's attention weights from the explained position, averaged over heads"
 
-    def attribute(self, batch: Batch) -> Tensor:
+    def attribute(self, batch: Batch) -> dict[str, Tensor]:
+        (kind,) = batch.inputs
         out = []
         for chunk in batch.chunks(len(batch), grad=True):
             rows = range(chunk.start, chunk.stop)
-            at = torch.arange(len(rows), device=batch.ids.device)
-            positions = torch.tensor(batch.positions[chunk], device=batch.ids.device)
+            at = torch.arange(len(rows), device=batch.device)
+            positions = torch.tensor(batch.query[chunk], device=batch.device)
             out.append(head_means(batch, rows, lambda a: a[at, positions])[-1])
-        return torch.cat(out)
+        return {kind: torch.cat(out)}
 
 
-class AttentionRollout(Baseline):
+@dataclass
+class AttentionRollout(AttentionMethod):
     """Attention rollout (Abnar & Zuidema, 2020): the explained position's row of Π_l (A_l + I) / 2, head means."""
 
     name = "attention_rollout"
+    description = "Attention rollout (Abnar & Zuidema, 2020): attention weights multiplied through the layers"
 
-    def attribute(self, batch: Batch) -> Tensor:
+    def attribute(self, batch: Batch) -> dict[str, Tensor]:
+        (kind,) = batch.inputs
         out = []
-        width = batch.ids.shape[1]
+        width = batch.inputs[kind].shape[1]
         for chunk in batch.chunks(len(batch), grad=True):
             rows = range(chunk.start, chunk.stop)
-            positions = torch.tensor(batch.positions[chunk], device=batch.ids.device)
+            positions = torch.tensor(batch.query[chunk], device=batch.device)
             flow = torch.nn.functional.one_hot(positions, width).float()
             for a in reversed(head_means(batch, rows, lambda a: a)):
                 flow = 0.5 * torch.bmm(flow[:, None], a)[:, 0] + 0.5 * flow
             out.append(flow)
-        return torch.cat(out)
+        return {kind: torch.cat(out)}

@@ -1,61 +1,94 @@
-"""The contract between ``explain`` and the baseline attribution methods: a prepared batch and a registry."""
+"""The method registry: every attribution method is one registered class with one contract.
+
+A method takes a prepared ``Batch`` (see ``attnlrp.methods.batch``) and returns the relevance of each input kind
+it carries (``{"tokens": [B, T]}``, ``{"pixels": [B, H, W]}``, or several). Subclasses register themselves
+under their ``name`` when they are defined; ``get_method`` is the one place that turns a name into a method.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import fields, is_dataclass
+from typing import Any, ClassVar
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-#: Baseline methods by name, filled as their classes are defined.
-BASELINES: dict[str, type[Baseline]] = {}
+from ..core.naming import method_key
+from ..errors import MethodError
+from .batch import Batch
 
-
-@dataclass
-class Batch:
-    """A padded batch of prompts whose targets are resolved: everything a baseline needs to run the model."""
-
-    model: nn.Module
-    ids: Tensor  # [B, T] token ids, padded
-    embeds: Tensor  # [B, T, H] input embeddings of ``ids`` (no grad)
-    spans: list[slice]  # each prompt's tokens within its row
-    positions: list[int]  # the position whose output each target is read from (it predicts the next token)
-    scalars: list[Callable[[Tensor], Tensor]]  # each prompt's target: its logit rows [n, V] -> y
-    reads: list[list[int]]  # each prompt's rows among the kept logits
-    row_inputs: dict[str, Tensor]  # model inputs with one row per prompt (attention mask, position ids)
-    inputs: dict  # model inputs shared by all rows (use_cache, logits_to_keep)
-    clean: Tensor  # [B] the targets' values on the unperturbed inputs
-    token_budget: int = 4096  # tokens per forward with gradients; four times as many without
-
-    def values(self, embeds: Tensor, rows: Sequence[int]) -> Tensor:
-        """The targets' values [M] for stacked embeddings [M, T, H], where ``embeds[m]`` is a variant of prompt ``rows[m]``."""
-        index = torch.as_tensor(list(rows), device=self.ids.device)
-        extra = {name: value[index] for name, value in self.row_inputs.items()}
-        logits = self.model(inputs_embeds=embeds, **extra, **self.inputs).logits
-        return torch.stack([self.scalars[r](logits[m, self.reads[r]]) for m, r in enumerate(index.tolist())])
-
-    def chunks(self, count: int, grad: bool) -> Iterator[slice]:
-        """Slices of ``count`` stacked variants, each small enough for one forward within the token budget."""
-        budget = self.token_budget if grad else 4 * self.token_budget
-        size = max(1, budget // self.ids.shape[1])
-        for start in range(0, count, size):
-            yield slice(start, min(start + size, count))
-
-    def __len__(self) -> int:
-        return self.ids.shape[0]
+#: Every method class by its key (see ``method_key``), in the order they were defined.
+REGISTRY: dict[str, type[Method]] = {}
 
 
-class Baseline:
-    """An attribution method other than LRP; each subclass registers itself under its ``name``."""
+class Method:
+    """An attribution method. Subclasses set ``name`` and ``description`` and implement ``attribute``.
+
+    Capabilities, stated on the class: ``is_lrp`` (it runs the engine's rules, so it takes
+    ``gradient_checkpointing`` and ``layer_rules``), ``token_inputs_only`` (it needs positions of tokens,
+    not pixels).
+    """
 
     name: ClassVar[str]
+    description: ClassVar[str]
+    is_lrp: ClassVar[bool] = False
+    token_inputs_only: ClassVar[bool] = False
 
-    def __init_subclass__(cls, **kwargs) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        BASELINES[cls.name] = cls
+        if "name" in cls.__dict__:
+            REGISTRY[method_key(cls.name)] = cls
 
-    def attribute(self, batch: Batch) -> Tensor:
-        """Relevance [B, T] of each position of each prompt (padding positions are ignored)."""
+    def attribute(self, batch: Batch) -> dict[str, Tensor]:
+        """The relevance of each input kind of the batch: {kind: [B, ...]} (padding positions are ignored)."""
         raise NotImplementedError
+
+    def check(self, batch: Batch) -> None:
+        """Raise a MethodError where this method has no meaning for the batch's inputs."""
+        if self.token_inputs_only and any(kind not in batch.token_kinds for kind in batch.inputs):
+            raise MethodError(
+                f"The {self.name!r} method scores token positions, but this task's inputs include "
+                f"{', '.join(k for k in batch.inputs if k not in batch.token_kinds)}; choose another method "
+                f"(see attnlrp.available_methods())."
+            )
+
+
+def method_names() -> list[str]:
+    """Every registered method's name: the LRP methods first, then the baselines, as defined."""
+    return [cls.name for cls in sorted(REGISTRY.values(), key=lambda c: not c.is_lrp)]
+
+
+def available_methods() -> dict[str, str]:
+    """Each registered method's name with a one-line description of it."""
+    return {name: REGISTRY[method_key(name)].description for name in method_names()}
+
+
+def get_method(method: str | Method, **options: Any) -> Method:
+    """The method a name stands for, configured with ``options`` (a Method instance is taken as it is).
+
+    Options a method doesn't take are an error that names the methods that do.
+    """
+    if isinstance(method, Method):
+        if options:
+            raise MethodError(f"Options {sorted(options)} can't be applied to a configured {method!r}; "
+                              "give them to its constructor.")
+        return method
+    cls = REGISTRY.get(method_key(method))
+    if cls is None:
+        lrp = [c.name for c in REGISTRY.values() if c.is_lrp]
+        others = [c.name for c in REGISTRY.values() if not c.is_lrp]
+        raise MethodError(
+            f"Unknown LRP method {method!r}: choose one of {', '.join(map(repr, lrp))}, "
+            f"or a baseline: {', '.join(map(repr, others))}."
+        )
+    unknown = sorted(set(options) - _options(cls))
+    if unknown:
+        takers = [c for c in REGISTRY.values() if set(unknown) <= _options(c)]
+        which = ("the LRP methods" if takers and all(c.is_lrp for c in takers) else "the methods") + (
+            f" ({', '.join(repr(c.name) for c in takers)})" if takers else " of other tasks")
+        raise MethodError(f"{', '.join(unknown)} is for {which}; the {cls.name!r} method runs without it.")
+    return cls(**options)
+
+
+def _options(cls: type[Method]) -> set[str]:
+    """The options a method class takes (its dataclass fields)."""
+    return {f.name for f in fields(cls)} if is_dataclass(cls) else set()

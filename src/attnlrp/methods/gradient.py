@@ -7,58 +7,69 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import Baseline, Batch
+from .base import Method
+from .batch import Batch
 
 
-def embedding_gradients(batch: Batch) -> Tensor:
-    """The plain gradient ∂y/∂e at the input embeddings [B, T, H]."""
+def input_gradients(batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The inputs and the plain gradient ∂y/∂x at each of them."""
+    leaves = batch.leaves()
     with torch.enable_grad():
-        embeds = batch.embeds.detach().requires_grad_()
-        (grads,) = torch.autograd.grad(batch.values(embeds, range(len(batch))).sum(), embeds)
-    return grads
-
-
-class Gradient(Baseline):
-    """Saliency: the L2 norm over the hidden dimension of ∂y/∂e_t (unsigned, so it ranks but never opposes)."""
-
-    name = "gradient"
-
-    def attribute(self, batch: Batch) -> Tensor:
-        return embedding_gradients(batch).norm(dim=-1)
-
-
-class InputXGradient(Baseline):
-    """Plain Input x Gradient: Σ_h e_t,h ∂y/∂e_t,h with the unmodified gradient."""
-
-    name = "input_x_gradient"
-
-    def attribute(self, batch: Batch) -> Tensor:
-        return (batch.embeds * embedding_gradients(batch)).sum(-1)
+        grads = torch.autograd.grad(batch.evaluate(leaves).sum(), list(leaves.values()))
+    return {k: x.detach() for k, x in leaves.items()}, dict(zip(leaves, grads))
 
 
 @dataclass
-class IntegratedGradients(Baseline):
-    """Integrated Gradients from the all-zero embedding, midpoint rule; the steps of all prompts run in batches.
+class Gradient(Method):
+    """Saliency: the L2 norm over the feature dimension of ∂y/∂x (unsigned, so it ranks but never opposes)."""
 
-    Completeness: Σ_t R_t ≈ y(e) - y(0), more exactly with more steps.
+    name = "gradient"
+    description = "Saliency: the norm of the plain gradient at each input (unsigned)"
+
+    def attribute(self, batch: Batch) -> dict[str, Tensor]:
+        _, grads = input_gradients(batch)
+        return {kind: g.norm(dim=-1 if kind in batch.token_kinds else 1) for kind, g in grads.items()}
+
+
+@dataclass
+class InputXGradient(Method):
+    """Plain Input x Gradient: Σ_h x_h ∂y/∂x_h with the unmodified gradient."""
+
+    name = "input_x_gradient"
+    description = "Input x Gradient with the plain gradient (what LRP's rules improve on)"
+
+    def attribute(self, batch: Batch) -> dict[str, Tensor]:
+        inputs, grads = input_gradients(batch)
+        return {kind: batch.reduce(kind, inputs[kind] * grads[kind]) for kind in inputs}
+
+
+@dataclass
+class IntegratedGradients(Method):
+    """Integrated Gradients from the all-zero input, midpoint rule; the steps of all rows run in batches.
+
+    Completeness: Σ R ≈ y(x) - y(0), more exactly with more steps.
     """
 
     name = "integrated_gradients"
+    description = "Integrated Gradients from the zero input (midpoint rule, 32 steps by default)"
     steps: int = 32
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ValueError(f"IntegratedGradients needs at least one step, not {self.steps}.")
 
-    def attribute(self, batch: Batch) -> Tensor:
+    def attribute(self, batch: Batch) -> dict[str, Tensor]:
         n = len(batch)
-        alphas = (torch.arange(self.steps, dtype=batch.embeds.dtype, device=batch.embeds.device) + 0.5) / self.steps
-        total = torch.zeros_like(batch.embeds)
+        some = next(iter(batch.inputs.values()))
+        alphas = (torch.arange(self.steps, dtype=some.dtype, device=some.device) + 0.5) / self.steps
+        totals = {kind: torch.zeros_like(x) for kind, x in batch.inputs.items()}
         for chunk in batch.chunks(n * self.steps, grad=True):
-            index = torch.arange(chunk.start, chunk.stop, device=batch.embeds.device)
+            index = torch.arange(chunk.start, chunk.stop, device=some.device)
             rows, alpha = index % n, alphas[index // n]
             with torch.enable_grad():
-                embeds = (batch.embeds[rows] * alpha[:, None, None]).requires_grad_()
-                (grads,) = torch.autograd.grad(batch.values(embeds, rows.tolist()).sum(), embeds)
-            total.index_add_(0, rows, grads)
-        return (batch.embeds * total).sum(-1) / self.steps
+                scaled = {kind: (x[rows] * alpha.view(-1, *[1] * (x.dim() - 1))).requires_grad_()
+                          for kind, x in batch.inputs.items()}
+                grads = torch.autograd.grad(batch.values(scaled, rows.tolist()).sum(), list(scaled.values()))
+            for kind, g in zip(scaled, grads):
+                totals[kind].index_add_(0, rows, g)
+        return {kind: batch.reduce(kind, x * totals[kind]) / self.steps for kind, x in batch.inputs.items()}

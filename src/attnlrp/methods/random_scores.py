@@ -9,20 +9,30 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Baseline, Batch
+from .base import Method
+from .batch import Batch
 
 
 @dataclass
-class Random(Baseline):
-    """Standard normal scores; the generator is seeded by ``seed`` and the prompt's token ids, so reruns agree."""
+class Random(Method):
+    """Standard normal scores; the generator is seeded by ``seed`` and the row's input, so reruns agree."""
 
     name = "random"
+    description = "Seeded standard normal noise: the floor every method should beat"
     seed: int = 0
 
-    def attribute(self, batch: Batch) -> Tensor:
-        scores = torch.zeros(batch.ids.shape)
-        for row, span in enumerate(batch.spans):
-            ids = batch.ids[row, span].cpu().numpy().astype(np.int64)
-            generator = torch.Generator().manual_seed(zlib.crc32(ids.tobytes(), self.seed & 0xFFFFFFFF))
-            scores[row, span] = torch.randn(len(ids), generator=generator)
-        return scores
+    def attribute(self, batch: Batch) -> dict[str, Tensor]:
+        out = {}
+        for kind, x in batch.inputs.items():
+            shape = x.shape[:2] if kind in batch.token_kinds else (x.shape[0], *x.shape[2:])
+            scores = torch.zeros(shape)
+            for row in range(len(batch)):
+                if kind in batch.token_kinds:
+                    span = batch.spans[kind][row]
+                    where, key = span, batch.token_ids[kind][row, span].cpu().numpy().astype(np.int64).tobytes()
+                else:
+                    where, key = slice(None), x[row].detach().float().cpu().numpy().tobytes()
+                generator = torch.Generator().manual_seed(zlib.crc32(key, self.seed & 0xFFFFFFFF))
+                scores[row, where] = torch.randn(scores[row, where].shape, generator=generator)
+            out[kind] = scores
+        return out

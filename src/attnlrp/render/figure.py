@@ -1,5 +1,5 @@
-"""Static figures with matplotlib (no LaTeX): token heatmaps laid out like text, the generation
-matrix, and a layer x token relevance trace. PNG, SVG or PDF by the file's extension."""
+"""Static figures with matplotlib (no LaTeX): token heatmaps laid out like text and the generation
+matrix. PNG, SVG or PDF by the file's extension."""
 
 from __future__ import annotations
 
@@ -7,18 +7,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 
-#: The diverging scale shared with the terminal and HTML views: blue (-), white (0), red (+).
-CMAP = LinearSegmentedColormap.from_list("attnlrp", [(38 / 255, 110 / 255, 210 / 255), (1, 1, 1), (220 / 255, 50 / 255, 47 / 255)])
-
-
-def _symmetric(values: np.ndarray) -> float:
-    scale = float(np.abs(values).max()) if values.size else 0.0
-    return scale if scale > 0 else 1.0
-
+from .palette import colormap
+from .palette import scale as color_scale
 
 def _save(fig: Figure, path: str | Path | None) -> Figure:
     if path is not None:
@@ -36,7 +29,7 @@ def token_heatmap(
 ) -> Figure:
     """Tokens on coloured boxes, wrapped like running text, with a colour bar."""
     scores = np.asarray(scores, dtype=np.float64)
-    scale = _symmetric(scores)
+    scale = color_scale(scores)
     dpi = 100.0
     font = FontProperties(family="DejaVu Sans", size=fontsize)
     measure = Figure(dpi=dpi)
@@ -65,13 +58,13 @@ def token_heatmap(
     ax.set_ylim(height_px, 0)
     ax.axis("off")
     for x, y, w, part, score in boxes:
-        ax.add_patch(_box(x, y, w, line, CMAP(0.5 + 0.5 * score / scale)))
+        ax.add_patch(_box(x, y, w, line, colormap()(0.5 + 0.5 * score / scale)))
         ax.text(x, y + line * 0.5, part, fontproperties=font, va="center", ha="left", usetex=False,
                 parse_math=False)
     if title:
         fig.suptitle(title, fontsize=fontsize, y=1 - 0.1 / fig.get_figheight(), va="top")
     bar = fig.add_axes((0.3, 0.02, 0.4, 0.12 / fig.get_figheight()))
-    bar.imshow(np.linspace(-1, 1, 256)[None, :], cmap=CMAP, aspect="auto", extent=(-scale, scale, 0, 1))
+    bar.imshow(np.linspace(-1, 1, 256)[None, :], cmap=colormap(), aspect="auto", extent=(-scale, scale, 0, 1))
     bar.set_yticks([])
     bar.tick_params(labelsize=fontsize * 0.7)
     return _save(fig, path)
@@ -99,34 +92,12 @@ def generation_matrix(
     rows = matrix / np.maximum(np.abs(matrix).max(axis=1, keepdims=True), 1e-30)
     fig = Figure(figsize=(max(4.0, 0.22 * len(tokens) + 1.5), max(2.5, 0.25 * len(generated) + 1.2)))
     ax = fig.add_subplot()
-    image = ax.imshow(rows, cmap=CMAP, vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
+    image = ax.imshow(rows, cmap=colormap(), vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
     ax.set_xticks(range(len(tokens)), [_label(t) for t in tokens], rotation=90, fontsize=7)
     ax.set_yticks(range(len(generated)), [_label(t) for t in generated], fontsize=7)
     ax.set_xlabel("input and generated tokens")
     ax.set_ylabel("generated token")
     fig.colorbar(image, ax=ax, fraction=0.03, label="relevance / row max |R|")
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def relevance_trace(
-    layers: Mapping[str, Sequence[float]],
-    tokens: Sequence[str],
-    path: str | Path | None = None,
-    title: str | None = None,
-) -> Figure:
-    """Relevance per token at each recorded layer (rows in recording order), from ``Recorder``."""
-    names = list(layers)
-    data = np.asarray([np.asarray(layers[n], dtype=np.float64) for n in names])
-    scale = _symmetric(data)
-    fig = Figure(figsize=(max(4.0, 0.22 * len(tokens) + 2.0), max(2.5, 0.22 * len(names) + 1.2)))
-    ax = fig.add_subplot()
-    image = ax.imshow(data, cmap=CMAP, vmin=-scale, vmax=scale, aspect="auto", interpolation="nearest")
-    ax.set_xticks(range(len(tokens)), [_label(t) for t in tokens], rotation=90, fontsize=7)
-    ax.set_yticks(range(len(names)), names, fontsize=7)
-    fig.colorbar(image, ax=ax, fraction=0.03, label="relevance")
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()

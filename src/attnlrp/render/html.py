@@ -1,34 +1,44 @@
-"""Self-contained HTML heatmaps: no network, no CDN; data and script are inlined in one file."""
+"""Self-contained HTML heatmaps: no network, no CDN; data and script are inlined.
+
+Each view is one ``<div class="attnlrp-view">`` that finds its own elements from its own script and names its
+own radio groups, so any number of views work side by side on one page (a notebook's outputs included): no
+element ids, no global names.
+"""
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 from pathlib import Path
 
+from .palette import gradient_css, javascript
+
 _STYLE = """
-body{font:15px/1.6 system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#222;max-width:1100px}
-h1{font-size:18px;margin:0 0 4px} .meta{color:#666;font-size:13px;margin-bottom:12px}
-.controls{margin:10px 0;font-size:13px} .controls label{margin-right:14px}
-.panel{border:1px solid #ddd;border-radius:6px;padding:10px 12px;margin:10px 0}
-.panel h2{font-size:14px;margin:0 0 6px;color:#444}
-.text{white-space:pre-wrap;word-break:break-word}
-.tok{border-radius:3px;padding:1px 0;cursor:default}
-.gen{cursor:pointer;outline:1px dashed #999} .gen.sel{outline:2px solid #000}
-.target{outline:2px solid #000;background:#ffe9a8}
-#tip{position:fixed;pointer-events:none;background:#222;color:#fff;font-size:12px;padding:3px 6px;border-radius:4px;display:none}
-.legend{display:flex;align-items:center;gap:6px;font-size:12px;color:#555;margin-top:6px}
-.bar{width:180px;height:10px;border:1px solid #ccc;background:linear-gradient(90deg,rgb(38,110,210),#fff,rgb(220,50,47))}
-table.matrix{border-collapse:collapse;font-size:11px} table.matrix td{width:14px;height:14px;padding:0}
-table.matrix th{font-weight:normal;text-align:right;padding-right:4px;white-space:pre}
+.attnlrp-view{font:15px/1.6 system-ui,-apple-system,Segoe UI,sans-serif;color:#222;max-width:1100px;margin:8px 0}
+.attnlrp-view h1{font-size:18px;margin:0 0 4px} .attnlrp-view .meta{color:#666;font-size:13px;margin-bottom:12px}
+.attnlrp-view .controls{margin:10px 0;font-size:13px} .attnlrp-view .controls label{margin-right:14px}
+.attnlrp-view .panel{border:1px solid #ddd;border-radius:6px;padding:10px 12px;margin:10px 0}
+.attnlrp-view .panel h2{font-size:14px;margin:0 0 6px;color:#444}
+.attnlrp-view .text{white-space:pre-wrap;word-break:break-word}
+.attnlrp-view .tok{border-radius:3px;padding:1px 0;cursor:default;color:#000}
+.attnlrp-view .gen{cursor:pointer;outline:1px dashed #999} .attnlrp-view .gen.sel{outline:2px solid #000}
+.attnlrp-view .target{outline:2px solid #000;background:#ffe9a8}
+.attnlrp-view .tip{position:fixed;pointer-events:none;background:#222;color:#fff;font-size:12px;padding:3px 6px;
+  border-radius:4px;display:none;z-index:10}
+.attnlrp-view .legend{display:flex;align-items:center;gap:6px;font-size:12px;color:#555;margin-top:6px}
+.attnlrp-view .bar{width:180px;height:10px;border:1px solid #ccc;background:GRADIENT}
+.attnlrp-view table.matrix{border-collapse:collapse;font-size:11px}
+.attnlrp-view table.matrix td{width:14px;height:14px;padding:0}
+.attnlrp-view table.matrix th{font-weight:normal;text-align:right;padding-right:4px;white-space:pre}
 """
 
 _SCRIPT = r"""
-const D = JSON.parse(document.getElementById('data').textContent);
-const tip = document.getElementById('tip');
+const view = document.currentScript.closest('.attnlrp-view');
+const D = JSON.parse(view.querySelector('script.attnlrp-data').textContent);
+const main = view.querySelector('.main'), tip = view.querySelector('.tip');
+const group = 'attnlrp-' + Math.random().toString(36).slice(2);
 let unit = 'token', scope = 'local', step = 0;
-function color(w){ const c = w>=0?[220,50,47]:[38,110,210]; const a=Math.min(Math.abs(w),1);
-  return `rgb(${c.map(v=>Math.round(255+(v-255)*a)).join(',')})`; }
 function vis(t){ return t.replace(/\n/g,'\u21b5\n'); }
 function maxabs(a){ let m=0; for(const v of a) m=Math.max(m,Math.abs(v)); return m||1; }
 function span(text, score, scale, cls){ const s=document.createElement('span'); s.className='tok '+(cls||'');
@@ -38,30 +48,30 @@ function span(text, score, scale, cls){ const s=document.createElement('span'); 
   s.onmouseleave=()=>tip.style.display='none'; return s; }
 function legend(scale){ const d=document.createElement('div'); d.className='legend';
   d.innerHTML=`<span>${(-scale).toPrecision(3)}</span><span class="bar"></span><span>+${scale.toPrecision(3)}</span>`; return d; }
-function view(item){ return unit==='word' ? item.words : item.tokens; }
+function view_of(item){ return unit==='word' ? item.words : item.tokens; }
 function renderSet(){
-  const root=document.getElementById('main'); root.innerHTML='';
-  const globalScale=Math.max(...D.items.map(it=>maxabs(view(it).scores)));
-  for(const it of D.items){ const v=view(it); const scale=scope==='global'?globalScale:maxabs(v.scores);
+  main.innerHTML='';
+  const globalScale=Math.max(...D.items.map(it=>maxabs(view_of(it).scores)));
+  for(const it of D.items){ const v=view_of(it); const scale=scope==='global'?globalScale:maxabs(v.scores);
     const p=document.createElement('div'); p.className='panel';
     p.innerHTML=`<h2>${it.method} \u2014 target ${JSON.stringify(it.target)} (y = ${it.value.toPrecision(4)}, \u03a3R = ${it.total.toPrecision(4)})</h2>`;
     const t=document.createElement('div'); t.className='text';
     v.text.forEach((x,i)=>t.appendChild(span(x,v.scores[i],scale)));
-    p.appendChild(t); p.appendChild(legend(scale)); root.appendChild(p); }
+    p.appendChild(t); p.appendChild(legend(scale)); main.appendChild(p); }
 }
 function renderGen(){
-  const root=document.getElementById('main'); root.innerHTML='';
-  const v=view(D); const rows=v.matrix; const P=v.prompt_length; const n=rows.length;
+  main.innerHTML='';
+  const v=view_of(D); const rows=v.matrix; const P=v.prompt_length; const n=rows.length;
   const scale=scope==='global'?Math.max(...rows.map(maxabs)):maxabs(rows[step]);
   const p=document.createElement('div'); p.className='panel';
   p.innerHTML=`<h2>relevance for generated token ${step}: ${JSON.stringify(D.generated[step])} (click a generated token)</h2>`;
-  const t=document.createElement('div'); t.className='text'; t.id='heat';
+  const t=document.createElement('div'); t.className='text heat';
   v.text.forEach((x,i)=>{ const g=i-P; const isGen=g>=0&&g<n;
     const s=span(x, i<P+step?rows[step][i]:0, scale, isGen?'gen'+(g===step?' sel':''):'');
     if(i===P+step) s.classList.add('target');
     if(isGen) s.onclick=()=>{ step=g; renderGen(); };
     t.appendChild(s); });
-  p.appendChild(t); p.appendChild(legend(scale)); root.appendChild(p);
+  p.appendChild(t); p.appendChild(legend(scale)); main.appendChild(p);
   const m=document.createElement('div'); m.className='panel'; m.innerHTML='<h2>all steps: generated tokens \u00d7 tokens</h2>';
   const tb=document.createElement('table'); tb.className='matrix';
   const gscale=Math.max(...rows.map(maxabs));
@@ -70,32 +80,50 @@ function renderGen(){
     r.forEach((x,i)=>{ const td=document.createElement('td'); const w=scope==='global'?x/gscale:x/maxabs(r);
       td.style.background=color(w); td.title=`${JSON.stringify(v.text[i])}: ${x.toPrecision(4)}`; tr.appendChild(td); });
     tr.onclick=()=>{ step=g; renderGen(); }; tb.appendChild(tr); });
-  m.appendChild(tb); root.appendChild(m);
+  m.appendChild(tb); main.appendChild(m);
 }
 function render(){ (D.kind==='generation'?renderGen:renderSet)(); }
-document.querySelectorAll('input[name=unit]').forEach(r=>r.onchange=e=>{unit=e.target.value; render();});
-document.querySelectorAll('input[name=scope]').forEach(r=>r.onchange=e=>{scope=e.target.value; render();});
+view.querySelectorAll('input[data-control]').forEach(r=>{ r.name = group + '-' + r.dataset.control;
+  r.checked = r.hasAttribute('checked');
+  r.onchange=e=>{ if(r.dataset.control==='unit') unit=e.target.value; else scope=e.target.value; render(); }; });
 render();
 """
 
 
-def page(data: dict, title: str, meta: str) -> str:
-    """A complete HTML document for the data of an explanation set or a generation."""
+def view(data: dict, title: str, meta: str) -> str:
+    """One self-contained view (a ``<div>`` with its style, data and script) of an explanation set or a generation."""
     scope_label = "per target" if data["kind"] == "generation" else "per method"
     # no "<" at all inside the script element: "</script" would end it, "<!--<script" would swallow the page
     payload = json.dumps(data, ensure_ascii=False).replace("<", "\\u003c")
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_STYLE}</style></head>
-<body><h1>{html.escape(title)}</h1><div class="meta">{html.escape(meta)}</div>
+    style = _STYLE.replace("GRADIENT", gradient_css())
+    return f"""<div class="attnlrp-view"><style>{style}</style>
+<h1>{html.escape(title)}</h1><div class="meta">{html.escape(meta)}</div>
 <div class="controls">
-<label><input type="radio" name="unit" value="token" checked> tokens</label>
-<label><input type="radio" name="unit" value="word"> words</label>
-<label><input type="radio" name="scope" value="local" checked> normalise {scope_label}</label>
-<label><input type="radio" name="scope" value="global"> normalise globally</label>
+<label><input type="radio" data-control="unit" value="token" checked> tokens</label>
+<label><input type="radio" data-control="unit" value="word"> words</label>
+<label><input type="radio" data-control="scope" value="local" checked> normalise {scope_label}</label>
+<label><input type="radio" data-control="scope" value="global"> normalise globally</label>
 </div>
-<div id="main"></div><div id="tip"></div>
-<script id="data" type="application/json">{payload}</script>
-<script>{_SCRIPT}</script></body></html>
+<div class="main"></div><div class="tip"></div>
+<script class="attnlrp-data" type="application/json">{payload}</script>
+<script>(function(){{
+{javascript()}{_SCRIPT}}})();</script></div>"""
+
+
+def image_view(png: bytes, title: str, meta: str) -> str:
+    """One view of an image explanation: the relevance drawn as a PNG, inlined."""
+    encoded = base64.b64encode(png).decode("ascii")
+    return f"""<div class="attnlrp-view"><style>{_STYLE.replace("GRADIENT", gradient_css())}</style>
+<h1>{html.escape(title)}</h1><div class="meta">{html.escape(meta)}</div>
+<img alt="{html.escape(title)}" src="data:image/png;base64,{encoded}"></div>"""
+
+
+def page(fragment: str, title: str) -> str:
+    """A complete HTML document around one view (or several, concatenated)."""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{margin:24px}}</style></head>
+<body>{fragment}</body></html>
 """
 
 

@@ -5,6 +5,7 @@ Colours are the diverging scale of the other views (blue -, white 0, red +), sym
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,26 +13,33 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.image import imsave
 
-from .figure import CMAP, _symmetric
+from .palette import colormap, scale
 
 
 def colours(scores: np.ndarray) -> np.ndarray:
     """RGB in [0, 1] for each score, on a range symmetric around 0."""
     scores = np.asarray(scores, dtype=np.float64)
-    return CMAP(0.5 + 0.5 * scores / _symmetric(scores))[..., :3]
+    return colormap()(0.5 + 0.5 * scores / scale(scores))[..., :3]
 
 
 def blend(image: np.ndarray, scores: np.ndarray, alpha: float = 0.8) -> np.ndarray:
     """The relevance colours over a greyed image; opacity alpha * |R| / max |R|."""
     scores = np.asarray(scores, dtype=np.float64)
     grey = (np.asarray(image, dtype=np.float64) / 255.0).mean(-1, keepdims=True).repeat(3, -1)
-    weight = alpha * np.abs(scores)[..., None] / _symmetric(scores)
+    weight = alpha * np.abs(scores)[..., None] / scale(scores)
     return (1 - weight) * (0.25 + 0.5 * grey) + weight * colours(scores)
 
 
 def _upscale(rgb: np.ndarray, size: int) -> np.ndarray:
     factor = max(1, size // max(rgb.shape[:2]))
     return rgb.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def png(rgb: np.ndarray, size: int = 256) -> bytes:
+    """PNG bytes of an RGB array in [0, 1], enlarged (nearest neighbour) to about ``size`` pixels."""
+    buffer = io.BytesIO()
+    imsave(buffer, _upscale(rgb, size), format="png")
+    return buffer.getvalue()
 
 
 def heatmap(scores: np.ndarray, path: str | Path, size: int = 256) -> Path:

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .palette import rgb
+from .palette import scale as color_scale
+
 _SPECIAL = {
     "\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "$": r"\$", "&": r"\&", "#": r"\#", "%": r"\%",
     "_": r"\_", "^": r"\textasciicircum{}", "~": r"\textasciitilde{}", "<": r"\textless{}", ">": r"\textgreater{}",
@@ -33,25 +36,19 @@ def escape(text: str, unicode: bool = True) -> str:
     return "".join(out)
 
 
-def _rgb(weight: float) -> str:
-    base = (220, 50, 47) if weight >= 0 else (38, 110, 210)
-    w = min(abs(weight), 1.0)
-    return ",".join(str(round(255 + (c - 255) * w)) for c in base)
-
-
 def source(tokens: Sequence[str], scores: Sequence[float], backend: str = "xelatex") -> str:
     """The complete .tex document of a token heatmap."""
     scores = np.asarray(scores, dtype=np.float64)
-    scale = float(np.abs(scores).max()) if scores.size else 0.0
+    scale = color_scale(scores)
     unicode = backend == "xelatex"
     body = []
     for token, score in zip(tokens, scores):
-        weight = score / scale if scale > 0 else 0.0
+        weight = score / scale
         for k, part in enumerate(token.split("\n")):
             if k:
                 body.append("\\newline\n")
             if part:
-                body.append(f"\\colorbox[RGB]{{{_rgb(weight)}}}{{\\strut{{}}{escape(part, unicode)}}}\\allowbreak{{}}")
+                body.append(f"\\colorbox[RGB]{{{','.join(map(str, rgb(weight)))}}}{{\\strut{{}}{escape(part, unicode)}}}\\allowbreak{{}}")
     preamble = "\\usepackage{fontspec}\n" if unicode else "\\usepackage[utf8]{inputenc}\n\\usepackage[T1]{fontenc}\n"
     return (
         "\\documentclass[varwidth=150mm,border=2mm]{standalone}\n" + preamble +

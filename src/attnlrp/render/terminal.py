@@ -8,16 +8,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-POSITIVE = (220, 50, 47)
-NEGATIVE = (38, 110, 210)
-
-
-def _blend(weight: float) -> str:
-    """Background colour: white for 0, red for +1, blue for -1."""
-    base = POSITIVE if weight >= 0 else NEGATIVE
-    w = min(abs(weight), 1.0)
-    r, g, b = (round(255 + (c - 255) * w) for c in base)
-    return f"rgb({r},{g},{b})"
+from .palette import css
+from .palette import scale as color_scale
 
 
 def _visible(token: str) -> str:
@@ -36,8 +28,8 @@ def print_heatmap(
 
     file = file or sys.stdout
     scores = np.asarray(scores, dtype=np.float64)
-    scale = float(np.abs(scores).max()) if scores.size else 0.0
-    weights = scores / scale if scale > 0 else np.zeros_like(scores)
+    scale = color_scale(scores)
+    weights = scores / scale
     if color is None:
         color = hasattr(file, "isatty") and file.isatty() and "NO_COLOR" not in os.environ
     console = Console(file=file, force_terminal=color, no_color=not color, color_system="truecolor" if color else None,
@@ -48,14 +40,14 @@ def print_heatmap(
     for token, w in zip(tokens, weights):
         shown = _visible(token)
         if color:
-            text.append(shown, style=f"black on {_blend(w)}")
+            text.append(shown, style=f"black on {css(w)}")
         else:
             text.append(shown + (f"[{w:+.2f}]" if abs(w) >= 0.1 else ""))
     console.print(text)
     if color:
         legend = Text("legend: ")
         for w in (-1.0, -0.5, 0.0, 0.5, 1.0):
-            legend.append(f" {w:+.1f} ", style=f"black on {_blend(w)}")
+            legend.append(f" {w:+.1f} ", style=f"black on {css(w)}")
         legend.append(f"  (scaled by max |R| = {scale:.3g})")
         console.print(legend)
     else:

@@ -1,19 +1,18 @@
-"""ImageExplanation: pixel relevance of one image that draws, aggregates, saves and loads itself."""
+"""Image results: pixel relevance of one image that draws, aggregates, saves and loads itself."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from .results import FORMAT, VERSION, _read_json, _write_json
+from .base import Result
 
 
-@dataclass
-class ImageExplanation:
+@dataclass(eq=False, repr=False)  # equality and repr come from Result
+class ImageExplanation(Result):
     """Relevance of each pixel (summed over channels) for one explained scalar of an image model."""
 
     scores: np.ndarray
@@ -25,6 +24,8 @@ class ImageExplanation:
     image: np.ndarray | None = None
     rules: str = ""
     patch_size: int | None = None
+
+    kind = "image"
 
     def __post_init__(self) -> None:
         self.scores = np.asarray(self.scores, dtype=np.float32)
@@ -63,13 +64,13 @@ class ImageExplanation:
 
     def save_heatmap(self, path: str | Path, size: int = 256) -> Path:
         """A PNG of the relevance map: blue (-) to red (+), symmetric around 0, about ``size`` pixels wide."""
-        from .render.image import heatmap
+        from ..render.image import heatmap
 
         return heatmap(self.scores, path, size=size)
 
     def save_overlay(self, path: str | Path, alpha: float = 0.8, size: int = 256) -> Path:
         """A PNG of the relevance blended over the image (opacity grows with |relevance|)."""
-        from .render.image import overlay
+        from ..render.image import overlay
 
         if self.image is None:
             raise ValueError("This explanation has no image to draw on; use save_heatmap().")
@@ -80,44 +81,25 @@ class ImageExplanation:
         rules = f" + {self.rules}" if self.rules else ""
         return f"{self.method}{rules}: {self.target}"
 
-    def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        data["scores"] = self.scores.tolist()
-        data["image"] = self.image.tolist() if self.image is not None else None
-        return {"format": FORMAT, "kind": "image", "version": VERSION, **data}
+    def html_view(self) -> str:
+        """The relevance over the image (or alone, without one), as an inline PNG."""
+        from ..render.html import image_view
+        from ..render.image import blend, colours, png
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ImageExplanation":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-    def save(self, path: str | Path) -> Path:
-        """Write JSON (gzip when the name ends in .gz); no pickle."""
-        return _write_json(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | Path) -> "ImageExplanation":
-        return cls.from_dict(_read_json(path, "image"))
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ImageExplanation):
-            return NotImplemented
-        return all(
-            np.array_equal(getattr(self, f.name), getattr(other, f.name)) if f.name in ("scores", "image")
-            else getattr(self, f.name) == getattr(other, f.name)
-            for f in fields(self)
-        )
-
-    def __repr__(self) -> str:
+        rgb = colours(self.scores) if self.image is None else blend(self.image, self.scores)
         h, w = self.scores.shape
-        return f"ImageExplanation({self.title()}, y={self.value:.4g}, Σ relevance={self.total:.4g}, {h}x{w} pixels)"
+        return image_view(png(rgb), self.title(), f"model {self.model} · y = {self.value:.4g} · {h}x{w} pixels")
+
+    def summary(self) -> str:
+        h, w = self.scores.shape
+        return f"{self.title()}, y={self.value:.4g}, Σ relevance={self.total:.4g}, {h}x{w} pixels"
 
 
 def save_image_grid(path: str | Path, explanations: Sequence[ImageExplanation], titles: Sequence[str] | None = None,
                     columns: int | None = None, show_images: bool = False) -> Path:
     """One figure with the explanations side by side (e.g. a sweep of γ), each scaled to its own max |R|;
     ``show_images`` puts the plain images above the overlays."""
-    from .render.image import grid
+    from ..render.image import grid
 
     if not explanations:
         raise ValueError("save_image_grid needs at least one ImageExplanation.")

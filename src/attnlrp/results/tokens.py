@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+import numpy as np
+
 _BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
 
@@ -91,3 +93,14 @@ def word_starts(display: list[str], special: list[bool]) -> list[bool]:
             or _is_punctuation(text) or _is_punctuation(previous)
         )
     return starts
+
+
+def group_words(display: list[str], special: list[bool], values: np.ndarray) -> tuple[list[str], list[bool], np.ndarray, list[int]]:
+    """Merge tokens into words; values [..., T] are summed per word. Also returns each word's first token."""
+    starts = word_starts(display, special)
+    firsts = [i for i, s in enumerate(starts) if s]
+    bounds = firsts + [len(display)]
+    words = ["".join(display[a:b]) for a, b in zip(bounds, bounds[1:])]
+    is_special = [special[a] for a in firsts]
+    summed = np.add.reduceat(values, firsts, axis=-1) if len(display) else values
+    return words, is_special, summed.astype(np.float32), firsts

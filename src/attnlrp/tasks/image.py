@@ -1,24 +1,25 @@
-"""From images to ImageExplanations: ViT, DeiT, CLIP's vision tower, torchvision and timm ViTs, other image models.
+"""The image task: an image model's output (a class, or a vector such as CLIP's image embedding) over its pixels.
 
-CP-LRP is the default here (attention weights held constant), as usual for vision transformers;
-``lrp()`` itself keeps AttnLRP as its default.
+Covers Hugging Face ViT, DeiT and CLIP's vision tower, torchvision and timm ViTs, and other image models.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .attach import lrp
-from .attach.binding import normalize_method
-from .attach.layer_map import LayerRules
-from .explain import InputError, _check_finite, model_name
-from .image_results import ImageExplanation
+from ..engine.layer_map import LayerRules
+from ..errors import InputError
+from ..methods import Method
+from ..methods.batch import Batch
+from ..results import ImageExplanation
+from .base import Task, check_finite, model_name, one_per_item
 
 #: Output fields that hold one vector per image, in order of preference.
 _OUTPUTS = ("logits", "image_embeds", "pooler_output")
@@ -59,13 +60,6 @@ def _display(pixels: Tensor, processor: Any) -> np.ndarray:
     return (x * 255).round().to(torch.uint8).numpy()
 
 
-def _run(model: nn.Module, x: Tensor) -> Any:
-    """Hugging Face image models take ``pixel_values=``; torchvision and timm models take the tensor itself."""
-    if "pixel_values" in inspect.signature(model.forward).parameters:
-        return model(pixel_values=x)
-    return model(x)
-
-
 def _output_vectors(model: nn.Module, output: Any) -> Tensor:
     if isinstance(output, Tensor):
         return output
@@ -84,8 +78,8 @@ def _label(model: nn.Module, index: int) -> str:
     return str(labels.get(index, index))
 
 
-def _resolve(model: nn.Module, target: ImageTarget, vector: Tensor) -> tuple[Tensor, str, int | None]:
-    """(the explained scalar, its label, its class index) for one image's output vector."""
+def _resolve(model: nn.Module, target: ImageTarget, vector: Tensor) -> tuple[Callable[[Tensor], Tensor], str, int | None]:
+    """(the explained scalar as a function of one image's output vector, its label, its class index)."""
     if target is None or isinstance(target, (int, str)):
         index = int(vector.detach().argmax()) if target is None else target
         if isinstance(index, str):
@@ -95,68 +89,96 @@ def _resolve(model: nn.Module, target: ImageTarget, vector: Tensor) -> tuple[Ten
             index = int(label2id[index])
         if not 0 <= index < vector.shape[-1]:
             raise InputError(f"Class index {index} is outside the model's {vector.shape[-1]} outputs.")
-        return vector[index], _label(model, index), index
+        return (lambda v: v[index]), _label(model, index), index
     if isinstance(target, Tensor):
         direction = target.to(vector.device, vector.dtype).reshape(-1)
         if direction.shape != vector.shape:
             raise InputError(f"A target vector must have the output's size {vector.shape[-1]}, not {target.numel()}.")
-        return vector @ direction, "output · target vector", None
+        return (lambda v: v @ direction), "output · target vector", None
     if callable(target):
-        return target(vector), getattr(target, "__name__", "custom"), None
+        return target, getattr(target, "__name__", "custom"), None
     raise InputError(
         f"Unsupported image target {target!r}: pass None (top class), a class index or label, a vector "
         "(e.g. a CLIP text embedding) or a callable on the output vector."
     )
 
 
-def explain_image(
-    model: nn.Module,
-    images: Any,
-    target: ImageTarget | Sequence[ImageTarget] = None,
-    method: str = "cp-lrp",
-    layer_rules: LayerRules | None = None,
-    processor: Any = None,
-    batch_size: int = 16,
-) -> ImageExplanation | list[ImageExplanation]:
-    """Explain an image model's output: the relevance of each pixel, one backward per batch.
+@dataclass
+class Outcome:
+    """One image's resolved target: the explained scalar of its output vector, its label and class, and its value."""
 
-    images: pixel values [C, H, W] or [B, C, H, W] as the model takes them, or PIL images / arrays with
-    ``processor=`` (the model's image processor, also used to draw them). target: None (the top class),
-    a class index or label, a vector (explains output · vector, e.g. a CLIP text embedding for
-    CLIPVisionModelWithProjection), a callable on one image's output vector, or a list with one per image.
-    method: "cp-lrp" (default) or "attnlrp"; layer_rules: e.g. ``{nn.Conv2d: Gamma(0.25), nn.Linear: Gamma(0.05)}``.
-    """
-    method = normalize_method(method)
-    single = isinstance(images, Tensor) and images.dim() == 3 or not isinstance(images, (Tensor, list, tuple))
-    pixels = _pixels(images, processor)
-    targets = list(target) if isinstance(target, (list, tuple)) else [target] * len(pixels)
-    if len(targets) != len(pixels):
-        raise ValueError(f"{len(targets)} targets were given for {len(pixels)} images; give one each, or one for all.")
-    param = next(model.parameters())
-    pixels = pixels.to(param.device, param.dtype)
-    drawn = _display(pixels, processor)
-    rules = _describe(layer_rules)
-    patch = getattr(getattr(model, "config", None), "patch_size", None)
-    results = []
-    for start in range(0, len(pixels), batch_size):
-        x = pixels[start : start + batch_size].detach().clone().requires_grad_()
-        with lrp(model, method=method, layer_rules=layer_rules), torch.enable_grad():
-            vectors = _output_vectors(model, _run(model, x))
-            resolved = [_resolve(model, t, v) for t, v in zip(targets[start : start + len(x)], vectors)]
-            ys = torch.stack([y for y, _, _ in resolved])
-            _check_finite(ys.detach())
-            ys.sum().backward()
-        relevance = (x * x.grad).sum(1).detach().float().cpu().numpy()
-        for row, (y, label, index) in enumerate(resolved):
-            results.append(ImageExplanation(
-                scores=relevance[row], target=label, value=float(y.detach()), method=method, model=model_name(model),
-                target_index=index, image=drawn[start + row], rules=rules,
+    scalar: Callable[[Tensor], Tensor]
+    label: str
+    index: int | None
+    value: float
+
+
+class ImageBatch(Batch):
+    """Pixels [B, C, H, W] of an image model; each target reads the model's output vector of its image."""
+
+    def __init__(self, model: nn.Module, pixels: Tensor, targets: list[ImageTarget]):
+        self.targets = targets
+        # Hugging Face image models take ``pixel_values=``; torchvision and timm models take the tensor itself.
+        self.keyword = "pixel_values" in inspect.signature(model.forward).parameters
+        super().__init__(model, {"pixels": pixels}, {}, {})
+
+    def _vectors(self, pixels: Tensor) -> Tensor:
+        return _output_vectors(self.model, self.model(pixel_values=pixels) if self.keyword else self.model(pixels))
+
+    def values(self, inputs: dict[str, Tensor], rows: Sequence[int]) -> Tensor:
+        vectors = self._vectors(inputs["pixels"])
+        return torch.stack([self.outcomes[r].scalar(v) for r, v in zip(rows, vectors)])
+
+    def evaluate(self, inputs: dict[str, Tensor]) -> Tensor:
+        vectors = self._vectors(inputs["pixels"])
+        if self._outcomes is not None:
+            values = torch.stack([o.scalar(v) for o, v in zip(self._outcomes, vectors)])
+            check_finite(values.detach())
+            return values
+        resolved = [_resolve(self.model, t, v) for t, v in zip(self.targets, vectors)]
+        values = torch.stack([scalar(v) for (scalar, _, _), v in zip(resolved, vectors)])
+        check_finite(values.detach())
+        self._outcomes = [Outcome(s, label, index, float(y)) for (s, label, index), y in zip(resolved, values.detach())]
+        return values
+
+
+class ImageClassification(Task):
+    """An image model's class (or output vector) over its pixels."""
+
+    name = "image"
+
+    def __init__(self, model: nn.Module, processor: Any = None):
+        super().__init__(model)
+        self.processor = processor
+
+    def encode(self, images: Any) -> tuple[list[Tensor], bool]:
+        single = isinstance(images, Tensor) and images.dim() == 3 or not isinstance(images, (Tensor, list, tuple))
+        param = next(self.model.parameters())
+        pixels = _pixels(images, self.processor).to(param.device, param.dtype)
+        return list(pixels), single
+
+    def targets(self, target: Any, count: int) -> list[ImageTarget]:
+        return one_per_item(target, count, "images")
+
+    def prepare(self, items: Sequence[Tensor], targets: Sequence[ImageTarget]) -> ImageBatch:
+        return ImageBatch(self.model, torch.stack(list(items)), list(targets))
+
+    def results(self, batch: ImageBatch, relevance: dict, method: Method) -> list[ImageExplanation]:
+        rules = describe(getattr(method, "layer_rules", None))
+        drawn = _display(batch.inputs["pixels"], self.processor)
+        patch = getattr(getattr(self.model, "config", None), "patch_size", None)
+        return [
+            ImageExplanation(
+                scores=relevance["pixels"][row], target=o.label, value=o.value, method=method.name,
+                model=model_name(self.model), target_index=o.index, image=drawn[row], rules=rules,
                 patch_size=patch if isinstance(patch, int) else None,
-            ))
-    return results[0] if single else results
+            )
+            for row, o in enumerate(batch.outcomes)
+        ]
 
 
-def _describe(layer_rules: LayerRules | None) -> str:
+def describe(layer_rules: LayerRules | None) -> str:
+    """A short text naming the layer rules, for result titles."""
     if layer_rules is None:
         return ""
     if isinstance(layer_rules, dict):

@@ -12,9 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-
-class TargetError(ValueError):
-    """A target that can't be resolved against the tokenizer."""
+from ..errors import TargetError
 
 
 def token_id(tokenizer, token: str | int) -> int:

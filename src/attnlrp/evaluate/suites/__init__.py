@@ -6,14 +6,15 @@ import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
-from ...explain import prepare_batch
+from ...methods.batch import TOKEN_BUDGET, plan
+from ...tasks.causal_lm import prepare_batch
 from . import agreement, facts, ioi, needle
 from .item import Item
 
 SUITES = ("needle", "facts", "ioi", "agreement", "perturbation")
 
 #: Padded tokens per forward while filtering (no gradients): rows times the longest prompt among them.
-FILTER_TOKENS = 16384
+FILTER_TOKENS = 4 * TOKEN_BUDGET
 
 _GENERATORS = {"facts": facts.candidates, "ioi": ioi.candidates, "agreement": agreement.candidates}
 
@@ -51,21 +52,15 @@ def _correct(model, tokenizer, items: list[Item]) -> list[bool]:
     for rows in _length_batches(lengths):
         chosen = [items[i] for i in rows]
         targets = [None if item.top1 else item.target(tokenizer) for item in chosen]
-        batch, resolved = prepare_batch(model, tokenizer, [item.prompt for item in chosen], targets,
-                                        padding_side="left")
-        for i, item, r, value in zip(rows, chosen, resolved, batch.clean):
-            ok[i] = r.token_id == item.answer_id(tokenizer) if item.top1 else bool(value > 0)
+        batch = prepare_batch(model, tokenizer, [item.prompt for item in chosen], targets, padding_side="left")
+        for i, item, outcome, value in zip(rows, chosen, batch.outcomes, batch.clean):
+            ok[i] = outcome.target.token_id == item.answer_id(tokenizer) if item.top1 else bool(value > 0)
     return ok
 
 
 def _length_batches(lengths: list[int]) -> list[list[int]]:
     """Row indices sorted by length, split so that rows times the longest stays within ``FILTER_TOKENS``."""
-    batches: list[list[int]] = []
-    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
-        if not batches or (len(batches[-1]) + 1) * lengths[i] > FILTER_TOKENS:
-            batches.append([])
-        batches[-1].append(i)
-    return batches
+    return plan(lengths, max(len(lengths), 1), FILTER_TOKENS, by_length=True)
 
 
 def _distinct(stream: Iterator[Item]) -> Iterator[Item]:

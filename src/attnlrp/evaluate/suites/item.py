@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...targets import Contrast
+from ...tasks.targets import Contrast
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,80 @@
+"""The inputs that carry relevance: finding a model's input embeddings, and tapping module outputs.
+
+An ``InputTap`` reads (as leaves whose ``.grad`` is the backward signal) or replaces what chosen
+modules return during a forward pass. Tasks tap the input embeddings this way, so every method
+runs the model on its real inputs (token ids, masks) and still sees, or perturbs, the embeddings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+def input_embeddings(model: nn.Module) -> nn.Module | None:
+    """The model's input token embedding module (``get_input_embeddings``), or None where it has none."""
+    getter = getattr(model, "get_input_embeddings", None)
+    if getter is None:
+        return None
+    try:
+        embeddings = getter()
+    except (NotImplementedError, AttributeError):
+        return None
+    return embeddings if isinstance(embeddings, nn.Module) else None
+
+
+class InputTap:
+    """Within the block, the outputs of ``sites`` ({kind: module}) in each forward of ``model``:
+
+    - ``replace[kind]``, when set, is returned instead of what the module computed (a perturbed input);
+    - otherwise, with gradients on, the output becomes a leaf that requires grad;
+    - either way it is kept in ``seen[kind]`` (read ``seen[kind].grad`` after a backward).
+
+    One module may serve several kinds (T5's embedding serves the encoder and then the decoder): give it under
+    each kind, in the order of its calls within one forward.
+    """
+
+    def __init__(self, model: nn.Module, sites: Mapping[str, nn.Module]):
+        self.model = model
+        self.kinds: dict[nn.Module, list[str]] = {}
+        for kind, module in sites.items():
+            self.kinds.setdefault(module, []).append(kind)
+        self.replace: dict[str, Tensor] = {}
+        self.seen: dict[str, Tensor] = {}
+        self._calls: dict[nn.Module, int] = {}
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> InputTap:
+        self._handles.append(self.model.register_forward_pre_hook(self._reset))
+        for module in self.kinds:
+            self._handles.append(module.register_forward_hook(self._output))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _reset(self, module: nn.Module, args: tuple) -> None:
+        self._calls.clear()
+
+    def _output(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        kinds = self.kinds[module]
+        call = self._calls.get(module, 0)
+        self._calls[module] = call + 1
+        if call >= len(kinds) or not isinstance(output, Tensor):
+            return None
+        kind = kinds[call]
+        value = self.replace.get(kind)
+        if value is not None:
+            if value.shape != output.shape:
+                raise ValueError(f"The {kind} input given has shape {tuple(value.shape)}, but the model computed "
+                                 f"{tuple(output.shape)} there.")
+            output = value
+        elif torch.is_grad_enabled() and not output.requires_grad:
+            output = output.detach().requires_grad_()
+        self.seen[kind] = output
+        return output

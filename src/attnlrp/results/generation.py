@@ -1,0 +1,109 @@
+"""Generation results: the relevance of every token for each generated token."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from .base import Result
+from .explanation import Explanation
+from .tokens import group_words
+
+
+@dataclass(eq=False, repr=False)  # equality and repr come from Result
+class GenerationExplanation(Result):
+    """Relevance of every token for each generated token: ``matrix[i, j]`` is token j's share in step i."""
+
+    tokens: list[str]
+    display: list[str]
+    matrix: np.ndarray
+    prompt_length: int
+    values: list[float]
+    method: str
+    model: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    special: list[bool] = field(default_factory=list)
+    probs: list[float] = field(default_factory=list)
+    unit: str = "token"
+
+    kind = "generation"
+
+    def __post_init__(self) -> None:
+        self.matrix = np.asarray(self.matrix, dtype=np.float32).reshape(len(self.values), -1)
+        if not self.special:
+            self.special = [False] * len(self.tokens)
+
+    @property
+    def generated(self) -> list[str]:
+        """Display strings of the generated tokens (the matrix rows)."""
+        return self.display[self.prompt_length :]
+
+    def __len__(self) -> int:
+        return self.matrix.shape[0]
+
+    def step(self, i: int) -> Explanation:
+        """The explanation of generated token i over all tokens before it."""
+        end = self.prompt_length + i
+        return Explanation(
+            tokens=self.tokens[:end], display=self.display[:end], scores=self.matrix[i, :end],
+            target=self.generated[i], value=self.values[i], method=self.method, model=self.model,
+            token_ids=self.token_ids[:end], special=self.special[:end],
+            target_id=self.token_ids[end] if self.token_ids else None,
+            logit=self.values[i], prob=self.probs[i] if self.probs else None, unit=self.unit,
+        )
+
+    def top(self, k: int = 5) -> list[list[tuple[str, float, int]]]:
+        """For each generated token, its k most relevant earlier tokens."""
+        return [self.step(i).top(k) for i in range(len(self))]
+
+    def words(self) -> "GenerationExplanation":
+        """Columns merged into words (rows stay one per generated token)."""
+        if self.unit == "word":
+            return self
+        words, special, matrix, firsts = group_words(self.display, self.special, self.matrix)
+        return replace(self, tokens=words, display=words, matrix=matrix, special=special, token_ids=[],
+                       prompt_length=int(np.searchsorted(firsts, self.prompt_length)), unit="word")
+
+    def normalized(self, by: str = "max") -> "GenerationExplanation":
+        """Each row divided by its max |score| (or Σ|score| with ``by="sum"``)."""
+        if by not in ("max", "sum"):
+            raise ValueError(f"by must be 'max' or 'sum', not {by!r}.")
+        scale = np.abs(self.matrix).max(axis=1, keepdims=True) if by == "max" else np.abs(self.matrix).sum(1, keepdims=True)
+        return replace(self, matrix=np.divide(self.matrix, scale, out=np.zeros_like(self.matrix), where=scale > 0))
+
+    def show(self, color: bool | None = None, file=None) -> None:
+        """Print one heatmap line per generated token."""
+        from ..render.terminal import print_heatmap
+
+        for i in range(len(self)):
+            step = self.step(i)
+            print_heatmap(step.display, step.scores, title=f"step {i}: {step.target!r}", color=color, file=file)
+
+    def title(self) -> str:
+        return f"{self.method}: {''.join(self.generated)!r}"
+
+    def html_view(self) -> str:
+        """An interactive view: click a generated token to see its attribution."""
+        from ..render.html import view
+
+        words = self.words()
+        data = {
+            "kind": "generation", "generated": self.generated,
+            "tokens": {"text": self.display, "matrix": self.matrix.tolist(), "prompt_length": self.prompt_length},
+            "words": {"text": words.display, "matrix": words.matrix.tolist(), "prompt_length": words.prompt_length},
+        }
+        return view(data, title=self.title(),
+                    meta=f"model {self.model} · {len(self)} generated tokens · prompt of {self.prompt_length} tokens")
+
+    def save_figure(self, path: str | Path) -> Path:
+        """The generation matrix as a PNG, SVG or PDF figure."""
+        from ..render.figure import generation_matrix
+
+        generation_matrix(self.generated, self.display, self.matrix, path=path, title=f"{self.method}: {self.model}")
+        return Path(path)
+
+    def summary(self) -> str:
+        text = "".join(self.generated)
+        return f"{self.method}, {len(self)} generated tokens {text!r}, prompt {self.prompt_length} {self.unit}s"

@@ -1,0 +1,115 @@
+"""Text in, token ids out: prompts, token ids and chat messages encoded, with their segments; display tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+from ..errors import InputError
+from ..results.tokens import clean_tokens, scheme_of
+
+
+@dataclass
+class Item:
+    """One encoded input: its token ids and named segments (name, start, end), e.g. one per chat message."""
+
+    ids: list[int]
+    segments: list[tuple[str, int, int]] = field(default_factory=list)
+
+
+def is_chat(x) -> bool:
+    """Whether ``x`` is chat messages: a non-empty list of {'role': ..., 'content': ...} mappings."""
+    return isinstance(x, Sequence) and not isinstance(x, str) and len(x) > 0 and all(isinstance(m, Mapping) for m in x)
+
+
+def _chat_ids(tokenizer, messages, add_generation_prompt: bool = True) -> list[int]:
+    out = tokenizer.apply_chat_template(
+        list(messages), add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=False
+    )
+    return list(out["input_ids"] if isinstance(out, Mapping) else out)
+
+
+def _encode_chat(tokenizer, messages) -> Item:
+    if not getattr(tokenizer, "chat_template", None):
+        raise InputError(
+            f"Chat messages were given, but the tokenizer of {tokenizer.name_or_path or 'this model'} has no chat "
+            "template. Pass plain text instead, or set tokenizer.chat_template."
+        )
+    for m in messages:
+        if "role" not in m or "content" not in m:
+            raise InputError(f"Each chat message needs 'role' and 'content' keys, got {dict(m)!r}.")
+    ids = _chat_ids(tokenizer, messages)
+    segments, start = [], 0
+    for i in range(len(messages)):
+        prefix = _chat_ids(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        end = len(prefix) if ids[: len(prefix)] == prefix else start
+        segments.append((f"{i}:{messages[i]['role']}", start, end))
+        start = end
+    if start < len(ids):
+        segments.append(("generation prompt", start, len(ids)))
+    return Item(ids, segments)
+
+
+def encode(tokenizer, prompt) -> Item:
+    """One prompt (text, token ids or chat messages) as an Item."""
+    if is_chat(prompt):
+        return _encode_chat(tokenizer, prompt)
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise InputError("The prompt is empty: give some text to explain.")
+        ids = tokenizer(prompt).input_ids
+    elif isinstance(prompt, Tensor):
+        ids = prompt.reshape(-1).tolist()
+    elif isinstance(prompt, Sequence) and all(isinstance(i, int) for i in prompt):
+        ids = list(prompt)
+    else:
+        raise InputError(
+            f"Can't explain a {type(prompt).__name__}: pass text, a list of token ids, or chat messages "
+            "(a list of {'role': ..., 'content': ...} dicts)."
+        )
+    if not ids:
+        raise InputError("The prompt has no tokens: give some text or token ids to explain.")
+    return Item(list(ids))
+
+
+def encode_all(tokenizer, inputs) -> tuple[list[Item], bool]:
+    """The prompts as items, and whether a single prompt (not a list) was given."""
+    if isinstance(inputs, Tensor) and inputs.dim() == 2:
+        return [encode(tokenizer, row) for row in inputs], False
+    if isinstance(inputs, (list, tuple)) and inputs and not is_chat(inputs) and not all(
+        isinstance(i, int) for i in inputs
+    ):
+        return [encode(tokenizer, p) for p in inputs], False
+    return [encode(tokenizer, inputs)], True
+
+
+def context_length(model: nn.Module, tokenizer=None) -> int | None:
+    """The longest sequence the model accepts, if it says."""
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None) if config is not None else None
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    return limit if isinstance(limit, int) and 0 < limit < 1_000_000 else None
+
+
+def check_length(model: nn.Module, tokenizer, length: int) -> None:
+    """An InputError where a sequence of ``length`` tokens exceeds the model's context."""
+    limit = context_length(model, tokenizer)
+    if limit is not None and length > limit:
+        raise InputError(
+            f"The sequence is {length} tokens, but the model's context is {limit} tokens. "
+            "Shorten the prompt (or the answer) to fit."
+        )
+
+
+def display_tokens(tokenizer, ids: list[int]) -> tuple[list[str], list[str], list[bool]]:
+    """(raw tokens, display strings, which are special tokens) for token ids."""
+    raw = tokenizer.convert_ids_to_tokens(ids)
+    specials = frozenset(getattr(tokenizer, "all_special_tokens", []))
+    vocab_sample = raw if len(raw) > 40 else raw + tokenizer.convert_ids_to_tokens(list(range(min(len(tokenizer), 500))))
+    display = clean_tokens(raw, specials, scheme=scheme_of(vocab_sample))
+    return raw, display, [t in specials for t in raw]
