@@ -5,7 +5,7 @@ PIP := $(VENV)/bin/pip
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo bench evaluation clean
+.PHONY: install lint test test-fast demo bench evaluation clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -46,8 +46,17 @@ $(XELATEX):
 
 install: $(VENV)/.installed $(VENV_TF4)/.installed $(VENV_VISION)/.installed $(BROWSER) $(XELATEX)
 
-test: install
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff format --check src tests benchmarks examples
+
+# Everything: every tier, every environment.
+test: install lint
 	$(PY) -m pytest -q
+
+# The quick tier for your own loop (under 2 minutes on 2 cores): no real models, browsers, TeX or extra venvs.
+test-fast: $(VENV)/.installed lint
+	$(PY) -m pytest -q -m "not real and not browser and not tex and not venv"
 
 demo: $(VENV)/.installed
 	$(PY) examples/demo.py

@@ -21,22 +21,30 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
+import torch
+from _report import ROOT, cpu_name, load_average, write_section
 
-import attnlrp  # noqa: E402
-from attnlrp.evaluate import kept_items, metrics, run_suite, write_report  # noqa: E402
-from attnlrp.evaluate.report import COLUMNS  # noqa: E402
-from attnlrp.tasks.causal_lm import prepare_batch  # noqa: E402
-
-from _report import ROOT, cpu_name, load_average, write_section  # noqa: E402
+import attnlrp
+from attnlrp.evaluate import kept_items, metrics, run_suite, write_report
+from attnlrp.evaluate.report import COLUMNS
+from attnlrp.tasks.causal_lm import prepare_batch
 
 PAGE = ROOT / "docs" / "evaluation.md"
 FIGURES = ROOT / "docs" / "img" / "evaluation"
 OUT = ROOT / "out" / "evaluation"
 ORDER = {"intro": "by hand", "results": "benchmarks/evaluation.py", "findings": "by hand"}
 
-EVERY = ["attnlrp", "cp-lrp", "input_x_gradient", "gradient", "integrated_gradients", "attention",
-         "attention_rollout", "occlusion", "random"]
+EVERY = [
+    "attnlrp",
+    "cp-lrp",
+    "input_x_gradient",
+    "gradient",
+    "integrated_gradients",
+    "attention",
+    "attention_rollout",
+    "occlusion",
+    "random",
+]
 #: Per run: (suite, output name, methods, options). The needle's 2,048-token haystacks leave out the methods whose
 #: cost grows with the length times a factor (IG's 32 steps, occlusion's one forward per token) and the attention
 #: maps (eager attention materialises every layer's T x T matrix).
@@ -45,8 +53,12 @@ RUNS = [
     ("ioi", "ioi", EVERY, {}),
     ("facts", "facts", EVERY, {}),
     ("perturbation", "perturbation", EVERY, {}),
-    ("perturbation", "perturbation-first-kept", ["attnlrp", "cp-lrp", "input_x_gradient", "random"],
-     {"exclude_first": True}),
+    (
+        "perturbation",
+        "perturbation-first-kept",
+        ["attnlrp", "cp-lrp", "input_x_gradient", "random"],
+        {"exclude_first": True},
+    ),
     ("needle", "needle", ["attnlrp", "cp-lrp", "input_x_gradient", "gradient", "random"], {}),
 ]
 #: What each suite is judged by, and the baselines AttnLRP must beat with non-overlapping intervals.
@@ -64,7 +76,9 @@ def _cell(stat: dict) -> str:
 def _table(by_method: dict, methods: list[str], keys: list[str]) -> list[str]:
     lines = ["| method | " + " | ".join(COLUMNS[k] for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for m in methods:
-        lines.append(f"| {m} | " + " | ".join(_cell(by_method[m][k]) if k in by_method[m] else "–" for k in keys) + " |")
+        lines.append(
+            f"| {m} | " + " | ".join(_cell(by_method[m][k]) if k in by_method[m] else "–" for k in keys) + " |"
+        )
     return lines
 
 
@@ -74,21 +88,31 @@ def _verdict(results: dict, key: str) -> str:
     for rival in RIVALS:
         other = results["metrics"][rival][key]
         apart = ours["low"] > other["high"]
-        parts.append(f"{rival} {other['mean']:.3f}: " + ("intervals apart" if apart else
-                     ("overlapping intervals" if ours["mean"] >= other["mean"] else "**AttnLRP is behind**")))
+        parts.append(
+            f"{rival} {other['mean']:.3f}: "
+            + (
+                "intervals apart"
+                if apart
+                else ("overlapping intervals" if ours["mean"] >= other["mean"] else "**AttnLRP is behind**")
+            )
+        )
     return f"AttnLRP {ours['mean']:.3f} on {COLUMNS[key]} against " + "; ".join(parts) + "."
 
 
 def section(name: str, results: dict, figures: list[Path]) -> list[str]:
     suite, settings = results["settings"]["suite"], results["settings"]
     judged = JUDGED[suite]
-    keys = (["abpc", "comprehensiveness", "sufficiency"] if results["curves"] else ["pointing", "recovery"])
+    keys = ["abpc", "comprehensiveness", "sufficiency"] if results["curves"] else ["pointing", "recovery"]
     keys += ["pointing_no_first", "first_share", "seconds"] if not results["curves"] else ["first_share", "seconds"]
     options = "first token never ranked nor perturbed" if settings["exclude_first"] else ""
     spent = sum(results["metrics"][m]["seconds"]["mean"] * results["kept"] for m in results["methods"])
-    out = [f"### {name}" + (f" ({options})" if options else ""), "",
-           f"{results['kept']} items kept of {results['tried']} tried (the model got them right); {spent / 60:.1f} min "
-           "of explaining and scoring, all methods together.", ""]
+    out = [
+        f"### {name}" + (f" ({options})" if options else ""),
+        "",
+        f"{results['kept']} items kept of {results['tried']} tried (the model got them right); {spent / 60:.1f} min "
+        "of explaining and scoring, all methods together.",
+        "",
+    ]
     out += _table(results["metrics"], results["methods"], keys)
     out += ["", "- " + _verdict(results, judged), ""]
     if suite in GROUPED:
@@ -96,9 +120,16 @@ def section(name: str, results: dict, figures: list[Path]) -> list[str]:
         groups = list(results["groups"])
         out += ["| method | " + " | ".join(groups) + " |", "|---" * (len(groups) + 1) + "|"]
         for m in results["methods"]:
-            out.append(f"| {m} | " + " | ".join(f"{results['groups'][g][m][judged]['mean']:.2f}" for g in groups) + " |")
-        out += ["", "Items per group: " + ", ".join(f"{g} {results['groups'][g][results['methods'][0]][judged]['n']}"
-                                                    for g in groups) + ".", ""]
+            out.append(
+                f"| {m} | " + " | ".join(f"{results['groups'][g][m][judged]['mean']:.2f}" for g in groups) + " |"
+            )
+        out += [
+            "",
+            "Items per group: "
+            + ", ".join(f"{g} {results['groups'][g][results['methods'][0]][judged]['n']}" for g in groups)
+            + ".",
+            "",
+        ]
     for figure in figures:
         out += [f"![{name}: {figure.stem.split('-')[-1]}](img/evaluation/{figure.name})", ""]
     return out
@@ -108,14 +139,24 @@ def zeroing_effects(model, tokenizer, limit: int) -> list[str]:
     """How much the perturbation suite's explained value drops when one thing's input embeddings are zeroed: the
     first token, the evidence, one other token (random, seeded). Is the first token's relevance earned?"""
     items, _ = kept_items(model, tokenizer, "perturbation", limit)
-    batch = prepare_batch(model, tokenizer, [item.prompt for item in items], [item.target(tokenizer) for item in items],
-                             padding_side="left")
+    batch = prepare_batch(
+        model,
+        tokenizer,
+        [item.prompt for item in items],
+        [item.target(tokenizer) for item in items],
+        padding_side="left",
+    )
     rng = random.Random(0)
-    chosen: dict[str, list[list[int]]] = {"the first token": [], "the evidence (all its tokens)": [],
-                                          "one other token": []}
+    chosen: dict[str, list[list[int]]] = {
+        "the first token": [],
+        "the evidence (all its tokens)": [],
+        "one other token": [],
+    }
     for row, item in enumerate(items):
         evidence = item.evidence_positions(tokenizer)
-        others = [p for p in range(1, batch.spans["tokens"][row].stop - batch.spans["tokens"][row].start) if p not in evidence]
+        others = [
+            p for p in range(1, batch.spans["tokens"][row].stop - batch.spans["tokens"][row].start) if p not in evidence
+        ]
         for name, positions in zip(chosen, ([0], evidence, [rng.choice(others)])):
             chosen[name].append([batch.spans["tokens"][row].start + p for p in positions])
     out = ["| zeroed | drop of the explained value (mean [95% interval]) |", "|---|---|"]
@@ -127,8 +168,12 @@ def zeroing_effects(model, tokenizer, limit: int) -> list[str]:
             drops = (batch.clean - batch.values({"tokens": embeds}, range(len(items)))).tolist()
             out.append(f"| {name} | {_cell(metrics.summary(drops))} |")
     clean = metrics.summary(batch.clean.tolist())
-    return [f"The explained value (answer's logit minus the mean logit) is {_cell(clean)} on these {len(items)} "
-            "items.", "", *out, ""]
+    return [
+        f"The explained value (answer's logit minus the mean logit) is {_cell(clean)} on these {len(items)} items.",
+        "",
+        *out,
+        "",
+    ]
 
 
 def facts_contrast(model, tokenizer, limit: int) -> list[str]:
@@ -158,8 +203,13 @@ def facts_contrast(model, tokenizer, limit: int) -> list[str]:
             exps = attnlrp.explain(model, tokenizer, prompts, target=target, method=method, batch_size=16)
             cells.append(metrics.summary([metrics.pointing_game(e.scores, ev) for e, ev in zip(exps, evidence)]))
         out.append(f"| {method} | {_cell(cells[0])} | {_cell(cells[1])} |")
-    return [f"Pointing game on the {len(kept)} facts items whose relation has more than one answer in the suite "
-            "(the runner-up: the other answer of the same relation with the highest logit):", "", *out, ""]
+    return [
+        f"Pointing game on the {len(kept)} facts items whose relation has more than one answer in the suite "
+        "(the runner-up: the other answer of the same relation with the highest logit):",
+        "",
+        *out,
+        "",
+    ]
 
 
 def main(argv=None) -> None:
@@ -173,12 +223,16 @@ def main(argv=None) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     FIGURES.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    body = ["## Results on the bundled model", "",
-            f"Command: `python benchmarks/evaluation.py --limit {args.limit}` (`make evaluation`). "
-            f"Date: {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC. SmolLM2-135M-Instruct, float32, "
-            f"{cpu_name()}, torch {torch.__version__}. Cells: mean [95% percentile-bootstrap interval of the mean]. "
-            "Seconds per item are wall time on a shared 2-core machine (other jobs ran alongside): read them as "
-            "relative costs.", ""]
+    body = [
+        "## Results on the bundled model",
+        "",
+        f"Command: `python benchmarks/evaluation.py --limit {args.limit}` (`make evaluation`). "
+        f"Date: {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC. SmolLM2-135M-Instruct, float32, "
+        f"{cpu_name()}, torch {torch.__version__}. Cells: mean [95% percentile-bootstrap interval of the mean]. "
+        "Seconds per item are wall time on a shared 2-core machine (other jobs ran alongside): read them as "
+        "relative costs.",
+        "",
+    ]
     for suite, name, methods, options in RUNS:
         if suite not in wanted:
             continue
@@ -193,8 +247,10 @@ def main(argv=None) -> None:
             body += ["#### Zeroing one part of the prompt", "", *zeroing_effects(model, tokenizer, args.limit)]
         if name == "facts":
             body += ["#### The answer against its rivals", "", *facts_contrast(model, tokenizer, args.limit)]
-    body.append(f"Wall time of this run: {(time.perf_counter() - started) / 60:.1f} min; load average at the end "
-                f"{load_average()}.")
+    body.append(
+        f"Wall time of this run: {(time.perf_counter() - started) / 60:.1f} min; load average at the end "
+        f"{load_average()}."
+    )
     write_section("results", "\n".join(body), PAGE, ORDER)
     print(f"wrote {PAGE}")
 

@@ -45,10 +45,9 @@ THREADS = 2
 def measure_here(config: str, length: int) -> dict:
     """In the child: load, warm up (profiled), reset the peak mark, one timed run; report time and peak."""
     import torch
-    from torch.profiler import ProfilerActivity, profile
-
     from _report import reset_peak, rss_kib
     from overhead import load, run_once, token_ids
+    from torch.profiler import ProfilerActivity, profile
 
     model, _ = load()
     ids = token_ids(model, length)
@@ -63,23 +62,46 @@ def measure_here(config: str, length: int) -> dict:
     y, total = run_once(model, config, ids)
     seconds = time.perf_counter() - start
     peak = rss_kib("VmHWM")
-    return {"config": config, "length": length, "seconds": seconds, "peak_mib": (peak - before) / 1024,
-            "baseline_mib": before / 1024, "exact": exact, "y": y, "conservation": total / y,
-            "attention": model.config._attn_implementation, "kernels": kernels,
-            "softmax_ops": sorted(n for n in names if "softmax" in n), "torch": torch.__version__}
+    return {
+        "config": config,
+        "length": length,
+        "seconds": seconds,
+        "peak_mib": (peak - before) / 1024,
+        "baseline_mib": before / 1024,
+        "exact": exact,
+        "y": y,
+        "conservation": total / y,
+        "attention": model.config._attn_implementation,
+        "kernels": kernels,
+        "softmax_ops": sorted(n for n in names if "softmax" in n),
+        "torch": torch.__version__,
+    }
 
 
 def measure(config: str, length: int) -> dict:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(THREADS))
-    out = subprocess.run([sys.executable, __file__, "--_child", config, str(length)], env=env, capture_output=True,
-                         text=True, check=False)
+    out = subprocess.run(
+        [sys.executable, __file__, "--_child", config, str(length)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"{config} at {length} tokens failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def markdown(results: dict, lengths: list[int], context: int, loads: list[str], elapsed: float, repeats: int,
-             command: str, skipped: list[int]) -> str:
+def markdown(
+    results: dict,
+    lengths: list[int],
+    context: int,
+    loads: list[str],
+    elapsed: float,
+    repeats: int,
+    command: str,
+    skipped: list[int],
+) -> str:
     from _report import cpu_name
 
     date = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
@@ -112,23 +134,40 @@ def markdown(results: dict, lengths: list[int], context: int, loads: list[str], 
             m = max(r["peak_mib"] for r in runs)
             t_ref = statistics.median(r["seconds"] for r in ref) if ref else None
             m_ref = max(r["peak_mib"] for r in ref) if ref else None
-            span = f" ({min(r['seconds'] for r in runs):.1f}–{max(r['seconds'] for r in runs):.1f})" if len(runs) > 1 else ""
-            out.append(f"| {length} | {config} | {t:.1f}{span} | {t / t_ref:.2f} | {m:.0f}{'' if runs[0]['exact'] else '*'} | "
-                       f"{m / length * 1024:.0f} | {m / m_ref:.2f} | {runs[0]['conservation']:.3f} |")
+            span = (
+                f" ({min(r['seconds'] for r in runs):.1f}–{max(r['seconds'] for r in runs):.1f})"
+                if len(runs) > 1
+                else ""
+            )
+            out.append(
+                f"| {length} | {config} | {t:.1f}{span} | {t / t_ref:.2f} | {m:.0f}{'' if runs[0]['exact'] else '*'} | "
+                f"{m / length * 1024:.0f} | {m / m_ref:.2f} | {runs[0]['conservation']:.3f} |"
+            )
     out.append("")
     for config in CONFIGS:
         series = [(n, max(r["peak_mib"] for r in results[(config, n)])) for n in lengths if (config, n) in results]
-        times = [(n, statistics.median(r["seconds"] for r in results[(config, n)])) for n in lengths
-                 if (config, n) in results]
+        times = [
+            (n, statistics.median(r["seconds"] for r in results[(config, n)]))
+            for n in lengths
+            if (config, n) in results
+        ]
         if len(series) >= 2:
             (n0, m0), (n1, m1) = series[0], series[-1]
             (_, t0), (_, t1) = times[0], times[-1]
-            out.append(f"- {config}: {n1 // n0}× the tokens ({n0} → {n1}) take {m1 / m0:.1f}× the memory and "
-                       f"{t1 / t0:.1f}× the time.")
-    out.append(f"- SmolLM2's context is {context} tokens (max_position_embeddings); "
-               + (f"{', '.join(map(str, skipped))} tokens exceed it and were not run (RoPE positions past the "
-                  "trained range: an explanation there would explain a model outside its domain; "
-                  "`attnlrp.explain` refuses such a prompt)." if skipped else "no longer prompt was asked for."))
+            out.append(
+                f"- {config}: {n1 // n0}× the tokens ({n0} → {n1}) take {m1 / m0:.1f}× the memory and "
+                f"{t1 / t0:.1f}× the time."
+            )
+    out.append(
+        f"- SmolLM2's context is {context} tokens (max_position_embeddings); "
+        + (
+            f"{', '.join(map(str, skipped))} tokens exceed it and were not run (RoPE positions past the "
+            "trained range: an explanation there would explain a model outside its domain; "
+            "`attnlrp.explain` refuses such a prompt)."
+            if skipped
+            else "no longer prompt was asked for."
+        )
+    )
     out.append("")
     return "\n".join(out)
 
@@ -149,6 +188,7 @@ def main(argv=None) -> None:
     import json as _json
 
     from _report import load_average, publish
+
     from attnlrp.loading import cache_dir_for, default_model_file
 
     config_file = cache_dir_for(default_model_file()) / "config.json"
@@ -167,12 +207,15 @@ def main(argv=None) -> None:
     loads = [load_average()]
     results: dict = {}
     for length in lengths:
-        for round_ in range(args.repeats):
+        for _ in range(args.repeats):
             for config in CONFIGS:
                 r = measure(config, length)
                 results.setdefault((config, length), []).append(r)
-                print(f"  {length} tokens, {config}: {r['seconds']:.1f}s, peak {r['peak_mib']:.0f} MiB "
-                      f"(load {load_average()})", flush=True)
+                print(
+                    f"  {length} tokens, {config}: {r['seconds']:.1f}s, peak {r['peak_mib']:.0f} MiB "
+                    f"(load {load_average()})",
+                    flush=True,
+                )
         loads.append(load_average())
     for n in skipped:
         print(f"  {n} tokens: skipped, past the model's context of {context} tokens")

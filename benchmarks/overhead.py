@@ -54,13 +54,13 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
+import torch
 
-import attnlrp  # noqa: E402
-from attnlrp.engine import gradient_checkpointing  # noqa: E402
+import attnlrp
+from attnlrp.engine import gradient_checkpointing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import cpu_name, load_average, publish, read_sections, reset_peak, rss_kib, write_section  # noqa: E402
+from _report import cpu_name, load_average, publish, read_sections, reset_peak, rss_kib, write_section
 
 _LOAD_START = ["?"]
 
@@ -126,16 +126,25 @@ def time_configs(model, length: int, repeats: int, configs=CONFIGS, log=print) -
                     raise FloatingPointError(f"{config} at {length} tokens: relevance is not finite ({total}).")
             else:
                 times[config].append(elapsed)
-        log(f"  {length} tokens, {'warm-up' if round_ == 0 else f'round {round_}/{repeats}'}: "
-            + ", ".join(f"{c} {times[c][-1]:.2f}s" for c in configs if round_))
+        log(
+            f"  {length} tokens, {'warm-up' if round_ == 0 else f'round {round_}/{repeats}'}: "
+            + ", ".join(f"{c} {times[c][-1]:.2f}s" for c in configs if round_)
+        )
     out = {}
     for c in configs:
         # Paired ratios: each run against the plain-gradient run of the same round (made seconds apart,
         # under the same load), so a slow spell on the shared machine cancels out of the ratio.
         paired = [t / g for t, g in zip(times[c], times["gradient"])]
-        out[c] = {"times": times[c], "median": statistics.median(times[c]), "min": min(times[c]),
-                  "max": max(times[c]), "ratio": statistics.median(paired), "ratio_min": min(paired),
-                  "ratio_max": max(paired), "conservation": ratios[c]}
+        out[c] = {
+            "times": times[c],
+            "median": statistics.median(times[c]),
+            "min": min(times[c]),
+            "max": max(times[c]),
+            "ratio": statistics.median(paired),
+            "ratio_min": min(paired),
+            "ratio_max": max(paired),
+            "conservation": ratios[c],
+        }
     return out
 
 
@@ -157,8 +166,13 @@ def measure_memory_here(config: str, length: int) -> dict:
 
 def measure_memory(config: str, length: int) -> dict:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(THREADS))
-    out = subprocess.run([sys.executable, __file__, "--_memory", config, str(length)], env=env,
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [sys.executable, __file__, "--_memory", config, str(length)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"memory run {config} at {length} tokens failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -179,9 +193,14 @@ def greedy(model, tokenizer, ids: list[int], new_tokens: int) -> torch.Tensor:
     """The greedy continuation, exactly ``new_tokens`` long: prompt + generated ids."""
     prompt = torch.tensor([ids])
     with torch.no_grad():
-        return model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                              pad_token_id=tokenizer.pad_token_id, max_new_tokens=new_tokens,
-                              min_new_tokens=new_tokens)[0]
+        return model.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+        )[0]
 
 
 def per_step_relevance(model, tokenizer, ids: list[int], new_tokens: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -228,17 +247,26 @@ def time_generation(model, tokenizer, new_tokens: int, repeats: int, log=print) 
         elapsed_step = time.perf_counter() - start
         t_shared.append(elapsed_shared)
         t_step.append(elapsed_step)
-        log(f"  generation, round {round_ + 1}/{repeats}: explain_generation {elapsed_shared:.2f}s, "
-            f"per-step {elapsed_step:.2f}s, generate alone {t_generate[-1]:.2f}s")
+        log(
+            f"  generation, round {round_ + 1}/{repeats}: explain_generation {elapsed_shared:.2f}s, "
+            f"per-step {elapsed_step:.2f}s, generate alone {t_generate[-1]:.2f}s"
+        )
     # The two must agree: the same relevance, computed two ways.
     diff = max(float((reference.matrix[i, : len(r)] - r.numpy()).__abs__().max()) for i, r in enumerate(steps))
-    return {"new_tokens": len(reference), "prompt_tokens": reference.prompt_length,
-            "shared": statistics.median(t_shared), "shared_range": (min(t_shared), max(t_shared)),
-            "per_step": statistics.median(t_step), "per_step_range": (min(t_step), max(t_step)),
-            "ratio": statistics.median(s / t for s, t in zip(t_step, t_shared)), "repeats": repeats,
-            "generate": statistics.median(t_generate),
-            "ratio_without_generate": statistics.median((s - g) / (t - g) for s, t, g in zip(t_step, t_shared, t_generate)),
-            "max_abs_diff": diff, "text": "".join(reference.generated)}
+    return {
+        "new_tokens": len(reference),
+        "prompt_tokens": reference.prompt_length,
+        "shared": statistics.median(t_shared),
+        "shared_range": (min(t_shared), max(t_shared)),
+        "per_step": statistics.median(t_step),
+        "per_step_range": (min(t_step), max(t_step)),
+        "ratio": statistics.median(s / t for s, t in zip(t_step, t_shared)),
+        "repeats": repeats,
+        "generate": statistics.median(t_generate),
+        "ratio_without_generate": statistics.median((s - g) / (t - g) for s, t, g in zip(t_step, t_shared, t_generate)),
+        "max_abs_diff": diff,
+        "text": "".join(reference.generated),
+    }
 
 
 # --- report ----------------------------------------------------------------------------------------
@@ -249,16 +277,20 @@ def machine_note() -> str:
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     import transformers
 
-    return (f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} ({THREADS} threads), "
-            f"transformers {transformers.__version__}, Python {platform.python_version()}; "
-            f"load average (1 / 5 / 15 min) at the start {_LOAD_START[0]}, at the end {load} (a shared machine: "
-            "other jobs may run alongside)")
+    return (
+        f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} ({THREADS} threads), "
+        f"transformers {transformers.__version__}, Python {platform.python_version()}; "
+        f"load average (1 / 5 / 15 min) at the start {_LOAD_START[0]}, at the end {load} (a shared machine: "
+        "other jobs may run alongside)"
+    )
 
 
 def table(results: dict[int, dict], memory: dict[int, dict]) -> list[str]:
-    lines = ["| tokens | configuration | median s | min–max s | × gradient time (paired, min–max) | peak MiB "
-             "| × gradient memory | Σ R / y |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| tokens | configuration | median s | min–max s | × gradient time (paired, min–max) | peak MiB "
+        "| × gradient memory | Σ R / y |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for length, by_config in results.items():
         mem = memory.get(length, {})
         ref_mem = mem.get("gradient", {}).get("peak_mib")
@@ -267,8 +299,10 @@ def table(results: dict[int, dict], memory: dict[int, dict]) -> list[str]:
             peak = f"{m['peak_mib']:.0f}{'' if m['exact'] else '*'}" if m else "–"
             mem_ratio = f"{m['peak_mib'] / ref_mem:.2f}" if m and ref_mem else "–"
             cons = "–" if config == "forward" else f"{r['conservation']:.3f}"
-            lines.append(f"| {length} | {config} | {r['median']:.3f} | {r['min']:.3f}–{r['max']:.3f} | "
-                         f"{r['ratio']:.3f} ({r['ratio_min']:.2f}–{r['ratio_max']:.2f}) | {peak} | {mem_ratio} | {cons} |")
+            lines.append(
+                f"| {length} | {config} | {r['median']:.3f} | {r['min']:.3f}–{r['max']:.3f} | "
+                f"{r['ratio']:.3f} ({r['ratio_min']:.2f}–{r['ratio_max']:.2f}) | {peak} | {mem_ratio} | {cons} |"
+            )
     return lines
 
 
@@ -283,8 +317,9 @@ def verdicts(results: dict[int, dict], memory: dict[int, dict]) -> list[str]:
             parts.append(f"memory {m:.2f}x ({'meets' if m <= TARGET_MEMORY else 'misses'} ≤ {TARGET_MEMORY}x)")
             if "attnlrp+ckpt" in mem:
                 c = mem["attnlrp+ckpt"]["peak_mib"] / mem["gradient"]["peak_mib"]
-                parts.append(f"with checkpointing memory {c:.2f}x of the plain gradient "
-                             f"({'below' if c < 1 else 'not below'} it)")
+                parts.append(
+                    f"with checkpointing memory {c:.2f}x of the plain gradient ({'below' if c < 1 else 'not below'} it)"
+                )
         lines.append(f"- {length} tokens: AttnLRP " + "; ".join(parts))
     return lines
 
@@ -405,14 +440,16 @@ def main(argv=None) -> None:
 def gpu_note() -> str:
     """The GPU section, until a session with a GPU measures it (this script runs on the CPU only)."""
     date = _dt.datetime.now().astimezone().strftime("%Y-%m-%d")
-    return "\n".join([
-        "## bf16 on a GPU",
-        "",
-        f"Not measured: the sessions that produced these tables ({date}) had no GPU (CPU-only machine, and no GPU "
-        "was lent to the task). The bf16 GPU table (AttnLRP vs the plain gradient in time and memory, with and "
-        "without checkpointing) is still to be measured on a machine with one; nothing on this page is a GPU "
-        "figure.",
-    ])
+    return "\n".join(
+        [
+            "## bf16 on a GPU",
+            "",
+            f"Not measured: the sessions that produced these tables ({date}) had no GPU (CPU-only machine, and no GPU "
+            "was lent to the task). The bf16 GPU table (AttnLRP vs the plain gradient in time and memory, with and "
+            "without checkpointing) is still to be measured on a machine with one; nothing on this page is a GPU "
+            "figure.",
+        ]
+    )
 
 
 if __name__ == "__main__":

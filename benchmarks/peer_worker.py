@@ -58,7 +58,7 @@ def _top_logit_relevance(model, ids, context=None):
     from contextlib import nullcontext
 
     embeddings = model.get_input_embeddings()
-    with (context or nullcontext()), torch.enable_grad():
+    with context or nullcontext(), torch.enable_grad():
         x = embeddings(ids).detach().requires_grad_()
         y = model(inputs_embeds=x, use_cache=False, logits_to_keep=1).logits[0, -1].max()
         y.backward()
@@ -73,8 +73,9 @@ class Ours:
     """This repository: plain gradient, AttnLRP through attnlrp.lrp, explain_generation, per-step recomputation."""
 
     def __init__(self, model_dir: str):
-        import attnlrp
         from overhead import greedy, per_step_relevance
+
+        import attnlrp
 
         self.attnlrp, self.per_step_relevance, self.greedy = attnlrp, per_step_relevance, greedy
         self.model, self.tokenizer = attnlrp.load_model(model_dir, dtype=torch.float32)
@@ -88,13 +89,14 @@ class Ours:
     def generation(self, config: str, ids, new_tokens: int):
         if config == "generate":  # the greedy generation alone, which every approach includes
             sequence = self.greedy(self.model, self.tokenizer, ids[0].tolist(), new_tokens)
-            return {"generated": sequence[ids.shape[1]:].tolist(), "rows": 0}
+            return {"generated": sequence[ids.shape[1] :].tolist(), "rows": 0}
         if config == "per-step":
             sequence, rows = self.per_step_relevance(self.model, self.tokenizer, ids[0].tolist(), new_tokens)
-            return {"generated": sequence[ids.shape[1]:].tolist(), "rows": len(rows)}
-        g = self.attnlrp.explain_generation(self.model, self.tokenizer, ids[0].tolist(), max_new_tokens=new_tokens,
-                                            min_new_tokens=new_tokens)
-        return {"generated": g.token_ids[g.prompt_length:], "rows": len(g)}
+            return {"generated": sequence[ids.shape[1] :].tolist(), "rows": len(rows)}
+        g = self.attnlrp.explain_generation(
+            self.model, self.tokenizer, ids[0].tolist(), max_new_tokens=new_tokens, min_new_tokens=new_tokens
+        )
+        return {"generated": g.token_ids[g.prompt_length :], "rows": len(g)}
 
 
 class LXT:
@@ -130,8 +132,9 @@ class LXT:
             config.rope_theta = rope["rope_theta"]
             if rope.get("rope_type", "default") != "default":
                 config.rope_scaling = dict(rope)
-        self.model = _freeze(modeling_llama.LlamaForCausalLM.from_pretrained(model_dir, config=config,
-                                                                             torch_dtype=torch.float32))
+        self.model = _freeze(
+            modeling_llama.LlamaForCausalLM.from_pretrained(model_dir, config=config, torch_dtype=torch.float32)
+        )
 
     def explain(self, config: str, ids):
         y, relevance = _top_logit_relevance(self.model, ids)
@@ -146,7 +149,7 @@ class Captum:
         from transformers import AutoModelForCausalLM
 
         self.model = _freeze(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32))
-        forward = lambda e: self.model(inputs_embeds=e, use_cache=False, logits_to_keep=1).logits[:, -1]  # noqa: E731
+        forward = lambda e: self.model(inputs_embeds=e, use_cache=False, logits_to_keep=1).logits[:, -1]
         self.ig = IntegratedGradients(forward)
 
     def explain(self, config: str, ids):
@@ -154,8 +157,9 @@ class Captum:
         with torch.no_grad():
             logits = self.model(inputs_embeds=x, use_cache=False, logits_to_keep=1).logits[0, -1]
         target = int(logits.argmax())
-        attributions = self.ig.attribute(x, baselines=torch.zeros_like(x), target=target, n_steps=IG_STEPS,
-                                         internal_batch_size=IG_BATCH)
+        attributions = self.ig.attribute(
+            x, baselines=torch.zeros_like(x), target=target, n_steps=IG_STEPS, internal_batch_size=IG_BATCH
+        )
         return {"y": float(logits[target]), "relevance": attributions.sum(-1)[0].tolist()}
 
 
@@ -172,14 +176,20 @@ class Inseq:
     def generation(self, config: str, ids, new_tokens: int):
         prompt = self.tokenizer.decode(ids[0].tolist())
         out = self.model.attribute(
-            prompt, generation_args={"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False},
-            attributed_fn="logit", show_progress=False, pretty_progress=False,
+            prompt,
+            generation_args={"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False},
+            attributed_fn="logit",
+            show_progress=False,
+            pretty_progress=False,
         )
         seq = out.sequence_attributions[0]
         # a decoder-only model: the prompt and the generation are both in ``target`` (source is empty)
         generated = [t.id for t in seq.target][-new_tokens:]
-        return {"generated": generated, "rows": int(seq.target_attributions.shape[1]),
-                "prompt_tokens": len(seq.target) - new_tokens}
+        return {
+            "generated": generated,
+            "rows": int(seq.target_attributions.shape[1]),
+            "prompt_tokens": len(seq.target) - new_tokens,
+        }
 
 
 SYSTEMS = {"ours": Ours, "lxt": LXT, "captum": Captum, "inseq": Inseq}
@@ -219,8 +229,13 @@ def main(argv: list[str]) -> None:
         before = rss_kib("VmRSS")
         out = run(system, request)
         peak = rss_kib("VmHWM")
-        reply = {"peak_mib": (peak - before) / 1024, "baseline_mib": before / 1024, "exact": exact,
-                 "seconds": out["seconds"], **info}
+        reply = {
+            "peak_mib": (peak - before) / 1024,
+            "baseline_mib": before / 1024,
+            "exact": exact,
+            "seconds": out["seconds"],
+            **info,
+        }
         print(REPLY + json.dumps(reply), flush=True)
         return
     print(REPLY + json.dumps({"ready": True, **info}), flush=True)
@@ -232,7 +247,7 @@ def main(argv: list[str]) -> None:
             break
         try:
             reply = run(system, request)
-        except Exception as error:  # noqa: BLE001 - reported to the parent, which decides
+        except Exception as error:
             import traceback
 
             reply = {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()[-4000:]}

@@ -36,11 +36,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from _report import load_average, publish  # noqa: E402
+from overhead import load, run_once, token_ids  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 import attnlrp  # noqa: E402
-from _report import load_average, publish  # noqa: E402
-from overhead import load, run_once, token_ids  # noqa: E402
 
 #: cProfile entries (file suffix, function name or None for all) -> part of the engine.
 PARTS = [
@@ -63,8 +63,11 @@ PARTS = [
 
 def wall_clock(model, length: int, rounds: int) -> dict:
     ids = token_ids(model, length)
-    runs = {"gradient": lambda: run_once(model, "gradient", ids), "attnlrp": lambda: run_once(model, "attnlrp", ids),
-            "bind only": lambda: _bind_only(model)}
+    runs = {
+        "gradient": lambda: run_once(model, "gradient", ids),
+        "attnlrp": lambda: run_once(model, "attnlrp", ids),
+        "bind only": lambda: _bind_only(model),
+    }
     times: dict[str, list[float]] = defaultdict(list)
     for r in range(rounds + 1):
         for name, fn in runs.items():
@@ -74,10 +77,15 @@ def wall_clock(model, length: int, rounds: int) -> dict:
             if r:
                 times[name].append(time.perf_counter() - start)
     paired = [a - g for a, g in zip(times["attnlrp"], times["gradient"])]
-    return {"times": dict(times), "gradient": statistics.median(times["gradient"]),
-            "attnlrp": statistics.median(times["attnlrp"]), "bind": statistics.median(times["bind only"]),
-            "extra": statistics.median(paired), "extra_range": (min(paired), max(paired)),
-            "ratio": statistics.median(a / g for a, g in zip(times["attnlrp"], times["gradient"]))}
+    return {
+        "times": dict(times),
+        "gradient": statistics.median(times["gradient"]),
+        "attnlrp": statistics.median(times["attnlrp"]),
+        "bind": statistics.median(times["bind only"]),
+        "extra": statistics.median(paired),
+        "extra_range": (min(paired), max(paired)),
+        "ratio": statistics.median(a / g for a, g in zip(times["attnlrp"], times["gradient"])),
+    }
 
 
 def _bind_only(model):
@@ -98,7 +106,7 @@ def cprofile(model, config: str, length: int) -> tuple[dict, float, int]:
     stats = pstats.Stats(profiler)
     parts: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])  # part -> [tottime s, calls]
     total_calls = 0
-    for (filename, _, func), (cc, nc, tt, ct, callers) in stats.stats.items():
+    for (filename, _, func), (_, nc, tt, _, _) in stats.stats.items():
         total_calls += nc
         for suffix, name, part in PARTS:
             if filename.replace("\\", "/").endswith(suffix) and (name is None or func == name):
@@ -176,9 +184,11 @@ def markdown(results: dict, command: str, elapsed: float, loads: list[str], roun
         for part, (tt, calls) in sorted(r["parts"].items(), key=lambda kv: -kv[1][0]):
             out.append(f"| {part} | {calls} | {tt * 1e3:.1f} | {tt / wall:.1%} |")
         out.append(f"| (the whole profiled run, {r['cprofile_calls']} Python calls) | | {wall * 1e3:.0f} | 100% |")
-        out += ["",
-                "| autograd node / aten op (torch.profiler) | gradient ms (calls) | AttnLRP ms (calls) |",
-                "|---|---:|---:|"]
+        out += [
+            "",
+            "| autograd node / aten op (torch.profiler) | gradient ms (calls) | AttnLRP ms (calls) |",
+            "|---|---:|---:|",
+        ]
         for key, (g, a) in r["ops"]:
             out.append(f"| `{key}` | {g[0]:.1f} ({g[1]}) | {a[0]:.1f} ({a[1]}) |")
         out.append("")
@@ -194,8 +204,13 @@ def markdown(results: dict, command: str, elapsed: float, loads: list[str], roun
             f"({engine / r['cprofile_wall']:.1%} of the profiled run); binding + unbinding {w['bind'] * 1e3:.1f} ms; "
             f"the rules' autograd nodes (gradient scaling, identity rule, frozen norm) take {rule_nodes:.0f} ms of "
             f"kernel time in the backward."
-            + (f" `aten::mm`: {ops['aten::mm'][0][0]:.0f} ms in the gradient run, {ops['aten::mm'][1][0]:.0f} ms "
-               "with AttnLRP (the same calls)." if "aten::mm" in ops else ""))
+            + (
+                f" `aten::mm`: {ops['aten::mm'][0][0]:.0f} ms in the gradient run, {ops['aten::mm'][1][0]:.0f} ms "
+                "with AttnLRP (the same calls)."
+                if "aten::mm" in ops
+                else ""
+            )
+        )
     out += [
         "",
         "What is left is small and mostly not Python: the op dispatch through the torch-function mode costs a few "
@@ -218,8 +233,16 @@ def compare_ops(grad: dict, attn: dict, limit: int = 14) -> list:
     for k in set(grad) | set(attn):
         g, a = grad.get(k, (0.0, 0)), attn.get(k, (0.0, 0))
         rule = any(n in k for n in RULE_NODES)
-        if rule or g[1] != a[1] or k in ("aten::mm", "aten::_scaled_dot_product_flash_attention_for_cpu",
-                                         "aten::_scaled_dot_product_flash_attention_for_cpu_backward"):
+        if (
+            rule
+            or g[1] != a[1]
+            or k
+            in (
+                "aten::mm",
+                "aten::_scaled_dot_product_flash_attention_for_cpu",
+                "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+            )
+        ):
             rows.append((k, (g, a)))
     rows.sort(key=lambda kv: -max(kv[1][0][0], kv[1][1][0]))
     return rows[:limit]
@@ -245,8 +268,14 @@ def main(argv=None) -> None:
         wall = wall_clock(model, length, rounds)
         parts, cwall, calls = cprofile(model, "attnlrp", length)
         ops = compare_ops(torch_ops(model, "gradient", length), torch_ops(model, "attnlrp", length))
-        results[length] = {"wall": wall, "parts": parts, "cprofile_wall": cwall, "cprofile_calls": calls, "ops": ops,
-                           "counts": dispatch_count(model, length)}
+        results[length] = {
+            "wall": wall,
+            "parts": parts,
+            "cprofile_wall": cwall,
+            "cprofile_calls": calls,
+            "ops": ops,
+            "counts": dispatch_count(model, length),
+        }
         loads.append(load_average())
         print(f"  {length} tokens done (load {loads[-1]})", flush=True)
     report = markdown(results, command, time.perf_counter() - started, loads, rounds)

@@ -45,8 +45,9 @@ def trained_model(task: PatchTask, retrain: bool) -> tuple[nn.Module, str]:
 
 
 def lrp_maps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, method: str, rules=None) -> np.ndarray:
-    explanations = attnlrp.explain_image(model, images, target=labels.tolist(), method=method, layer_rules=rules,
-                                         batch_size=128)
+    explanations = attnlrp.explain_image(
+        model, images, target=labels.tolist(), method=method, layer_rules=rules, batch_size=128
+    )
     return np.stack([e.scores for e in explanations])
 
 
@@ -66,16 +67,18 @@ def main() -> None:
     with torch.no_grad():
         accuracy = float((model(pixel_values=images).logits.argmax(-1) == labels).float().mean())
     maps = {
-        "γ-LRP (Conv γ=0.25, Linear γ=0.05; CP-LRP attention)": lrp_maps(model, images, labels, "cp-lrp",
-                                                                        gamma_rules(0.25)),
+        "γ-LRP (Conv γ=0.25, Linear γ=0.05; CP-LRP attention)": lrp_maps(
+            model, images, labels, "cp-lrp", gamma_rules(0.25)
+        ),
         "CP-LRP": lrp_maps(model, images, labels, "cp-lrp"),
         "AttnLRP": lrp_maps(model, images, labels, "attnlrp"),
         "gradient (Σ_c abs(∂y/∂x))": gradient_maps(model, images, labels),
         "Input×Gradient": gradient_maps(model, images, labels, times_input=True),
     }
     for gamma in GAMMAS:
-        maps[f"γ sweep: Conv γ={gamma:g}, Linear γ={gamma / 5:g}"] = lrp_maps(model, images, labels, "cp-lrp",
-                                                                              gamma_rules(gamma))
+        maps[f"γ sweep: Conv γ={gamma:g}, Linear γ={gamma / 5:g}"] = lrp_maps(
+            model, images, labels, "cp-lrp", gamma_rules(gamma)
+        )
     print(f"model: {how}; accuracy on the {args.images} evaluation images {accuracy:.3f}\n")
     print("| method | pointing-game accuracy |\n|---|---|")
     for name, m in maps.items():

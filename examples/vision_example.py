@@ -26,6 +26,7 @@ for exp, cell in zip(explanations, deciding.tolist()):
     print(exp, "| most relevant patch", exp.top_patch(), "deciding patch", divmod(cell, task.grid))
 
 out = Path(__file__).resolve().parent.parent / "docs" / "img" / "vision_example.png"
-attnlrp.save_image_grid(out, explanations, titles=[f"{e.target}, y = {e.value:.2f}" for e in explanations],
-                        show_images=True)
+attnlrp.save_image_grid(
+    out, explanations, titles=[f"{e.target}, y = {e.value:.2f}" for e in explanations], show_images=True
+)
 print(f"wrote {out}")

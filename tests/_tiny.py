@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from tiny_models import VOCAB, build
 
 from attnlrp.core import rules
-
-from tiny_models import VOCAB, build
 
 
 def tiny(arch: str = "llama", attn: str = "eager", dtype: torch.dtype = torch.float64, seed: int = 0, **overrides):

@@ -1,9 +1,13 @@
-"""Shared fixtures.
+"""Shared fixtures, and the test tiers.
 
 ``smollm`` is the one real model of the test session: the bundled SmolLM2-135M-Instruct, loaded
-once. ``tokenizer`` is its (real) tokenizer; ``tiny_lm`` is a tiny random LLaMA (2 layers,
-hidden 64, float64, no biases) whose vocabulary is that tokenizer's, so tests can use real text
-at a fraction of the cost of the real model.
+once. ``tokenizer`` is its (real) tokenizer, loaded without the model; ``tiny_lm`` is a tiny random
+LLaMA (2 layers, hidden 64, float64, no biases) whose vocabulary is that tokenizer's, so tests can
+use real text at a fraction of the cost of the real model.
+
+Tiers: tests that use a real model (through ``smollm`` or marked ``real``), a browser, TeX or another
+virtual environment carry the markers ``real``, ``browser``, ``tex`` and ``venv``; ``make test-fast``
+leaves them out, ``make test`` runs everything.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import pytest
 import torch
 
 import attnlrp
+from attnlrp.loading import load_tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -21,9 +26,16 @@ def smollm():
 
 
 @pytest.fixture(scope="session")
-def tokenizer(smollm):
+def tokenizer():
     """The bundled model's tokenizer (byte-level BPE, chat template, 49152 tokens). Don't mutate it."""
-    return smollm[1]
+    return load_tokenizer()
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that loads the real default model is a ``real`` test."""
+    for item in items:
+        if "smollm" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.real)
 
 
 def build_tiny_lm(tokenizer, dtype: torch.dtype = torch.float64, seed: int = 0, **overrides):
@@ -31,9 +43,17 @@ def build_tiny_lm(tokenizer, dtype: torch.dtype = torch.float64, seed: int = 0, 
     from transformers import AutoConfig, AutoModelForCausalLM
 
     options = dict(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=False,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=None, eos_token_id=None,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        eos_token_id=None,
     )
     config = AutoConfig.for_model("llama", **{**options, **overrides})
     torch.manual_seed(seed)

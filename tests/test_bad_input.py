@@ -86,14 +86,19 @@ def test_prompt_longer_than_the_context(short_lm, tokenizer):
     long = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen"
     n = len(tokenizer(long).input_ids)
     assert n > 16
-    with pytest.raises(InputError, match=rf"The sequence is {n} tokens, but the model's context is 16 tokens\. "
-                                         r"Shorten the prompt"):
+    with pytest.raises(
+        InputError,
+        match=rf"The sequence is {n} tokens, but the model's context is 16 tokens\. "
+        r"Shorten the prompt",
+    ):
         attnlrp.explain(short_lm, tokenizer, long)
     # prompt + answer, and prompt + generated tokens, count too
     prompt = "one two three four five six seven eight nine ten"
     assert len(tokenizer(prompt).input_ids) <= 12
     with pytest.raises(InputError, match="model's context is 16 tokens"):
-        attnlrp.explain(short_lm, tokenizer, prompt, target=Answer(" eleven twelve thirteen fourteen fifteen sixteen seventeen"))
+        attnlrp.explain(
+            short_lm, tokenizer, prompt, target=Answer(" eleven twelve thirteen fourteen fifteen sixteen seventeen")
+        )
     with pytest.raises(InputError, match="model's context is 16 tokens"):
         attnlrp.explain_generation(short_lm, tokenizer, prompt, max_new_tokens=10)
     # and what fits, works
@@ -104,8 +109,11 @@ def test_chat_messages_without_a_chat_template(tiny_lm, tokenizer):
     plain = copy.deepcopy(tokenizer)
     plain.chat_template = None
     messages = [{"role": "user", "content": "Where is the Eiffel Tower?"}]
-    with pytest.raises(InputError, match="Chat messages were given, but the tokenizer of .* has no chat template. "
-                                         "Pass plain text instead, or set tokenizer.chat_template"):
+    with pytest.raises(
+        InputError,
+        match="Chat messages were given, but the tokenizer of .* has no chat template. "
+        "Pass plain text instead, or set tokenizer.chat_template",
+    ):
         attnlrp.explain(tiny_lm, plain, messages)
     assert tokenizer.chat_template, "the shared tokenizer is untouched"
 
@@ -159,8 +167,11 @@ class _NoneEmbeddings(_NoEmbeddings):
 
 @pytest.mark.parametrize("model", [_NoEmbeddings(), _NoneEmbeddings()], ids=["no-getter", "getter-returns-none"])
 def test_model_without_input_embeddings(tokenizer, model):
-    with pytest.raises(InputError, match=r"has no input token embeddings \(get_input_embeddings\), so token "
-                                         r"relevance can't be read; use attnlrp.lrp\(model\)"):
+    with pytest.raises(
+        InputError,
+        match=r"has no input token embeddings \(get_input_embeddings\), so token "
+        r"relevance can't be read; use attnlrp.lrp\(model\)",
+    ):
         attnlrp.explain(model, tokenizer, PROMPT)
 
 

@@ -4,7 +4,8 @@ import importlib.util
 from pathlib import Path
 
 _spec = importlib.util.spec_from_file_location(
-    "bench_report", Path(__file__).resolve().parent.parent / "benchmarks" / "_report.py")
+    "bench_report", Path(__file__).resolve().parent.parent / "benchmarks" / "_report.py"
+)
 report = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(report)
 

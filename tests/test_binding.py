@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
+from _tiny import ids, reference_llama_relevance, tiny
 from torch import nn
 from transformers import activations, masking_utils, modeling_utils
 
 import attnlrp
 from attnlrp.engine import binding as binding_module
-from _tiny import ids, reference_llama_relevance, tiny
 
 
 def _explain(model, input_ids, method="attnlrp", **kwargs):
@@ -43,10 +43,15 @@ def _module_state(model):
     state = {}
     for path, m in model.named_modules():
         state[path] = (
-            dict(m._forward_hooks), dict(m._forward_pre_hooks), dict(m._backward_hooks),
-            dict(getattr(m, "_backward_pre_hooks", {})), set(getattr(m, "_forward_hooks_always_called", {})),
-            set(getattr(m, "_forward_hooks_with_kwargs", {})), "forward" in m.__dict__,
-            m.__dict__.get("_gradient_checkpointing_func"), m.training,
+            dict(m._forward_hooks),
+            dict(m._forward_pre_hooks),
+            dict(m._backward_hooks),
+            dict(getattr(m, "_backward_pre_hooks", {})),
+            set(getattr(m, "_forward_hooks_always_called", {})),
+            set(getattr(m, "_forward_hooks_with_kwargs", {})),
+            "forward" in m.__dict__,
+            m.__dict__.get("_gradient_checkpointing_func"),
+            m.training,
         )
     return state
 
@@ -156,8 +161,10 @@ def test_repeated_explanations_in_one_block_are_identical(llama):
 # --- (ii) after the block: the model is as before ---------------------------------------------
 
 
-@pytest.mark.parametrize("arch,attn,frozen", [("llama", "sdpa", "model.layers.1.mlp.up_proj.weight"),
-                                               ("gpt2", "eager", "transformer.h.0.mlp.c_fc.weight")])
+@pytest.mark.parametrize(
+    "arch,attn,frozen",
+    [("llama", "sdpa", "model.layers.1.mlp.up_proj.weight"), ("gpt2", "eager", "transformer.h.0.mlp.c_fc.weight")],
+)
 def test_outputs_and_gradients_bit_identical_after_the_block(arch, attn, frozen):
     model = tiny(arch, attn)
     model.get_parameter(frozen).requires_grad_(False)  # a mixed set of flags to restore
@@ -273,8 +280,13 @@ def _global_snapshot(model) -> dict:
         "TensorBase": _ids_of(torch._C.TensorBase.__dict__),
         "Parameter": _ids_of(nn.Parameter.__dict__),
         "Module": _ids_of(nn.Module.__dict__),
-        "calls": (id(nn.Module.__call__), id(nn.Module._call_impl), id(nn.Linear.forward), id(nn.Embedding.forward),
-                  id(vars(torch.autograd.Function)["apply"])),
+        "calls": (
+            id(nn.Module.__call__),
+            id(nn.Module._call_impl),
+            id(nn.Linear.forward),
+            id(nn.Embedding.forward),
+            id(vars(torch.autograd.Function)["apply"]),
+        ),
         "classes": {cls: _ids_of(vars(cls)) for cls in classes},
         "attention": _ids_of(modeling_utils.ALL_ATTENTION_FUNCTIONS),
         "attention_local": _ids_of(modeling_utils.ALL_ATTENTION_FUNCTIONS._local_mapping),
@@ -284,10 +296,16 @@ def _global_snapshot(model) -> dict:
         "transformers": _ids_of(vars(transformers.models.llama.modeling_llama)),
         "global_hooks": tuple(
             dict(getattr(module_module, name))
-            for name in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
-                         "_global_backward_pre_hooks", "_global_forward_hooks_always_called",
-                         "_global_module_registration_hooks", "_global_parameter_registration_hooks",
-                         "_global_buffer_registration_hooks")
+            for name in (
+                "_global_forward_hooks",
+                "_global_forward_pre_hooks",
+                "_global_backward_hooks",
+                "_global_backward_pre_hooks",
+                "_global_forward_hooks_always_called",
+                "_global_module_registration_hooks",
+                "_global_parameter_registration_hooks",
+                "_global_buffer_registration_hooks",
+            )
         ),
         "modes": torch._C._len_torch_function_stack(),
         "grad": torch.is_grad_enabled(),
@@ -311,9 +329,7 @@ def test_nothing_process_wide_is_changed(llama):
 
 def test_torch_function_mode_is_active_only_while_the_model_runs(llama):
     seen = []
-    hook = llama.model.layers[0].mlp.register_forward_hook(
-        lambda *a: seen.append(torch._C._len_torch_function_stack())
-    )
+    hook = llama.model.layers[0].mlp.register_forward_hook(lambda *a: seen.append(torch._C._len_torch_function_stack()))
     try:
         with attnlrp.lrp(llama):
             assert torch._C._len_torch_function_stack() == 0
@@ -458,7 +474,7 @@ def test_threads_sharing_a_binding_each_read_their_own_embeddings(llama):
             both.wait()  # both forwards ran before either backward: a single shared attribute would mix them up
             logits[logits.argmax()].backward()
             got[i] = (b.embeddings * b.embeddings.grad).sum(-1).detach()
-        except BaseException as error:  # noqa: BLE001 - reported below, in the test's thread
+        except BaseException as error:
             errors.append(error)
             both.abort()
 

@@ -12,6 +12,8 @@ import pytest
 
 import attnlrp
 
+pytestmark = pytest.mark.browser
+
 ARTEFACTS = Path(__file__).resolve().parents[1] / "out" / "screenshots"
 
 
@@ -24,9 +26,17 @@ def browser():
     assert chromium and driver_path, "Chromium is missing: `make test` installs Debian's chromium and chromium-driver"
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1200,900"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1200,900",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
@@ -40,7 +50,8 @@ def _errors(driver) -> list[str]:
 
 def _backgrounds(driver, selector: str) -> list[str]:
     return driver.execute_script(
-        f"return [...document.querySelectorAll({selector!r})].map(e => getComputedStyle(e).backgroundColor)")
+        f"return [...document.querySelectorAll({selector!r})].map(e => getComputedStyle(e).backgroundColor)"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +64,15 @@ def generation():
     for i in range(n):
         matrix[i, : len(prompt) + i] = rng.normal(size=len(prompt) + i)
     tokens = prompt + generated
-    return attnlrp.GenerationExplanation(tokens=tokens, display=tokens, matrix=matrix, prompt_length=len(prompt),
-                                         values=[1.0] * n, method="attnlrp", model="synthetic")
+    return attnlrp.GenerationExplanation(
+        tokens=tokens,
+        display=tokens,
+        matrix=matrix,
+        prompt_length=len(prompt),
+        values=[1.0] * n,
+        method="attnlrp",
+        model="synthetic",
+    )
 
 
 def test_generation_page_clicks_and_toggles(browser, generation, tmp_path):
@@ -85,10 +103,22 @@ def test_explanation_set_side_by_side_and_word_view(browser, tmp_path):
     from selenium.webdriver.common.by import By
 
     tokens = ["The", " E", "iffel", " Tower", " is", " in"]
-    first = attnlrp.Explanation(tokens=tokens, display=tokens, scores=[0.1, 0.5, 2.0, 0.7, -0.2, 0.1],
-                                target=" Paris", value=3.0, method="attnlrp")
-    second = attnlrp.Explanation(tokens=tokens, display=tokens, scores=[0.0, 0.1, 0.2, 0.9, 0.1, -0.3],
-                                 target=" Paris", value=1.0, method="cp-lrp")
+    first = attnlrp.Explanation(
+        tokens=tokens,
+        display=tokens,
+        scores=[0.1, 0.5, 2.0, 0.7, -0.2, 0.1],
+        target=" Paris",
+        value=3.0,
+        method="attnlrp",
+    )
+    second = attnlrp.Explanation(
+        tokens=tokens,
+        display=tokens,
+        scores=[0.0, 0.1, 0.2, 0.9, 0.1, -0.3],
+        target=" Paris",
+        value=1.0,
+        method="cp-lrp",
+    )
     page = attnlrp.save_html(tmp_path / "set.html", first, second)
     browser.get(page.as_uri())
     assert _errors(browser) == []

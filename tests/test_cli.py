@@ -40,8 +40,9 @@ def html_data(path: Path) -> dict:
 
 
 def test_explain_writes_json_and_html(run, tmp_path):
-    code, out, err = run("explain", PROMPT, "--no-color", "--json", str(tmp_path / "e.json"),
-                         "--html", str(tmp_path / "e.html"))
+    code, out, err = run(
+        "explain", PROMPT, "--no-color", "--json", str(tmp_path / "e.json"), "--html", str(tmp_path / "e.html")
+    )
     assert code == 0, err
     exp = Explanation.load(tmp_path / "e.json")
     assert exp.target == " Paris", "the bundled model's top next token"
@@ -56,8 +57,19 @@ def test_explain_writes_json_and_html(run, tmp_path):
 
 
 def test_explain_target_contrast_and_method(run, tmp_path):
-    code, _, err = run("explain", PROMPT, "--target", " Paris", "--contrast", " Rome", "--method", "cp-lrp",
-                       "--no-color", "--json", str(tmp_path / "c.json"))
+    code, _, err = run(
+        "explain",
+        PROMPT,
+        "--target",
+        " Paris",
+        "--contrast",
+        " Rome",
+        "--method",
+        "cp-lrp",
+        "--no-color",
+        "--json",
+        str(tmp_path / "c.json"),
+    )
     assert code == 0, err
     contrast = Explanation.load(tmp_path / "c.json")
     assert contrast.method == "cp-lrp"
@@ -66,16 +78,27 @@ def test_explain_target_contrast_and_method(run, tmp_path):
     # CP-LRP on a bias-free LLaMA conserves: the contrast's relevance sums to the logit difference
     assert contrast.total == pytest.approx(contrast.value, rel=2e-2)
 
-    code, _, err = run("explain", PROMPT, "--target", " London", "--contrast", "mean", "--no-color",
-                       "--json", str(tmp_path / "m.json"))
+    code, _, err = run(
+        "explain", PROMPT, "--target", " London", "--contrast", "mean", "--no-color", "--json", str(tmp_path / "m.json")
+    )
     assert code == 0, err
     mean = Explanation.load(tmp_path / "m.json")
     assert mean.target == " London vs mean" and mean.method == "attnlrp"
 
 
 def test_explain_answer_with_words(run, tmp_path):
-    code, out, err = run("explain", PROMPT, "--answer", " Lutetia, of course.", "--words", "--no-color",
-                         "--json", str(tmp_path / "a.json"), "--html", str(tmp_path / "a.html"))
+    code, out, err = run(
+        "explain",
+        PROMPT,
+        "--answer",
+        " Lutetia, of course.",
+        "--words",
+        "--no-color",
+        "--json",
+        str(tmp_path / "a.json"),
+        "--html",
+        str(tmp_path / "a.html"),
+    )
     assert code == 0, err
     exp = Explanation.load(tmp_path / "a.json")
     assert exp.unit == "token", "JSON keeps tokens; --words changes the views"
@@ -90,8 +113,17 @@ def test_explain_answer_with_words(run, tmp_path):
 
 
 def test_generate(run, tmp_path):
-    code, out, err = run("generate", PROMPT, "--max-new-tokens", "3", "--no-color",
-                         "--json", str(tmp_path / "g.json"), "--html", str(tmp_path / "g.html"))
+    code, out, err = run(
+        "generate",
+        PROMPT,
+        "--max-new-tokens",
+        "3",
+        "--no-color",
+        "--json",
+        str(tmp_path / "g.json"),
+        "--html",
+        str(tmp_path / "g.html"),
+    )
     assert code == 0, err
     gen = GenerationExplanation.load(tmp_path / "g.json")
     assert gen.matrix.shape == (3, gen.prompt_length + 3) and gen.prompt_length == 5
@@ -144,8 +176,9 @@ def test_jsonl_batch_resumes_after_an_interruption(run, tmp_path, monkeypatch):
     assert sorted(by_index) == [0, 1, 2]
     for i in (1, 2):
         assert by_index[i].target == results[i].target and by_index[i].tokens == results[i].tokens
-        np.testing.assert_allclose(by_index[i].scores, results[i].scores, rtol=1e-3,
-                                   atol=1e-3 * np.abs(results[i].scores).max())
+        np.testing.assert_allclose(
+            by_index[i].scores, results[i].scores, rtol=1e-3, atol=1e-3 * np.abs(results[i].scores).max()
+        )
     assert "(2 new, 1 already there)" in out
 
     # nothing left to do: nothing is computed and nothing changes
@@ -164,8 +197,18 @@ def test_help_texts(capsys):
     for word in ("explain", "generate", "audit", "examples:", "SmolLM2-135M-Instruct"):
         assert word in top
     expected = {
-        "explain": ["--target", "--contrast", "--answer", "--words", "--json", "--html", "--input", "--output",
-                    "--method", "--batch-size"],
+        "explain": [
+            "--target",
+            "--contrast",
+            "--answer",
+            "--words",
+            "--json",
+            "--html",
+            "--input",
+            "--output",
+            "--method",
+            "--batch-size",
+        ],
         "generate": ["--max-new-tokens", "--json", "--html", "--method"],
         "audit": ["--model", "--method"],
     }
@@ -188,8 +231,14 @@ def test_errors_exit_2_with_a_message(run, tmp_path):
     fails("explain", "   ", says="The prompt is empty")
     fails("generate", "", says="The prompt is empty")
     fails("explain", PROMPT, "--target", " Paris is lovely", says="is 3 tokens")
-    fails("explain", "--input", str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "o.jsonl"),
-          says="missing.jsonl")
+    fails(
+        "explain",
+        "--input",
+        str(tmp_path / "missing.jsonl"),
+        "--output",
+        str(tmp_path / "o.jsonl"),
+        says="missing.jsonl",
+    )
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('"fine"\n{"prompt": \n', encoding="utf-8")
     fails("explain", "--input", str(prompts), "--output", str(tmp_path / "o.jsonl"), says="p.jsonl:2: not valid JSON")
@@ -204,8 +253,12 @@ def test_errors_exit_2_with_a_message(run, tmp_path):
 
 
 def test_usage_errors_exit_2(capsys):
-    for argv, says in [(["explain"], "explain needs a prompt"), (["explain", "x", "--method", "nope"], "invalid choice"),
-                       (["frobnicate"], "invalid choice"), (["generate", "x", "--max-new-tokens", "many"], "invalid int")]:
+    for argv, says in [
+        (["explain"], "explain needs a prompt"),
+        (["explain", "x", "--method", "nope"], "invalid choice"),
+        (["frobnicate"], "invalid choice"),
+        (["generate", "x", "--max-new-tokens", "many"], "invalid int"),
+    ]:
         with pytest.raises(SystemExit) as info:
             cli.main(argv)
         assert info.value.code == 2
@@ -230,7 +283,12 @@ def test_model_options_reach_load_model(monkeypatch, capsys):
 def test_installed_script_smoke():
     script = Path(sys.executable).parent / "attnlrp"
     assert script.is_file(), f"the console script is missing: {script}"
-    done = subprocess.run([str(script), "generate", "--help"], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    done = subprocess.run(
+        [str(script), "generate", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert done.returncode == 0, done.stderr
     assert "usage: attnlrp generate" in done.stdout and "--max-new-tokens" in done.stdout

@@ -29,8 +29,10 @@ def smollm2_folder(smollm):
     return model.config._name_or_path if Path(model.config._name_or_path).is_dir() else pytest.fail("no cache")
 
 
+@pytest.mark.real
+@pytest.mark.tex
 def test_llama_quickstart(smollm2_folder, tmp_path):
-    from attnlrp.compat import modeling_llama, monkey_patch, pdf_heatmap, clean_tokens  # changed import lines
+    from attnlrp.compat import clean_tokens, modeling_llama, monkey_patch, pdf_heatmap  # changed import lines
 
     monkey_patch(modeling_llama, verbose=True)
     model = modeling_llama.LlamaForCausalLM.from_pretrained(smollm2_folder, device_map="cpu", dtype=torch.float32)
@@ -53,7 +55,9 @@ def test_llama_quickstart(smollm2_folder, tmp_path):
         pdf_heatmap(tokens, relevance[0], path=tmp_path / "llama_heatmap.pdf", backend="xelatex")
 
     assert (tmp_path / "llama_heatmap.pdf").read_bytes()[:4] == b"%PDF"
-    assert "1712" in (tmp_path / "llama_heatmap.tex").read_text() or "17" in (tmp_path / "llama_heatmap.tex").read_text()
+    assert (
+        "1712" in (tmp_path / "llama_heatmap.tex").read_text() or "17" in (tmp_path / "llama_heatmap.tex").read_text()
+    )
     compat.unpatch(model)
     model.eval()
     model.gradient_checkpointing_disable()
@@ -66,8 +70,10 @@ def test_llama_quickstart(smollm2_folder, tmp_path):
     assert not plain._forward_hooks and not any(m._forward_pre_hooks for m in plain.modules())
 
 
+@pytest.mark.real
+@pytest.mark.tex
 def test_bert_classifier_quickstart(tmp_path):
-    from attnlrp.compat import modeling_bert, monkey_patch, pdf_heatmap, clean_tokens  # changed import lines
+    from attnlrp.compat import clean_tokens, modeling_bert, monkey_patch, pdf_heatmap  # changed import lines
 
     monkey_patch(modeling_bert, verbose=True)
     tokenizer = AutoTokenizer.from_pretrained(_minilm_folder())
@@ -96,20 +102,21 @@ def test_bert_classifier_quickstart(tmp_path):
 
 
 def test_gpt2_contrastive_quickstart(tmp_path):
-    from attnlrp.compat import modeling_gpt2, monkey_patch, pdf_heatmap, clean_tokens, cp_LRP  # noqa: F401  (the quickstart's imports, changed)
+    from attnlrp.compat import clean_tokens, cp_LRP, modeling_gpt2, monkey_patch, pdf_heatmap  # noqa: F401  (the quickstart's imports, changed)
 
     monkey_patch(modeling_gpt2, cp_LRP, verbose=True)
     config = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=200, bos_token_id=0, eos_token_id=0)
     torch.manual_seed(0)
     transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2")  # the model path
-    model = modeling_gpt2.GPT2LMHeadModel.from_pretrained(tmp_path / "gpt2", device_map="cpu",
-                                                          dtype=torch.float64, attn_implementation="eager")
+    model = modeling_gpt2.GPT2LMHeadModel.from_pretrained(
+        tmp_path / "gpt2", device_map="cpu", dtype=torch.float64, attn_implementation="eager"
+    )
     for param in model.parameters():
         param.requires_grad = False
     input_ids = torch.tensor([[5, 17, 42, 99, 3, 150, 7]])
     input_embeds = model.get_input_embeddings()(input_ids)
     output_logits = model(inputs_embeds=input_embeds.requires_grad_(), use_cache=False).logits
-    max_logit, max_index = torch.max(output_logits[0, -1, :], dim=-1)
+    _, max_index = torch.max(output_logits[0, -1, :], dim=-1)
     mask = torch.ones_like(output_logits[0, -1, :]) * -1 / output_logits[0, -1, :].size(-1)
     mask[max_index] = 1
     output_logits[0, -1, :].backward(mask)
@@ -119,8 +126,7 @@ def test_gpt2_contrastive_quickstart(tmp_path):
     assert torch.isfinite(relevance).all() and abs(float(relevance.sum())) > 0
     compat.unpatch(model)
     # LXT's mask gives the target 1 (not 1 - 1/N as Contrast(target, "mean") does): a custom target matches it
-    exp = attnlrp.explain(model, _IdTokenizer(), input_ids[0], target=lambda logits: logits[-1] @ mask,
-                          method="cp-lrp")
+    exp = attnlrp.explain(model, _IdTokenizer(), input_ids[0], target=lambda logits: logits[-1] @ mask, method="cp-lrp")
     assert exp.value == pytest.approx(explained, rel=1e-9)
     assert torch.allclose(torch.from_numpy(exp.scores).double(), relevance.double(), rtol=1e-5, atol=1e-6)
 
@@ -130,7 +136,7 @@ class _IdTokenizer:
 
     pad_token_id = 0
     eos_token_id = 0
-    all_special_tokens: list[str] = []
+    all_special_tokens: tuple[str, ...] = ()
     name_or_path = "ids"
 
     def __len__(self):

@@ -14,8 +14,8 @@ import attnlrp
 from attnlrp import cli
 from attnlrp.evaluate import metrics, perturbation_curves, runner, score_items, suites
 from attnlrp.evaluate.suites import kept_items
-from attnlrp.tasks.causal_lm import prepare_batch
 from attnlrp.methods import REGISTRY, IntegratedGradients, Random, method_names
+from attnlrp.tasks.causal_lm import prepare_batch
 
 PROMPTS = ["The capital of France is", "When Mary and John went to the store, John gave a drink to"]
 
@@ -75,8 +75,15 @@ def test_unknown_method_lists_every_method(tiny_lm, tokenizer):
         attnlrp.explain(tiny_lm, tokenizer, "Hi", method="saliency")
     for name in method_names():
         assert repr(name) in str(error.value)
-    assert {c.name for c in REGISTRY.values() if not c.is_lrp} == {"gradient", "input_x_gradient", "integrated_gradients", "attention",
-                              "attention_rollout", "occlusion", "random"}
+    assert {c.name for c in REGISTRY.values() if not c.is_lrp} == {
+        "gradient",
+        "input_x_gradient",
+        "integrated_gradients",
+        "attention",
+        "attention_rollout",
+        "occlusion",
+        "random",
+    }
     with pytest.raises(ValueError, match="Unknown LRP method 'gradient'"):
         with attnlrp.lrp(tiny_lm, method="gradient"):
             pass
@@ -121,8 +128,9 @@ def test_integrated_gradients_completeness(make_tiny_lm, tokenizer):
         gap = (batch.clean - batch.values({"tokens": torch.zeros_like(batch.inputs["tokens"])}, [0, 1])).numpy()
     errors = []
     for steps in (2, 32):
-        exps = attnlrp.explain(model, tokenizer, PROMPTS, target=[" Paris", " Mary"],
-                               method=IntegratedGradients(steps=steps))
+        exps = attnlrp.explain(
+            model, tokenizer, PROMPTS, target=[" Paris", " Mary"], method=IntegratedGradients(steps=steps)
+        )
         errors.append(np.abs([e.total for e in exps] - gap).max() / np.abs(gap).max())
     assert errors[1] < 1e-4, f"Σ IG = f(x) - f(0) with 32 steps (relative error {errors[1]:.1e})"
     assert errors[1] < errors[0] / 100, "the midpoint rule converges (error ~ 1/steps^2)"
@@ -132,7 +140,8 @@ def test_integrated_gradients_completeness(make_tiny_lm, tokenizer):
 
 def test_baselines_agree_with_captum(tiny_lm, tokenizer):
     """Our gradient baselines equal Captum's implementations of the same methods on the same embeddings."""
-    from captum.attr import InputXGradient, IntegratedGradients as CaptumIG, Occlusion, Saliency
+    from captum.attr import InputXGradient, Occlusion, Saliency
+    from captum.attr import IntegratedGradients as CaptumIG
 
     ids = tokenizer(PROMPTS[1], return_tensors="pt").input_ids
     embeds = tiny_lm.get_input_embeddings()(ids).detach()
@@ -142,19 +151,24 @@ def test_baselines_agree_with_captum(tiny_lm, tokenizer):
     def forward(e):
         return tiny_lm(inputs_embeds=e).logits[:, -1, target]
 
-    ours = {m: attnlrp.explain(tiny_lm, tokenizer, PROMPTS[1], method=m, target=target).scores
-            for m in ("gradient", "input_x_gradient", "occlusion")}
-    ours["ig"] = attnlrp.explain(tiny_lm, tokenizer, PROMPTS[1], method=IntegratedGradients(steps=16),
-                                 target=target).scores
+    ours = {
+        m: attnlrp.explain(tiny_lm, tokenizer, PROMPTS[1], method=m, target=target).scores
+        for m in ("gradient", "input_x_gradient", "occlusion")
+    }
+    ours["ig"] = attnlrp.explain(
+        tiny_lm, tokenizer, PROMPTS[1], method=IntegratedGradients(steps=16), target=target
+    ).scores
     hidden = embeds.shape[-1]
     theirs = {
         "gradient": Saliency(forward).attribute(embeds.clone().requires_grad_(), abs=False)[0].norm(dim=-1),
         "input_x_gradient": InputXGradient(forward).attribute(embeds.clone().requires_grad_())[0].sum(-1),
         # one token's whole embedding zeroed at a time: every element of the window carries the full drop
-        "occlusion": Occlusion(forward).attribute(embeds, sliding_window_shapes=(1, hidden), strides=(1, hidden),
-                                                  baselines=0.0)[0, :, 0],
-        "ig": CaptumIG(forward).attribute(embeds, baselines=torch.zeros_like(embeds), n_steps=16,
-                                          method="riemann_middle")[0].sum(-1),
+        "occlusion": Occlusion(forward).attribute(
+            embeds, sliding_window_shapes=(1, hidden), strides=(1, hidden), baselines=0.0
+        )[0, :, 0],
+        "ig": CaptumIG(forward)
+        .attribute(embeds, baselines=torch.zeros_like(embeds), n_steps=16, method="riemann_middle")[0]
+        .sum(-1),
     }
     for name, reference in theirs.items():
         np.testing.assert_allclose(ours[name], reference.detach().numpy(), rtol=1e-5, atol=1e-7, err_msg=name)
@@ -225,16 +239,25 @@ def test_perturbation_curves_by_hand(tiny_lm, tokenizer):
         top2[0, order[:2]] = 0
     assert zero.morf[2] == pytest.approx(value(top2), rel=1e-6)
     assert zero.morf[-1] == zero.lerf[-1] == pytest.approx(value(torch.zeros_like(top2)), rel=1e-6)
-    assert zero.comprehensiveness == pytest.approx(
-        np.mean([exp.value - zero.morf[c] for c in metrics.top_counts(n)]))
+    assert zero.comprehensiveness == pytest.approx(np.mean([exp.value - zero.morf[c] for c in metrics.top_counts(n)]))
 
-    (removed,) = perturbation_curves(tiny_lm, tokenizer, [exp.token_ids], [target], [exp.scores], steps=n,
-                                     mode="remove")
+    (removed,) = perturbation_curves(
+        tiny_lm, tokenizer, [exp.token_ids], [target], [exp.scores], steps=n, mode="remove"
+    )
     kept = [t for p, t in enumerate(exp.token_ids) if p not in set(order[-2:])]
     assert removed.lerf[2] == pytest.approx(value(input_ids=torch.tensor([kept])), rel=1e-6)
 
-    (replaced,) = perturbation_curves(tiny_lm, tokenizer, [exp.token_ids], [target], [exp.scores], steps=n,
-                                      mode="replace", neutral=" the", exclude_first=True)
+    (replaced,) = perturbation_curves(
+        tiny_lm,
+        tokenizer,
+        [exp.token_ids],
+        [target],
+        [exp.scores],
+        steps=n,
+        mode="replace",
+        neutral=" the",
+        exclude_first=True,
+    )
     swapped = ids.clone()
     swapped[0, 1:] = tokenizer.encode(" the")[0]
     assert replaced.morf[-1] == pytest.approx(value(input_ids=swapped), rel=1e-6), "all but the first replaced"
@@ -264,8 +287,18 @@ def test_cli_evaluate_resumes(smollm, monkeypatch, capsys, tmp_path):
 
     monkeypatch.setattr(runner, "Progress", RecordingProgress)
     output = tmp_path / "agreement.json"
-    argv = ["evaluate", "--suite", "agreement", "--methods", "attnlrp,random", "--limit", "4", "--output", str(output),
-            "--quiet"]
+    argv = [
+        "evaluate",
+        "--suite",
+        "agreement",
+        "--methods",
+        "attnlrp,random",
+        "--limit",
+        "4",
+        "--output",
+        str(output),
+        "--quiet",
+    ]
     assert cli.main(argv) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "agreement: 4 items kept of" in out and "attnlrp" in out and "saved" in out
@@ -325,8 +358,10 @@ def _means(smollm, suite: str, limit: int, key: str, **options) -> dict[str, flo
     model, tokenizer = smollm
     items, tried = kept_items(model, tokenizer, suite, limit, lengths=options.pop("lengths", (128,)))
     assert len(items) == limit and tried >= limit
-    return {m: float(np.mean([r[key] for r in score_items(model, tokenizer, items, m, **options)]))
-            for m in ("attnlrp", "random")}
+    return {
+        m: float(np.mean([r[key] for r in score_items(model, tokenizer, items, m, **options)]))
+        for m in ("attnlrp", "random")
+    }
 
 
 @pytest.mark.parametrize("suite, limit, margin", [("facts", 20, 0.3), ("ioi", 8, 0.5), ("agreement", 8, 0.3)])

@@ -144,12 +144,11 @@ def test_callable_target(tiny_lm, tokenizer):
     ids = ids_of(tokenizer, PROMPT)
     logits = logits_of(tiny_lm, ids)
 
-    def paris_minus_half_prev(l):
-        return l[-1, 7042] - 0.5 * l[-2, 314]
+    def paris_minus_half_prev(logits):
+        return logits[-1, 7042] - 0.5 * logits[-2, 314]
 
     exp = attnlrp.explain(tiny_lm, tokenizer, PROMPT, target=paris_minus_half_prev, method="cp-lrp")
-    named = attnlrp.explain(tiny_lm, tokenizer, PROMPT, target=Custom(paris_minus_half_prev, "mine"),
-                            method="cp-lrp")
+    named = attnlrp.explain(tiny_lm, tokenizer, PROMPT, target=Custom(paris_minus_half_prev, "mine"), method="cp-lrp")
 
     assert exp.value == pytest.approx(float(logits[-1, 7042] - 0.5 * logits[-2, 314]), rel=1e-10)
     assert exp.target == "paris_minus_half_prev" and named.target == "mine"
@@ -229,8 +228,10 @@ def alone(tiny_lm, tokenizer):
 
     def get(method):
         if method not in cache:
-            cache[method] = [attnlrp.explain(tiny_lm, tokenizer, p, target=t, method=method)
-                             for p, t in zip(BATCH_PROMPTS, BATCH_TARGETS)]
+            cache[method] = [
+                attnlrp.explain(tiny_lm, tokenizer, p, target=t, method=method)
+                for p, t in zip(BATCH_PROMPTS, BATCH_TARGETS)
+            ]
         return cache[method]
 
     return get
@@ -240,8 +241,9 @@ def alone(tiny_lm, tokenizer):
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 def test_batched_scores_match_single_prompts(tiny_lm, tokenizer, alone, padding_side, method):
     alone = alone(method)
-    batched = attnlrp.explain(tiny_lm, tokenizer, BATCH_PROMPTS, target=BATCH_TARGETS, method=method,
-                              padding_side=padding_side, batch_size=3)  # two chunks: 3 + 1
+    batched = attnlrp.explain(
+        tiny_lm, tokenizer, BATCH_PROMPTS, target=BATCH_TARGETS, method=method, padding_side=padding_side, batch_size=3
+    )  # two chunks: 3 + 1
     assert len(batched) == len(BATCH_PROMPTS)
     lengths = {len(a) for a in alone}
     assert len(lengths) == len(alone), "prompts of different lengths, so that padding happens"
@@ -266,8 +268,9 @@ def test_generation_rows_equal_per_step_explanations(tiny_lm, tokenizer, method,
     prompt_ids = ids_of(tokenizer, PROMPT)
     p = len(prompt_ids)
 
-    gen = attnlrp.explain_generation(tiny_lm, tokenizer, PROMPT, max_new_tokens=n_new, method=method,
-                                     backward_batch=backward_batch)
+    gen = attnlrp.explain_generation(
+        tiny_lm, tokenizer, PROMPT, max_new_tokens=n_new, method=method, backward_batch=backward_batch
+    )
 
     ids = gen.token_ids
     assert gen.matrix.shape == (n_new, p + n_new)
@@ -320,8 +323,9 @@ def test_gradient_checkpointing_gives_identical_scores(tiny_lm, tokenizer):
         return logits[-1, paris]
 
     plain = attnlrp.explain(tiny_lm, tokenizer, [PROMPT, "Hi there"], target=paris)
-    checkpointed = attnlrp.explain(tiny_lm, tokenizer, [PROMPT, "Hi there"], target=paris_logit,
-                                   gradient_checkpointing=True)
+    checkpointed = attnlrp.explain(
+        tiny_lm, tokenizer, [PROMPT, "Hi there"], target=paris_logit, gradient_checkpointing=True
+    )
 
     assert seen and all(seen), "checkpointing must be on during the pass"
     for a, b in zip(plain, checkpointed):

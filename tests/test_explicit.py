@@ -24,8 +24,16 @@ from torch import nn
 
 import attnlrp
 from attnlrp.errors import BindingError
-from attnlrp.explicit import (Composite, EpsilonRule, IdentityRule, StopRelevanceRule, TaylorDecompositionRule,
-                              UniformEpsilonRule, UniformRule, transformer_composite)
+from attnlrp.explicit import (
+    Composite,
+    EpsilonRule,
+    IdentityRule,
+    StopRelevanceRule,
+    TaylorDecompositionRule,
+    UniformEpsilonRule,
+    UniformRule,
+    transformer_composite,
+)
 from attnlrp.explicit import functional as xf
 from attnlrp.explicit.presets import subtract
 
@@ -241,8 +249,9 @@ def test_attention_with_constant_weights_is_cp_lrp():
     out = xf.scaled_dot_product_attention(q, k, v, is_causal=True, epsilon=EPS, constant_weights=True)
     r = backward(out)
     assert q.grad is None and k.grad is None
-    a = torch.softmax((q @ k.transpose(-2, -1) * 8**-0.5).masked_fill(~torch.ones(5, 5, dtype=torch.bool).tril(),
-                                                                        -math.inf), -1).detach()
+    a = torch.softmax(
+        (q @ k.transpose(-2, -1) * 8**-0.5).masked_fill(~torch.ones(5, 5, dtype=torch.bool).tril(), -math.inf), -1
+    ).detach()
     close(v.grad, v.detach() * (a.transpose(-2, -1) @ (r / stab(out.detach(), EPS))), tol=1e-8)  # ε-rule, out = A v
     close(v.grad.sum(), r.sum(), tol=1e-8)  # conservative
 
@@ -311,7 +320,7 @@ def test_taylor_at_a_reference_point(reference, bias):
     x = rand(3, 5)
     ref = {0.5: 0.5, "tensor": rand(5, seed=3, grad=False), "callable": lambda t: 0.25 * t}[reference]
     rule = TaylorDecompositionRule(ref, bias=bias, epsilon=EPS)
-    f = lambda t: torch.tanh(t @ w.T)  # noqa: E731
+    f = lambda t: torch.tanh(t @ w.T)
     r = backward(rule(f, x))
     xd = x.detach()
     point = (ref(xd) if callable(ref) else torch.as_tensor(ref, dtype=D)).expand_as(xd)
@@ -347,9 +356,16 @@ class Toy(nn.Module):
 
 
 def toy_composite():
-    return Composite({"first": EpsilonRule(EPS), F.linear: functools.partial(xf.linear_epsilon, epsilon=EPS),
-                      nn.SiLU: IdentityRule(), operator.add: functools.partial(xf.add2, epsilon=EPS),
-                      torch.sub: functools.partial(subtract, epsilon=EPS), operator.mul: xf.mul2})
+    return Composite(
+        {
+            "first": EpsilonRule(EPS),
+            F.linear: functools.partial(xf.linear_epsilon, epsilon=EPS),
+            nn.SiLU: IdentityRule(),
+            operator.add: functools.partial(xf.add2, epsilon=EPS),
+            torch.sub: functools.partial(subtract, epsilon=EPS),
+            operator.mul: xf.mul2,
+        }
+    )
 
 
 def toy_by_hand(model, x):
@@ -512,8 +528,14 @@ def test_explicit_sdpa_equals_efficient(name):
     for method in METHODS:
         efficient, explicit, binding = relevance_both_ways(family(name, "sdpa"), method)
         assert rel_err(explicit, efficient) < 1e-6
-        assert binding.calls[("replaced", "scaled_dot_product_attention", binding.model.base_model_prefix
-                              + (".layers.0.self_attn" if name == "llama" else ".encoder.layer.0.attention.self"))]
+        assert binding.calls[
+            (
+                "replaced",
+                "scaled_dot_product_attention",
+                binding.model.base_model_prefix
+                + (".layers.0.self_attn" if name == "llama" else ".encoder.layer.0.attention.self"),
+            )
+        ]
 
 
 class SigmoidGates(nn.Module):

@@ -14,9 +14,9 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 import pytest
 import torch
-import numpy as np
 from tiny_models import DECODERS, FAMILIES, MOE, SEQ, build, zero_biases, zero_vit_constants
 
 import attnlrp
@@ -221,8 +221,10 @@ def engine_block(fam, method, layer):
         seen["out"] = out[0] if isinstance(out, tuple) else out
         seen["out"].retain_grad()
 
-    handles = [layer.register_forward_pre_hook(before, with_kwargs=True),
-               layer.register_forward_hook(after, with_kwargs=True)]
+    handles = [
+        layer.register_forward_pre_hook(before, with_kwargs=True),
+        layer.register_forward_hook(after, with_kwargs=True),
+    ]
     try:
         explain(fam, method)
     finally:
@@ -240,8 +242,14 @@ def test_block_matches_independent_reference(name, method):
     layer = fam.model.get_submodule(fam.layers.replace("*", "1"))
     x, relevance, kwargs, out, grad_out = engine_block(fam, method, layer)
     x = x.clone().requires_grad_()
-    ref_out = block(layer, x, method, mask=kwargs.get("attention_mask"),
-                    position_embeddings=kwargs.get("position_embeddings"), act=act)
+    ref_out = block(
+        layer,
+        x,
+        method,
+        mask=kwargs.get("attention_mask"),
+        position_embeddings=kwargs.get("position_embeddings"),
+        act=act,
+    )
     assert rel_err(ref_out.detach(), out) < 1e-6  # the reference computes the same block
     ref_out.backward(grad_out)
     assert rel_err(x * x.grad, relevance) < 1e-6
@@ -331,7 +339,6 @@ def test_attnlrp_relevance_is_finite_and_in_the_observed_range(name):
     assert float(rec.relevance[fam.layers.replace("*", "1")].sum()) == pytest.approx(float(y), rel=1e-4)
 
 
-
 # --- (f) explain_generation over a key-value cache ---------------------------------------------------
 
 
@@ -342,8 +349,9 @@ def test_generation_segments_equal_one_forward(name, tokenizer):
     n_new = 5
 
     def run(backward_batch):
-        return attnlrp.explain_generation(fam.model, tokenizer, prompt, max_new_tokens=n_new, min_new_tokens=n_new,
-                                          backward_batch=backward_batch)
+        return attnlrp.explain_generation(
+            fam.model, tokenizer, prompt, max_new_tokens=n_new, min_new_tokens=n_new, backward_batch=backward_batch
+        )
 
     segmented, whole = run(2), run(n_new)  # segments of 2, 2, 1 generated tokens; one segment
     assert segmented.token_ids == whole.token_ids and len(whole.token_ids) == SEQ + n_new

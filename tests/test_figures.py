@@ -16,8 +16,9 @@ SCORES = np.array([0.1, 0.5, 2.0, 0.7, -0.2, 0.0, 0.1, -1.0, 0.3, 0.05, -0.4, 0.
 
 @pytest.mark.parametrize("suffix, magic", [(".png", b"\x89PNG"), (".svg", b"<?xml"), (".pdf", b"%PDF")])
 def test_token_heatmap_formats(tmp_path, suffix, magic):
-    exp = attnlrp.Explanation(tokens=TOKENS, display=TOKENS, scores=SCORES, target=" Paris", value=3.0,
-                              method="attnlrp")
+    exp = attnlrp.Explanation(
+        tokens=TOKENS, display=TOKENS, scores=SCORES, target=" Paris", value=3.0, method="attnlrp"
+    )
     path = exp.save_figure(tmp_path / f"heat{suffix}")
     assert path.read_bytes().startswith(magic)
     if suffix == ".svg":  # text stays text (selectable, searchable), not paths
@@ -41,16 +42,36 @@ def test_colours_are_symmetric_and_signed():
 
 def test_generation_matrix(tmp_path):
     matrix = np.tril(np.random.default_rng(0).normal(size=(3, 6)), k=2).astype(np.float32)
-    gen = attnlrp.GenerationExplanation(tokens=list("abcdef"), display=list("abcdef"), matrix=matrix,
-                                        prompt_length=3, values=[1.0, 1.0, 1.0], method="attnlrp")
+    gen = attnlrp.GenerationExplanation(
+        tokens=list("abcdef"),
+        display=list("abcdef"),
+        matrix=matrix,
+        prompt_length=3,
+        values=[1.0, 1.0, 1.0],
+        method="attnlrp",
+    )
     assert gen.save_figure(tmp_path / "matrix.png").read_bytes().startswith(b"\x89PNG")
 
 
-@pytest.mark.parametrize("raw, escaped", [
-    ("\\", r"\textbackslash{}"), ("{", r"\{"), ("}", r"\}"), ("$", r"\$"), ("&", r"\&"), ("#", r"\#"),
-    ("%", r"\%"), ("_", r"\_"), ("^", r"\textasciicircum{}"), ("~", r"\textasciitilde{}"),
-    ("<", r"\textless{}"), (">", r"\textgreater{}"), ("|", r"\textbar{}"), ('"', r"\textquotedbl{}"),
-])
+@pytest.mark.parametrize(
+    "raw, escaped",
+    [
+        ("\\", r"\textbackslash{}"),
+        ("{", r"\{"),
+        ("}", r"\}"),
+        ("$", r"\$"),
+        ("&", r"\&"),
+        ("#", r"\#"),
+        ("%", r"\%"),
+        ("_", r"\_"),
+        ("^", r"\textasciicircum{}"),
+        ("~", r"\textasciitilde{}"),
+        ("<", r"\textless{}"),
+        (">", r"\textgreater{}"),
+        ("|", r"\textbar{}"),
+        ('"', r"\textquotedbl{}"),
+    ],
+)
 def test_latex_escapes_every_special_character(raw, escaped):
     assert latex.escape(f"a{raw}b") == f"a{escaped}b"
 
@@ -69,6 +90,7 @@ def test_latex_source_has_one_box_per_token_piece():
     assert "inputenc" in latex.source(TOKENS, SCORES, backend="pdflatex")
 
 
+@pytest.mark.tex
 @pytest.mark.parametrize("backend", ["xelatex", "pdflatex"])
 def test_latex_compiles(tmp_path, backend):
     assert shutil.which(backend), f"{backend} is missing: `make test` installs TeX Live (texlive-xetex)"

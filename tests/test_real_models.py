@@ -25,6 +25,8 @@ from attnlrp.results.tokens import word_starts
 
 pytestmark = pytest.mark.real
 
+pytestmark = pytest.mark.real
+
 PROMPT = "The Eiffel Tower is located in the city of"
 
 
@@ -57,8 +59,10 @@ def test_smollm2_eiffel_tower_attnlrp(smollm):
 
     # AttnLRP loses relevance at every softmax (the rule's bias term): less than the logit, still positive.
     ratio = exp.total / exp.value
-    print(f"\nSmolLM2 AttnLRP: logit {exp.value:.4f}, Σ relevance {exp.total:.4f}, Σ relevance / logit {ratio:.3f}; "
-          f"top tokens {exp.top(3)}")
+    print(
+        f"\nSmolLM2 AttnLRP: logit {exp.value:.4f}, Σ relevance {exp.total:.4f}, Σ relevance / logit {ratio:.3f}; "
+        f"top tokens {exp.top(3)}"
+    )
     assert 0.0 < ratio < 1.0
 
 
@@ -75,8 +79,10 @@ def test_smollm2_cp_lrp_conserves(smollm):
     ratio = exp.total / exp.value
     layers = recorder.totals()
     worst = max(abs(total / exp.value - 1.0) for total in layers.values())
-    print(f"\nSmolLM2 CP-LRP: logit {exp.value:.4f}, Σ relevance {exp.total:.4f}, Σ relevance / logit {ratio:.7f}; "
-          f"{len(layers)} layer outputs, largest relative deviation {worst:.1e}")
+    print(
+        f"\nSmolLM2 CP-LRP: logit {exp.value:.4f}, Σ relevance {exp.total:.4f}, Σ relevance / logit {ratio:.7f}; "
+        f"{len(layers)} layer outputs, largest relative deviation {worst:.1e}"
+    )
     assert len(layers) == model.config.num_hidden_layers
     assert abs(ratio - 1.0) < 1e-4
     assert worst < 1e-4
@@ -183,11 +189,13 @@ def test_minilm_similarity_cp_lrp_conserves_up_to_biases(minilm):
 
     score = float(score.detach())
     with torch.no_grad():  # the score is the plain cosine similarity of the sentence embeddings
+
         def embed(sentence):
             enc = tokenizer(sentence, return_tensors="pt")
             hidden = model(**enc).last_hidden_state
             mask = enc.attention_mask.unsqueeze(-1).to(hidden.dtype)
             return (hidden * mask).sum(1) / mask.sum(1)
+
         assert abs(score - float(torch.cosine_similarity(embed(SENTENCE_A), embed(SENTENCE_B)))) < 1e-6
 
     relevance = [(leaf.detach() * leaf.grad).sum(-1)[0].double() for leaf in leaves]
@@ -208,6 +216,8 @@ def test_minilm_similarity_cp_lrp_conserves_up_to_biases(minilm):
     assert tokens[0][int(relevance[0].argmax())] == "guitar", list(zip(tokens[0], relevance[0].tolist()))
     assert tokens[1][int(relevance[1].argmax())] == "instrument", list(zip(tokens[1], relevance[1].tolist()))
 
-    print(f"\nMiniLM cos({SENTENCE_A!r}, {SENTENCE_B!r}) = {score:.4f}: token inputs {inputs / score:.1%}, "
-          f"biases absorb {absorbed / score:+.1%}, position + token-type embeddings hold {held / score:+.1%} "
-          f"(error {inputs + absorbed + held - score:.1e})")
+    print(
+        f"\nMiniLM cos({SENTENCE_A!r}, {SENTENCE_B!r}) = {score:.4f}: token inputs {inputs / score:.1%}, "
+        f"biases absorb {absorbed / score:+.1%}, position + token-type embeddings hold {held / score:+.1%} "
+        f"(error {inputs + absorbed + held - score:.1e})"
+    )

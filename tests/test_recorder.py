@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import HEADS, build
 
 import attnlrp
-from tiny_models import HEADS, build
 
 
 @pytest.fixture(scope="module")
 def recorded():
     family = build("llama")
     model = family.model
-    paths = ["model.layers.*.self_attn", "model.layers.*.self_attn.o_proj", "model.layers.*.mlp",
-             "model.layers.*.mlp.down_proj"]
+    paths = [
+        "model.layers.*.self_attn",
+        "model.layers.*.self_attn.o_proj",
+        "model.layers.*.mlp",
+        "model.layers.*.mlp.down_proj",
+    ]
     outputs = attnlrp.Recorder(model, [paths[0], paths[2]])
     inputs = attnlrp.Recorder(model, [paths[1], paths[3]], at="input")
     with outputs, inputs, attnlrp.lrp(model, method="cp-lrp"):
@@ -24,7 +28,7 @@ def recorded():
 
 
 def test_per_head_relevance_adds_up_to_the_attention_output(recorded):
-    model, outputs, inputs = recorded
+    _, outputs, inputs = recorded
     for layer in range(2):
         heads = inputs.heads(f"model.layers.{layer}.self_attn.o_proj", HEADS)
         assert heads.shape == (1, 10, HEADS)

@@ -20,10 +20,18 @@ def explanation(**changes) -> Explanation:
     raw = ["<|im_start|>", "The", "Ġcap", "ital", "Ġof", "ĠFr", "ance", "ĠcafÃ©", "Ċ", "æĹ¥æľ¬"]
     special = [t == "<|im_start|>" for t in raw]
     fields = dict(
-        tokens=raw, display=clean_tokens(raw, frozenset({"<|im_start|>"})),
+        tokens=raw,
+        display=clean_tokens(raw, frozenset({"<|im_start|>"})),
         scores=np.array([0.0, 0.5, 1.25, -0.75, 0.125, 2.0, 0.3, -0.1, 0.0, 1e-8], dtype=np.float32),
-        target=" Paris", value=3.5, method="attnlrp", model="tiny", token_ids=list(range(10, 20)),
-        special=special, target_id=7042, logit=3.5, prob=0.25,
+        target=" Paris",
+        value=3.5,
+        method="attnlrp",
+        model="tiny",
+        token_ids=list(range(10, 20)),
+        special=special,
+        target_id=7042,
+        logit=3.5,
+        prob=0.25,
         segments=[("0:user", 0, 7), ("generation prompt", 7, 10)],
     )
     fields.update(changes)
@@ -37,8 +45,15 @@ def generation() -> GenerationExplanation:
     matrix[1, :5] = [0.1, 0.2, 0.3, 0.4, 3.0]
     matrix[2, :6] = [-1.0, 0.0, 0.5, 0.25, 1.0, 1.5]
     return GenerationExplanation(
-        tokens=raw, display=clean_tokens(raw), matrix=matrix, prompt_length=4, values=[2.5, 3.0, 1.25],
-        method="cp-lrp", model="tiny", token_ids=[1, 2, 3, 4, 5, 6, 7], probs=[0.5, 0.75, 0.125],
+        tokens=raw,
+        display=clean_tokens(raw),
+        matrix=matrix,
+        prompt_length=4,
+        values=[2.5, 3.0, 1.25],
+        method="cp-lrp",
+        model="tiny",
+        token_ids=[1, 2, 3, 4, 5, 6, 7],
+        probs=[0.5, 0.75, 0.125],
     )
 
 
@@ -97,7 +112,9 @@ def test_loading_a_non_json_file_raises_a_clear_error(tmp_path):
 def test_loading_foreign_json_raises_a_clear_error(tmp_path):
     foreign = tmp_path / "package.json"
     foreign.write_text(json.dumps({"name": "left-pad", "version": "1.0"}), encoding="utf-8")
-    with pytest.raises(ResultFileError, match=r"package\.json is not an attnlrp explanation file.*Explanation\.save\(\)"):
+    with pytest.raises(
+        ResultFileError, match=r"package\.json is not an attnlrp explanation file.*Explanation\.save\(\)"
+    ):
         Explanation.load(foreign)
     listing = tmp_path / "list.json"
     listing.write_text("[1, 2, 3]", encoding="utf-8")
@@ -126,22 +143,26 @@ def test_loading_a_newer_format_asks_for_an_upgrade(tmp_path):
 #: raw tokens, special tokens, the expected words, and which tokens make each word
 WORD_CASES = {
     "byte-bpe": (
-        ["The", "Ġcap", "ital", "Ġof", "ĠFr", "ance", ",", "ĠcafÃ©", "s", "Ċ", "Done"], set(),
+        ["The", "Ġcap", "ital", "Ġof", "ĠFr", "ance", ",", "ĠcafÃ©", "s", "Ċ", "Done"],
+        set(),
         ["The", " capital", " of", " France", ",", " cafés", "\n", "Done"],
         [[0], [1, 2], [3], [4, 5], [6], [7, 8], [9], [10]],
     ),
     "sentencepiece": (
-        ["<s>", "▁The", "▁cap", "ital", "▁of", "▁Fr", "ance", ",", "▁it", "'", "s"], {"<s>"},
+        ["<s>", "▁The", "▁cap", "ital", "▁of", "▁Fr", "ance", ",", "▁it", "'", "s"],
+        {"<s>"},
         ["<s>", " The", " capital", " of", " France", ",", " it", "'", "s"],
         [[0], [1], [2, 3], [4], [5, 6], [7], [8], [9], [10]],
     ),
     "wordpiece": (
-        ["[CLS]", "the", "cap", "##ital", "of", "fr", "##ance", "[SEP]"], {"[CLS]", "[SEP]"},
+        ["[CLS]", "the", "cap", "##ital", "of", "fr", "##ance", "[SEP]"],
+        {"[CLS]", "[SEP]"},
         ["[CLS]", " the", " capital", " of", " france", "[SEP]"],
         [[0], [1], [2, 3], [4], [5, 6], [7]],
     ),
     "byte-fallback": (
-        ["▁The", "▁caf", "<0xC3>", "<0xA9>", "▁is", "<0x0A>", "▁open", "<0x21>"], set(),
+        ["▁The", "▁caf", "<0xC3>", "<0xA9>", "▁is", "<0x0A>", "▁open", "<0x21>"],
+        set(),
         None,  # the non-ASCII word is checked by its pieces below
         [[0], [1, 2, 3], [4], [5], [6], [7]],
     ),
@@ -153,8 +174,16 @@ def test_words_merge_subword_tokens_and_sum_their_scores(case):
     raw, specials, expected, groups = WORD_CASES[case]
     display = clean_tokens(raw, frozenset(specials))
     scores = np.arange(1, len(raw) + 1, dtype=np.float32) * np.where(np.arange(len(raw)) % 3 == 0, -1, 1)
-    exp = Explanation(tokens=raw, display=display, scores=scores, target="x", value=1.0, method="attnlrp",
-                      special=[t in specials for t in raw], segments=[("all", 0, len(raw))])
+    exp = Explanation(
+        tokens=raw,
+        display=display,
+        scores=scores,
+        target="x",
+        value=1.0,
+        method="attnlrp",
+        special=[t in specials for t in raw],
+        segments=[("all", 0, len(raw))],
+    )
 
     words = exp.words()
 
@@ -283,7 +312,8 @@ def test_explanation_html_is_self_contained_and_holds_the_data(tmp_path):
     page = exp.to_html()
     _assert_self_contained(page)
     assert "alert(1)" in page and "<script>alert(1)" not in page and "<!--" not in page, (
-        "token text must not be able to end (or escape) the data block")
+        "token text must not be able to end (or escape) the data block"
+    )
     assert "&lt;b&gt;Paris&lt;/b&gt;" in page.split("</title>")[0]
     data = _data(page)
     (item,) = data["items"]

@@ -75,7 +75,7 @@ def test_tanh_ratio_near_zero_uses_its_limit():
 def test_leaky_relu_identity_rule(slope):
     _seed()
     x = torch.randn(50, dtype=torch.float64, requires_grad=True)
-    fn = lambda t: F.leaky_relu(t, slope)  # noqa: E731
+    fn = lambda t: F.leaky_relu(t, slope)
     y = rules.identity_rule(x, fn, rules.leaky_relu_ratio(slope))
     g = torch.randn_like(y)
     (g_x,) = torch.autograd.grad(y, x, g)
@@ -247,7 +247,10 @@ def test_norms_in_half_precision_match_torch_and_stay_finite(dtype):
         (lambda t: rules.rms_norm(t, (8,), w, None), lambda t: F.rms_norm(t, (8,), w, None)),
         (lambda t: rules.rms_norm(t, (8,), w, 1e-6), lambda t: F.rms_norm(t, (8,), w, 1e-6)),
         (lambda t: rules.layer_norm(t, (8,), w, b, 1e-5), lambda t: F.layer_norm(t, (8,), w, b, 1e-5)),
-        (lambda t: rules.group_norm(t.reshape(1, 8, 1), 2).flatten(), lambda t: F.group_norm(t.reshape(1, 8, 1), 2).flatten()),
+        (
+            lambda t: rules.group_norm(t.reshape(1, 8, 1), 2).flatten(),
+            lambda t: F.group_norm(t.reshape(1, 8, 1), 2).flatten(),
+        ),
         (lambda t: rules.normalize(t, dim=-1), lambda t: F.normalize(t, dim=-1)),
     ]
     for ours, reference in cases:

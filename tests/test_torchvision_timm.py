@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.venv
+
 ROOT = Path(__file__).resolve().parents[1]
 VISION_PYTHON = ROOT / ".venv-vision" / "bin" / "python"
 
@@ -22,8 +24,13 @@ VISION_PYTHON = ROOT / ".venv-vision" / "bin" / "python"
 @pytest.fixture(scope="module")
 def probe() -> dict:
     assert VISION_PYTHON.exists(), "the vision environment is missing: run `make test` (it creates .venv-vision)"
-    done = subprocess.run([str(VISION_PYTHON), str(ROOT / "tests" / "vision_env_probe.py")], capture_output=True,
-                          text=True, timeout=600, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    done = subprocess.run(
+        [str(VISION_PYTHON), str(ROOT / "tests" / "vision_env_probe.py")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -10,24 +10,38 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from transformers import (CLIPVisionConfig, CLIPVisionModel, CLIPVisionModelWithProjection, DeiTConfig,
-                          DeiTForImageClassification, DeiTForImageClassificationWithTeacher, ViTConfig,
-                          ViTForImageClassification)
+from transformers import (
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    CLIPVisionModelWithProjection,
+    DeiTConfig,
+    DeiTForImageClassification,
+    DeiTForImageClassificationWithTeacher,
+    ViTConfig,
+    ViTForImageClassification,
+)
 
 import attnlrp
 
-SIZE = dict(image_size=16, patch_size=4, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4)
+SIZE = dict(
+    image_size=16, patch_size=4, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
+)
 
 #: name -> (builder, layer glob, module globs of learned additive inputs)
 MODELS = {
     "vit": (lambda: ViTForImageClassification(ViTConfig(**SIZE, num_labels=5)), "vit.layers.*", ()),
     "deit": (lambda: DeiTForImageClassification(DeiTConfig(**SIZE, num_labels=5)), "deit.layers.*", ()),
-    "deit-teacher": (lambda: DeiTForImageClassificationWithTeacher(DeiTConfig(**SIZE, num_labels=5)),
-                     "deit.layers.*", ()),
+    "deit-teacher": (
+        lambda: DeiTForImageClassificationWithTeacher(DeiTConfig(**SIZE, num_labels=5)),
+        "deit.layers.*",
+        (),
+    ),
     "clip": (lambda: CLIPVisionModel(CLIPVisionConfig(**SIZE)), "encoder.layers.*", ("embeddings.position_embedding",)),
-    "clip-projection": (lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**SIZE, projection_dim=8)),
-                        "vision_model.encoder.layers.*", ("vision_model.embeddings.position_embedding",)),
+    "clip-projection": (
+        lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**SIZE, projection_dim=8)),
+        "vision_model.encoder.layers.*",
+        ("vision_model.embeddings.position_embedding",),
+    ),
 }
 
 #: bare parameters added to the tokens (no module a Recorder could watch)

@@ -35,10 +35,14 @@ def test_lrp_points_at_the_deciding_patch_more_often_than_the_gradient(trained):
     assert accuracy > 0.95
     images, labels, deciding = task.sample(128, torch.Generator().manual_seed(123))
     scores = {}
-    for name, method, rules in [("γ-LRP", "cp-lrp", {nn.Conv2d: attnlrp.Gamma(0.25), nn.Linear: attnlrp.Gamma(0.05)}),
-                                ("CP-LRP", "cp-lrp", None), ("AttnLRP", "attnlrp", None)]:
-        explanations = attnlrp.explain_image(model, images, target=labels.tolist(), method=method, layer_rules=rules,
-                                             batch_size=128)
+    for name, method, rules in [
+        ("γ-LRP", "cp-lrp", {nn.Conv2d: attnlrp.Gamma(0.25), nn.Linear: attnlrp.Gamma(0.05)}),
+        ("CP-LRP", "cp-lrp", None),
+        ("AttnLRP", "attnlrp", None),
+    ]:
+        explanations = attnlrp.explain_image(
+            model, images, target=labels.tolist(), method=method, layer_rules=rules, batch_size=128
+        )
         scores[name] = pointing_accuracy(np.stack([e.scores for e in explanations]), deciding, task.patch_size)
     gradient = pointing_accuracy(gradient_maps(model, images, labels), deciding, task.patch_size)
     for name, score in scores.items():
@@ -47,7 +51,7 @@ def test_lrp_points_at_the_deciding_patch_more_often_than_the_gradient(trained):
 
 def test_the_task_stamps_one_class_pattern_and_distractors_on_the_grid():
     task = PatchTask(noise=0.0)
-    images, labels, deciding = task.sample(8, torch.Generator().manual_seed(0))
+    images, _, deciding = task.sample(8, torch.Generator().manual_seed(0))
     cells = images.abs().sum(1).reshape(8, task.grid, task.patch_size, task.grid, task.patch_size).sum((2, 4))
     assert ((cells.reshape(8, -1) > 0).sum(-1) == 1 + task.distractors).all()
     assert (cells.reshape(8, -1)[torch.arange(8), deciding] > 0).all()

@@ -20,10 +20,21 @@ TARGETS = [0, 3]
 
 def cnn():
     torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(8 * 3 * 3, 16), nn.ReLU(), nn.Linear(16, 5),
-    ).double().eval()
+    return (
+        nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(8 * 3 * 3, 16),
+            nn.ReLU(),
+            nn.Linear(16, 5),
+        )
+        .double()
+        .eval()
+    )
 
 
 def images():
@@ -71,8 +82,10 @@ def test_zennit_composite_inside_efficient_mode_equals_zennit(name):
 PAIRS = [
     ({nn.Conv2d: Gamma(0.25), nn.Linear: Epsilon()}, [(nn.Conv2d, zr.Gamma(0.25)), (nn.Linear, zr.Epsilon())]),
     ({nn.Conv2d: ZPlus(), nn.Linear: Epsilon(0.25)}, [(nn.Conv2d, zr.ZPlus()), (nn.Linear, zr.Epsilon(0.25))]),
-    ({nn.Conv2d: AlphaBeta(2, 1), nn.Linear: Gamma(1.0)},
-     [(nn.Conv2d, zr.AlphaBeta(2, 1)), (nn.Linear, zr.Gamma(1.0))]),
+    (
+        {nn.Conv2d: AlphaBeta(2, 1), nn.Linear: Gamma(1.0)},
+        [(nn.Conv2d, zr.AlphaBeta(2, 1)), (nn.Linear, zr.Gamma(1.0))],
+    ),
 ]
 
 

@@ -11,18 +11,38 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForImageClassification,
-                          AutoModelForSequenceClassification)
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageClassification,
+    AutoModelForSequenceClassification,
+)
 
 VOCAB, HIDDEN, LAYERS, HEADS, SEQ = 100, 64, 2, 4, 10
 IMAGE, PATCH = 16, 4
 
-_DECODER = dict(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=128, num_hidden_layers=LAYERS,
-                num_attention_heads=HEADS, num_key_value_heads=2, max_position_embeddings=64,
-                tie_word_embeddings=False, bos_token_id=None, eos_token_id=None)
+_DECODER = dict(
+    vocab_size=VOCAB,
+    hidden_size=HIDDEN,
+    intermediate_size=128,
+    num_hidden_layers=LAYERS,
+    num_attention_heads=HEADS,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    tie_word_embeddings=False,
+    bos_token_id=None,
+    eos_token_id=None,
+)
 _MOE = dict(num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True)
-_ENCODER = dict(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=128, num_hidden_layers=LAYERS,
-                num_attention_heads=HEADS, max_position_embeddings=64, num_labels=3)
+_ENCODER = dict(
+    vocab_size=VOCAB,
+    hidden_size=HIDDEN,
+    intermediate_size=128,
+    num_hidden_layers=LAYERS,
+    num_attention_heads=HEADS,
+    max_position_embeddings=64,
+    num_labels=3,
+)
 
 #: name -> (model_type, config overrides, layer glob, learned additive embedding module globs)
 SPECS: dict[str, tuple[str, dict, str, tuple[str, ...]]] = {
@@ -30,31 +50,92 @@ SPECS: dict[str, tuple[str, dict, str, tuple[str, ...]]] = {
     "mistral": ("mistral", {**_DECODER, "sliding_window": 4}, "model.layers.*", ()),
     "mixtral": ("mixtral", {**_DECODER, "num_local_experts": 4, "num_experts_per_tok": 2}, "model.layers.*", ()),
     "qwen2": ("qwen2", _DECODER, "model.layers.*", ()),
-    "qwen2_moe": ("qwen2_moe", {**_DECODER, **_MOE, "num_experts": 4, "shared_expert_intermediate_size": 64},
-                  "model.layers.*", ()),
+    "qwen2_moe": (
+        "qwen2_moe",
+        {**_DECODER, **_MOE, "num_experts": 4, "shared_expert_intermediate_size": 64},
+        "model.layers.*",
+        (),
+    ),
     "qwen3": ("qwen3", {**_DECODER, "head_dim": 16}, "model.layers.*", ()),
     "qwen3_moe": ("qwen3_moe", {**_DECODER, **_MOE, "num_experts": 4, "head_dim": 16}, "model.layers.*", ()),
     "gemma": ("gemma", {**_DECODER, "head_dim": 16}, "model.layers.*", ()),
-    "gemma2": ("gemma2", {**_DECODER, "head_dim": 16, "sliding_window": 4, "query_pre_attn_scalar": 16},
-               "model.layers.*", ()),
-    "gemma3": ("gemma3_text", {**_DECODER, "head_dim": 16, "sliding_window": 4, "query_pre_attn_scalar": 16,
-                               "layer_types": ["sliding_attention", "full_attention"]}, "model.layers.*", ()),
+    "gemma2": (
+        "gemma2",
+        {**_DECODER, "head_dim": 16, "sliding_window": 4, "query_pre_attn_scalar": 16},
+        "model.layers.*",
+        (),
+    ),
+    "gemma3": (
+        "gemma3_text",
+        {
+            **_DECODER,
+            "head_dim": 16,
+            "sliding_window": 4,
+            "query_pre_attn_scalar": 16,
+            "layer_types": ["sliding_attention", "full_attention"],
+        },
+        "model.layers.*",
+        (),
+    ),
     "phi3": ("phi3", {**_DECODER, "pad_token_id": 0}, "model.layers.*", ()),
     "olmo2": ("olmo2", {**_DECODER, "pad_token_id": 0}, "model.layers.*", ()),
-    "gpt2": ("gpt2", dict(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_positions=64,
-                          tie_word_embeddings=False, bos_token_id=None, eos_token_id=None), "transformer.h.*", ("transformer.wpe",)),
-    "gpt_neox": ("gpt_neox", {**_DECODER, "rotary_pct": 0.5, "num_key_value_heads": HEADS}, "gpt_neox.layers.*",
-                 ()),
-    "bert": ("bert", _ENCODER, "bert.encoder.layer.*",
-             ("bert.embeddings.position_embeddings", "bert.embeddings.token_type_embeddings")),
-    "roberta": ("roberta", {**_ENCODER, "max_position_embeddings": 64 + 2, "pad_token_id": 1},
-                "roberta.encoder.layer.*",
-                ("roberta.embeddings.position_embeddings", "roberta.embeddings.token_type_embeddings")),
-    "distilbert": ("distilbert", dict(vocab_size=VOCAB, dim=HIDDEN, hidden_dim=128, n_layers=LAYERS, n_heads=HEADS,
-                                      max_position_embeddings=64, num_labels=3),
-                   "distilbert.transformer.layer.*", ("distilbert.embeddings.position_embeddings",)),
-    "vit": ("vit", dict(image_size=IMAGE, patch_size=PATCH, num_channels=3, hidden_size=HIDDEN, intermediate_size=128,
-                        num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_labels=5), "vit.layers.*", ()),
+    "gpt2": (
+        "gpt2",
+        dict(
+            vocab_size=VOCAB,
+            n_embd=HIDDEN,
+            n_layer=LAYERS,
+            n_head=HEADS,
+            n_positions=64,
+            tie_word_embeddings=False,
+            bos_token_id=None,
+            eos_token_id=None,
+        ),
+        "transformer.h.*",
+        ("transformer.wpe",),
+    ),
+    "gpt_neox": ("gpt_neox", {**_DECODER, "rotary_pct": 0.5, "num_key_value_heads": HEADS}, "gpt_neox.layers.*", ()),
+    "bert": (
+        "bert",
+        _ENCODER,
+        "bert.encoder.layer.*",
+        ("bert.embeddings.position_embeddings", "bert.embeddings.token_type_embeddings"),
+    ),
+    "roberta": (
+        "roberta",
+        {**_ENCODER, "max_position_embeddings": 64 + 2, "pad_token_id": 1},
+        "roberta.encoder.layer.*",
+        ("roberta.embeddings.position_embeddings", "roberta.embeddings.token_type_embeddings"),
+    ),
+    "distilbert": (
+        "distilbert",
+        dict(
+            vocab_size=VOCAB,
+            dim=HIDDEN,
+            hidden_dim=128,
+            n_layers=LAYERS,
+            n_heads=HEADS,
+            max_position_embeddings=64,
+            num_labels=3,
+        ),
+        "distilbert.transformer.layer.*",
+        ("distilbert.embeddings.position_embeddings",),
+    ),
+    "vit": (
+        "vit",
+        dict(
+            image_size=IMAGE,
+            patch_size=PATCH,
+            num_channels=3,
+            hidden_size=HIDDEN,
+            intermediate_size=128,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            num_labels=5,
+        ),
+        "vit.layers.*",
+        (),
+    ),
 }
 
 DECODERS = [name for name in SPECS if name not in ("bert", "roberta", "distilbert", "vit")]
@@ -86,8 +167,9 @@ def config(name: str, attn: str = "eager", **overrides):
     return cfg
 
 
-def build(name: str, attn: str = "eager", seed: int = 0, experts: str = "batched_mm", dtype=torch.float64,
-          **overrides) -> Family:
+def build(
+    name: str, attn: str = "eager", seed: int = 0, experts: str = "batched_mm", dtype=torch.float64, **overrides
+) -> Family:
     """The tiny model of a family with random weights (the same for a given seed).
 
     MoE families run their experts with ``experts`` ("eager", "batched_mm" or transformers' default

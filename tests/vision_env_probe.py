@@ -26,8 +26,19 @@ IMAGE, PATCH, WIDTH, DEPTH, HEADS, MLP, CLASSES = 16, 4, 32, 2, 4, 64, 5
 
 def torchvision_vit() -> TorchvisionViT:
     torch.manual_seed(0)
-    model = TorchvisionViT(image_size=IMAGE, patch_size=PATCH, num_layers=DEPTH, num_heads=HEADS, hidden_dim=WIDTH,
-                           mlp_dim=MLP, num_classes=CLASSES).double().eval()
+    model = (
+        TorchvisionViT(
+            image_size=IMAGE,
+            patch_size=PATCH,
+            num_layers=DEPTH,
+            num_heads=HEADS,
+            hidden_dim=WIDTH,
+            mlp_dim=MLP,
+            num_classes=CLASSES,
+        )
+        .double()
+        .eval()
+    )
     with torch.no_grad():  # the defaults start the class token, the head and the MLP biases at zero
         for name, param in model.named_parameters():
             if name.endswith(("bias", "class_token")) or name.startswith("heads"):
@@ -36,17 +47,36 @@ def torchvision_vit() -> TorchvisionViT:
 
 
 def timm_vit(attention: str) -> TimmViT:
-    model = TimmViT(img_size=IMAGE, patch_size=PATCH, embed_dim=WIDTH, depth=DEPTH, num_heads=HEADS,
-                    mlp_ratio=MLP / WIDTH, num_classes=CLASSES).double().eval()
+    model = (
+        TimmViT(
+            img_size=IMAGE,
+            patch_size=PATCH,
+            embed_dim=WIDTH,
+            depth=DEPTH,
+            num_heads=HEADS,
+            mlp_ratio=MLP / WIDTH,
+            num_classes=CLASSES,
+        )
+        .double()
+        .eval()
+    )
     for block in model.blocks:
         block.attn.fused_attn = attention == "sdpa"
     return model
 
 
 def hf_vit(attention: str) -> ViTForImageClassification:
-    config = ViTConfig(image_size=IMAGE, patch_size=PATCH, hidden_size=WIDTH, num_hidden_layers=DEPTH,
-                       num_attention_heads=HEADS, intermediate_size=MLP, num_labels=CLASSES, layer_norm_eps=1e-6,
-                       attn_implementation=attention)
+    config = ViTConfig(
+        image_size=IMAGE,
+        patch_size=PATCH,
+        hidden_size=WIDTH,
+        num_hidden_layers=DEPTH,
+        num_attention_heads=HEADS,
+        intermediate_size=MLP,
+        num_labels=CLASSES,
+        layer_norm_eps=1e-6,
+        attn_implementation=attention,
+    )
     return ViTForImageClassification(config).double().eval()
 
 
@@ -54,8 +84,11 @@ def copy_weights(source: TorchvisionViT, timm_model: TimmViT, hf_model: ViTForIm
     """torchvision's weights into the timm and the HF model (the three compute the same function)."""
     t, h = timm_model, hf_model
     with torch.no_grad():
-        pairs = [(source.conv_proj, t.patch_embed.proj, h.vit.embeddings.patch_embeddings.projection),
-                 (source.encoder.ln, t.norm, h.vit.layernorm), (source.heads.head, t.head, h.classifier)]
+        pairs = [
+            (source.conv_proj, t.patch_embed.proj, h.vit.embeddings.patch_embeddings.projection),
+            (source.encoder.ln, t.norm, h.vit.layernorm),
+            (source.heads.head, t.head, h.classifier),
+        ]
         for a, b, c in pairs:
             for name in ("weight", "bias"):
                 getattr(b, name).copy_(getattr(a, name))
@@ -68,12 +101,18 @@ def copy_weights(source: TorchvisionViT, timm_model: TimmViT, hf_model: ViTForIm
             mha = layer.self_attention
             tb.attn.qkv.weight.copy_(mha.in_proj_weight)
             tb.attn.qkv.bias.copy_(mha.in_proj_bias)
-            for part, w, b in zip(("q_proj", "k_proj", "v_proj"), mha.in_proj_weight.chunk(3), mha.in_proj_bias.chunk(3)):
+            for part, w, b in zip(
+                ("q_proj", "k_proj", "v_proj"), mha.in_proj_weight.chunk(3), mha.in_proj_bias.chunk(3)
+            ):
                 getattr(hb.attention, part).weight.copy_(w)
                 getattr(hb.attention, part).bias.copy_(b)
-            for a, b, c in ((layer.ln_1, tb.norm1, hb.layernorm_before), (layer.ln_2, tb.norm2, hb.layernorm_after),
-                            (mha.out_proj, tb.attn.proj, hb.attention.o_proj),
-                            (layer.mlp[0], tb.mlp.fc1, hb.mlp.fc1), (layer.mlp[3], tb.mlp.fc2, hb.mlp.fc2)):
+            for a, b, c in (
+                (layer.ln_1, tb.norm1, hb.layernorm_before),
+                (layer.ln_2, tb.norm2, hb.layernorm_after),
+                (mha.out_proj, tb.attn.proj, hb.attention.o_proj),
+                (layer.mlp[0], tb.mlp.fc1, hb.mlp.fc1),
+                (layer.mlp[3], tb.mlp.fc2, hb.mlp.fc2),
+            ):
                 for name in ("weight", "bias"):
                     getattr(b, name).copy_(getattr(a, name))
                     getattr(c, name).copy_(getattr(a, name))
@@ -91,8 +130,11 @@ def explain(model, method: str, hf: bool = False) -> dict:
         y = logits[0, 3] + logits[1, 1]
         y.backward()
     relevance, logits = (x * x.grad).detach(), logits.detach()
-    return {"y": [float(logits[0, 3]), float(logits[1, 1])], "total": relevance.flatten(1).sum(1).tolist(),
-            "scores": relevance.sum(1).flatten().tolist()}
+    return {
+        "y": [float(logits[0, 3]), float(logits[1, 1])],
+        "total": relevance.flatten(1).sum(1).tolist(),
+        "scores": relevance.sum(1).flatten().tolist(),
+    }
 
 
 def zero_constants(model) -> None:
@@ -125,8 +167,12 @@ def main() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # an unruled op would warn
         exp = attnlrp.explain_image(big, image[0], target=7)
-    out["vit_b_16/explain_image"] = {"shape": list(exp.scores.shape), "target": exp.target, "method": exp.method,
-                                     "finite": bool(torch.isfinite(torch.from_numpy(exp.scores)).all())}
+    out["vit_b_16/explain_image"] = {
+        "shape": list(exp.scores.shape),
+        "target": exp.target,
+        "method": exp.method,
+        "finite": bool(torch.isfinite(torch.from_numpy(exp.scores)).all()),
+    }
     print(json.dumps(out))
 
 

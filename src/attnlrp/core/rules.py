@@ -150,7 +150,9 @@ def rms_norm(x: Tensor, shape, weight: Tensor | None = None, eps: float | None =
     return _FrozenRMSNorm.apply(x, list(shape), weight, eps)
 
 
-def group_norm(x: Tensor, groups: int, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+def group_norm(
+    x: Tensor, groups: int, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5
+) -> Tensor:
     """GroupNorm with the per-group sigma held constant; the centring stays linear (as in layer_norm)."""
     shape = x.shape
     grouped = x.reshape(shape[0], groups, -1)

@@ -7,5 +7,17 @@ from .checkpointing import gradient_checkpointing
 from .inputs import InputTap, input_embeddings
 from .recorder import Recorder, path_matches
 
-__all__ = ["RULE_SETS", "AuditReport", "Binding", "InputTap", "Recorder", "audit", "binding_of",
-           "gradient_checkpointing", "input_embeddings", "lrp", "path_matches", "rule_set"]
+__all__ = [
+    "RULE_SETS",
+    "AuditReport",
+    "Binding",
+    "InputTap",
+    "Recorder",
+    "audit",
+    "binding_of",
+    "gradient_checkpointing",
+    "input_embeddings",
+    "lrp",
+    "path_matches",
+    "rule_set",
+]

@@ -28,8 +28,14 @@ class AuditReport:
         return not self.unruled
 
     def __str__(self) -> str:
-        lines = [f"attnlrp audit ({self.method}): " + ("every op had a rule or is linear" if self.ok else
-                 f"{len(self.unruled)} op(s) without a rule (their relevance is a plain gradient)")]
+        lines = [
+            f"attnlrp audit ({self.method}): "
+            + (
+                "every op had a rule or is linear"
+                if self.ok
+                else f"{len(self.unruled)} op(s) without a rule (their relevance is a plain gradient)"
+            )
+        ]
         for path, op, count in self.unruled:
             lines.append(f"  UNRULED  {op:<28} at {path or '<root>'}  ({count}x)")
         for rule, count in sorted(self.rules.items()):
@@ -55,7 +61,9 @@ def _prepare(model: nn.Module, example_inputs: Any) -> tuple[tuple, dict]:
         return (_with_grad(example_inputs),), {}
     if isinstance(example_inputs, (tuple, list)):
         return tuple(_with_grad(x) for x in example_inputs), {}
-    raise TypeError(f"example_inputs must be a tensor, a tuple of tensors or a dict, not {type(example_inputs).__name__}.")
+    raise TypeError(
+        f"example_inputs must be a tensor, a tuple of tensors or a dict, not {type(example_inputs).__name__}."
+    )
 
 
 def _with_grad(x: Any) -> Any:

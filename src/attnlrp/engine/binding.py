@@ -51,7 +51,7 @@ _NORM_CLASS = re.compile(r"Norm$|RMSNorm|LayerNorm")
 _LINEAR_LEAVES = frozenset({nn.Linear, nn.Embedding, nn.Dropout, nn.Identity, nn.Conv1d, nn.Conv2d, nn.Conv3d})
 
 #: Each module of a bound model -> its binding (our own bookkeeping; weak, so models can be freed).
-_BOUND: "weakref.WeakKeyDictionary[nn.Module, Binding]" = weakref.WeakKeyDictionary()
+_BOUND: weakref.WeakKeyDictionary[nn.Module, Binding] = weakref.WeakKeyDictionary()
 
 
 def rule_set(method: str) -> str:
@@ -67,7 +67,7 @@ _DROPOUT_OPS = ops.DROPOUT | {"scaled_dot_product_attention"}
 
 
 class _Mode(TorchFunctionMode):
-    def __init__(self, binding: "Binding"):
+    def __init__(self, binding: Binding):
         super().__init__()
         self.binding = binding
         self.handlers: dict[Callable, ops.Handler | None] = {}
@@ -188,7 +188,9 @@ class Binding:
 
     # --- attach and detach ----------------------------------------------------------------
 
-    def attach(self, modules: list[tuple[str, nn.Module]], layer_rules: dict[nn.Module, LayerRule] | None = None) -> None:
+    def attach(
+        self, modules: list[tuple[str, nn.Module]], layer_rules: dict[nn.Module, LayerRule] | None = None
+    ) -> None:
         self._layer_rules = layer_rules or {}
         for path, module in modules:
             self._paths[module] = path
@@ -340,8 +342,9 @@ def binding_of(model: nn.Module) -> Binding | None:
 
 
 @contextmanager
-def lrp(model: nn.Module, method: str = "attnlrp", strict: bool = False,
-        layer_rules: layer_map.LayerRules | None = None) -> Iterator[Binding]:
+def lrp(
+    model: nn.Module, method: str = "attnlrp", strict: bool = False, layer_rules: layer_map.LayerRules | None = None
+) -> Iterator[Binding]:
     """Bind LRP rules to ``model`` for the duration of the block.
 
     Inside the block a plain ``backward`` computes the modified gradient, so ``h * h.grad`` is the

@@ -71,8 +71,10 @@ class InputTap:
         value = self.replace.get(kind)
         if value is not None:
             if value.shape != output.shape:
-                raise ValueError(f"The {kind} input given has shape {tuple(value.shape)}, but the model computed "
-                                 f"{tuple(output.shape)} there.")
+                raise ValueError(
+                    f"The {kind} input given has shape {tuple(value.shape)}, but the model computed "
+                    f"{tuple(output.shape)} there."
+                )
             output = value
         elif torch.is_grad_enabled() and not output.requires_grad:
             output = output.detach().requires_grad_()

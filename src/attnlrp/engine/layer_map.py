@@ -7,13 +7,13 @@ A mapping ``{nn.Conv2d: Gamma(0.25), nn.Linear: Epsilon()}`` or a list of ``(typ
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 from torch import nn
 
 from ..core.layer_rules import LayerRule
 
-LayerRules = Union[Mapping[Any, LayerRule], Sequence[tuple[Any, LayerRule]], Any]
+LayerRules = Mapping[Any, LayerRule] | Sequence[tuple[Any, LayerRule]] | Any
 
 
 def _is_zennit_composite(spec: Any) -> bool:

@@ -44,17 +44,38 @@ LINEAR = frozenset(
 #: Products of tensor factors (weights are constants inside a bound model): uniform rule when
 #: two or more factors carry relevance, plain gradient otherwise. Value: positions of the factors.
 PRODUCTS: dict[str, tuple[int, ...]] = {
-    "matmul": (0, 1), "mm": (0, 1), "bmm": (0, 1), "dot": (0, 1), "vdot": (0, 1), "inner": (0, 1),
-    "outer": (0, 1), "mv": (0, 1), "tensordot": (0, 1), "linear": (0, 1), "bilinear": (0, 1, 2),
-    "conv1d": (0, 1), "conv2d": (0, 1), "conv3d": (0, 1), "conv_transpose1d": (0, 1),
-    "conv_transpose2d": (0, 1), "addmm": (1, 2), "baddbmm": (1, 2), "addbmm": (1, 2),
-    "addmv": (1, 2), "addcmul": (1, 2),
+    "matmul": (0, 1),
+    "mm": (0, 1),
+    "bmm": (0, 1),
+    "dot": (0, 1),
+    "vdot": (0, 1),
+    "inner": (0, 1),
+    "outer": (0, 1),
+    "mv": (0, 1),
+    "tensordot": (0, 1),
+    "linear": (0, 1),
+    "bilinear": (0, 1, 2),
+    "conv1d": (0, 1),
+    "conv2d": (0, 1),
+    "conv3d": (0, 1),
+    "conv_transpose1d": (0, 1),
+    "conv_transpose2d": (0, 1),
+    "addmm": (1, 2),
+    "baddbmm": (1, 2),
+    "addbmm": (1, 2),
+    "addmv": (1, 2),
+    "addcmul": (1, 2),
     # MoE experts (transformers' default "grouped_mm" experts implementation): input @ weight per group
-    "grouped_mm": (0, 1), "grouped_mm_fallback": (0, 1),
+    "grouped_mm": (0, 1),
+    "grouped_mm_fallback": (0, 1),
 }
 
 ACTIVATIONS = {
-    "silu": "silu", "relu": "relu", "tanh": "tanh", "mish": "mish", "hardswish": "hardswish",
+    "silu": "silu",
+    "relu": "relu",
+    "tanh": "tanh",
+    "mish": "mish",
+    "hardswish": "hardswish",
 }
 
 #: Ops that compute a normalising statistic; inside a norm module their output is a constant.
@@ -92,7 +113,7 @@ def _arg(args: tuple, kwargs: dict, position: int, name: str, default: Any = Non
 
 
 def _products(positions: tuple[int, ...]) -> Handler:
-    def handle(binding: "Binding", func, args, kwargs):
+    def handle(binding: Binding, func, args, kwargs):
         carrying = [p for p in positions if p < len(args) and _requires_grad(args[p])]
         if len(carrying) < 2:
             return func(*args, **kwargs)
@@ -105,7 +126,7 @@ def _products(positions: tuple[int, ...]) -> Handler:
     return handle
 
 
-def _einsum(binding: "Binding", func, args, kwargs):
+def _einsum(binding: Binding, func, args, kwargs):
     operands = list(args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:])
     carrying = [i for i, t in enumerate(operands) if _requires_grad(t)]
     if len(carrying) < 2:
@@ -116,7 +137,7 @@ def _einsum(binding: "Binding", func, args, kwargs):
     return func(args[0], *operands, **kwargs)
 
 
-def _mul(binding: "Binding", func, args, kwargs):
+def _mul(binding: Binding, func, args, kwargs):
     a, b = args[0], args[1]
     if not (_requires_grad(a) and _requires_grad(b)):
         return func(*args, **kwargs)
@@ -145,7 +166,7 @@ def _held_constant(func, args, kwargs, gate: Tensor):
     return func(a, b, *args[2:], **kwargs)
 
 
-def _div(binding: "Binding", func, args, kwargs):
+def _div(binding: Binding, func, args, kwargs):
     num, den = args[0], args[1]
     if not _requires_grad(den):
         return func(*args, **kwargs)
@@ -155,7 +176,7 @@ def _div(binding: "Binding", func, args, kwargs):
     return _unruled(binding, func, args, kwargs)
 
 
-def _identity(binding: "Binding", func, args, kwargs, ratio: rules.Ratio):
+def _identity(binding: Binding, func, args, kwargs, ratio: rules.Ratio):
     """An element-wise activation f: backward g * f(x)/x. Its output may gate a product (see _mul)."""
     x = args[0]
     if not _requires_grad(x):
@@ -172,17 +193,17 @@ def _activation(ratio_name: str) -> Handler:
     return lambda binding, func, args, kwargs: _identity(binding, func, args, kwargs, ratio)
 
 
-def _gelu(binding: "Binding", func, args, kwargs):
+def _gelu(binding: Binding, func, args, kwargs):
     tanh_form = _arg(args, kwargs, 1, "approximate", "none") == "tanh"
     return _identity(binding, func, args, kwargs, rules.RATIOS["gelu_tanh" if tanh_form else "gelu"])
 
 
-def _leaky_relu(binding: "Binding", func, args, kwargs):
+def _leaky_relu(binding: Binding, func, args, kwargs):
     slope = _arg(args, kwargs, 1, "negative_slope", 0.01)
     return _identity(binding, func, args, kwargs, rules.leaky_relu_ratio(slope))
 
 
-def _softmax(binding: "Binding", func, args, kwargs):
+def _softmax(binding: Binding, func, args, kwargs):
     out = func(*args, **kwargs)
     if not out.requires_grad:
         return out
@@ -193,7 +214,7 @@ def _softmax(binding: "Binding", func, args, kwargs):
     return out
 
 
-def _sigmoid(binding: "Binding", func, args, kwargs):
+def _sigmoid(binding: Binding, func, args, kwargs):
     """sigmoid(x) = softmax([x, 0])[0]: AttnLRP's softmax rule is its plain gradient.
 
     Its output is tagged as a gate: CP-LRP holds it constant where it gates a product (a shared-expert
@@ -208,7 +229,7 @@ def _sigmoid(binding: "Binding", func, args, kwargs):
     return out
 
 
-def _sdpa(binding: "Binding", func, args, kwargs):
+def _sdpa(binding: Binding, func, args, kwargs):
     q, k, v = (_arg(args, kwargs, i, n) for i, n in enumerate(("query", "key", "value")))
     kwargs = {key: val for key, val in kwargs.items() if key not in ("query", "key", "value")}
     kwargs["dropout_p"] = 0.0  # dropout is off, with or without gradients (checkpointed forwards run without)
@@ -226,7 +247,7 @@ def _sdpa(binding: "Binding", func, args, kwargs):
 _MHA_PARAMETERS = tuple(inspect.signature(torch.nn.functional.multi_head_attention_forward).parameters)
 
 
-def _multi_head_attention(binding: "Binding", func, args, kwargs):
+def _multi_head_attention(binding: Binding, func, args, kwargs):
     """``nn.MultiheadAttention``'s functional form: the attention rule where query, key and value enter (their
     projections are linear, so scaling or detaching there is the rule at q, k and v), then the function as written."""
     call = dict(zip(_MHA_PARAMETERS, args), **kwargs)
@@ -239,37 +260,45 @@ def _multi_head_attention(binding: "Binding", func, args, kwargs):
     return func(**call)
 
 
-def _layer_norm(binding: "Binding", func, args, kwargs):
+def _layer_norm(binding: Binding, func, args, kwargs):
     if not _requires_grad(args[0]):
         return func(*args, **kwargs)
     binding.note(func, "norm")
     return rules.layer_norm(
-        args[0], _arg(args, kwargs, 1, "normalized_shape"), _arg(args, kwargs, 2, "weight"),
-        _arg(args, kwargs, 3, "bias"), _arg(args, kwargs, 4, "eps", 1e-5),
+        args[0],
+        _arg(args, kwargs, 1, "normalized_shape"),
+        _arg(args, kwargs, 2, "weight"),
+        _arg(args, kwargs, 3, "bias"),
+        _arg(args, kwargs, 4, "eps", 1e-5),
     )
 
 
-def _rms_norm(binding: "Binding", func, args, kwargs):
+def _rms_norm(binding: Binding, func, args, kwargs):
     if not _requires_grad(args[0]):
         return func(*args, **kwargs)
     binding.note(func, "norm")
     return rules.rms_norm(
-        args[0], _arg(args, kwargs, 1, "normalized_shape"), _arg(args, kwargs, 2, "weight"),
+        args[0],
+        _arg(args, kwargs, 1, "normalized_shape"),
+        _arg(args, kwargs, 2, "weight"),
         _arg(args, kwargs, 3, "eps"),
     )
 
 
-def _group_norm(binding: "Binding", func, args, kwargs):
+def _group_norm(binding: Binding, func, args, kwargs):
     if not _requires_grad(args[0]):
         return func(*args, **kwargs)
     binding.note(func, "norm")
     return rules.group_norm(
-        args[0], _arg(args, kwargs, 1, "num_groups"), _arg(args, kwargs, 2, "weight"),
-        _arg(args, kwargs, 3, "bias"), _arg(args, kwargs, 4, "eps", 1e-5),
+        args[0],
+        _arg(args, kwargs, 1, "num_groups"),
+        _arg(args, kwargs, 2, "weight"),
+        _arg(args, kwargs, 3, "bias"),
+        _arg(args, kwargs, 4, "eps", 1e-5),
     )
 
 
-def _normalize(binding: "Binding", func, args, kwargs):
+def _normalize(binding: Binding, func, args, kwargs):
     if not _requires_grad(args[0]):
         return func(*args, **kwargs)
     binding.note(func, "norm")
@@ -278,11 +307,11 @@ def _normalize(binding: "Binding", func, args, kwargs):
     )
 
 
-def _dropout(binding: "Binding", func, args, kwargs):
+def _dropout(binding: Binding, func, args, kwargs):
     return args[0] if isinstance(args[0], Tensor) else func(*args, **kwargs)
 
 
-def _statistic(binding: "Binding", func, args, kwargs):
+def _statistic(binding: Binding, func, args, kwargs):
     out = func(*args, **kwargs)
     if not binding.in_norm() or not isinstance(out, Tensor) or not out.requires_grad:
         return _report_if_unruled(binding, func, out)
@@ -290,11 +319,11 @@ def _statistic(binding: "Binding", func, args, kwargs):
     return out.detach()
 
 
-def _unruled(binding: "Binding", func, args, kwargs):
+def _unruled(binding: Binding, func, args, kwargs):
     return _report_if_unruled(binding, func, func(*args, **kwargs))
 
 
-def _report_if_unruled(binding: "Binding", func, out):
+def _report_if_unruled(binding: Binding, func, out):
     first = out[0] if isinstance(out, (tuple, list)) and out else out
     if isinstance(first, Tensor) and first.requires_grad and first.is_floating_point():
         binding.unruled(func)
@@ -317,13 +346,27 @@ _SPECIAL: dict[str, Handler] = {
     "normalize": _normalize,
     **{name: _activation(ratio) for name, ratio in ACTIVATIONS.items()},
     **{name: _products(pos) for name, pos in PRODUCTS.items()},
-    **{name: _dropout for name in DROPOUT},
-    **{name: _statistic for name in STATISTICS},
+    **dict.fromkeys(DROPOUT, _dropout),
+    **dict.fromkeys(STATISTICS, _statistic),
 }
 
 #: Attribute reads, shape queries and the like: never a tensor that carries relevance.
-PASSIVE_PREFIXES = ("size", "dim", "numel", "shape", "dtype", "device", "is_", "get", "item", "tolist", "stride",
-                     "data_ptr", "element_size", "__")
+PASSIVE_PREFIXES = (
+    "size",
+    "dim",
+    "numel",
+    "shape",
+    "dtype",
+    "device",
+    "is_",
+    "get",
+    "item",
+    "tolist",
+    "stride",
+    "data_ptr",
+    "element_size",
+    "__",
+)
 
 
 def handler_for(func: Callable) -> Handler | None:

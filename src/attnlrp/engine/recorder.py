@@ -37,7 +37,7 @@ class Recorder:
         self.relevance: dict[str, Tensor] = {}
         self._handles: list[Any] = []
 
-    def __enter__(self) -> "Recorder":
+    def __enter__(self) -> Recorder:
         self.relevance.clear()
         for path, module in self.modules.items():
             if self.at == "output":

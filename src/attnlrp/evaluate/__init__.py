@@ -6,5 +6,18 @@ from .report import write_report
 from .runner import run_suite, score_items
 from .suites import SUITES, Item, kept_items
 
-__all__ = ["Curves", "Item", "SUITES", "abpc", "aopc", "bootstrap_ci", "kept_items", "perturbation_curves",
-           "pointing_game", "recovery_at_k", "run_suite", "score_items", "write_report"]
+__all__ = [
+    "SUITES",
+    "Curves",
+    "Item",
+    "abpc",
+    "aopc",
+    "bootstrap_ci",
+    "kept_items",
+    "perturbation_curves",
+    "pointing_game",
+    "recovery_at_k",
+    "run_suite",
+    "score_items",
+    "write_report",
+]

@@ -30,33 +30,73 @@ def _lengths(text: str) -> list[int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``attnlrp evaluate``."""
-    parser.add_argument("--suite", required=True, choices=SUITES, help="what to measure: a ground-truth suite "
-                        "(pointing game, recovery) or 'perturbation' (MoRF/LeRF curves, ABPC, AOPC)")
-    parser.add_argument("--methods", type=_methods, default=_methods(DEFAULT_METHODS),
-                        help=f"comma-separated, from: {', '.join(method_names())} (default: {DEFAULT_METHODS})")
+    parser.add_argument(
+        "--suite",
+        required=True,
+        choices=SUITES,
+        help="what to measure: a ground-truth suite "
+        "(pointing game, recovery) or 'perturbation' (MoRF/LeRF curves, ABPC, AOPC)",
+    )
+    parser.add_argument(
+        "--methods",
+        type=_methods,
+        default=_methods(DEFAULT_METHODS),
+        help=f"comma-separated, from: {', '.join(method_names())} (default: {DEFAULT_METHODS})",
+    )
     parser.add_argument("--model", help="a model folder or hub id (default: the bundled SmolLM2-135M-Instruct)")
     parser.add_argument("--gguf-file", help="a GGUF file inside --model (converted once, then cached)")
-    parser.add_argument("--limit", type=int, default=20, help="how many items the model gets right to evaluate (default: 20)")
-    parser.add_argument("--output", default="evaluation.json", help="results JSON; the journal (.jsonl), report "
-                        "(.html) and figures (-*.png) go beside it; rerunning resumes (default: evaluation.json)")
+    parser.add_argument(
+        "--limit", type=int, default=20, help="how many items the model gets right to evaluate (default: 20)"
+    )
+    parser.add_argument(
+        "--output",
+        default="evaluation.json",
+        help="results JSON; the journal (.jsonl), report "
+        "(.html) and figures (-*.png) go beside it; rerunning resumes (default: evaluation.json)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated items (default: 0)")
-    parser.add_argument("--lengths", type=_lengths, default=list(needle.LENGTHS),
-                        help="needle suite: context lengths in tokens (default: 128,256,512,1024,2048)")
+    parser.add_argument(
+        "--lengths",
+        type=_lengths,
+        default=list(needle.LENGTHS),
+        help="needle suite: context lengths in tokens (default: 128,256,512,1024,2048)",
+    )
     parser.add_argument("--steps", type=int, default=10, help="perturbation: points per curve after 0%% (default: 10)")
-    parser.add_argument("--mode", choices=MODES, default="zero", help="perturbation: zero the embeddings (default), "
-                        "replace by a neutral token, or remove the tokens")
-    parser.add_argument("--exclude-first", action="store_true", help="perturbation: never rank or perturb the first token")
-    parser.add_argument("--raw-logit", action="store_true", help="perturbation: explain and perturb the answer's "
-                        "bare logit instead of its difference to the mean logit")
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default="zero",
+        help="perturbation: zero the embeddings (default), replace by a neutral token, or remove the tokens",
+    )
+    parser.add_argument(
+        "--exclude-first", action="store_true", help="perturbation: never rank or perturb the first token"
+    )
+    parser.add_argument(
+        "--raw-logit",
+        action="store_true",
+        help="perturbation: explain and perturb the answer's bare logit instead of its difference to the mean logit",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace, model, tokenizer) -> None:
     """Run the suite, write the results and report, and print the headline table."""
     output = Path(args.output)
-    results = run_suite(model, tokenizer, args.suite, args.methods, args.limit, output, seed=args.seed,
-                        lengths=args.lengths, steps=args.steps, mode=args.mode, exclude_first=args.exclude_first,
-                        centered=not args.raw_logit, progress=not args.quiet)
+    results = run_suite(
+        model,
+        tokenizer,
+        args.suite,
+        args.methods,
+        args.limit,
+        output,
+        seed=args.seed,
+        lengths=args.lengths,
+        steps=args.steps,
+        mode=args.mode,
+        exclude_first=args.exclude_first,
+        centered=not args.raw_logit,
+        progress=not args.quiet,
+    )
     written = write_report(results, output.with_suffix(".html"))
     keys = headline(results)
     print(f"{args.suite}: {results['kept']} items kept of {results['tried']} tried; mean [95% bootstrap interval]")

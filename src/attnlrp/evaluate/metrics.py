@@ -49,8 +49,9 @@ def pointing_game(scores: Sequence[float], evidence: Sequence[int], exclude: Seq
     return float(ranking(scores, exclude=exclude)[0] in set(evidence))
 
 
-def recovery_at_k(scores: Sequence[float], evidence: Sequence[int], k: int | None = None,
-                  exclude: Sequence[int] = ()) -> float:
+def recovery_at_k(
+    scores: Sequence[float], evidence: Sequence[int], k: int | None = None, exclude: Sequence[int] = ()
+) -> float:
     """The share of the k most relevant positions that are evidence, out of min(k, |evidence|); k defaults to
     the evidence's size (then it is the R-precision)."""
     evidence = set(evidence)
@@ -61,8 +62,9 @@ def recovery_at_k(scores: Sequence[float], evidence: Sequence[int], k: int | Non
     return len(evidence.intersection(top.tolist())) / min(k, len(evidence))
 
 
-def bootstrap_ci(values: Sequence[float], level: float = 0.95, resamples: int = 10_000,
-                 seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    values: Sequence[float], level: float = 0.95, resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap interval for the mean (resampling items with replacement; fixed seed)."""
     values = np.asarray(values, dtype=np.float64)
     if len(values) == 0:

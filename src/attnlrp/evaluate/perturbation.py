@@ -36,8 +36,14 @@ class Curves:
         return metrics.abpc(self.morf, self.lerf)
 
     def to_dict(self) -> dict:
-        return {"clean": self.clean, "morf": self.morf, "lerf": self.lerf, "abpc": self.abpc,
-                "comprehensiveness": self.comprehensiveness, "sufficiency": self.sufficiency}
+        return {
+            "clean": self.clean,
+            "morf": self.morf,
+            "lerf": self.lerf,
+            "abpc": self.abpc,
+            "comprehensiveness": self.comprehensiveness,
+            "sufficiency": self.sufficiency,
+        }
 
 
 def _variants(scores: np.ndarray, steps: int, exclude_first: bool) -> tuple[dict, list[frozenset[int]]]:
@@ -58,8 +64,13 @@ def _curves(scores: np.ndarray, steps: int, exclude_first: bool, index: dict, va
     morf = [float(values[index[("morf", c)]]) for c in metrics.counts(n, steps)]
     lerf = [float(values[index[("lerf", c)]]) for c in metrics.counts(n, steps)]
     top = metrics.top_counts(n)
-    return Curves(clean, morf, lerf, metrics.aopc(clean, [values[index[("morf", c)]] for c in top]),
-                  metrics.aopc(clean, [values[index[("lerf", n - c)]] for c in top]))
+    return Curves(
+        clean,
+        morf,
+        lerf,
+        metrics.aopc(clean, [values[index[("morf", c)]] for c in top]),
+        metrics.aopc(clean, [values[index[("lerf", n - c)]] for c in top]),
+    )
 
 
 def _embedded_values(batch: Batch, jobs: list[tuple[int, frozenset[int]]], fill: torch.Tensor | None) -> np.ndarray:
@@ -76,20 +87,31 @@ def _embedded_values(batch: Batch, jobs: list[tuple[int, frozenset[int]]], fill:
     return out
 
 
-def _removal_values(model, tokenizer, ids: Sequence[Sequence[int]], targets: Sequence, jobs, neutral: int
-                    ) -> np.ndarray:
+def _removal_values(
+    model, tokenizer, ids: Sequence[Sequence[int]], targets: Sequence, jobs, neutral: int
+) -> np.ndarray:
     """Values for (row, positions) jobs with the positions deleted from the token ids."""
     out = np.empty(len(jobs))
     for chunk in chunks(len(jobs), max(len(i) for i in ids), grad=False):
-        kept = [[t for p, t in enumerate(ids[row]) if p not in positions] or [neutral] for row, positions in jobs[chunk]]
+        kept = [
+            [t for p, t in enumerate(ids[row]) if p not in positions] or [neutral] for row, positions in jobs[chunk]
+        ]
         batch = prepare_batch(model, tokenizer, kept, [targets[row] for row, _ in jobs[chunk]], padding_side="left")
         out[chunk] = batch.clean.float().cpu().numpy()
     return out
 
 
-def perturbation_curves(model, tokenizer, ids: Sequence[Sequence[int]], targets: Sequence,
-                        scores: Sequence[Sequence[float]], steps: int = 10, mode: str = "zero",
-                        neutral: str | int = " ", exclude_first: bool = False) -> list[Curves]:
+def perturbation_curves(
+    model,
+    tokenizer,
+    ids: Sequence[Sequence[int]],
+    targets: Sequence,
+    scores: Sequence[Sequence[float]],
+    steps: int = 10,
+    mode: str = "zero",
+    neutral: str | int = " ",
+    exclude_first: bool = False,
+) -> list[Curves]:
     """MoRF / LeRF curves, ABPC and AOPC comprehensiveness and sufficiency for explained prompts.
 
     ids: each prompt's token ids (``Explanation.token_ids``); targets: each prompt's explained target, fixed
@@ -102,7 +124,9 @@ def perturbation_curves(model, tokenizer, ids: Sequence[Sequence[int]], targets:
     if steps < 1:
         raise ValueError(f"steps must be at least 1, not {steps}.")
     if any(t is None for t in targets):
-        raise ValueError("Perturbation needs fixed targets (the explained token id, e.g. Explanation.target_id), not None.")
+        raise ValueError(
+            "Perturbation needs fixed targets (the explained token id, e.g. Explanation.target_id), not None."
+        )
     scores = [np.asarray(s, dtype=np.float64) for s in scores]
     for row, (s, i) in enumerate(zip(scores, ids)):
         if len(s) != len(i):

@@ -61,19 +61,31 @@ class PatchTask:
                 images[k, :, y : y + self.patch_size - 2, x : x + self.patch_size - 2] = pattern
         return images, labels, deciding
 
+
 def tiny_vit(task: PatchTask, hidden: int = 64, layers: int = 2, heads: int = 4, seed: int = 0) -> nn.Module:
     """An untrained HF ViTForImageClassification sized for the task."""
     from transformers import ViTConfig, ViTForImageClassification
 
-    config = ViTConfig(image_size=task.image_size, patch_size=task.patch_size, num_channels=3, hidden_size=hidden,
-                       num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=2 * hidden,
-                       id2label=dict(enumerate(CLASSES)), label2id={c: i for i, c in enumerate(CLASSES)},
-                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = ViTConfig(
+        image_size=task.image_size,
+        patch_size=task.patch_size,
+        num_channels=3,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden,
+        id2label=dict(enumerate(CLASSES)),
+        label2id={c: i for i, c in enumerate(CLASSES)},
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     torch.manual_seed(seed)
     return ViTForImageClassification(config)
 
-def train(model: nn.Module, task: PatchTask, steps: int = 600, batch: int = 128, lr: float = 2e-3,
-          seed: int = 0) -> float:
+
+def train(
+    model: nn.Module, task: PatchTask, steps: int = 600, batch: int = 128, lr: float = 2e-3, seed: int = 0
+) -> float:
     """Train on fresh samples (AdamW, one-cycle schedule); returns the accuracy on 512 held-out images."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
@@ -91,6 +103,7 @@ def train(model: nn.Module, task: PatchTask, steps: int = 600, batch: int = 128,
     with torch.no_grad():
         return float((model(pixel_values=images).logits.argmax(-1) == labels).float().mean())
 
+
 def gradient_maps(model: nn.Module, images: Tensor, labels: Tensor, times_input: bool = False) -> np.ndarray:
     """Baselines with plain autograd, [n, H, W]: Σ_c |∂y/∂x| (gradient) or Σ_c x ∂y/∂x (Input×Gradient)."""
     x = images.detach().clone().requires_grad_()
@@ -98,6 +111,7 @@ def gradient_maps(model: nn.Module, images: Tensor, labels: Tensor, times_input:
     logits.gather(1, labels.unsqueeze(1)).sum().backward()
     maps = (x * x.grad) if times_input else x.grad.abs()
     return maps.sum(1).detach().float().numpy()
+
 
 def pointing_accuracy(maps: np.ndarray, deciding: Tensor, patch_size: int) -> float:
     """The share of maps [n, H, W] whose most relevant patch (sum over its pixels) is the deciding one."""

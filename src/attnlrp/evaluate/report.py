@@ -11,9 +11,14 @@ from matplotlib.figure import Figure
 
 #: Metric columns in report order, with how to read them.
 COLUMNS = {
-    "abpc": "ABPC ↑", "comprehensiveness": "comprehensiveness ↑", "sufficiency": "sufficiency ↓",
-    "pointing": "pointing game ↑", "recovery": "recovery@|E| ↑", "pointing_no_first": "pointing, first token out ↑",
-    "recovery_no_first": "recovery, first token out ↑", "first_share": "|R| share of first token",
+    "abpc": "ABPC ↑",
+    "comprehensiveness": "comprehensiveness ↑",
+    "sufficiency": "sufficiency ↓",
+    "pointing": "pointing game ↑",
+    "recovery": "recovery@|E| ↑",
+    "pointing_no_first": "pointing, first token out ↑",
+    "recovery_no_first": "recovery, first token out ↑",
+    "first_share": "|R| share of first token",
     "seconds": "seconds / item",
 }
 
@@ -42,7 +47,9 @@ def _bars(results: dict) -> Figure:
         ax.set_xticks(range(len(methods)), methods, rotation=60, ha="right", fontsize=8)
         ax.set_title(COLUMNS[key], fontsize=9)
         ax.axhline(0, color="#888", linewidth=0.6)
-    fig.suptitle(f"{results['settings']['suite']}: mean and 95% bootstrap interval, {results['kept']} items", fontsize=10)
+    fig.suptitle(
+        f"{results['settings']['suite']}: mean and 95% bootstrap interval, {results['kept']} items", fontsize=10
+    )
     fig.tight_layout()
     return fig
 
@@ -81,8 +88,15 @@ def _by_group(results: dict, key: str) -> Figure:
         light = 0.5 * max(max(row) for row in means)  # above it the colour map is light: dark text
         for i, row in enumerate(means):
             for j, value in enumerate(row):
-                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                        color="black" if value > light else "white")
+                ax.text(
+                    j,
+                    i,
+                    f"{value:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="black" if value > light else "white",
+                )
         ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right", fontsize=8)
         ax.set_yticks(range(len(methods)), methods, fontsize=8)
         ax.set_title(f"{COLUMNS[key]} per group", fontsize=9)
@@ -127,18 +141,21 @@ def write_report(results: dict, path: str | Path) -> list[Path]:
     settings = results["settings"]
     images = "".join(
         f'<figure><img alt="{html.escape(c)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
-        f"<figcaption>{html.escape(c)}</figcaption></figure>" for c, data in shown.values()
+        f"<figcaption>{html.escape(c)}</figcaption></figure>"
+        for c, data in shown.values()
     )
-    groups = "".join(f"<h3>{html.escape(g)}</h3>{_table(by, results['methods'])}" for g, by in results["groups"].items())
+    groups = "".join(
+        f"<h3>{html.escape(g)}</h3>{_table(by, results['methods'])}" for g, by in results["groups"].items()
+    )
     page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>attnlrp evaluate: {html.escape(settings['suite'])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>attnlrp evaluate: {html.escape(settings["suite"])}</title>
 <style>body{{font:14px/1.5 system-ui,sans-serif;margin:24px;max-width:1200px}} table{{border-collapse:collapse;margin:8px 0}}
 td,th{{border:1px solid #ddd;padding:3px 8px;text-align:right}} small{{color:#777}} img{{max-width:100%}}</style></head>
-<body><h1>Suite {html.escape(settings['suite'])} on {html.escape(settings['model'])}</h1>
-<p>{results['kept']} items kept of {results['tried']} tried (the model got them right). Settings:
+<body><h1>Suite {html.escape(settings["suite"])} on {html.escape(settings["model"])}</h1>
+<p>{results["kept"]} items kept of {results["tried"]} tried (the model got them right). Settings:
 {html.escape(str(settings))}. Cells: mean [95% percentile-bootstrap interval of the mean, 10,000 resamples].</p>
-{images}<h2>All methods</h2>{_table(results['metrics'], results['methods'])}
-{f'<h2>Per group</h2>{groups}' if groups else ''}</body></html>
+{images}<h2>All methods</h2>{_table(results["metrics"], results["methods"])}
+{f"<h2>Per group</h2>{groups}" if groups else ""}</body></html>
 """
     path.write_text(page, encoding="utf-8")
     return written

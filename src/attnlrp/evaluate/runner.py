@@ -29,27 +29,46 @@ from .suites import Item, kept_items, needle
 BATCH_ITEMS = 16
 
 
-def score_items(model, tokenizer, items: Sequence[Item], method: str, curves: bool, steps: int = 10,
-                mode: str = "zero", exclude_first: bool = False) -> list[dict]:
+def score_items(
+    model,
+    tokenizer,
+    items: Sequence[Item],
+    method: str,
+    curves: bool,
+    steps: int = 10,
+    mode: str = "zero",
+    exclude_first: bool = False,
+) -> list[dict]:
     """Explain ``items`` (one batch) with ``method``; per item, its ground-truth metrics and, with ``curves``,
     its perturbation metrics."""
     targets = [item.target(tokenizer) for item in items]
-    explanations = explain(model, tokenizer, [item.prompt for item in items], target=targets, method=method,
-                           batch_size=len(items))
+    explanations = explain(
+        model, tokenizer, [item.prompt for item in items], target=targets, method=method, batch_size=len(items)
+    )
     records = []
     for item, exp in zip(items, explanations):
         evidence = item.evidence_positions(tokenizer)
         magnitude = np.abs(exp.scores).sum()
-        records.append({
-            "pointing": metrics.pointing_game(exp.scores, evidence),
-            "recovery": metrics.recovery_at_k(exp.scores, evidence),
-            "pointing_no_first": metrics.pointing_game(exp.scores, evidence, exclude=(0,)),
-            "recovery_no_first": metrics.recovery_at_k(exp.scores, evidence, exclude=(0,)),
-            "first_share": float(abs(exp.scores[0]) / magnitude) if magnitude > 0 else 0.0,
-        })
+        records.append(
+            {
+                "pointing": metrics.pointing_game(exp.scores, evidence),
+                "recovery": metrics.recovery_at_k(exp.scores, evidence),
+                "pointing_no_first": metrics.pointing_game(exp.scores, evidence, exclude=(0,)),
+                "recovery_no_first": metrics.recovery_at_k(exp.scores, evidence, exclude=(0,)),
+                "first_share": float(abs(exp.scores[0]) / magnitude) if magnitude > 0 else 0.0,
+            }
+        )
     if curves:
-        found = perturbation_curves(model, tokenizer, [e.token_ids for e in explanations], targets,
-                                    [e.scores for e in explanations], steps=steps, mode=mode, exclude_first=exclude_first)
+        found = perturbation_curves(
+            model,
+            tokenizer,
+            [e.token_ids for e in explanations],
+            targets,
+            [e.scores for e in explanations],
+            steps=steps,
+            mode=mode,
+            exclude_first=exclude_first,
+        )
         for record, c in zip(records, found):
             record.update(c.to_dict())
     return records
@@ -73,8 +92,10 @@ class Journal:
         except (json.JSONDecodeError, KeyError, TypeError):
             header = None
         if header != settings:
-            raise InputError(f"{self.path} holds a run with other settings ({header}); give --output another name, "
-                             "or delete it to start afresh.")
+            raise InputError(
+                f"{self.path} holds a run with other settings ({header}); give --output another name, "
+                "or delete it to start afresh."
+            )
         kept = [lines[0]]
         for line in lines[1:]:
             try:
@@ -94,9 +115,21 @@ class Journal:
             os.fsync(f.fileno())
 
 
-def run_suite(model, tokenizer, suite: str, methods: Sequence[str], limit: int, output: str | Path, seed: int = 0,
-              lengths: Sequence[int] = needle.LENGTHS, steps: int = 10, mode: str = "zero",
-              exclude_first: bool = False, centered: bool = True, progress: bool = True) -> dict:
+def run_suite(
+    model,
+    tokenizer,
+    suite: str,
+    methods: Sequence[str],
+    limit: int,
+    output: str | Path,
+    seed: int = 0,
+    lengths: Sequence[int] = needle.LENGTHS,
+    steps: int = 10,
+    mode: str = "zero",
+    exclude_first: bool = False,
+    centered: bool = True,
+    progress: bool = True,
+) -> dict:
     """Evaluate ``methods`` on the first ``limit`` items of ``suite`` the model gets right; write the JSON
     results to ``output`` (resuming from its journal) and return them.
 
@@ -105,9 +138,16 @@ def run_suite(model, tokenizer, suite: str, methods: Sequence[str], limit: int, 
     """
     names = [get_method(m).name for m in methods]
     output = Path(output)
-    settings = {"suite": suite, "model": model_name(model), "seed": seed, "steps": steps, "mode": mode,
-                "exclude_first": exclude_first, "centered": centered,
-                "lengths": list(lengths) if suite == "needle" else None}
+    settings = {
+        "suite": suite,
+        "model": model_name(model),
+        "seed": seed,
+        "steps": steps,
+        "mode": mode,
+        "exclude_first": exclude_first,
+        "centered": centered,
+        "lengths": list(lengths) if suite == "needle" else None,
+    }
     journal = Journal(output.with_suffix(".jsonl"), settings)
     started = time.perf_counter()
     items, tried = kept_items(model, tokenizer, suite, limit, seed, lengths, centered)
@@ -115,15 +155,20 @@ def run_suite(model, tokenizer, suite: str, methods: Sequence[str], limit: int, 
     pairs = [(batch, name) for batch in plan(lengths_of, BATCH_ITEMS, TOKEN_BUDGET, by_length=True) for name in names]
     todo = [(batch, name) for batch, name in pairs if any((items[i].id, name) not in journal.records for i in batch)]
     with Progress(disable=not progress) as bar:  # a resumed run starts the bar at what the journal holds
-        task = bar.add_task(f"{suite}: {len(items)} items x {len(names)} methods", total=len(pairs),
-                            completed=len(pairs) - len(todo))
+        task = bar.add_task(
+            f"{suite}: {len(items)} items x {len(names)} methods", total=len(pairs), completed=len(pairs) - len(todo)
+        )
         for batch, name in todo:
             chosen = [items[i] for i in batch if (items[i].id, name) not in journal.records]
             start = time.perf_counter()
             records = score_items(model, tokenizer, chosen, name, suite == "perturbation", steps, mode, exclude_first)
             seconds = (time.perf_counter() - start) / len(chosen)
-            journal.add([{"item": item.id, "method": name, "group": item.group, "seconds": seconds, **record}
-                         for item, record in zip(chosen, records)])
+            journal.add(
+                [
+                    {"item": item.id, "method": name, "group": item.group, "seconds": seconds, **record}
+                    for item, record in zip(chosen, records)
+                ]
+            )
             bar.advance(task)
     results = summarise(settings, names, items, tried, journal.records)
     results["elapsed_s"] = time.perf_counter() - started
@@ -131,8 +176,9 @@ def run_suite(model, tokenizer, suite: str, methods: Sequence[str], limit: int, 
     return results
 
 
-def summarise(settings: dict, names: Sequence[str], items: Sequence[Item], tried: int,
-              records: dict[tuple[str, str], dict]) -> dict:
+def summarise(
+    settings: dict, names: Sequence[str], items: Sequence[Item], tried: int, records: dict[tuple[str, str], dict]
+) -> dict:
     """Per method (and per group): mean and 95% bootstrap interval of each metric; mean perturbation curves."""
     table: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     groups: dict[str, dict[str, dict[str, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
@@ -148,7 +194,10 @@ def summarise(settings: dict, names: Sequence[str], items: Sequence[Item], tried
                     curves[name][key].append(value)
     order = sorted(groups, key=int) if settings["lengths"] else list(groups)  # the needle's lengths, ascending
     return {
-        "settings": settings, "methods": list(names), "tried": tried, "kept": len(items),
+        "settings": settings,
+        "methods": list(names),
+        "tried": tried,
+        "kept": len(items),
         "metrics": {name: _summaries(table[name]) for name in names},
         "groups": {g: {name: _summaries(groups[g][name]) for name in names} for g in order if g},
         "curves": {name: {k: np.mean(v, axis=0).tolist() for k, v in c.items()} for name, c in curves.items()},

@@ -10,9 +10,30 @@ from . import functional
 from .composite import Composite, ExplicitBinding
 from .conservation import ConservationReport, ModuleRelevance, conservation_check
 from .presets import GateRule, transformer_composite
-from .rules import (EpsilonRule, IdentityRule, Rule, StopRelevanceRule, TaylorDecompositionRule, UniformEpsilonRule,
-                    UniformRule)
+from .rules import (
+    EpsilonRule,
+    IdentityRule,
+    Rule,
+    StopRelevanceRule,
+    TaylorDecompositionRule,
+    UniformEpsilonRule,
+    UniformRule,
+)
 
-__all__ = ["functional", "Composite", "ExplicitBinding", "ConservationReport", "ModuleRelevance",
-           "conservation_check", "GateRule", "transformer_composite", "EpsilonRule", "IdentityRule", "Rule",
-           "StopRelevanceRule", "TaylorDecompositionRule", "UniformEpsilonRule", "UniformRule"]
+__all__ = [
+    "Composite",
+    "ConservationReport",
+    "EpsilonRule",
+    "ExplicitBinding",
+    "GateRule",
+    "IdentityRule",
+    "ModuleRelevance",
+    "Rule",
+    "StopRelevanceRule",
+    "TaylorDecompositionRule",
+    "UniformEpsilonRule",
+    "UniformRule",
+    "conservation_check",
+    "functional",
+    "transformer_composite",
+]

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from fnmatch import fnmatchcase
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -21,15 +21,15 @@ from torch.overrides import get_overridable_functions
 from torch.utils._pytree import tree_leaves
 
 from ..engine.binding import Binding, binding_of
-from ..errors import BindingError
 from ..engine.ops import op_name
 from ..engine.recorder import path_matches
+from ..errors import BindingError
 from .conservation import ConservationReport, conservation_check
 from .rules import Rule, carries_relevance
 from .safety import classify
 
-Key = Union[type, str, Callable[..., Any]]
-Value = Union[Rule, Callable[..., Any]]
+Key = type | str | Callable[..., Any]
+Value = Rule | Callable[..., Any]
 
 #: Python's reflected operators, called as (self, other) for ``other <op> self``.
 _REFLECTED = frozenset({"__radd__", "__rsub__", "__rmul__", "__rmatmul__", "__rdiv__", "__rtruediv__"})
@@ -114,16 +114,18 @@ class Composite:
 
     # --- registration --------------------------------------------------------------------------
 
-    def register(self, model: nn.Module) -> "ExplicitBinding":
+    def register(self, model: nn.Module) -> ExplicitBinding:
         """Apply the rules to ``model`` (this instance only) until ``remove()``."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"Composite.register expects a torch.nn.Module, got {type(model).__name__}.")
         if self.binding is not None:
             raise BindingError(
-                f"This composite is registered on a {type(self.binding.model).__name__}: remove() it first.")
+                f"This composite is registered on a {type(self.binding.model).__name__}: remove() it first."
+            )
         if binding_of(model) is not None:
             raise BindingError(
-                f"{type(model).__name__} is already bound (attnlrp.lrp or a composite): leave that first.")
+                f"{type(model).__name__} is already bound (attnlrp.lrp or a composite): leave that first."
+            )
         binding = ExplicitBinding(model, self)
         binding.attach(list(model.named_modules()))
         self.binding = self._last = binding
@@ -136,7 +138,7 @@ class Composite:
             self.binding = None
 
     @contextmanager
-    def context(self, model: nn.Module) -> Iterator["ExplicitBinding"]:
+    def context(self, model: nn.Module) -> Iterator[ExplicitBinding]:
         """``with composite.context(model) as binding:`` registers for the block (``binding.embeddings``)."""
         binding = self.register(model)
         try:
@@ -149,7 +151,8 @@ class Composite:
         """Σ relevance at each module's input vs output in the next backward pass of the registered model."""
         if self.binding is None:
             raise BindingError(
-                "conservation_check needs a registered composite: use it inside composite.context(model).")
+                "conservation_check needs a registered composite: use it inside composite.context(model)."
+            )
         binding = self.binding
         with conservation_check(binding.model, rtol, paused=lambda: binding.suspended) as report:
             yield report
@@ -174,13 +177,16 @@ class Composite:
             else:
                 idle.append(name)
         if idle:
-            lines.extend(textwrap.wrap(f"not run: {', '.join(idle)}", 110, initial_indent="    ",
-                                       subsequent_indent="      "))
-        for kind, title in (("safe", "safe, no rule needed (relevance only moved, copied or selected)"),
-                            ("breaks", "KNOWN TO BREAK LRP, ran without a rule"),
-                            ("unknown", "UNKNOWN, ran without a rule")):
+            lines.extend(
+                textwrap.wrap(f"not run: {', '.join(idle)}", 110, initial_indent="    ", subsequent_indent="      ")
+            )
+        for kind, title in (
+            ("safe", "safe, no rule needed (relevance only moved, copied or selected)"),
+            ("breaks", "KNOWN TO BREAK LRP, ran without a rule"),
+            ("unknown", "UNKNOWN, ran without a rule"),
+        ):
             seen = Counter()
-            for (k, op, path), n in (binding.calls.items() if binding else ()):
+            for (k, op, path), n in binding.calls.items() if binding else ():
                 if k == kind:
                     seen[(op, path)] += n
             lines.append(f"  {title}:" + ("" if seen else " none"))
@@ -193,8 +199,10 @@ class Composite:
     __str__ = summary
 
     def __repr__(self) -> str:
-        return (f"Composite({self.name!r}, {len(self.module_rules)} module rule(s), "
-                f"{len(self.function_rules)} function rule(s))")
+        return (
+            f"Composite({self.name!r}, {len(self.module_rules)} module rule(s), "
+            f"{len(self.function_rules)} function rule(s))"
+        )
 
 
 def _key_name(key: Key) -> str:

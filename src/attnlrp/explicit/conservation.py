@@ -38,23 +38,30 @@ class ConservationReport:
 
     def violations(self) -> list[ModuleRelevance]:
         """Modules with |Σ R_in − Σ R_out| > rtol · max(|Σ R_in|, |Σ R_out|)."""
-        return [m for m in self.modules.values()
-                if abs(m.created) > self.rtol * max(abs(m.input), abs(m.output), 1e-300)]
+        return [
+            m for m in self.modules.values() if abs(m.created) > self.rtol * max(abs(m.input), abs(m.output), 1e-300)
+        ]
 
     def __str__(self) -> str:
         bad = self.violations()
-        lines = [f"conservation check (rtol {self.rtol:g}): {len(self.modules)} module(s) checked, "
-                 f"{len(bad)} create or lose relevance"]
-        lines += [f"  {m.path or '<root>':<44} {m.kind:<24} out {m.output:+.6g}  in {m.input:+.6g}  "
-                  f"{'creates' if m.created > 0 else 'loses'} {abs(m.created):.3g}" for m in bad]
+        lines = [
+            f"conservation check (rtol {self.rtol:g}): {len(self.modules)} module(s) checked, "
+            f"{len(bad)} create or lose relevance"
+        ]
+        lines += [
+            f"  {m.path or '<root>':<44} {m.kind:<24} out {m.output:+.6g}  in {m.input:+.6g}  "
+            f"{'creates' if m.created > 0 else 'loses'} {abs(m.created):.3g}"
+            for m in bad
+        ]
         return "\n".join(lines)
 
     __repr__ = __str__
 
 
 @contextmanager
-def conservation_check(model: nn.Module, rtol: float = 1e-4,
-                       paused: Callable[[], bool] = lambda: False) -> Iterator[ConservationReport]:
+def conservation_check(
+    model: nn.Module, rtol: float = 1e-4, paused: Callable[[], bool] = lambda: False
+) -> Iterator[ConservationReport]:
     """Record Σ relevance (the gradient, in the explicit mode) at every module's inputs and outputs.
 
     Each relevance-carrying input is passed to the module as a fresh view, so that its gradient counts

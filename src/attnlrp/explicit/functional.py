@@ -50,8 +50,9 @@ class _LinearEpsilon(Function):
         return x * ((relevance / stabilize(z, ctx.epsilon)) @ weight), None, None, None
 
 
-def linear_epsilon(input: Tensor, weight: Tensor, bias: Tensor | None = None, *,
-                   epsilon: float = DEFAULT_EPSILON) -> Tensor:
+def linear_epsilon(
+    input: Tensor, weight: Tensor, bias: Tensor | None = None, *, epsilon: float = DEFAULT_EPSILON
+) -> Tensor:
     """ε-rule for z = x Wᵀ + b: R_x = x ⊙ Wᵀ(R_z / (z + ε sign z)); the bias absorbs its share."""
     return _LinearEpsilon.apply(input, weight, bias, epsilon)
 
@@ -148,8 +149,11 @@ class _Add2(Function):
         a, b = ctx.saved_tensors
         ratio = relevance / stabilize(a + b, ctx.epsilon)
         # ε-rule: each summand gets its share R_a = a R / (z + eps sign z); a constant keeps its own
-        return (sum_to(a * ratio, a.shape, a.dtype) if ctx.needs_input_grad[0] else None,
-                sum_to(b * ratio, b.shape, b.dtype) if ctx.needs_input_grad[1] else None, None)
+        return (
+            sum_to(a * ratio, a.shape, a.dtype) if ctx.needs_input_grad[0] else None,
+            sum_to(b * ratio, b.shape, b.dtype) if ctx.needs_input_grad[1] else None,
+            None,
+        )
 
 
 def add2(input: Tensor | Number, other: Tensor | Number, *, epsilon: float = DEFAULT_EPSILON) -> Tensor:
@@ -174,8 +178,9 @@ class _Mean(Function):
         return x / ctx.count * (relevance.reshape(z.shape) / stabilize(z, ctx.epsilon)), None, None, None
 
 
-def mean(input: Tensor, dim: int | Sequence[int] | None = None, keepdim: bool = False, *,
-         epsilon: float = DEFAULT_EPSILON) -> Tensor:
+def mean(
+    input: Tensor, dim: int | Sequence[int] | None = None, keepdim: bool = False, *, epsilon: float = DEFAULT_EPSILON
+) -> Tensor:
     """The mean, ε-rule: R_x_i = (x_i / n) · R / (z + ε sign z)."""
     if dim is None:
         dims = tuple(range(input.dim()))
@@ -189,8 +194,9 @@ def mean(input: Tensor, dim: int | Sequence[int] | None = None, keepdim: bool = 
 
 class _LayerNorm(Function):
     @staticmethod
-    def forward(ctx, x: Tensor, shape: list[int], weight: Tensor | None, bias: Tensor | None, eps: float,
-                epsilon: float) -> Tensor:
+    def forward(
+        ctx, x: Tensor, shape: list[int], weight: Tensor | None, bias: Tensor | None, eps: float, epsilon: float
+    ) -> Tensor:
         y, mean, rstd = torch.native_layer_norm(x, shape, weight, bias, eps)
         ctx.save_for_backward(x, mean, rstd, weight, bias)
         ctx.dims, ctx.epsilon = tuple(range(-len(shape), 0)), epsilon
@@ -209,8 +215,15 @@ class _LayerNorm(Function):
         return x * (v - v.mean(ctx.dims, keepdim=True)), None, None, None, None, None
 
 
-def layer_norm(input: Tensor, normalized_shape: Sequence[int], weight: Tensor | None = None,
-               bias: Tensor | None = None, eps: float = 1e-5, *, epsilon: float = DEFAULT_EPSILON) -> Tensor:
+def layer_norm(
+    input: Tensor,
+    normalized_shape: Sequence[int],
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+    *,
+    epsilon: float = DEFAULT_EPSILON,
+) -> Tensor:
     """LayerNorm with σ frozen: a linear map (centring, scaling) plus bias, so the ε-rule applies to it."""
     return _LayerNorm.apply(input, list(normalized_shape), weight, bias, eps, epsilon)
 
@@ -226,8 +239,9 @@ class _RMSNormIdentity(Function):
         return relevance, None, None, None
 
 
-def rms_norm_identity(input: Tensor, normalized_shape: Sequence[int], weight: Tensor | None = None,
-                      eps: float | None = None) -> Tensor:
+def rms_norm_identity(
+    input: Tensor, normalized_shape: Sequence[int], weight: Tensor | None = None, eps: float | None = None
+) -> Tensor:
     """RMSNorm with the rms frozen: each element is only scaled, so R_x = R_y (the identity rule)."""
     return _RMSNormIdentity.apply(input, list(normalized_shape), weight, eps)
 
@@ -253,10 +267,19 @@ def identity(fn: Callable[..., Tensor], input: Tensor, *args, **kwargs) -> Tenso
 # --- attention -----------------------------------------------------------------------------------
 
 
-def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None,
-                                 dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
-                                 enable_gqa: bool = False, *, epsilon: float = DEFAULT_EPSILON,
-                                 constant_weights: bool = False) -> Tensor:
+def scaled_dot_product_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+    *,
+    epsilon: float = DEFAULT_EPSILON,
+    constant_weights: bool = False,
+) -> Tensor:
     """torch's attention written out with the rules: uniform ε at q·kᵀ and A·v, the softmax rule between.
 
     ``constant_weights`` (CP-LRP): the attention weights are constants, all relevance flows through v.

@@ -64,14 +64,16 @@ def quotient(input: Tensor | Number, other: Tensor | Number, *, rounding_mode: s
     return IdentityRule()(torch.div, input, other, rounding_mode=rounding_mode)
 
 
-def add(input: Tensor | Number, other: Tensor | Number, *, alpha: Number = 1,
-        epsilon: float = DEFAULT_EPSILON) -> Tensor:
+def add(
+    input: Tensor | Number, other: Tensor | Number, *, alpha: Number = 1, epsilon: float = DEFAULT_EPSILON
+) -> Tensor:
     """a + α·b by ``functional.add2`` (the scaling by α is an identity)."""
     return functional.add2(input, other if alpha == 1 else functional.mul2(other, alpha), epsilon=epsilon)
 
 
-def subtract(input: Tensor | Number, other: Tensor | Number, *, alpha: Number = 1,
-             epsilon: float = DEFAULT_EPSILON) -> Tensor:
+def subtract(
+    input: Tensor | Number, other: Tensor | Number, *, alpha: Number = 1, epsilon: float = DEFAULT_EPSILON
+) -> Tensor:
     """a − α·b = a + (−α·b) by ``functional.add2``."""
     return functional.add2(input, functional.mul2(other, -alpha), epsilon=epsilon)
 
@@ -84,12 +86,37 @@ def dropout_off(input: Tensor, *args: Any, **kwargs: Any) -> Tensor:
 #: Element-wise activations f(x) with f(0) = 0: identity rule, output marked as a possible gate.
 _ACTIVATIONS = (F.silu, F.gelu, F.relu, torch.relu, torch.tanh, F.leaky_relu, F.mish, F.hardswish, F.elu)
 #: Products of a tensor with a constant or of two input-dependent tensors: uniform ε-rule.
-_PRODUCTS = (torch.einsum, torch.addmm, torch.baddbmm, torch.addbmm, torch.mv, torch.dot, torch.tensordot,
-             F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.bilinear,
-             *filter(None, [getattr(F, "grouped_mm", None)]))  # MoE experts (newer torch)
+_PRODUCTS = (
+    torch.einsum,
+    torch.addmm,
+    torch.baddbmm,
+    torch.addbmm,
+    torch.mv,
+    torch.dot,
+    torch.tensordot,
+    F.conv1d,
+    F.conv2d,
+    F.conv3d,
+    F.conv_transpose1d,
+    F.conv_transpose2d,
+    F.bilinear,
+    *filter(None, [getattr(F, "grouped_mm", None)]),
+)  # MoE experts (newer torch)
 #: Linear ops that sum or average: ε-rule.
-_SUMS = (torch.sum, torch.mean, torch.nansum, torch.cumsum, torch.index_add, torch.scatter_add, F.avg_pool1d,
-         F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.interpolate, F.batch_norm)
+_SUMS = (
+    torch.sum,
+    torch.mean,
+    torch.nansum,
+    torch.cumsum,
+    torch.index_add,
+    torch.scatter_add,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.interpolate,
+    F.batch_norm,
+)
 _DROPOUT = (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout)
 
 
@@ -103,7 +130,7 @@ def transformer_composite(method: str = "attnlrp", epsilon: float = DEFAULT_EPSI
     activation = GateRule(IdentityRule())
     rules: dict[Any, Any] = {
         "*RMSNorm": IdentityRule(),  # y = x w / rms(x), rms frozen: R_x = R_y
-        **{name: activation for name in INLINE_ACTIVATIONS},  # GPT-2's NewGELU and other inline activations
+        **dict.fromkeys(INLINE_ACTIVATIONS, activation),  # GPT-2's NewGELU and other inline activations
         F.linear: functools.partial(functional.linear_epsilon, epsilon=epsilon),
         torch.matmul: functools.partial(functional.matmul, epsilon=epsilon),
         torch.bmm: functools.partial(functional.matmul, epsilon=epsilon),
@@ -111,10 +138,11 @@ def transformer_composite(method: str = "attnlrp", epsilon: float = DEFAULT_EPSI
         **{fn: UniformEpsilonRule(epsilon) for fn in _PRODUCTS},
         F.softmax: StopRelevanceRule() if cp else functional.softmax,
         F.scaled_dot_product_attention: functools.partial(
-            functional.scaled_dot_product_attention, epsilon=epsilon, constant_weights=cp),
+            functional.scaled_dot_product_attention, epsilon=epsilon, constant_weights=cp
+        ),
         F.layer_norm: functools.partial(functional.layer_norm, epsilon=epsilon),
         F.rms_norm: functional.rms_norm_identity,
-        **{fn: activation for fn in _ACTIVATIONS},
+        **dict.fromkeys(_ACTIVATIONS, activation),
         # sigmoid(x) = softmax([x, 0])[0]: its ε-rule is the softmax rule
         torch.sigmoid: GateRule(EpsilonRule(epsilon), self_gating=True),
         operator.mul: functools.partial(product, constant_gates=cp),
@@ -123,6 +151,6 @@ def transformer_composite(method: str = "attnlrp", epsilon: float = DEFAULT_EPSI
         operator.sub: functools.partial(subtract, epsilon=epsilon),
         operator.neg: IdentityRule(),
         **{fn: EpsilonRule(epsilon) for fn in _SUMS},
-        **{fn: dropout_off for fn in _DROPOUT},
+        **dict.fromkeys(_DROPOUT, dropout_off),
     }
     return Composite(rules, name=f"{'cp-lrp' if cp else 'attnlrp'} (explicit, epsilon={epsilon:g})")

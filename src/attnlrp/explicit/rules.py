@@ -50,7 +50,7 @@ class _Relevance(Function):
     """Forward: ``call(*inputs)``; backward: ``rule.relevance`` maps the output's relevance to the inputs'."""
 
     @staticmethod
-    def forward(ctx, rule: "Rule", call: Callable[..., Tensor], *inputs: Tensor) -> Tensor:
+    def forward(ctx, rule: Rule, call: Callable[..., Tensor], *inputs: Tensor) -> Tensor:
         if rule.needs_graph:
             with torch.enable_grad():
                 inputs = tuple(x.detach().requires_grad_() for x in inputs)
@@ -93,8 +93,9 @@ class Rule:
 
         return _Relevance.apply(self, call, *(leaves[i] for i in slots))
 
-    def relevance(self, call: Callable[..., Tensor], inputs: tuple[Tensor, ...], output: Tensor,
-                  relevance: Tensor) -> Sequence[Tensor | None]:
+    def relevance(
+        self, call: Callable[..., Tensor], inputs: tuple[Tensor, ...], output: Tensor, relevance: Tensor
+    ) -> Sequence[Tensor | None]:
         """The relevance of each input, given the relevance of the output."""
         raise NotImplementedError
 

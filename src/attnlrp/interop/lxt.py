@@ -28,7 +28,7 @@ attnlrp = "attnlrp"
 cp_LRP = "cp-lrp"
 
 #: Models bound by monkey_patch -> the open lrp() block that binds them.
-_OPEN: "weakref.WeakKeyDictionary[nn.Module, Any]" = weakref.WeakKeyDictionary()
+_OPEN: weakref.WeakKeyDictionary[nn.Module, Any] = weakref.WeakKeyDictionary()
 
 
 def clean_tokens(tokens: list[str]) -> list[str]:
@@ -81,10 +81,16 @@ def _binding_subclass(cls: type, owner: _CompatModule) -> type:
     def _from_config(klass, *args, **kwargs):
         return _bind(super(subclass, klass)._from_config(*args, **kwargs), owner._method, owner._verbose)
 
-    subclass = type(cls.__name__, (cls,), {
-        "__module__": cls.__module__, "__qualname__": cls.__qualname__,
-        "from_pretrained": classmethod(from_pretrained), "_from_config": classmethod(_from_config),
-    })
+    subclass = type(
+        cls.__name__,
+        (cls,),
+        {
+            "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__,
+            "from_pretrained": classmethod(from_pretrained),
+            "_from_config": classmethod(_from_config),
+        },
+    )
     return subclass
 
 
@@ -115,7 +121,7 @@ def __getattr__(name: str) -> _CompatModule:
     """``attnlrp.compat.modeling_<family>``: the transformers module of that family, binding what it loads."""
     if not name.startswith("modeling_"):
         raise AttributeError(f"module 'attnlrp.compat' has no attribute {name!r}")
-    family = name[len("modeling_"):]
+    family = name[len("modeling_") :]
     try:
         module = importlib.import_module(f"transformers.models.{family}.{name}")
     except ModuleNotFoundError as error:

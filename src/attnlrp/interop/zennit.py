@@ -95,7 +95,9 @@ def _per_input(relevance: Tensor, x: Tensor, module: nn.Module) -> Tensor:
         warnings.warn(
             f"A Zennit rule at a {type(module).__name__} gave relevance (Σ|R| = {lost:.3g}) to exactly-zero inputs; "
             "in the x * grad form that part is dropped. Use a rule proportional to the input there "
-            "(ε, γ, z⁺, α-β).", ZennitRelevanceWarning, stacklevel=2,
+            "(ε, γ, z⁺, α-β).",
+            ZennitRelevanceWarning,
+            stacklevel=2,
         )
     return torch.where(zero, 0.0, relevance / torch.where(zero, 1.0, x))
 

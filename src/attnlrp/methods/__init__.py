@@ -12,6 +12,20 @@ from .lrp import CPLRP, AttnLRP, LRPMethod
 from .occlusion import Occlusion
 from .random_scores import Random
 
-__all__ = ["REGISTRY", "Attention", "AttentionRollout", "AttnLRP", "CPLRP", "Gradient", "InputXGradient",
-           "IntegratedGradients", "LRPMethod", "Method", "Occlusion", "Random", "available_methods", "get_method",
-           "method_names"]
+__all__ = [
+    "CPLRP",
+    "REGISTRY",
+    "Attention",
+    "AttentionRollout",
+    "AttnLRP",
+    "Gradient",
+    "InputXGradient",
+    "IntegratedGradients",
+    "LRPMethod",
+    "Method",
+    "Occlusion",
+    "Random",
+    "available_methods",
+    "get_method",
+    "method_names",
+]

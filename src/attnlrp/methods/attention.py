@@ -22,8 +22,10 @@ def eager_attention(model: nn.Module) -> Iterator[None]:
         yield
         return
     if not hasattr(model, "set_attn_implementation"):
-        raise MethodError(f"{type(model).__name__} can't switch to eager attention, so its attention weights can't "
-                          "be read; choose a method that needs no attention weights (see attnlrp.available_methods()).")
+        raise MethodError(
+            f"{type(model).__name__} can't switch to eager attention, so its attention weights can't "
+            "be read; choose a method that needs no attention weights (see attnlrp.available_methods())."
+        )
     model.set_attn_implementation("eager")
     try:
         yield
@@ -52,8 +54,10 @@ def head_means(batch: Batch, rows: range, reduce: Callable[[Tensor], Tensor]) ->
         for handle in handles:
             handle.remove()
     if not maps:
-        raise MethodError(f"{type(model).__name__} returned no attention weights, so attention baselines can't run on "
-                          "it; choose a method that needs none (see attnlrp.available_methods()).")
+        raise MethodError(
+            f"{type(model).__name__} returned no attention weights, so attention baselines can't run on "
+            "it; choose a method that needs none (see attnlrp.available_methods())."
+        )
     return maps
 
 
@@ -65,8 +69,10 @@ class AttentionMethod(Method):
     def check(self, batch: Batch) -> None:
         super().check(batch)
         if batch.query is None or len(batch.inputs) != 1:
-            raise MethodError(f"The {self.name!r} method needs one token input and a position the target is read "
-                              "from; this task has neither, so choose another method.")
+            raise MethodError(
+                f"The {self.name!r} method needs one token input and a position the target is read "
+                "from; this task has neither, so choose another method."
+            )
 
 
 @dataclass
@@ -83,7 +89,7 @@ class Attention(AttentionMethod):
             rows = range(chunk.start, chunk.stop)
             at = torch.arange(len(rows), device=batch.device)
             positions = torch.tensor(batch.query[chunk], device=batch.device)
-            out.append(head_means(batch, rows, lambda a: a[at, positions])[-1])
+            out.append(head_means(batch, rows, lambda a, at=at, positions=positions: a[at, positions])[-1])
         return {kind: torch.cat(out)}
 
 

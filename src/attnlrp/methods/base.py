@@ -69,8 +69,9 @@ def get_method(method: str | Method, **options: Any) -> Method:
     """
     if isinstance(method, Method):
         if options:
-            raise MethodError(f"Options {sorted(options)} can't be applied to a configured {method!r}; "
-                              "give them to its constructor.")
+            raise MethodError(
+                f"Options {sorted(options)} can't be applied to a configured {method!r}; give them to its constructor."
+            )
         return method
     cls = REGISTRY.get(method_key(method))
     if cls is None:
@@ -84,7 +85,8 @@ def get_method(method: str | Method, **options: Any) -> Method:
     if unknown:
         takers = [c for c in REGISTRY.values() if set(unknown) <= _options(c)]
         which = ("the LRP methods" if takers and all(c.is_lrp for c in takers) else "the methods") + (
-            f" ({', '.join(repr(c.name) for c in takers)})" if takers else " of other tasks")
+            f" ({', '.join(repr(c.name) for c in takers)})" if takers else " of other tasks"
+        )
         raise MethodError(f"{', '.join(unknown)} is for {which}; the {cls.name!r} method runs without it.")
     return cls(**options)
 

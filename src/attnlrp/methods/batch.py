@@ -29,8 +29,14 @@ class Batch:
     #: Input kinds whose second dimension is token positions; every other kind is an image (pixels).
     token_kinds: ClassVar[frozenset[str]] = frozenset({"tokens"})
 
-    def __init__(self, model: nn.Module, inputs: dict[str, Tensor], spans: dict[str, list[slice]],
-                 token_ids: dict[str, Tensor], query: list[int] | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Tensor],
+        spans: dict[str, list[slice]],
+        token_ids: dict[str, Tensor],
+        query: list[int] | None = None,
+    ):
         self.model = model
         self.inputs = inputs
         self.spans = spans
@@ -87,8 +93,11 @@ class Batch:
 
     def chunks(self, count: int, grad: bool) -> Iterator[slice]:
         """Slices of ``count`` stacked variants, each small enough for one forward within the token budget."""
-        width = max(x.shape[1] for k, x in self.inputs.items() if k in self.token_kinds) if any(
-            k in self.token_kinds for k in self.inputs) else 1
+        width = (
+            max(x.shape[1] for k, x in self.inputs.items() if k in self.token_kinds)
+            if any(k in self.token_kinds for k in self.inputs)
+            else 1
+        )
         return chunks(count, width, grad)
 
 
@@ -100,8 +109,9 @@ def chunks(count: int, width: int, grad: bool) -> Iterator[slice]:
         yield slice(start, min(start + size, count))
 
 
-def plan(lengths: Sequence[int], max_items: int, max_tokens: int | None = None, by_length: bool = False
-         ) -> list[list[int]]:
+def plan(
+    lengths: Sequence[int], max_items: int, max_tokens: int | None = None, by_length: bool = False
+) -> list[list[int]]:
     """Indices grouped into batches of at most ``max_items``, and, if given, at most ``max_tokens`` padded
     tokens (rows x the longest row); ``by_length`` sorts by length first, so that similar lengths share a batch."""
     if max_items < 1:
@@ -111,8 +121,11 @@ def plan(lengths: Sequence[int], max_items: int, max_tokens: int | None = None, 
     longest = 0
     for i in order:
         width = max(longest, lengths[i])
-        if not groups or len(groups[-1]) >= max_items or (
-                max_tokens is not None and (len(groups[-1]) + 1) * width > max_tokens):
+        if (
+            not groups
+            or len(groups[-1]) >= max_items
+            or (max_tokens is not None and (len(groups[-1]) + 1) * width > max_tokens)
+        ):
             groups.append([])
             width = lengths[i]
         groups[-1].append(i)

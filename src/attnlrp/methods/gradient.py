@@ -67,8 +67,10 @@ class IntegratedGradients(Method):
             index = torch.arange(chunk.start, chunk.stop, device=some.device)
             rows, alpha = index % n, alphas[index // n]
             with torch.enable_grad():
-                scaled = {kind: (x[rows] * alpha.view(-1, *[1] * (x.dim() - 1))).requires_grad_()
-                          for kind, x in batch.inputs.items()}
+                scaled = {
+                    kind: (x[rows] * alpha.view(-1, *[1] * (x.dim() - 1))).requires_grad_()
+                    for kind, x in batch.inputs.items()
+                }
                 grads = torch.autograd.grad(batch.values(scaled, rows.tolist()).sum(), list(scaled.values()))
             for kind, g in zip(scaled, grads):
                 totals[kind].index_add_(0, rows, g)

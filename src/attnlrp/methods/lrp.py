@@ -31,8 +31,11 @@ class LRPMethod(Method):
     def attribute(self, batch: Batch) -> dict[str, Tensor]:
         leaves = batch.leaves()
         model = batch.model
-        with checkpointing(model, self.gradient_checkpointing), lrp(model, method=self.rules,
-                                                                     layer_rules=self.layer_rules), torch.enable_grad():
+        with (
+            checkpointing(model, self.gradient_checkpointing),
+            lrp(model, method=self.rules, layer_rules=self.layer_rules),
+            torch.enable_grad(),
+        ):
             batch.evaluate(leaves).sum().backward()
         return {kind: batch.reduce(kind, x * x.grad).detach() for kind, x in leaves.items()}
 

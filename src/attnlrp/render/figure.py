@@ -3,7 +3,7 @@ matrix. PNG, SVG or PDF by the file's extension."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +12,7 @@ from matplotlib.font_manager import FontProperties
 
 from .palette import colormap
 from .palette import scale as color_scale
+
 
 def _save(fig: Figure, path: str | Path | None) -> Figure:
     if path is not None:
@@ -59,8 +60,7 @@ def token_heatmap(
     ax.axis("off")
     for x, y, w, part, score in boxes:
         ax.add_patch(_box(x, y, w, line, colormap()(0.5 + 0.5 * score / scale)))
-        ax.text(x, y + line * 0.5, part, fontproperties=font, va="center", ha="left", usetex=False,
-                parse_math=False)
+        ax.text(x, y + line * 0.5, part, fontproperties=font, va="center", ha="left", usetex=False, parse_math=False)
     if title:
         fig.suptitle(title, fontsize=fontsize, y=1 - 0.1 / fig.get_figheight(), va="top")
     bar = fig.add_axes((0.3, 0.02, 0.4, 0.12 / fig.get_figheight()))

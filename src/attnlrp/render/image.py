@@ -54,8 +54,13 @@ def overlay(image: np.ndarray, scores: np.ndarray, path: str | Path, alpha: floa
     return Path(path)
 
 
-def grid(panels: Sequence[tuple[np.ndarray | None, np.ndarray]], titles: Sequence[str], path: str | Path,
-         columns: int | None = None, show_images: bool = False) -> Path:
+def grid(
+    panels: Sequence[tuple[np.ndarray | None, np.ndarray]],
+    titles: Sequence[str],
+    path: str | Path,
+    columns: int | None = None,
+    show_images: bool = False,
+) -> Path:
     """Panels (image or None, scores) with titles, in rows of ``columns``; each scaled to its own max |R|.
 
     show_images: each row of overlays gets a row of the plain images above it."""

@@ -15,9 +15,21 @@ from .palette import rgb
 from .palette import scale as color_scale
 
 _SPECIAL = {
-    "\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "$": r"\$", "&": r"\&", "#": r"\#", "%": r"\%",
-    "_": r"\_", "^": r"\textasciicircum{}", "~": r"\textasciitilde{}", "<": r"\textless{}", ">": r"\textgreater{}",
-    "|": r"\textbar{}", '"': r"\textquotedbl{}", "\t": r"\quad{}",
+    "\\": r"\textbackslash{}",
+    "{": r"\{",
+    "}": r"\}",
+    "$": r"\$",
+    "&": r"\&",
+    "#": r"\#",
+    "%": r"\%",
+    "_": r"\_",
+    "^": r"\textasciicircum{}",
+    "~": r"\textasciitilde{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    "|": r"\textbar{}",
+    '"': r"\textquotedbl{}",
+    "\t": r"\quad{}",
 }
 
 
@@ -48,11 +60,14 @@ def source(tokens: Sequence[str], scores: Sequence[float], backend: str = "xelat
             if k:
                 body.append("\\newline\n")
             if part:
-                body.append(f"\\colorbox[RGB]{{{','.join(map(str, rgb(weight)))}}}{{\\strut{{}}{escape(part, unicode)}}}\\allowbreak{{}}")
+                body.append(
+                    f"\\colorbox[RGB]{{{','.join(map(str, rgb(weight)))}}}{{\\strut{{}}{escape(part, unicode)}}}\\allowbreak{{}}"
+                )
     preamble = "\\usepackage{fontspec}\n" if unicode else "\\usepackage[utf8]{inputenc}\n\\usepackage[T1]{fontenc}\n"
     return (
-        "\\documentclass[varwidth=150mm,border=2mm]{standalone}\n" + preamble +
-        "\\usepackage[dvipsnames]{xcolor}\n\\setlength{\\fboxsep}{0pt}\n\\begin{document}\n"
+        "\\documentclass[varwidth=150mm,border=2mm]{standalone}\n"
+        + preamble
+        + "\\usepackage[dvipsnames]{xcolor}\n\\setlength{\\fboxsep}{0pt}\n\\begin{document}\n"
         "\\obeyspaces\\raggedright\n" + "".join(body) + "\n\\end{document}\n"
     )
 
@@ -72,8 +87,11 @@ def pdf_heatmap(
         if engine is not None:
             _compile(engine, tex, path)
             return path
-        warnings.warn(f"{backend} is not installed; drawing {path} with matplotlib instead ({tex} was written). "
-                      "Install TeX Live (Debian: texlive-xetex texlive-latex-extra) to compile it.", stacklevel=2)
+        warnings.warn(
+            f"{backend} is not installed; drawing {path} with matplotlib instead ({tex} was written). "
+            "Install TeX Live (Debian: texlive-xetex texlive-latex-extra) to compile it.",
+            stacklevel=2,
+        )
     from .figure import token_heatmap
 
     token_heatmap(tokens, scores, path=path)
@@ -82,8 +100,12 @@ def pdf_heatmap(
 
 def _compile(engine: str, tex: Path, pdf: Path) -> None:
     with tempfile.TemporaryDirectory() as work:
-        done = subprocess.run([engine, "-interaction=nonstopmode", "-halt-on-error", f"-output-directory={work}",
-                               str(tex)], capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [engine, "-interaction=nonstopmode", "-halt-on-error", f"-output-directory={work}", str(tex)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         produced = Path(work) / (tex.stem + ".pdf")
         if done.returncode != 0 or not produced.exists():
             log = "\n".join(done.stdout.splitlines()[-15:])

@@ -43,9 +43,11 @@ def colormap():
 
 def javascript() -> str:
     """``color(w)`` in JavaScript, for the HTML pages' scripts."""
-    return (f"const POSITIVE = {json.dumps(POSITIVE)}, NEGATIVE = {json.dumps(NEGATIVE)};\n"
-            "function color(w){ const c = w>=0?POSITIVE:NEGATIVE; const a=Math.min(Math.abs(w),1);\n"
-            "  return `rgb(${c.map(v=>Math.round(255+(v-255)*a)).join(',')})`; }\n")
+    return (
+        f"const POSITIVE = {json.dumps(POSITIVE)}, NEGATIVE = {json.dumps(NEGATIVE)};\n"
+        "function color(w){ const c = w>=0?POSITIVE:NEGATIVE; const a=Math.min(Math.abs(w),1);\n"
+        "  return `rgb(${c.map(v=>Math.round(255+(v-255)*a)).join(',')})`; }\n"
+    )
 
 
 def gradient_css() -> str:

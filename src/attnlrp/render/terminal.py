@@ -32,8 +32,14 @@ def print_heatmap(
     weights = scores / scale
     if color is None:
         color = hasattr(file, "isatty") and file.isatty() and "NO_COLOR" not in os.environ
-    console = Console(file=file, force_terminal=color, no_color=not color, color_system="truecolor" if color else None,
-                      highlight=False, soft_wrap=False)
+    console = Console(
+        file=file,
+        force_terminal=color,
+        no_color=not color,
+        color_system="truecolor" if color else None,
+        highlight=False,
+        soft_wrap=False,
+    )
     if title:
         console.print(Text(title, style="bold" if color else ""))
     text = Text()

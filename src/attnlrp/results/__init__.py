@@ -9,5 +9,12 @@ from .explanation import Explanation, explanations_view, save_html
 from .generation import GenerationExplanation
 from .image import ImageExplanation, save_image_grid
 
-__all__ = ["Explanation", "GenerationExplanation", "ImageExplanation", "Result", "explanations_view", "save_html",
-           "save_image_grid"]
+__all__ = [
+    "Explanation",
+    "GenerationExplanation",
+    "ImageExplanation",
+    "Result",
+    "explanations_view",
+    "save_html",
+    "save_image_grid",
+]

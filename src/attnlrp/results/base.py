@@ -134,5 +134,5 @@ class Result:
 
 def _equal(a: Any, b: Any) -> bool:
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return a is None and b is None or a is not None and b is not None and np.array_equal(a, b)
+        return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
     return a == b

@@ -56,17 +56,25 @@ class Explanation(Result):
         """Relevance summed per segment (per chat message, or prompt and answer)."""
         return {name: float(self.scores[a:b].sum()) for name, a, b in self.segments}
 
-    def words(self) -> "Explanation":
+    def words(self) -> Explanation:
         """The same explanation with sub-word tokens merged into words (scores summed)."""
         if self.unit == "word":
             return self
         words, special, scores, firsts = group_words(self.display, self.special, self.scores)
         where = np.searchsorted(firsts, [[a, b] for _, a, b in self.segments], side="left") if self.segments else []
         segments = [(name, int(w[0]), int(w[1])) for (name, _, _), w in zip(self.segments, where)]
-        return replace(self, tokens=words, display=words, scores=scores, special=special,
-                       token_ids=[], segments=segments, unit="word")
+        return replace(
+            self,
+            tokens=words,
+            display=words,
+            scores=scores,
+            special=special,
+            token_ids=[],
+            segments=segments,
+            unit="word",
+        )
 
-    def normalized(self, by: str = "max") -> "Explanation":
+    def normalized(self, by: str = "max") -> Explanation:
         """Scores divided by max |score| (``by="max"``, range [-1, 1]) or by Σ|score| (``by="sum"``)."""
         if by not in ("max", "sum"):
             raise ValueError(f"by must be 'max' or 'sum', not {by!r}.")
@@ -82,9 +90,14 @@ class Explanation(Result):
 
     def _html_item(self) -> dict[str, Any]:
         words = self.words()
-        return {"method": self.method, "target": self.target, "value": self.value, "total": self.total,
-                "tokens": {"text": self.display, "scores": self.scores.tolist()},
-                "words": {"text": words.display, "scores": words.scores.tolist()}}
+        return {
+            "method": self.method,
+            "target": self.target,
+            "value": self.value,
+            "total": self.total,
+            "tokens": {"text": self.display, "scores": self.scores.tolist()},
+            "words": {"text": words.display, "scores": words.scores.tolist()},
+        }
 
     def title(self) -> str:
         return f"{self.method}: {self.target!r}"
@@ -114,8 +127,11 @@ def explanations_view(explanations: list[Explanation]) -> str:
     from ..render.html import view
 
     first = explanations[0]
-    return view({"kind": "set", "items": [e._html_item() for e in explanations]}, title=_set_title(explanations),
-                meta=f"model {first.model} · {len(first)} {first.unit}s")
+    return view(
+        {"kind": "set", "items": [e._html_item() for e in explanations]},
+        title=_set_title(explanations),
+        meta=f"model {first.model} · {len(first)} {first.unit}s",
+    )
 
 
 def save_html(path: str | Path, *explanations: Explanation) -> Path:
@@ -125,5 +141,3 @@ def save_html(path: str | Path, *explanations: Explanation) -> Path:
     if not explanations:
         raise ValueError("save_html needs at least one Explanation.")
     return write(path, page(explanations_view(list(explanations)), _set_title(list(explanations))))
-
-

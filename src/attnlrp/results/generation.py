@@ -47,30 +47,48 @@ class GenerationExplanation(Result):
         """The explanation of generated token i over all tokens before it."""
         end = self.prompt_length + i
         return Explanation(
-            tokens=self.tokens[:end], display=self.display[:end], scores=self.matrix[i, :end],
-            target=self.generated[i], value=self.values[i], method=self.method, model=self.model,
-            token_ids=self.token_ids[:end], special=self.special[:end],
+            tokens=self.tokens[:end],
+            display=self.display[:end],
+            scores=self.matrix[i, :end],
+            target=self.generated[i],
+            value=self.values[i],
+            method=self.method,
+            model=self.model,
+            token_ids=self.token_ids[:end],
+            special=self.special[:end],
             target_id=self.token_ids[end] if self.token_ids else None,
-            logit=self.values[i], prob=self.probs[i] if self.probs else None, unit=self.unit,
+            logit=self.values[i],
+            prob=self.probs[i] if self.probs else None,
+            unit=self.unit,
         )
 
     def top(self, k: int = 5) -> list[list[tuple[str, float, int]]]:
         """For each generated token, its k most relevant earlier tokens."""
         return [self.step(i).top(k) for i in range(len(self))]
 
-    def words(self) -> "GenerationExplanation":
+    def words(self) -> GenerationExplanation:
         """Columns merged into words (rows stay one per generated token)."""
         if self.unit == "word":
             return self
         words, special, matrix, firsts = group_words(self.display, self.special, self.matrix)
-        return replace(self, tokens=words, display=words, matrix=matrix, special=special, token_ids=[],
-                       prompt_length=int(np.searchsorted(firsts, self.prompt_length)), unit="word")
+        return replace(
+            self,
+            tokens=words,
+            display=words,
+            matrix=matrix,
+            special=special,
+            token_ids=[],
+            prompt_length=int(np.searchsorted(firsts, self.prompt_length)),
+            unit="word",
+        )
 
-    def normalized(self, by: str = "max") -> "GenerationExplanation":
+    def normalized(self, by: str = "max") -> GenerationExplanation:
         """Each row divided by its max |score| (or Σ|score| with ``by="sum"``)."""
         if by not in ("max", "sum"):
             raise ValueError(f"by must be 'max' or 'sum', not {by!r}.")
-        scale = np.abs(self.matrix).max(axis=1, keepdims=True) if by == "max" else np.abs(self.matrix).sum(1, keepdims=True)
+        scale = (
+            np.abs(self.matrix).max(axis=1, keepdims=True) if by == "max" else np.abs(self.matrix).sum(1, keepdims=True)
+        )
         return replace(self, matrix=np.divide(self.matrix, scale, out=np.zeros_like(self.matrix), where=scale > 0))
 
     def show(self, color: bool | None = None, file=None) -> None:
@@ -90,12 +108,16 @@ class GenerationExplanation(Result):
 
         words = self.words()
         data = {
-            "kind": "generation", "generated": self.generated,
+            "kind": "generation",
+            "generated": self.generated,
             "tokens": {"text": self.display, "matrix": self.matrix.tolist(), "prompt_length": self.prompt_length},
             "words": {"text": words.display, "matrix": words.matrix.tolist(), "prompt_length": words.prompt_length},
         }
-        return view(data, title=self.title(),
-                    meta=f"model {self.model} · {len(self)} generated tokens · prompt of {self.prompt_length} tokens")
+        return view(
+            data,
+            title=self.title(),
+            meta=f"model {self.model} · {len(self)} generated tokens · prompt of {self.prompt_length} tokens",
+        )
 
     def save_figure(self, path: str | Path) -> Path:
         """The generation matrix as a PNG, SVG or PDF figure."""

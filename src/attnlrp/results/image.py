@@ -57,7 +57,7 @@ class ImageExplanation(Result):
         row, col = np.unravel_index(int(np.argmax(grid)), grid.shape)
         return int(row), int(col)
 
-    def normalized(self) -> "ImageExplanation":
+    def normalized(self) -> ImageExplanation:
         """Scores divided by max |score| (range [-1, 1])."""
         scale = float(np.abs(self.scores).max())
         return replace(self, scores=self.scores / scale if scale > 0 else self.scores.copy())
@@ -95,8 +95,13 @@ class ImageExplanation(Result):
         return f"{self.title()}, y={self.value:.4g}, Σ relevance={self.total:.4g}, {h}x{w} pixels"
 
 
-def save_image_grid(path: str | Path, explanations: Sequence[ImageExplanation], titles: Sequence[str] | None = None,
-                    columns: int | None = None, show_images: bool = False) -> Path:
+def save_image_grid(
+    path: str | Path,
+    explanations: Sequence[ImageExplanation],
+    titles: Sequence[str] | None = None,
+    columns: int | None = None,
+    show_images: bool = False,
+) -> Path:
     """One figure with the explanations side by side (e.g. a sweep of γ), each scaled to its own max |R|;
     ``show_images`` puts the plain images above the overlays."""
     from ..render.image import grid

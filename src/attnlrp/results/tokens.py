@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from functools import lru_cache
 
@@ -89,18 +90,25 @@ def word_starts(display: list[str], special: list[bool]) -> list[bool]:
             continue
         previous = display[i - 1]
         starts.append(
-            special[i] or special[i - 1] or text[:1].isspace() or previous[-1:].isspace() or not text.strip()
-            or _is_punctuation(text) or _is_punctuation(previous)
+            special[i]
+            or special[i - 1]
+            or text[:1].isspace()
+            or previous[-1:].isspace()
+            or not text.strip()
+            or _is_punctuation(text)
+            or _is_punctuation(previous)
         )
     return starts
 
 
-def group_words(display: list[str], special: list[bool], values: np.ndarray) -> tuple[list[str], list[bool], np.ndarray, list[int]]:
+def group_words(
+    display: list[str], special: list[bool], values: np.ndarray
+) -> tuple[list[str], list[bool], np.ndarray, list[int]]:
     """Merge tokens into words; values [..., T] are summed per word. Also returns each word's first token."""
     starts = word_starts(display, special)
     firsts = [i for i, s in enumerate(starts) if s]
     bounds = firsts + [len(display)]
-    words = ["".join(display[a:b]) for a, b in zip(bounds, bounds[1:])]
+    words = ["".join(display[a:b]) for a, b in itertools.pairwise(bounds)]
     is_special = [special[a] for a in firsts]
     summed = np.add.reduceat(values, firsts, axis=-1) if len(display) else values
     return words, is_special, summed.astype(np.float32), firsts

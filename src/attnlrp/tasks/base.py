@@ -29,8 +29,11 @@ def check_finite(values: Tensor) -> None:
 
 def model_name(model: nn.Module) -> str:
     """The name results carry for a model: its hub id or folder, else its class."""
-    return str(getattr(model, "name_or_path", "") or getattr(getattr(model, "config", None), "_name_or_path", "") or
-               type(model).__name__)
+    return str(
+        getattr(model, "name_or_path", "")
+        or getattr(getattr(model, "config", None), "_name_or_path", "")
+        or type(model).__name__
+    )
 
 
 class Task:
@@ -44,7 +47,9 @@ class Task:
 
     def __init__(self, model: nn.Module):
         if not isinstance(model, nn.Module):
-            raise TypeError(f"Expected a torch.nn.Module (for example a transformers model), got {type(model).__name__}.")
+            raise TypeError(
+                f"Expected a torch.nn.Module (for example a transformers model), got {type(model).__name__}."
+            )
         self.model = model
 
     def encode(self, inputs: Any) -> tuple[list[Any], bool]:

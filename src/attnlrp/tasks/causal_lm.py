@@ -78,8 +78,10 @@ class CausalLMBatch(Batch):
         width = ids.shape[1]
         spans = [slice(width - len(seq), width) if left else slice(0, len(seq)) for seq in self.sequences]
         # Only the logit rows the targets read: the last one, an answer's rows, or all for a custom target.
-        self.needed = [len(seq) if isinstance(t, Custom) else len(a.answer_ids) + 1 if a else 1
-                       for seq, t, a in zip(self.sequences, targets, self.answers)]
+        self.needed = [
+            len(seq) if isinstance(t, Custom) else len(a.answer_ids) + 1 if a else 1
+            for seq, t, a in zip(self.sequences, targets, self.answers)
+        ]
         rows = sorted({p for span, n in zip(spans, self.needed) for p in range(span.stop - n, span.stop)})
         kwargs = forward_kwargs(model, ids, mask, left)
         if len(rows) < width and "logits_to_keep" in inspect.signature(model.forward).parameters:
@@ -123,7 +125,9 @@ class CausalLMBatch(Batch):
                 self._outcomes.append(Outcome(resolved, resolved.scalar(own), own[-1].detach().float()))
             values = torch.stack([o.value for o in self._outcomes])
         else:
-            values = torch.stack([o.target.scalar(logits[row, self.reads(row)]) for row, o in enumerate(self._outcomes)])
+            values = torch.stack(
+                [o.target.scalar(logits[row, self.reads(row)]) for row, o in enumerate(self._outcomes)]
+            )
         check_finite(values.detach())
         return values
 
@@ -170,14 +174,23 @@ class CausalLM(Task):
             segments = list(item.segments)
             if r.answer_ids:
                 segments = (segments or [("prompt", 0, len(item.ids))]) + [("answer", len(item.ids), len(seq))]
-            out.append(Explanation(
-                tokens=raw, display=display, scores=relevance["tokens"][row, span], target=r.label,
-                value=float(outcome.value.detach()), method=method.name, model=model_name(self.model), token_ids=list(seq),
-                special=special, target_id=r.token_id,
-                logit=float(last[r.token_id]) if r.token_id is not None else None,
-                prob=float(torch.softmax(last, -1)[r.token_id]) if r.token_id is not None else None,
-                segments=segments,
-            ))
+            out.append(
+                Explanation(
+                    tokens=raw,
+                    display=display,
+                    scores=relevance["tokens"][row, span],
+                    target=r.label,
+                    value=float(outcome.value.detach()),
+                    method=method.name,
+                    model=model_name(self.model),
+                    token_ids=list(seq),
+                    special=special,
+                    target_id=r.token_id,
+                    logit=float(last[r.token_id]) if r.token_id is not None else None,
+                    prob=float(torch.softmax(last, -1)[r.token_id]) if r.token_id is not None else None,
+                    segments=segments,
+                )
+            )
         return out
 
 

@@ -59,8 +59,9 @@ def _head_input(model: nn.Module) -> Iterator[_HeadInput]:
         handle.remove()
 
 
-def _explain_rows(matrix: np.ndarray, rows: range, first: int, values: Tensor, hidden: Tensor | None,
-                  embeddings: list[Tensor]) -> None:
+def _explain_rows(
+    matrix: np.ndarray, rows: range, first: int, values: Tensor, hidden: Tensor | None, embeddings: list[Tensor]
+) -> None:
     """Fill ``matrix[rows]``: one batched backward from the values of generated tokens ``rows`` (of a segment that
     starts at ``first``) to the input embeddings of every segment up to it."""
     seeds_at = torch.arange(len(rows), device=values.device)
@@ -83,8 +84,9 @@ def _explain_rows(matrix: np.ndarray, rows: range, first: int, values: Tensor, h
     matrix[rows.start : rows.stop, : block.shape[1]] = block.detach().float().cpu().numpy()
 
 
-def _shared_forward(model: nn.Module, method: LRPMethod, sequence: Tensor, n_prompt: int, backward_batch: int
-                    ) -> tuple[np.ndarray, list[float], list[float]]:
+def _shared_forward(
+    model: nn.Module, method: LRPMethod, sequence: Tensor, n_prompt: int, backward_batch: int
+) -> tuple[np.ndarray, list[float], list[float]]:
     """The matrix, values and probabilities of an LRP method, from one forward pass shared by every token."""
     n_new = sequence.shape[0] - n_prompt
     matrix = np.zeros((n_new, sequence.shape[0]), dtype=np.float32)
@@ -106,7 +108,7 @@ def _shared_forward(model: nn.Module, method: LRPMethod, sequence: Tensor, n_pro
             if cached:
                 kwargs["past_key_values"] = out.past_key_values
             embeddings.append(binding.embeddings)
-            logits, picked = out.logits[0, -(last - first):], chosen[first:last].unsqueeze(1)
+            logits, picked = out.logits[0, -(last - first) :], chosen[first:last].unsqueeze(1)
             seg_values = logits.gather(1, picked)[:, 0]
             check_finite(seg_values.detach())
             values += seg_values.detach().float().tolist()
@@ -117,8 +119,9 @@ def _shared_forward(model: nn.Module, method: LRPMethod, sequence: Tensor, n_pro
     return matrix, values, probs
 
 
-def _per_step(model: nn.Module, tokenizer, method: Method, sequence: Tensor, n_prompt: int, batch_size: int
-              ) -> tuple[np.ndarray, list[float], list[float]]:
+def _per_step(
+    model: nn.Module, tokenizer, method: Method, sequence: Tensor, n_prompt: int, batch_size: int
+) -> tuple[np.ndarray, list[float], list[float]]:
     """The matrix, values and probabilities of any method: each generated token as the next token of its prefix."""
     ids = sequence.tolist()
     task = CausalLM(model, tokenizer)
@@ -136,13 +139,22 @@ def _per_step(model: nn.Module, tokenizer, method: Method, sequence: Tensor, n_p
     return matrix, values, probs
 
 
-def explain_generation(model: nn.Module, tokenizer, prompt, method: Method, max_new_tokens: int = 32,
-                       backward_batch: int = 8, **generate_kwargs) -> GenerationExplanation:
+def explain_generation(
+    model: nn.Module,
+    tokenizer,
+    prompt,
+    method: Method,
+    max_new_tokens: int = 32,
+    backward_batch: int = 8,
+    **generate_kwargs,
+) -> GenerationExplanation:
     """Generate (greedy by default), then explain every generated token with ``method`` (see
     ``attnlrp.explain_generation``)."""
     if isinstance(method, LRPMethod) and method.gradient_checkpointing:
-        raise MethodError("explain_generation keeps one forward pass over a key-value cache, which gradient "
-                          "checkpointing can't keep; leave gradient_checkpointing off (backward_batch sets the memory).")
+        raise MethodError(
+            "explain_generation keeps one forward pass over a key-value cache, which gradient "
+            "checkpointing can't keep; leave gradient_checkpointing off (backward_batch sets the memory)."
+        )
     task = CausalLM(model, tokenizer)
     items, single = task.encode(prompt)
     if not single:
@@ -154,8 +166,9 @@ def explain_generation(model: nn.Module, tokenizer, prompt, method: Method, max_
     if tokenizer.pad_token_id is not None:
         generate_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
     with torch.no_grad():
-        sequence = model.generate(prompt_ids, attention_mask=torch.ones_like(prompt_ids),
-                                  max_new_tokens=max_new_tokens, **generate_kwargs)[0]
+        sequence = model.generate(
+            prompt_ids, attention_mask=torch.ones_like(prompt_ids), max_new_tokens=max_new_tokens, **generate_kwargs
+        )[0]
     n_prompt = len(item.ids)
     if sequence.shape[0] == n_prompt:
         raise InputError("The model generated no token (it stopped at once); nothing to explain.")
@@ -166,6 +179,14 @@ def explain_generation(model: nn.Module, tokenizer, prompt, method: Method, max_
     ids = sequence.tolist()
     raw, display, special = display_tokens(tokenizer, ids)
     return GenerationExplanation(
-        tokens=raw, display=display, matrix=matrix, prompt_length=n_prompt, values=values,
-        method=method.name, model=model_name(model), token_ids=ids, special=special, probs=probs,
+        tokens=raw,
+        display=display,
+        matrix=matrix,
+        prompt_length=n_prompt,
+        values=values,
+        method=method.name,
+        model=model_name(model),
+        token_ids=ids,
+        special=special,
+        probs=probs,
     )

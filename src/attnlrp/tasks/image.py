@@ -78,7 +78,9 @@ def _label(model: nn.Module, index: int) -> str:
     return str(labels.get(index, index))
 
 
-def _resolve(model: nn.Module, target: ImageTarget, vector: Tensor) -> tuple[Callable[[Tensor], Tensor], str, int | None]:
+def _resolve(
+    model: nn.Module, target: ImageTarget, vector: Tensor
+) -> tuple[Callable[[Tensor], Tensor], str, int | None]:
     """(the explained scalar as a function of one image's output vector, its label, its class index)."""
     if target is None or isinstance(target, (int, str)):
         index = int(vector.detach().argmax()) if target is None else target
@@ -152,7 +154,7 @@ class ImageClassification(Task):
         self.processor = processor
 
     def encode(self, images: Any) -> tuple[list[Tensor], bool]:
-        single = isinstance(images, Tensor) and images.dim() == 3 or not isinstance(images, (Tensor, list, tuple))
+        single = (isinstance(images, Tensor) and images.dim() == 3) or not isinstance(images, (Tensor, list, tuple))
         param = next(self.model.parameters())
         pixels = _pixels(images, self.processor).to(param.device, param.dtype)
         return list(pixels), single
@@ -169,8 +171,14 @@ class ImageClassification(Task):
         patch = getattr(getattr(self.model, "config", None), "patch_size", None)
         return [
             ImageExplanation(
-                scores=relevance["pixels"][row], target=o.label, value=o.value, method=method.name,
-                model=model_name(self.model), target_index=o.index, image=drawn[row], rules=rules,
+                scores=relevance["pixels"][row],
+                target=o.label,
+                value=o.value,
+                method=method.name,
+                model=model_name(self.model),
+                target_index=o.index,
+                image=drawn[row],
+                rules=rules,
                 patch_size=patch if isinstance(patch, int) else None,
             )
             for row, o in enumerate(batch.outcomes)

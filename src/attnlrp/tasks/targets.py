@@ -79,10 +79,15 @@ class Contrast(Target):
     def resolve(self, tokenizer, top_id: int | None = None) -> Resolved:
         tid = top_id if self.token is None else token_id(tokenizer, self.token)
         if self.against == "mean":
-            return Resolved(f"{_label(tokenizer, tid)} vs mean", tid, (), lambda l: l[-1, tid] - l[-1].mean())
+            return Resolved(
+                f"{_label(tokenizer, tid)} vs mean", tid, (), lambda logits: logits[-1, tid] - logits[-1].mean()
+            )
         other = token_id(tokenizer, self.against)
         return Resolved(
-            f"{_label(tokenizer, tid)} vs {_label(tokenizer, other)}", tid, (), lambda l: l[-1, tid] - l[-1, other]
+            f"{_label(tokenizer, tid)} vs {_label(tokenizer, other)}",
+            tid,
+            (),
+            lambda logits: logits[-1, tid] - logits[-1, other],
         )
 
 
@@ -97,8 +102,12 @@ class LogProb(Target):
         tid = top_id if self.token is None else token_id(tokenizer, self.token)
         # at least float32 for the softmax (fp16/bf16 overflow), never below the logits' own precision
         return Resolved(
-            f"log p({_label(tokenizer, tid)})", tid, (),
-            lambda l: torch.log_softmax(l[-1].to(torch.promote_types(l.dtype, torch.float32)), dim=-1)[tid],
+            f"log p({_label(tokenizer, tid)})",
+            tid,
+            (),
+            lambda logits: torch.log_softmax(logits[-1].to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)[
+                tid
+            ],
         )
 
 
@@ -111,7 +120,8 @@ class Answer(Target):
     def resolve(self, tokenizer, top_id: int | None = None) -> Resolved:
         ids = (
             tuple(tokenizer.encode(self.answer, add_special_tokens=False))
-            if isinstance(self.answer, str) else tuple(int(i) for i in self.answer)
+            if isinstance(self.answer, str)
+            else tuple(int(i) for i in self.answer)
         )
         if not ids:
             raise TargetError(f"Answer {self.answer!r} encodes to no token; give a non-empty answer.")

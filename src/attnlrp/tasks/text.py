@@ -78,8 +78,11 @@ def encode_all(tokenizer, inputs) -> tuple[list[Item], bool]:
     """The prompts as items, and whether a single prompt (not a list) was given."""
     if isinstance(inputs, Tensor) and inputs.dim() == 2:
         return [encode(tokenizer, row) for row in inputs], False
-    if isinstance(inputs, (list, tuple)) and inputs and not is_chat(inputs) and not all(
-        isinstance(i, int) for i in inputs
+    if (
+        isinstance(inputs, (list, tuple))
+        and inputs
+        and not is_chat(inputs)
+        and not all(isinstance(i, int) for i in inputs)
     ):
         return [encode(tokenizer, p) for p in inputs], False
     return [encode(tokenizer, inputs)], True
@@ -110,6 +113,8 @@ def display_tokens(tokenizer, ids: list[int]) -> tuple[list[str], list[str], lis
     """(raw tokens, display strings, which are special tokens) for token ids."""
     raw = tokenizer.convert_ids_to_tokens(ids)
     specials = frozenset(getattr(tokenizer, "all_special_tokens", []))
-    vocab_sample = raw if len(raw) > 40 else raw + tokenizer.convert_ids_to_tokens(list(range(min(len(tokenizer), 500))))
+    vocab_sample = (
+        raw if len(raw) > 40 else raw + tokenizer.convert_ids_to_tokens(list(range(min(len(tokenizer), 500))))
+    )
     display = clean_tokens(raw, specials, scheme=scheme_of(vocab_sample))
     return raw, display, [t in specials for t in raw]

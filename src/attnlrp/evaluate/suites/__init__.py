@@ -24,8 +24,9 @@ def _retargeted(suite: str, seed: int, against: str | None) -> Iterator[Item]:
     return (replace(item, against=against, group=suite) for item in _GENERATORS[suite](seed))
 
 
-def candidates(suite: str, tokenizer, seed: int = 0, lengths: Sequence[int] = needle.LENGTHS,
-               centered: bool = True) -> Iterator[Item]:
+def candidates(
+    suite: str, tokenizer, seed: int = 0, lengths: Sequence[int] = needle.LENGTHS, centered: bool = True
+) -> Iterator[Item]:
     """The suite's candidate items, in a fixed order for a given seed.
 
     ``perturbation`` interleaves facts and IOI prompts, grouped by source; it explains the answer's logit
@@ -72,8 +73,15 @@ def _distinct(stream: Iterator[Item]) -> Iterator[Item]:
             yield item
 
 
-def kept_items(model, tokenizer, suite: str, limit: int, seed: int = 0, lengths: Sequence[int] = needle.LENGTHS,
-               centered: bool = True) -> tuple[list[Item], int]:
+def kept_items(
+    model,
+    tokenizer,
+    suite: str,
+    limit: int,
+    seed: int = 0,
+    lengths: Sequence[int] = needle.LENGTHS,
+    centered: bool = True,
+) -> tuple[list[Item], int]:
     """The first ``limit`` distinct candidates the model gets right, and how many candidates were tried."""
     kept: list[Item] = []
     tried = 0
@@ -87,4 +95,4 @@ def kept_items(model, tokenizer, suite: str, limit: int, seed: int = 0, lengths:
     return kept, tried
 
 
-__all__ = ["Item", "SUITES", "candidates", "kept_items"]
+__all__ = ["SUITES", "Item", "candidates", "kept_items"]

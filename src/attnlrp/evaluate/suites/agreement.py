@@ -12,12 +12,16 @@ from collections.abc import Iterator
 from .item import Item
 
 #: singular/plural pairs
-SUBJECTS = ("key/keys book/books dog/dogs teacher/teachers car/cars picture/pictures letter/letters "
-            "student/students door/doors bottle/bottles song/songs chair/chairs window/windows doctor/doctors "
-            "flower/flowers computer/computers house/houses lamp/lamps player/players box/boxes").split()
-ATTRACTORS = ("cabinet/cabinets table/tables garden/gardens boy/boys girl/girls building/buildings "
-              "kitchen/kitchens river/rivers office/offices street/streets village/villages farmer/farmers "
-              "painting/paintings museum/museums city/cities").split()
+SUBJECTS = (
+    "key/keys book/books dog/dogs teacher/teachers car/cars picture/pictures letter/letters "
+    "student/students door/doors bottle/bottles song/songs chair/chairs window/windows doctor/doctors "
+    "flower/flowers computer/computers house/houses lamp/lamps player/players box/boxes"
+).split()
+ATTRACTORS = (
+    "cabinet/cabinets table/tables garden/gardens boy/boys girl/girls building/buildings "
+    "kitchen/kitchens river/rivers office/offices street/streets village/villages farmer/farmers "
+    "painting/paintings museum/museums city/cities"
+).split()
 PREPOSITIONS = ("near", "behind", "next to", "beside", "of", "for", "in front of", "from")
 ADJECTIVES = ("", "old ", "new ", "small ", "big ", "red ", "quiet ", "famous ")
 
@@ -32,5 +36,12 @@ def candidates(seed: int = 0) -> Iterator[Item]:
         prompt = f"The {subject} {rng.choice(PREPOSITIONS)} the {rng.choice(ADJECTIVES)}{attractor}"
         start = len("The ")
         verb, wrong = (" are", " is") if plural else (" is", " are")
-        yield Item(f"agreement:{n}", prompt, verb, ((start, start + len(subject)),), against=wrong, top1=False,
-                   group="plural subject" if plural else "singular subject")
+        yield Item(
+            f"agreement:{n}",
+            prompt,
+            verb,
+            ((start, start + len(subject)),),
+            against=wrong,
+            top1=False,
+            group="plural subject" if plural else "singular subject",
+        )

@@ -12,8 +12,10 @@ from collections.abc import Iterator
 
 from .item import Item
 
-NAMES = ("Mary John Alice Bob Sarah James Emma Michael Anna David Laura Daniel Kate Peter Lisa Paul Rachel Mark Linda "
-         "Tom Susan Steve Karen Chris Jessica Kevin Amy Brian Emily Jason").split()
+NAMES = (
+    "Mary John Alice Bob Sarah James Emma Michael Anna David Laura Daniel Kate Peter Lisa Paul Rachel Mark Linda "
+    "Tom Susan Steve Karen Chris Jessica Kevin Amy Brian Emily Jason"
+).split()
 PLACES = "store park school office beach restaurant library hospital station market garden museum".split()
 OBJECTS = "drink book ring bag letter key gift ball pen flower snack card".split()
 TEMPLATES = (

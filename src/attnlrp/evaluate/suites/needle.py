@@ -9,22 +9,28 @@ from collections.abc import Iterator, Sequence
 from .item import Item
 
 LENGTHS = (128, 256, 512, 1024, 2048)
-NAMES = ("Olivia Liam Emma Noah Ava Elijah Sophia James Isabella Lucas Mia Mason Amelia Ethan Harper Logan Evelyn "
-         "Oliver Abigail Jacob Emily Michael Ella Daniel Henry Sofia Jackson Avery Sebastian Scarlett Victoria "
-         "Matthew Samuel Grace Joseph Chloe Owen Layla Riley Nora Luke Lily Hannah Isaac Gabriel Julian Stella "
-         "Anthony Leah Lincoln Hazel Andrew Caleb Ryan Asher Claire Nathan Thomas Lucy Charles Anna").split()
-WORDS = ("apple river candle garden mirror pencil rocket castle forest island ladder window button carpet dragon "
-         "engine feather guitar hammer jacket lemon marble orange pepper rabbit tiger violin wallet anchor basket "
-         "dolphin eagle harbor jungle lantern meadow parrot ribbon silver tunnel umbrella velvet bridge cherry "
-         "desert fountain helmet jewel mango olive panda puzzle rainbow tomato volcano crystal blanket compass "
-         "diamond elephant honey magnet pillow robot spider trumpet").split()
+NAMES = (
+    "Olivia Liam Emma Noah Ava Elijah Sophia James Isabella Lucas Mia Mason Amelia Ethan Harper Logan Evelyn "
+    "Oliver Abigail Jacob Emily Michael Ella Daniel Henry Sofia Jackson Avery Sebastian Scarlett Victoria "
+    "Matthew Samuel Grace Joseph Chloe Owen Layla Riley Nora Luke Lily Hannah Isaac Gabriel Julian Stella "
+    "Anthony Leah Lincoln Hazel Andrew Caleb Ryan Asher Claire Nathan Thomas Lucy Charles Anna"
+).split()
+WORDS = (
+    "apple river candle garden mirror pencil rocket castle forest island ladder window button carpet dragon "
+    "engine feather guitar hammer jacket lemon marble orange pepper rabbit tiger violin wallet anchor basket "
+    "dolphin eagle harbor jungle lantern meadow parrot ribbon silver tunnel umbrella velvet bridge cherry "
+    "desert fountain helmet jewel mango olive panda puzzle rainbow tomato volcano crystal blanket compass "
+    "diamond elephant honey magnet pillow robot spider trumpet"
+).split()
 _NOUNS = "weather market village teacher river morning painter garden road station letter kitchen".split()
 _ADJECTIVES = "quiet busy cold warm old new bright small large green".split()
 
 
 def _filler(rng: random.Random) -> str:
-    return (f"The {rng.choice(_NOUNS)} was {rng.choice(_ADJECTIVES)} and the {rng.choice(_NOUNS)} was "
-            f"{rng.choice(_ADJECTIVES)}.")
+    return (
+        f"The {rng.choice(_NOUNS)} was {rng.choice(_ADJECTIVES)} and the {rng.choice(_NOUNS)} was "
+        f"{rng.choice(_ADJECTIVES)}."
+    )
 
 
 def haystack(tokenizer, length: int, rng: random.Random) -> tuple[str, str, tuple[int, int]]:
