@@ -23,6 +23,7 @@ from .frontends import explain, explain_generation, explain_image
 from .loading import load_model
 from .methods import available_methods
 from .results import Explanation, GenerationExplanation, ImageExplanation, save_html, save_image_grid
+from .tasks import Direction, TokenLabel
 from .tasks.targets import Answer, Contrast, Custom, LogProb, Token
 
 __version__ = "0.1.0"
@@ -36,6 +37,7 @@ __all__ = [
     "BindingError",
     "Contrast",
     "Custom",
+    "Direction",
     "Epsilon",
     "Explanation",
     "Gamma",
@@ -49,6 +51,7 @@ __all__ = [
     "ResultFileError",
     "TargetError",
     "Token",
+    "TokenLabel",
     "UnruledOpError",
     "UnruledOpWarning",
     "ZPlus",

@@ -8,13 +8,12 @@ from typing import Any
 from torch import nn
 
 from .engine.layer_map import LayerRules
+from .errors import InputError
 from .methods import Method, get_method
 from .methods.batch import plan
 from .results import Explanation, GenerationExplanation, ImageExplanation
-from .tasks import generation
-from .tasks.base import Task
-from .tasks.causal_lm import CausalLM
-from .tasks.image import ImageClassification, ImageTarget
+from .tasks import TASKS, ImageClassification, Task, generation, task_for
+from .tasks.image import ImageTarget
 
 
 def run(task: Task, method: Method, items: Sequence[Any], targets: Sequence[Any], batch_size: int) -> list[Any]:
@@ -27,6 +26,21 @@ def run(task: Task, method: Method, items: Sequence[Any], targets: Sequence[Any]
     return results
 
 
+def make_task(model: nn.Module, tokenizer, task: str | None = None, **options: Any) -> Task:
+    """The task adapter for ``model`` (the one named by ``task``, else the one its class and config say), built
+    with the options given (None means not given); an option the task doesn't take is an InputError."""
+    cls = task_for(model, task)
+    given = {key: value for key, value in options.items() if value is not None}
+    for key in given:
+        if key not in cls.options:
+            takers = [name for name, other in TASKS.items() if key in other.options]
+            raise InputError(
+                f"{key}= was given, but {type(model).__name__} is explained as the {cls.name!r} task, which takes "
+                f"no {key}: leave it out" + (f" (it is for the {', '.join(map(repr, takers))} tasks)." if takers else ".")
+            )
+    return cls(model, tokenizer, **given)
+
+
 def explain(
     model: nn.Module,
     tokenizer,
@@ -34,21 +48,34 @@ def explain(
     target=None,
     method: str | Method = "attnlrp",
     batch_size: int = 8,
-    padding_side: str = "right",
+    padding_side: str | None = None,
     gradient_checkpointing: bool = False,
+    *,
+    task: str | None = None,
+    pair: Any = None,
+    pooling: str | None = None,
+    similarity: str | None = None,
 ) -> Explanation | list[Explanation]:
-    """Explain a prediction of a causal LM: relevance of each input token.
+    """Explain a model's prediction: the relevance of each input token.
+
+    The task comes from the model (``task=`` names one): a causal LM's next token or answer, a classifier's
+    label (of a text, a text pair or one token), or the similarity of two texts' embeddings.
 
     inputs: text, token ids, chat messages, or a list of these (explained in batches; returns a list).
-    target: None (the top next token), a token string or id, attnlrp.Answer / Contrast / LogProb,
-    a callable on the logits [T, V] of one sequence, or a list with one target per prompt.
+    target: causal LMs: None (the top next token), a token string or id, attnlrp.Answer / Contrast / LogProb, a
+    callable on the logits [T, V] of one sequence; classifiers: None (the predicted label), a label name or
+    id, attnlrp.Contrast / LogProb over labels, attnlrp.TokenLabel(position_or_word) for token classifiers;
+    similarity: None, or attnlrp.Direction(vector). A list gives one target per input.
     method: any name of ``attnlrp.available_methods()`` ("attnlrp", "cp-lrp", "gradient", "input_x_gradient",
     "integrated_gradients", "attention", "attention_rollout", "occlusion", "random") or a configured method
     (``attnlrp.methods.IntegratedGradients(steps=64)``). gradient_checkpointing: for the LRP methods, HF
-    gradient checkpointing during the pass (same relevance, less memory).
+    gradient checkpointing during the pass (same relevance, less memory). padding_side: causal LMs, "right"
+    (default) or "left". pair: classifiers and similarity, the second text (or one per input). pooling
+    ("mean" or "cls") and similarity ("cosine" or "dot"): sentence similarity.
     """
     method = get_method(method, **({"gradient_checkpointing": True} if gradient_checkpointing else {}))
-    task = CausalLM(model, tokenizer, padding_side)
+    task = make_task(model, tokenizer, task, padding_side=padding_side, pair=pair, pooling=pooling,
+                     similarity=similarity)
     items, single = task.encode(inputs)
     results = run(task, method, items, task.targets(target, len(items)), batch_size)
     return results[0] if single else results

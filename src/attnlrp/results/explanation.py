@@ -14,7 +14,13 @@ from .tokens import group_words
 
 @dataclass(eq=False, repr=False)  # equality and repr come from Result
 class Explanation(Result):
-    """Relevance of each input token (or word) for one explained scalar."""
+    """Relevance of each input token (or word) for one explained scalar.
+
+    ``target`` names what is explained (a token, an answer, a label) and ``value`` is its value y, so that
+    ``total`` (Σ relevance) can be compared with it. ``segments`` name parts of the input (chat messages, prompt
+    and answer, the two texts of a pair). Classifiers add ``label_probs`` (the probability of every label);
+    token classification adds ``position`` (the token whose label is explained).
+    """
 
     tokens: list[str]
     display: list[str]
@@ -30,6 +36,8 @@ class Explanation(Result):
     prob: float | None = None
     segments: list[tuple[str, int, int]] = field(default_factory=list)
     unit: str = "token"
+    label_probs: dict[str, float] = field(default_factory=dict)
+    position: int | None = None
 
     kind = "explanation"
 
@@ -71,6 +79,7 @@ class Explanation(Result):
             special=special,
             token_ids=[],
             segments=segments,
+            position=int(np.searchsorted(firsts, self.position, side="right") - 1) if self.position is not None else None,
             unit="word",
         )
 

@@ -36,14 +36,33 @@ def model_name(model: nn.Module) -> str:
     )
 
 
+#: Every task adapter by name, in the order ``task_for`` tries them.
+TASKS: dict[str, type[Task]] = {}
+
+
 class Task:
     """A task adapter: turns a model's inputs into Batches and relevance into results.
 
-    Subclasses implement ``encode`` (user inputs -> items, and whether one was given alone), ``prepare``
-    (items and targets -> Batch) and ``results`` (Batch and relevance -> one result per item).
+    Subclasses set ``name`` (they register under it) and ``description``, and implement ``accepts`` (whether a
+    model does this job, from its class and config), ``encode`` (user inputs -> items, and whether one was
+    given alone), ``targets`` (the target argument -> one checked target per item), ``prepare`` (items and
+    targets -> Batch) and ``results`` (Batch and relevance -> one result per item).
     """
 
     name: ClassVar[str]
+    description: ClassVar[str]
+    #: The keyword options the adapter takes (``explain(..., pair=...)``); others are an error.
+    options: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            TASKS[cls.name] = cls
+
+    @classmethod
+    def accepts(cls, model: nn.Module) -> bool:
+        """Whether ``model`` does this task (``task_for`` asks each adapter in turn)."""
+        return False
 
     def __init__(self, model: nn.Module):
         if not isinstance(model, nn.Module):
@@ -53,6 +72,9 @@ class Task:
         self.model = model
 
     def encode(self, inputs: Any) -> tuple[list[Any], bool]:
+        raise NotImplementedError
+
+    def targets(self, target: Any, count: int) -> list[Any]:
         raise NotImplementedError
 
     def prepare(self, items: Sequence[Any], targets: Sequence[Any]) -> Batch:
@@ -72,3 +94,22 @@ def one_per_item(target: Any, count: int, what: str = "prompts") -> list[Any]:
     if len(targets) != count:
         raise InputError(f"{len(targets)} targets were given for {count} {what}; give one each, or one for all.")
     return targets
+
+
+def task_for(model: nn.Module, name: str | None = None) -> type[Task]:
+    """The task adapter for ``model``: the one named (``"sequence-classification"``, ...), else the first that
+    accepts the model."""
+    if name is not None:
+        key = str(name).lower().replace("_", "-")
+        if key not in TASKS:
+            raise InputError(f"Unknown task {name!r}: choose one of {', '.join(map(repr, TASKS))}.")
+        return TASKS[key]
+    found = next((cls for cls in TASKS.values() if cls.accepts(model)), None)
+    if found is None:
+        listing = "; ".join(f"{cls.name!r}: {cls.description}" for cls in TASKS.values())
+        raise InputError(
+            f"Can't tell which task {type(model).__name__} does, so attnlrp doesn't know how to read a target from "
+            f"it. The task adapters are: {listing}. Pick one with task=..., or explain it with attnlrp.lrp(model) "
+            "directly."
+        )
+    return found

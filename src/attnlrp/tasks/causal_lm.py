@@ -9,45 +9,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..engine.inputs import InputTap, input_embeddings
+from ..engine.inputs import input_embeddings
 from ..errors import InputError
 from ..methods import Method
-from ..methods.batch import Batch
 from ..results import Explanation
-from .base import Task, check_finite, model_name, one_per_item
+from .base import Task, model_name, one_per_item
 from .targets import Answer, Custom, Resolved, Target, as_target
 from .text import Item, check_length, display_tokens, encode_all
-
-
-def pad(sequences: Sequence[Sequence[int]], pad_id: int, left: bool) -> tuple[Tensor, Tensor]:
-    """Token ids [B, width] padded with ``pad_id`` on the left or right, and the attention mask."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        span = slice(width - len(seq), width) if left else slice(0, len(seq))
-        ids[row, span] = torch.tensor(list(seq))
-        mask[row, span] = 1
-    return ids, mask
-
-
-def input_device(model: nn.Module) -> torch.device:
-    """Where the model's inputs go: the device of its input embeddings (with a device map, the first one)."""
-    embeddings = input_embeddings(model)
-    param = next(iter(embeddings.parameters()), None) if embeddings is not None else None
-    param = param if param is not None else next(model.parameters())
-    return param.device
-
-
-def forward_kwargs(model: nn.Module, ids: Tensor, mask: Tensor, left: bool) -> dict:
-    """The forward's arguments for padded ids: the mask, positions that skip left padding, and no cache."""
-    parameters = inspect.signature(model.forward).parameters
-    kwargs = {"input_ids": ids, "attention_mask": mask}
-    if left and "position_ids" in parameters:
-        kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
-    if "use_cache" in parameters:
-        kwargs["use_cache"] = False
-    return kwargs
+from .token_batch import TokenBatch
 
 
 @dataclass
@@ -55,81 +24,49 @@ class Outcome:
     """What one row's forward gave: the resolved target, its value y and the last logit row it reads."""
 
     target: Resolved
-    value: Tensor
+    value: float
     last: Tensor
 
 
-class CausalLMBatch(Batch):
+class CausalLMBatch(TokenBatch):
     """Padded prompts (with their answers) of a causal LM; the targets read chosen rows of the logits."""
 
     def __init__(self, model: nn.Module, tokenizer, items: list[Item], targets: list[Target], padding_side: str):
-        self.tokenizer = tokenizer
         self.items = items
         self.targets = targets
         self.answers = [t.resolve(tokenizer) if isinstance(t, Answer) else None for t in targets]
-        self.sequences = [item.ids + list(a.answer_ids if a else ()) for item, a in zip(items, self.answers)]
-        for seq in self.sequences:
+        sequences = [item.ids + list(a.answer_ids if a else ()) for item, a in zip(items, self.answers)]
+        for seq in sequences:
             check_length(model, tokenizer, len(seq))
+        width = max(len(s) for s in sequences)
         left = padding_side == "left"
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-        ids, mask = pad(self.sequences, pad_id, left)
-        device = input_device(model)
-        ids, mask = ids.to(device), mask.to(device)
-        width = ids.shape[1]
-        spans = [slice(width - len(seq), width) if left else slice(0, len(seq)) for seq in self.sequences]
+        spans = [slice(width - len(seq), width) if left else slice(0, len(seq)) for seq in sequences]
+        query = [span.stop - (len(a.answer_ids) if a else 0) - 1 for span, a in zip(spans, self.answers)]
+        super().__init__(model, tokenizer, sequences, left=left, query=query)
         # Only the logit rows the targets read: the last one, an answer's rows, or all for a custom target.
         self.needed = [
             len(seq) if isinstance(t, Custom) else len(a.answer_ids) + 1 if a else 1
-            for seq, t, a in zip(self.sequences, targets, self.answers)
+            for seq, t, a in zip(sequences, targets, self.answers)
         ]
         rows = sorted({p for span, n in zip(spans, self.needed) for p in range(span.stop - n, span.stop)})
-        kwargs = forward_kwargs(model, ids, mask, left)
         if len(rows) < width and "logits_to_keep" in inspect.signature(model.forward).parameters:
-            kwargs["logits_to_keep"] = torch.tensor(rows, device=device)
+            self.shared["logits_to_keep"] = torch.tensor(rows, device=self.device)
         else:
             rows = list(range(width))
         self.where = {p: i for i, p in enumerate(rows)}  # position -> row among the kept logits
-        self.row_inputs = {k: kwargs[k] for k in ("input_ids", "attention_mask", "position_ids") if k in kwargs}
-        self.shared = {k: kwargs[k] for k in ("use_cache", "logits_to_keep") if k in kwargs}
-        self.site = input_embeddings(model)
-        with torch.no_grad():
-            embeds = self.site(ids)
-        query = [span.stop - (len(a.answer_ids) if a else 0) - 1 for span, a in zip(spans, self.answers)]
-        super().__init__(model, {"tokens": embeds}, {"tokens": spans}, {"tokens": ids}, query)
 
     def reads(self, row: int) -> list[int]:
         """The kept-logit rows that prompt ``row``'s target reads."""
         span = self.spans["tokens"][row]
         return [self.where[p] for p in range(span.stop - self.needed[row], span.stop)]
 
-    def logits(self, inputs: dict[str, Tensor], rows: Sequence[int]) -> Tensor:
-        """The kept logits [M, kept, V] of stacked input variants of ``rows``."""
-        index = torch.as_tensor(list(rows), device=self.device)
-        extra = {name: value[index] for name, value in self.row_inputs.items()}
-        with InputTap(self.model, {"tokens": self.site}) as tap:
-            tap.replace = dict(inputs)
-            return self.model(**extra, **self.shared).logits
+    def resolve_row(self, output, row: int) -> Outcome:
+        own = output.logits[row, self.reads(row)]
+        resolved = self.answers[row] or self.targets[row].resolve(self.tokenizer, int(own[-1].detach().argmax()))
+        return Outcome(resolved, float(resolved.scalar(own).detach()), own[-1].detach().float())
 
-    def values(self, inputs: dict[str, Tensor], rows: Sequence[int]) -> Tensor:
-        logits = self.logits(inputs, rows)
-        scalars = [self.outcomes[r].target.scalar for r in rows]
-        return torch.stack([scalar(logits[m, self.reads(r)]) for m, (r, scalar) in enumerate(zip(rows, scalars))])
-
-    def evaluate(self, inputs: dict[str, Tensor]) -> Tensor:
-        logits = self.logits(inputs, range(len(self)))
-        if self._outcomes is None:
-            self._outcomes = []
-            for row, (t, a) in enumerate(zip(self.targets, self.answers)):
-                own = logits[row, self.reads(row)]
-                resolved = a or t.resolve(self.tokenizer, int(own[-1].detach().argmax()))
-                self._outcomes.append(Outcome(resolved, resolved.scalar(own), own[-1].detach().float()))
-            values = torch.stack([o.value for o in self._outcomes])
-        else:
-            values = torch.stack(
-                [o.target.scalar(logits[row, self.reads(row)]) for row, o in enumerate(self._outcomes)]
-            )
-        check_finite(values.detach())
-        return values
+    def read(self, output, m: int, row: int) -> Tensor:
+        return self._outcomes[row].target.scalar(output.logits[m, self.reads(row)])
 
 
 class CausalLM(Task):
@@ -139,8 +76,19 @@ class CausalLM(Task):
     """
 
     name = "causal-lm"
+    description = "the next token or an answer of a decoder-only LM (…ForCausalLM, …LMHeadModel)"
+    options = ("padding_side",)
 
-    def __init__(self, model: nn.Module, tokenizer, padding_side: str = "right"):
+    @classmethod
+    def accepts(cls, model: nn.Module) -> bool:
+        if not hasattr(model, "config"):  # a plain torch module: explained as a language model, as it always was
+            return True
+        return type(model).__name__.endswith(("ForCausalLM", "LMHeadModel")) and not getattr(
+            model.config, "is_encoder_decoder", False
+        )
+
+    def __init__(self, model: nn.Module, tokenizer, padding_side: str | None = None):
+        padding_side = padding_side or "right"
         super().__init__(model)
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}.")
@@ -180,7 +128,7 @@ class CausalLM(Task):
                     display=display,
                     scores=relevance["tokens"][row, span],
                     target=r.label,
-                    value=float(outcome.value.detach()),
+                    value=outcome.value,
                     method=method.name,
                     model=model_name(self.model),
                     token_ids=list(seq),

@@ -20,8 +20,9 @@ from ..errors import InputError, MethodError
 from ..methods import LRPMethod, Method
 from ..results import GenerationExplanation
 from .base import check_finite, model_name
-from .causal_lm import CausalLM, input_device
+from .causal_lm import CausalLM
 from .text import check_length, display_tokens
+from .token_batch import input_device
 
 
 class _HeadInput:

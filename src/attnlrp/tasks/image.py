@@ -148,6 +148,14 @@ class ImageClassification(Task):
     """An image model's class (or output vector) over its pixels."""
 
     name = "image"
+    description = "an image model's class or output vector over its pixels (ViT, DeiT, CLIP's vision tower, ...)"
+    options = ()
+
+    @classmethod
+    def accepts(cls, model: nn.Module) -> bool:
+        return type(model).__name__.endswith(("ForImageClassification", "ForImageClassificationWithTeacher")) or (
+            type(model).__name__.startswith("CLIPVision")
+        )
 
     def __init__(self, model: nn.Module, processor: Any = None):
         super().__init__(model)

@@ -13,10 +13,13 @@ from ..results.tokens import clean_tokens, scheme_of
 
 @dataclass
 class Item:
-    """One encoded input: its token ids and named segments (name, start, end), e.g. one per chat message."""
+    """One encoded input: its token ids and named segments (name, start, end), e.g. one per chat message or the
+    two texts of a pair; where the tokenizer gives them, token type ids and each word with its first token."""
 
     ids: list[int]
     segments: list[tuple[str, int, int]] = field(default_factory=list)
+    type_ids: list[int] | None = None
+    words: list[tuple[str, int]] = field(default_factory=list)
 
 
 def is_chat(x) -> bool:

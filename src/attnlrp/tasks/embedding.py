@@ -1,0 +1,218 @@
+"""Sentence embeddings: the similarity of two texts, or one embedding's projection onto a direction.
+
+The pooling (mean over tokens, or the first token) is read from the model's sentence-transformers config
+(``1_Pooling/config.json``) where present. Under LRP the similarity follows the rules of ``rules.md``: the
+pooling is linear, the normalisation of a cosine holds the norms constant, and the dot product of the two
+input-dependent embeddings is a product of two factors, so each text gets half of it (uniform rule). Plain
+gradient methods see the similarity as it is.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..core import rules
+from ..engine import binding_of
+from ..engine.inputs import InputTap
+from ..errors import InputError, TargetError
+from ..methods import Method
+from ..results import Explanation
+from .base import Task, check_finite, model_name, one_per_item
+from .text import Item, check_length, display_tokens
+from .token_batch import TokenBatch, pad, pad_id_of
+
+POOLINGS = ("mean", "cls")
+SIMILARITIES = ("cosine", "dot")
+
+
+def pooling_of(model: nn.Module) -> str:
+    """The pooling a sentence-transformers model was trained with: ``1_Pooling/config.json`` beside its weights
+    (mean where the folder says nothing)."""
+    folder = Path(str(getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "")))
+    config = folder / "1_Pooling" / "config.json"
+    if config.is_file():
+        settings = json.loads(config.read_text(encoding="utf-8"))
+        if settings.get("pooling_mode_cls_token"):
+            return "cls"
+    return "mean"
+
+
+@dataclass(frozen=True)
+class Direction:
+    """Explain one text's embedding projected onto ``vector`` (its dot product with it), instead of a similarity."""
+
+    vector: Any
+    label: str = "projection"
+
+
+@dataclass
+class Outcome:
+    """One item's explained value and its label."""
+
+    label: str
+    value: float
+
+
+class SimilarityBatch(TokenBatch):
+    """Texts (kind ``tokens``) and their partners (kind ``pair``), run as one batch of 2B rows."""
+
+    token_kinds = frozenset({"tokens", "pair"})
+
+    def __init__(self, model: nn.Module, tokenizer, items: list[Item], partners: list[Item | None], targets: list,
+                 pooling: str, similarity: str):
+        self.items, self.partners, self.targets = items, partners, targets
+        self.pooling, self.similarity = pooling, similarity
+        paired = [p for p in partners if p is not None]
+        if paired and len(paired) != len(partners):
+            raise InputError("Give a pair for every text, or for none (then each target must be a Direction).")
+        super().__init__(model, tokenizer, [item.ids for item in items])
+        if paired:
+            ids, mask = pad([p.ids for p in paired], pad_id_of(tokenizer), False)
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            with torch.no_grad():
+                self.inputs["pair"] = self.site(ids)
+            self.spans["pair"] = [slice(0, len(p.ids)) for p in paired]
+            self.token_ids["pair"] = ids
+            self.pair_inputs = {"input_ids": ids, "attention_mask": mask}
+
+    def _embeddings(self, kind: str, inputs: dict[str, Tensor], rows: Sequence[int]) -> Tensor:
+        """The pooled embeddings [M, H] of one kind's stacked input variants of ``rows``."""
+        index = torch.as_tensor(list(rows), device=self.device)
+        source = self.row_inputs if kind == "tokens" else self.pair_inputs
+        extra = {name: value[index] for name, value in source.items()}
+        with InputTap(self.model, {kind: self.site}) as tap:
+            tap.replace = {kind: inputs[kind]}
+            hidden = self.model(**extra, **self.shared).last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = extra["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1)
+
+    def _score(self, row: int, a: Tensor, b: Tensor | None) -> Tensor:
+        target = self.targets[row]
+        if isinstance(target, Direction):
+            direction = torch.as_tensor(target.vector, dtype=a.dtype, device=a.device).reshape(-1)
+            if direction.shape != a.shape:
+                raise TargetError(f"A Direction must have the embedding's size {a.shape[-1]}, not {direction.numel()}.")
+            return a @ direction
+        if binding_of(self.model) is None:  # a plain gradient method: the similarity as it is
+            return torch.nn.functional.cosine_similarity(a, b, dim=-1) if self.similarity == "cosine" else a @ b
+        # bound to LRP rules: the norms are constants, and the two embeddings share the product (uniform rule)
+        if self.similarity == "cosine":
+            a, b = rules.normalize(a, dim=-1), rules.normalize(b, dim=-1)
+        a, b = rules.uniform(a, b)
+        return (a * b).sum(-1)
+
+    def values(self, inputs: dict[str, Tensor], rows: Sequence[int]) -> Tensor:
+        a = self._embeddings("tokens", inputs, rows)
+        b = self._embeddings("pair", inputs, rows) if "pair" in self.inputs else [None] * len(rows)
+        return torch.stack([self._score(r, a[m], b[m]) for m, r in enumerate(rows)])
+
+    def evaluate(self, inputs: dict[str, Tensor]) -> Tensor:
+        values = self.values(inputs, range(len(self)))
+        check_finite(values.detach())
+        if self._outcomes is None:
+            self._outcomes = [Outcome(self._label(t), float(v)) for t, v in zip(self.targets, values.detach())]
+        return values
+
+    def _label(self, target) -> str:
+        return target.label if isinstance(target, Direction) else f"{self.similarity} similarity"
+
+
+class SentenceSimilarity(Task):
+    """The similarity of two texts (cosine or dot product of their pooled embeddings), with relevance on both, or
+    one text's embedding projected onto a direction (``target=attnlrp.Direction(vector)``).
+
+    inputs: a text or texts; ``pair``: the other text, or one per text. pooling: "mean" or "cls" (default: the
+    model's sentence-transformers config, else mean); similarity: "cosine" (default) or "dot".
+    """
+
+    name = "sentence-similarity"
+    description = "similarity of two texts' embeddings (bare encoders such as BERT/MiniLM sentence models)"
+    options = ("pair", "pooling", "similarity")
+
+    def __init__(self, model: nn.Module, tokenizer, pair: Any = None, pooling: str | None = None,
+                 similarity: str = "cosine"):
+        super().__init__(model)
+        pooling = pooling or pooling_of(model)
+        if pooling not in POOLINGS:
+            raise InputError(f"pooling must be one of {', '.join(map(repr, POOLINGS))}, not {pooling!r}.")
+        if similarity not in SIMILARITIES:
+            raise InputError(f"similarity must be one of {', '.join(map(repr, SIMILARITIES))}, not {similarity!r}.")
+        self.tokenizer, self.pair, self.pooling, self.similarity = tokenizer, pair, pooling, similarity
+
+    @classmethod
+    def accepts(cls, model: nn.Module) -> bool:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+        config = getattr(model, "config", None)
+        return type(model).__name__.endswith("Model") and getattr(config, "model_type", None) in (
+            MODEL_FOR_MASKED_LM_MAPPING_NAMES
+        )
+
+    def encode(self, inputs: Any) -> tuple[list[tuple[Item, Item | None]], bool]:
+        single = isinstance(inputs, str)
+        texts = [inputs] if single else list(inputs)
+        if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+            raise InputError(f"Sentence similarity explains non-empty texts: pass a string or a list, not {inputs!r}.")
+        pairs = one_per_item(self.pair, len(texts), "texts") if self.pair is not None else [None] * len(texts)
+        items = [(self._item(t), self._item(p) if p is not None else None) for t, p in zip(texts, pairs)]
+        return items, single
+
+    def _item(self, text: str) -> Item:
+        ids = list(self.tokenizer(text)["input_ids"])
+        check_length(self.model, self.tokenizer, len(ids))
+        return Item(ids)
+
+    def targets(self, target: Any, count: int) -> list[Any]:
+        targets = one_per_item(target, count, "texts")
+        for t in targets:
+            if t is not None and not isinstance(t, Direction):
+                raise TargetError(
+                    f"A similarity is explained as it is (target=None) or projected onto a direction "
+                    f"(target=attnlrp.Direction(vector)); {t!r} is neither."
+                )
+            if t is None and self.pair is None:
+                raise InputError("A similarity needs two texts: give pair=..., or target=attnlrp.Direction(vector).")
+        return targets
+
+    def lengths(self, items: Sequence[Any]) -> list[int]:
+        return [len(a.ids) + (len(b.ids) if b is not None else 0) for a, b in items]
+
+    def prepare(self, items: Sequence[tuple[Item, Item | None]], targets: Sequence[Any]) -> SimilarityBatch:
+        return SimilarityBatch(self.model, self.tokenizer, [a for a, _ in items], [b for _, b in items],
+                               list(targets), self.pooling, self.similarity)
+
+    def results(self, batch: SimilarityBatch, relevance: dict, method: Method) -> list[Explanation]:
+        out = []
+        for row, (item, partner, outcome) in enumerate(zip(batch.items, batch.partners, batch.outcomes)):
+            ids = item.ids + (partner.ids if partner is not None else [])
+            scores = relevance["tokens"][row, batch.spans["tokens"][row]]
+            segments = [("text", 0, len(item.ids))]
+            if partner is not None:
+                pair_scores = relevance["pair"][row, batch.spans["pair"][row]]
+                scores = torch.cat([torch.as_tensor(scores), torch.as_tensor(pair_scores)])
+                segments.append(("pair", len(item.ids), len(ids)))
+            raw, display, special = display_tokens(self.tokenizer, ids)
+            out.append(
+                Explanation(
+                    tokens=raw,
+                    display=display,
+                    scores=scores,
+                    target=outcome.label,
+                    value=outcome.value,
+                    method=method.name,
+                    model=model_name(self.model),
+                    token_ids=ids,
+                    special=special,
+                    segments=segments,
+                )
+            )
+        return out

@@ -1,0 +1,96 @@
+"""Targets over a classifier's labels: a label name or id, a contrast, a log-probability, or a callable.
+
+``explain(classifier, ..., target=...)`` accepts None (the predicted label), a label name from
+``config.id2label``, a label id, ``Contrast(label, other_label_or_"mean")``, ``LogProb(label)`` or a callable
+on the logits of one row ([num_labels]). Each resolves, for one row, to a function of that row's logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..errors import TargetError
+from .targets import Contrast, LogProb
+
+
+def label_names(config) -> dict[int, str]:
+    """The model's labels by id (``config.id2label``, ids as ints), or LABEL_i names where it has none."""
+    raw = getattr(config, "id2label", None) or {}
+    count = getattr(config, "num_labels", None) or len(raw)
+    names = {int(k): str(v) for k, v in raw.items()}
+    return {i: names.get(i, f"LABEL_{i}") for i in range(count)}
+
+
+def label_id(config, label: str | int) -> int:
+    """The id of a label given by name or id; a TargetError lists the model's labels where it has no such one."""
+    names = label_names(config)
+    if isinstance(label, bool) or not isinstance(label, (str, int)):
+        raise TargetError(f"A label must be a name or an id, not {label!r}; the model's labels are {_listing(names)}.")
+    if isinstance(label, int):
+        if label not in names:
+            raise TargetError(f"Label id {label} is not one of the model's labels: {_listing(names)}.")
+        return label
+    by_name = {name: i for i, name in names.items()}
+    if label in by_name:
+        return by_name[label]
+    folded = {name.lower(): i for name, i in by_name.items()}
+    if label.lower() in folded:
+        return folded[label.lower()]
+    raise TargetError(f"The model has no label {label!r}; its labels are {_listing(names)}.")
+
+
+def _listing(names: dict[int, str]) -> str:
+    shown = ", ".join(f"{i}: {name!r}" for i, name in list(names.items())[:20])
+    return "{" + shown + (", ..." if len(names) > 20 else "") + "}"
+
+
+@dataclass(frozen=True)
+class LabelTarget:
+    """A target bound to one row: its label text, the label id it names (if one), and its scalar."""
+
+    label: str
+    label_id: int | None
+    scalar: Callable[[Tensor], Tensor]  # one row's logits [num_labels] -> y
+
+
+def resolve_label_target(config, target, logits: Tensor) -> LabelTarget:
+    """Bind ``target`` to one row whose logits [num_labels] are given (None: the top label; regression: the score)."""
+    names = label_names(config)
+    if logits.shape[-1] == 1 and target is None:  # regression: the one output
+        return LabelTarget(names.get(0, "score"), 0, lambda row: row[0])
+    if target is None:
+        target = int(logits.detach().argmax())
+    if isinstance(target, (str, int)) and not isinstance(target, bool):
+        i = label_id(config, target)
+        return LabelTarget(names[i], i, lambda row: row[i])
+    if isinstance(target, Contrast):
+        i = label_id(config, target.token) if target.token is not None else int(logits.detach().argmax())
+        if target.against == "mean":
+            return LabelTarget(f"{names[i]} vs mean", i, lambda row: row[i] - row.mean())
+        j = label_id(config, target.against)
+        return LabelTarget(f"{names[i]} vs {names[j]}", i, lambda row: row[i] - row[j])
+    if isinstance(target, LogProb):
+        i = label_id(config, target.token) if target.token is not None else int(logits.detach().argmax())
+        return LabelTarget(
+            f"log p({names[i]})",
+            i,
+            lambda row: torch.log_softmax(row.to(torch.promote_types(row.dtype, torch.float32)), -1)[i],
+        )
+    if callable(target):
+        return LabelTarget(getattr(target, "__name__", "custom"), None, target)
+    raise TargetError(
+        f"Unsupported target {target!r} for a classifier: pass None (the predicted label), a label name or id "
+        f"({_listing(names)}), attnlrp.Contrast(label, other_or_'mean'), attnlrp.LogProb(label), or a callable on "
+        "the logits."
+    )
+
+
+def check_label_target(config, target) -> None:
+    """Fail now, before any forward pass, on a label the model doesn't have."""
+    for label in (getattr(target, "token", target), getattr(target, "against", None)):
+        if isinstance(label, (str, int)) and not isinstance(label, bool) and label != "mean":
+            label_id(config, label)

