@@ -31,6 +31,16 @@ def tokenizer():
     return load_tokenizer()
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium (see browsing.py), one per test module."""
+    from browsing import start_browser
+
+    driver = start_browser()
+    yield driver
+    driver.quit()
+
+
 def pytest_collection_modifyitems(items):
     """Every test that loads the real default model is a ``real`` test."""
     for item in items:

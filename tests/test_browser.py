@@ -4,48 +4,13 @@ Screenshots are kept as test artefacts in out/screenshots/."""
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import numpy as np
 import pytest
+from browsing import ARTEFACTS, errors
 
 import attnlrp
 
 pytestmark = pytest.mark.browser
-
-ARTEFACTS = Path(__file__).resolve().parents[1] / "out" / "screenshots"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-    assert chromium and driver_path, "Chromium is missing: `make test` installs Debian's chromium and chromium-driver"
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1200,900",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    yield driver
-    driver.quit()
-
-
-def _errors(driver) -> list[str]:
-    return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
 
 
 def _backgrounds(driver, selector: str) -> list[str]:
@@ -80,7 +45,7 @@ def test_generation_page_clicks_and_toggles(browser, generation, tmp_path):
 
     page = generation.save_html(tmp_path / "generation.html")
     browser.get(page.as_uri())
-    assert _errors(browser) == []
+    assert errors(browser) == []
     assert "network" not in page.read_text() and "http" not in page.read_text().split("<script>")[0]
     before = _backgrounds(browser, ".heat .tok")
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
@@ -96,7 +61,7 @@ def test_generation_page_clicks_and_toggles(browser, generation, tmp_path):
     assert len(browser.find_elements(By.CSS_SELECTOR, "table.matrix tr")) == len(generation)
     browser.find_element(By.CSS_SELECTOR, "input[value=global]").click()
     assert _backgrounds(browser, ".heat .tok") != after  # normalised over all steps now
-    assert _errors(browser) == []
+    assert errors(browser) == []
 
 
 def test_explanation_set_side_by_side_and_word_view(browser, tmp_path):
@@ -121,7 +86,7 @@ def test_explanation_set_side_by_side_and_word_view(browser, tmp_path):
     )
     page = attnlrp.save_html(tmp_path / "set.html", first, second)
     browser.get(page.as_uri())
-    assert _errors(browser) == []
+    assert errors(browser) == []
     panels = browser.find_elements(By.CSS_SELECTOR, ".main .panel")
     assert [p.find_element(By.TAG_NAME, "h2").text.split(" ")[0] for p in panels] == ["attnlrp", "cp-lrp"]
     assert len(panels[0].find_elements(By.CSS_SELECTOR, ".tok")) == 6

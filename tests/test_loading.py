@@ -71,6 +71,8 @@ def test_cache_miss_converts_once_then_reads(tmp_path, monkeypatch):
 
     models, tokenizers = _Recorder(), _Recorder()
     monkeypatch.setattr(loading, "_convert_gguf", convert)
+    config = SimpleNamespace(from_pretrained=lambda source: SimpleNamespace(architectures=None))
+    monkeypatch.setattr(_transformers(), "AutoConfig", config)  # a config naming no class: a causal LM
     monkeypatch.setattr(_transformers(), "AutoModelForCausalLM", models)
     monkeypatch.setattr(_transformers(), "AutoTokenizer", tokenizers)
 

@@ -1,12 +1,14 @@
-"""The ``attnlrp`` command: explain, generate, audit and evaluate, mirroring the Python API."""
+"""The ``attnlrp`` command: explain, generate, audit and evaluate, mirroring the Python API.
+
+Errors print one line (``attnlrp: error: ...``, exit 2); Ctrl-C prints one line and exits with 130.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from pathlib import Path
+from typing import Any
 
 EXAMPLES = """examples:
   attnlrp explain "The Eiffel Tower is located in the city of"
@@ -15,6 +17,34 @@ EXAMPLES = """examples:
   attnlrp generate "Write a haiku about the sea." --max-new-tokens 24 --html gen.html
   attnlrp audit --model path/to/model
   attnlrp evaluate --suite facts --methods attnlrp,input_x_gradient,random --limit 50 --output facts.json
+"""
+
+EXPLAIN_EXAMPLES = """examples:
+  attnlrp explain "The Eiffel Tower is located in the city of" --top 5
+  attnlrp explain "The capital of France is" --target " Paris" --contrast " Rome" --words --html out.html
+  attnlrp explain "Where is the Eiffel Tower?" --chat --system "Answer briefly." --answer "In Paris."
+  attnlrp explain "The capital of France is" --method input_x_gradient --dtype bfloat16
+  attnlrp explain "I loved this film" --model path/to/classifier --label positive
+  attnlrp explain "A man plays guitar." --model path/to/nli-model --pair "Someone makes music."
+  attnlrp explain "Ada Lovelace lived in London" --model path/to/ner-model --at London
+  attnlrp explain --model path/to/vit --image cat.png --html cat.html
+  attnlrp explain --input prompts.jsonl --output results.jsonl     (resumes if interrupted)
+
+Each line of --input is a prompt string or an object with "prompt" and any of "target", "contrast",
+"answer", "label", "pair", "at", "system", "chat" (true: the prompt as a user message) and "id"; other
+fields are copied to the output line. Results are matched to input lines by content and id, so a rerun
+after editing, deleting or reordering lines recomputes only what changed and writes the input's order.
+"""
+
+GENERATE_EXAMPLES = """examples:
+  attnlrp generate "Write a haiku about the sea." --max-new-tokens 24 --html haiku.html
+  attnlrp generate "Name three rivers." --chat --system "Be brief." --json rivers.json
+  attnlrp generate "The capital of France is" --method cp-lrp --max-new-tokens 4 --no-color
+"""
+
+AUDIT_EXAMPLES = """examples:
+  attnlrp audit                                 (the bundled model)
+  attnlrp audit --model path/to/model --method cp-lrp
 """
 
 
@@ -26,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"attnlrp {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     from .engine import RULE_SETS
@@ -33,9 +66,22 @@ def _parser() -> argparse.ArgumentParser:
 
     methods = available_methods()
 
+    def command(name: str, help: str, description: str, examples: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            help=help,
+            description=description,
+            epilog=examples,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
     def common(p: argparse.ArgumentParser, choices=tuple(methods)) -> None:
         p.add_argument("--model", help="a model folder or hub id (default: the bundled SmolLM2-135M-Instruct)")
         p.add_argument("--gguf-file", help="a GGUF file inside --model (converted once, then cached)")
+        p.add_argument("--dtype", help="load the model in this dtype: float32 (default), bfloat16, float16, float64")
+        p.add_argument(
+            "--device", help="where the model runs: cpu (default), cuda, cuda:1, or auto (spread over devices)"
+        )
         p.add_argument(
             "--method",
             default="attnlrp",
@@ -46,53 +92,66 @@ def _parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--no-color", action="store_true", help="plain text output, no colours")
 
-    ex = commands.add_parser(
+    def conversation(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--chat", action="store_true", help="send the prompt as a user message (chat template)")
+        p.add_argument("--system", help="a system message before the prompt (implies --chat)")
+
+    ex = command(
         "explain",
-        help="explain the next token (or an answer) for a prompt",
-        description="Explain which prompt tokens the model's next-token prediction rests on.",
+        "explain a prediction: the next token, an answer, a label, a similarity, an image class",
+        "Explain which inputs a model's prediction rests on. The task comes from the model: a causal LM's next "
+        "token or answer, a classifier's label, a token's label, the similarity of two texts, an image's class.",
+        EXPLAIN_EXAMPLES,
     )
     ex.add_argument("prompt", nargs="?", help="the text to explain (or use --input for many prompts)")
     common(ex)
+    conversation(ex)
     ex.add_argument("--target", help="the next token to explain (default: the model's top prediction)")
     what = ex.add_mutually_exclusive_group()
-    what.add_argument("--contrast", help="explain target minus this token's logit; 'mean' for minus the mean logit")
+    what.add_argument("--contrast", help="explain target minus this token's (or label's) logit; 'mean' for the mean")
     what.add_argument("--answer", help="explain this whole answer, teacher-forced after the prompt (not with --target)")
+    ex.add_argument("--label", help="classifiers: the label to explain (default: the predicted one)")
+    ex.add_argument("--pair", help="classifiers and sentence similarity: the second text (NLI hypothesis, ...)")
+    ex.add_argument("--at", help="token classifiers: the word (or token position) whose label is explained")
+    ex.add_argument("--image", metavar="PATH", help="image models: the image to explain")
+    ex.add_argument("--top", type=int, metavar="K", help="also print the K most relevant tokens (words with --words)")
     ex.add_argument("--words", action="store_true", help="merge sub-word tokens into words")
     ex.add_argument("--json", metavar="PATH", help="save the explanation as JSON")
     ex.add_argument("--html", metavar="PATH", help="save a self-contained HTML heatmap")
-    ex.add_argument(
-        "--input",
-        metavar="JSONL",
-        help='many prompts: one per line, a string or {"prompt": ..., "target": ..., "contrast": ..., "answer": ...}',
-    )
+    ex.add_argument("--input", metavar="JSONL", help="many prompts, one per line (see below)")
     ex.add_argument("--output", metavar="JSONL", help="results for --input, one line each; rerunning resumes")
     ex.add_argument("--batch-size", type=int, default=8, help="prompts per forward/backward pass (default: 8)")
 
-    gen = commands.add_parser(
+    gen = command(
         "generate",
-        help="generate, then explain every generated token",
-        description="Generate greedily, then explain each generated token against all before it.",
+        "generate, then explain every generated token",
+        "Generate greedily, then explain each generated token against all before it.",
+        GENERATE_EXAMPLES,
     )
     gen.add_argument("prompt", help="the prompt to continue")
     common(gen)
+    conversation(gen)
     gen.add_argument("--max-new-tokens", type=int, default=32, help="how many tokens to generate (default: 32)")
     gen.add_argument("--json", metavar="PATH", help="save the result as JSON")
     gen.add_argument("--html", metavar="PATH", help="save a self-contained interactive HTML page")
 
-    au = commands.add_parser(
+    au = command(
         "audit",
-        help="list the ops of a model that have no LRP rule",
-        description="Run the model once under the LRP rules and report ops without a rule.",
+        "list the ops of a model that have no LRP rule",
+        "Run the model once under the LRP rules and report ops without a rule.",
+        AUDIT_EXAMPLES,
     )
     common(au, RULE_SETS)
 
+    from .evaluate.command import EXAMPLES as EVALUATE_EXAMPLES
     from .evaluate.command import add_arguments
 
     add_arguments(
-        commands.add_parser(
+        command(
             "evaluate",
-            help="measure faithfulness: ground-truth suites and perturbation",
-            description="Compare attribution methods on generated suites the model gets right.",
+            "measure faithfulness: ground-truth suites and perturbation",
+            "Compare attribution methods on generated suites the model gets right.",
+            EVALUATE_EXAMPLES,
         )
     )
     return parser
@@ -101,110 +160,111 @@ def _parser() -> argparse.ArgumentParser:
 def _load(args):
     import attnlrp
 
-    return attnlrp.load_model(args.model, gguf_file=args.gguf_file)
+    return attnlrp.load_model(args.model, gguf_file=args.gguf_file, dtype=args.dtype, device_map=args.device)
 
 
-def _target(spec: dict):
+def _messages(prompt: Any, system: str | None, chat: bool) -> Any:
+    """The prompt, or chat messages when asked for (a system message makes it a chat)."""
+    if not (chat or system):
+        return prompt
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+
+
+def _job(spec: dict) -> tuple[Any, Any, dict]:
+    """What one spec (the command line's options, or an input line) asks for: (inputs, target, options)."""
     import attnlrp
 
+    if spec.get("label") is not None and spec.get("target") is not None:
+        from .errors import InputError
+
+        raise InputError("Give --target (a next token) or --label (a classifier's label), not both.")
+    target = spec.get("label") if spec.get("label") is not None else spec.get("target")
+    if spec.get("at") is not None:
+        at = spec["at"]
+        target = attnlrp.TokenLabel(int(at) if str(at).lstrip("-").isdigit() else at, label=target)
     if spec.get("answer"):
-        return attnlrp.Answer(spec["answer"])
-    if spec.get("contrast"):
-        return attnlrp.Contrast(spec.get("target"), spec["contrast"])
-    return spec.get("target")
+        target = attnlrp.Answer(spec["answer"])
+    elif spec.get("contrast"):
+        target = attnlrp.Contrast(target, spec["contrast"])
+    options = {"pair": spec["pair"]} if spec.get("pair") is not None else {}
+    return _messages(spec["prompt"], spec.get("system"), bool(spec.get("chat"))), target, options
+
+
+def _print_top(exp, k: int) -> None:
+    print(f"top {k} by |relevance|:")
+    order = sorted(range(len(exp)), key=lambda i: -abs(float(exp.scores[i])))[:k]
+    for i in order:
+        print(f"  {i:>5}  {exp.display[i]!r:<24} {float(exp.scores[i]):+.4g}")
 
 
 def _explain_one(args, model, tokenizer) -> None:
     import attnlrp
 
-    exp = attnlrp.explain(model, tokenizer, args.prompt, target=_target(vars(args)), method=args.method)
+    if args.image:
+        return _explain_image(args, model, tokenizer)
+    inputs, target, options = _job(vars(args))
+    exp = attnlrp.explain(model, tokenizer, inputs, target=target, method=args.method, **options)
     shown = exp.words() if args.words else exp
     shown.show(color=False if args.no_color else None)
+    if args.top:
+        _print_top(shown, args.top)
     if args.json:
         print(f"saved {exp.save(args.json)}")
     if args.html:
         print(f"saved {shown.save_html(args.html)}")
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    from .errors import InputError
-
-    specs = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise InputError(f"{path}:{n}: not valid JSON ({error}).") from error
-        spec = {"prompt": value} if isinstance(value, str) else value
-        if not isinstance(spec, dict) or "prompt" not in spec:
-            raise InputError(f'{path}:{n}: each line must be a string or an object with a "prompt" key.')
-        specs.append(spec)
-    return specs
-
-
-def _finished(path: Path) -> set[int]:
-    """Indices already in the output; a torn last line (from an interruption) is dropped."""
-    from .errors import InputError
-
-    if not path.exists():
-        return set()
-    done, keep = set(), []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(record, dict) or not isinstance(record.get("index"), int):
-            raise InputError(
-                f"{path}:{n} is not an attnlrp result line; give --output a new file name "
-                "(or the file a previous run wrote, to resume it)."
-            )
-        done.add(record["index"])
-        keep.append(line)
-    path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
-    return done
-
-
-def _explain_many(args, model, tokenizer) -> None:
-    from rich.progress import Progress
-
+def _explain_image(args, model, processor) -> None:
     import attnlrp
 
     from .errors import InputError
 
+    try:
+        from PIL import Image
+
+        image = Image.open(args.image).convert("RGB")
+    except OSError as error:
+        raise InputError(f"Can't read the image {args.image}: {error}.") from error
+    target = args.label if args.label is not None else args.target
+    exp = attnlrp.explain_image(model, [image], target=target, method=args.method, processor=processor)[0]
+    print(repr(exp))
+    if args.json:
+        print(f"saved {exp.save(args.json)}")
+    if args.html:
+        print(f"saved {exp.save_html(args.html)}")
+
+
+def _explain_many(args, model, tokenizer) -> None:
+    import attnlrp
+
+    from .dataset import read_lines, run_file
+    from .errors import InputError
+
     if not args.output:
         raise InputError("--input needs --output: the file the results are written to (one JSON line each).")
-    specs = _read_jsonl(Path(args.input))
-    output = Path(args.output)
-    done = _finished(output)
-    todo = [i for i in range(len(specs)) if i not in done]
-    with output.open("a", encoding="utf-8") as out, Progress(disable=args.no_color and not sys.stderr.isatty()) as bar:
-        task = bar.add_task("explaining", total=len(specs), completed=len(done))
-        for start in range(0, len(todo), args.batch_size):
-            chunk = todo[start : start + args.batch_size]
-            results = attnlrp.explain(
-                model,
-                tokenizer,
-                [specs[i]["prompt"] for i in chunk],
-                target=[_target(specs[i]) for i in chunk],
-                method=args.method,
-            )
-            for i, exp in zip(chunk, results):
-                out.write(json.dumps({"index": i, **exp.to_dict()}, ensure_ascii=False) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-            bar.advance(task, len(chunk))
-    print(f"{len(specs)} results in {output} ({len(todo)} new, {len(done)} already there)")
+    lines = read_lines(args.input)
+
+    def explain(chunk):
+        jobs = [_job(line.spec) for line in chunk]
+        pairs = [options.get("pair") for _, _, options in jobs]
+        return attnlrp.explain(
+            model,
+            tokenizer,
+            [inputs for inputs, _, _ in jobs],
+            target=[target for _, target, _ in jobs],
+            method=args.method,
+            batch_size=len(chunk),
+            **({"pair": pairs} if any(p is not None for p in pairs) else {}),
+        )
+
+    print(run_file(explain, lines, args.output, args.batch_size, progress=not args.no_color))
 
 
 def _generate(args, model, tokenizer) -> None:
     import attnlrp
 
-    gen = attnlrp.explain_generation(
-        model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens, method=args.method
-    )
+    prompt = _messages(args.prompt, args.system, args.chat)
+    gen = attnlrp.explain_generation(model, tokenizer, prompt, max_new_tokens=args.max_new_tokens, method=args.method)
     print(repr(gen))
     gen.show(color=False if args.no_color else None)
     if args.json:
@@ -233,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command == "explain" and not (args.prompt or args.input):
+    if args.command == "explain" and not (args.prompt or args.input or args.image):
         parser.error("explain needs a prompt, or --input prompts.jsonl --output results.jsonl")
     from .errors import AttnLRPError
 
@@ -243,9 +303,12 @@ def main(argv: list[str] | None = None) -> int:
             args.command, _explain_many if getattr(args, "input", None) else _explain_one
         )
         run(args, model, tokenizer)
-    except (AttnLRPError, FileNotFoundError, ModuleNotFoundError) as error:
+    except (AttnLRPError, FileNotFoundError, ModuleNotFoundError, ValueError) as error:
         print(f"attnlrp: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupted:
+        print(f"attnlrp: {interrupted or 'interrupted'}", file=sys.stderr)
+        return 130
     return 0
 
 

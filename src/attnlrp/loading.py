@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
 
@@ -84,6 +85,41 @@ def _gguf_file(path_or_id: str | os.PathLike | None, gguf_file: str | None) -> P
     return gguf
 
 
+def _check_source(path_or_id: str | os.PathLike) -> None:
+    """A clear error for a local path that holds no model (no hub hint when the path looks local: hub ids are
+    ``name`` or ``org/name``)."""
+    text = str(path_or_id)
+    local = Path(text).expanduser()
+    looks_local = isinstance(path_or_id, os.PathLike) or text.startswith((".", "/", "~")) or text.count("/") > 1
+    if not (looks_local or local.exists()):
+        return
+    if not local.is_dir():
+        raise FileNotFoundError(f"No model folder at {text}: give a folder with a config.json, or a .gguf file.")
+    if not (local / "config.json").is_file():
+        raise FileNotFoundError(f"{text} has no config.json, so it is not a transformers model folder.")
+
+
+def model_class(config) -> type:
+    """The transformers class a config's ``architectures`` names (a causal LM where it names none)."""
+    import transformers
+
+    for name in getattr(config, "architectures", None) or ():
+        cls = getattr(transformers, name, None)
+        if cls is not None:
+            return cls
+    return transformers.AutoModelForCausalLM
+
+
+def _processor(source: str | os.PathLike):
+    """The model's processor where it has one besides its tokenizer (images, audio), else its tokenizer."""
+    from transformers import AutoProcessor, AutoTokenizer
+
+    folder = Path(str(source))
+    if (folder / "preprocessor_config.json").is_file() or (folder / "processor_config.json").is_file():
+        return AutoProcessor.from_pretrained(source)
+    return AutoTokenizer.from_pretrained(source)
+
+
 def load_model(
     path_or_id: str | os.PathLike | None = None,
     gguf_file: str | None = None,
@@ -93,11 +129,13 @@ def load_model(
 ):
     """Load ``(model, tokenizer)``, in eval mode.
 
-    With no arguments: the bundled SmolLM2-135M-Instruct. ``gguf_file`` names a GGUF file inside
-    ``path_or_id`` (or pass the .gguf path itself); it is converted once and cached. ``dtype``
-    and ``device_map`` (and other keyword arguments) go to ``from_pretrained``.
+    With no arguments: the bundled SmolLM2-135M-Instruct. A folder or hub id loads with the class its config
+    names (a classifier, an encoder, an encoder-decoder, ...; a causal LM where it names none), and the
+    tokenizer comes with the processor where the model has one (images, audio). ``gguf_file`` names a GGUF file
+    inside ``path_or_id`` (or pass the .gguf path itself); it is converted once and cached. ``dtype`` and
+    ``device_map`` (and other keyword arguments) go to ``from_pretrained``.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig
 
     gguf = _gguf_file(path_or_id, gguf_file)
     source = path_or_id
@@ -105,17 +143,36 @@ def load_model(
         source = cache_dir_for(gguf)
         if not source.is_dir():
             _convert_gguf(gguf, source)
+    else:
+        _check_source(source)
     options = dict(kwargs)
     if dtype is not None:
-        options["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        options["dtype"] = _dtype(dtype)
     if device_map is not None:
         options["device_map"] = device_map
-    model = AutoModelForCausalLM.from_pretrained(source, **options)
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except OSError as error:
+        raise FileNotFoundError(
+            f"Can't load {str(source)!r}: it is not a local model folder, and the Hugging Face Hub is not reachable "
+            "here (HF_HUB_OFFLINE). Give the path of a downloaded model folder."
+        ) from error
+    model = model_class(config).from_pretrained(source, **options)
+    tokenizer = _processor(source)
     model.eval()
     if gguf is not None:
         model.name_or_path = DEFAULT_NAME if path_or_id is None else gguf.stem
     return model, tokenizer
+
+
+def _dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """A torch dtype from a dtype or its name ("bfloat16", "float32", ...); an unknown name is a clear error."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    value = getattr(torch, str(dtype).removeprefix("torch."), None)
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"Unknown dtype {dtype!r}: use float32, bfloat16, float16 or float64.")
+    return value
 
 
 def load_tokenizer(path_or_id: str | os.PathLike | None = None, gguf_file: str | None = None):

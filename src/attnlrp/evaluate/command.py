@@ -13,6 +13,14 @@ from .suites import SUITES, needle
 
 DEFAULT_METHODS = "attnlrp,cp-lrp,input_x_gradient,random"
 
+EXAMPLES = """examples:
+  attnlrp evaluate --suite facts --limit 50 --output facts.json
+  attnlrp evaluate --suite needle --lengths 128,512 --methods attnlrp,gradient,random --output needle.json
+  attnlrp evaluate --suite perturbation --mode replace --exclude-first --output perturbation.json
+
+A rerun with the same --output resumes from its journal (<output>.jsonl).
+"""
+
 
 def _methods(text: str) -> list[str]:
     try:

@@ -13,6 +13,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
+
 #: Tokens (rows x width) in one forward pass with gradients; passes without gradients take four times as many.
 TOKEN_BUDGET = 4096
 
@@ -115,7 +117,7 @@ def plan(
     """Indices grouped into batches of at most ``max_items``, and, if given, at most ``max_tokens`` padded
     tokens (rows x the longest row); ``by_length`` sorts by length first, so that similar lengths share a batch."""
     if max_items < 1:
-        raise ValueError(f"A batch needs at least one item: batch_size must be 1 or more, not {max_items}.")
+        raise InputError(f"A batch needs at least one item: batch_size must be 1 or more, not {max_items}.")
     order = sorted(range(len(lengths)), key=lambda i: lengths[i]) if by_length else range(len(lengths))
     groups: list[list[int]] = []
     longest = 0

@@ -14,5 +14,15 @@ from .image import ImageClassification
 # isort: split
 from .causal_lm import CausalLM  # registered last: the fallback
 
-__all__ = ["TASKS", "CausalLM", "Direction", "ImageClassification", "SentenceSimilarity", "SequenceClassification",
-           "Task", "TokenClassification", "TokenLabel", "task_for"]
+__all__ = [
+    "TASKS",
+    "CausalLM",
+    "Direction",
+    "ImageClassification",
+    "SentenceSimilarity",
+    "SequenceClassification",
+    "Task",
+    "TokenClassification",
+    "TokenLabel",
+    "task_for",
+]

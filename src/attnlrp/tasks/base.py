@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..errors import InputError
+from ..errors import InputError, TargetError
 from ..methods import Method
 from ..methods.batch import Batch
 
@@ -25,6 +25,16 @@ def check_finite(values: Tensor) -> None:
             f"The explained value is not finite ({values.tolist()}); the model produced NaN/inf logits. "
             "Check the dtype (try float32) and the inputs."
         )
+
+
+def scalar(value: Tensor, label: str) -> Tensor:
+    """The explained value, checked to be one number (a target callable may return anything)."""
+    if not isinstance(value, Tensor) or value.numel() != 1:
+        found = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, Tensor) else f"a {type(value).__name__}"
+        raise TargetError(
+            f"The target {label!r} returned {found}, not one number: make it reduce to a scalar (e.g. with .sum())."
+        )
+    return value.reshape(())
 
 
 def model_name(model: nn.Module) -> str:
@@ -68,6 +78,11 @@ class Task:
         if not isinstance(model, nn.Module):
             raise TypeError(
                 f"Expected a torch.nn.Module (for example a transformers model), got {type(model).__name__}."
+            )
+        if any(p.is_meta for p in model.parameters()):
+            raise InputError(
+                f"{type(model).__name__} has parameters on the meta device (no weights loaded), so it can't run: load "
+                "it with its weights (from_pretrained without device_map='meta', or with an offloading device map)."
             )
         self.model = model
 

@@ -13,7 +13,7 @@ from ..engine.inputs import input_embeddings
 from ..errors import InputError
 from ..methods import Method
 from ..results import Explanation
-from .base import Task, model_name, one_per_item
+from .base import Task, model_name, one_per_item, scalar
 from .targets import Answer, Custom, Resolved, Target, as_target
 from .text import Item, check_length, display_tokens, encode_all
 from .token_batch import TokenBatch
@@ -63,10 +63,12 @@ class CausalLMBatch(TokenBatch):
     def resolve_row(self, output, row: int) -> Outcome:
         own = output.logits[row, self.reads(row)]
         resolved = self.answers[row] or self.targets[row].resolve(self.tokenizer, int(own[-1].detach().argmax()))
-        return Outcome(resolved, float(resolved.scalar(own).detach()), own[-1].detach().float())
+        value = scalar(resolved.scalar(own), resolved.label)
+        return Outcome(resolved, float(value.detach()), own[-1].detach().float())
 
     def read(self, output, m: int, row: int) -> Tensor:
-        return self._outcomes[row].target.scalar(output.logits[m, self.reads(row)])
+        outcome = self._outcomes[row]
+        return scalar(outcome.target.scalar(output.logits[m, self.reads(row)]), outcome.target.label)
 
 
 class CausalLM(Task):

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ..errors import InputError, TargetError
 from ..methods import Method
 from ..results import Explanation
-from .base import Task, model_name, one_per_item
+from .base import Task, model_name, one_per_item, scalar
 from .labels import LabelTarget, check_label_target, label_names, resolve_label_target
 from .text import Item, check_length, display_tokens
 from .token_batch import TokenBatch
@@ -69,7 +69,9 @@ class LabelBatch(TokenBatch):
         at = target.at if isinstance(target, TokenLabel) else None
         if isinstance(at, int) and not isinstance(at, bool):
             if not 0 <= at < len(item.ids):
-                raise TargetError(f"Token position {at} is outside the text's {len(item.ids)} tokens (0..{len(item.ids) - 1}).")
+                raise TargetError(
+                    f"Token position {at} is outside the text's {len(item.ids)} tokens (0..{len(item.ids) - 1})."
+                )
             return at
         if isinstance(at, str):
             for word, first in item.words:
@@ -93,10 +95,12 @@ class LabelBatch(TokenBatch):
         target = self.targets[row]
         target = target.label if isinstance(target, TokenLabel) else target
         resolved = resolve_label_target(self.model.config, target, logits)
-        return Outcome(resolved, float(resolved.scalar(logits).detach()), logits.detach(), self.positions[row])
+        value = scalar(resolved.scalar(logits), resolved.label)
+        return Outcome(resolved, float(value.detach()), logits.detach(), self.positions[row])
 
     def read(self, output: Any, m: int, row: int) -> Tensor:
-        return self._outcomes[row].target.scalar(self._logits(output, m, row))
+        target = self._outcomes[row].target
+        return scalar(target.scalar(self._logits(output, m, row)), target.label)
 
 
 def _pools_last(model: nn.Module) -> bool:
@@ -132,7 +136,9 @@ class SequenceClassification(Task):
         single = isinstance(inputs, str)
         texts = [inputs] if single else list(inputs)
         if not texts or not all(isinstance(t, str) for t in texts):
-            raise InputError(f"{type(self).__name__} explains texts: pass a string or a list of strings, not {inputs!r}.")
+            raise InputError(
+                f"{type(self).__name__} explains texts: pass a string or a list of strings, not {inputs!r}."
+            )
         pairs = one_per_item(self.pair, len(texts), "texts") if self.pair is not None else [None] * len(texts)
         items = [self._encode(text, pair) for text, pair in zip(texts, pairs)]
         for item in items:
@@ -186,7 +192,9 @@ class SequenceClassification(Task):
                     logit=float(outcome.logits[label_id]) if label_id is not None else None,
                     prob=float(probs[label_id]) if known else None,
                     segments=list(item.segments),
-                    label_probs={names[i]: float(p) for i, p in enumerate(probs)} if outcome.logits.shape[-1] > 1 else {},
+                    label_probs={names[i]: float(p) for i, p in enumerate(probs)}
+                    if outcome.logits.shape[-1] > 1
+                    else {},
                     position=outcome.position,
                 )
             )

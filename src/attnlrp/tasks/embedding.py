@@ -65,8 +65,16 @@ class SimilarityBatch(TokenBatch):
 
     token_kinds = frozenset({"tokens", "pair"})
 
-    def __init__(self, model: nn.Module, tokenizer, items: list[Item], partners: list[Item | None], targets: list,
-                 pooling: str, similarity: str):
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        items: list[Item],
+        partners: list[Item | None],
+        targets: list,
+        pooling: str,
+        similarity: str,
+    ):
         self.items, self.partners, self.targets = items, partners, targets
         self.pooling, self.similarity = pooling, similarity
         paired = [p for p in partners if p is not None]
@@ -138,8 +146,9 @@ class SentenceSimilarity(Task):
     description = "similarity of two texts' embeddings (bare encoders such as BERT/MiniLM sentence models)"
     options = ("pair", "pooling", "similarity")
 
-    def __init__(self, model: nn.Module, tokenizer, pair: Any = None, pooling: str | None = None,
-                 similarity: str = "cosine"):
+    def __init__(
+        self, model: nn.Module, tokenizer, pair: Any = None, pooling: str | None = None, similarity: str = "cosine"
+    ):
         super().__init__(model)
         pooling = pooling or pooling_of(model)
         if pooling not in POOLINGS:
@@ -187,8 +196,15 @@ class SentenceSimilarity(Task):
         return [len(a.ids) + (len(b.ids) if b is not None else 0) for a, b in items]
 
     def prepare(self, items: Sequence[tuple[Item, Item | None]], targets: Sequence[Any]) -> SimilarityBatch:
-        return SimilarityBatch(self.model, self.tokenizer, [a for a, _ in items], [b for _, b in items],
-                               list(targets), self.pooling, self.similarity)
+        return SimilarityBatch(
+            self.model,
+            self.tokenizer,
+            [a for a, _ in items],
+            [b for _, b in items],
+            list(targets),
+            self.pooling,
+            self.similarity,
+        )
 
     def results(self, batch: SimilarityBatch, relevance: dict, method: Method) -> list[Explanation]:
         out = []

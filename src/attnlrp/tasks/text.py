@@ -64,9 +64,9 @@ def encode(tokenizer, prompt) -> Item:
             raise InputError("The prompt is empty: give some text to explain.")
         ids = tokenizer(prompt).input_ids
     elif isinstance(prompt, Tensor):
-        ids = prompt.reshape(-1).tolist()
+        ids = _known_ids(tokenizer, prompt.reshape(-1).tolist())
     elif isinstance(prompt, Sequence) and all(isinstance(i, int) for i in prompt):
-        ids = list(prompt)
+        ids = _known_ids(tokenizer, list(prompt))
     else:
         raise InputError(
             f"Can't explain a {type(prompt).__name__}: pass text, a list of token ids, or chat messages "
@@ -75,6 +75,15 @@ def encode(tokenizer, prompt) -> Item:
     if not ids:
         raise InputError("The prompt has no tokens: give some text or token ids to explain.")
     return Item(list(ids))
+
+
+def _known_ids(tokenizer, ids: list[int]) -> list[int]:
+    """Token ids checked against the vocabulary (an id outside it would index past the embedding table)."""
+    vocab = len(tokenizer)
+    bad = next((i for i in ids if not 0 <= i < vocab), None)
+    if bad is not None:
+        raise InputError(f"Token id {bad} is outside the vocabulary (0..{vocab - 1}); pass ids the tokenizer made.")
+    return ids
 
 
 def encode_all(tokenizer, inputs) -> tuple[list[Item], bool]:

@@ -54,8 +54,15 @@ class TokenBatch(Batch):
     sequence (BERT's segments), where the model takes them.
     """
 
-    def __init__(self, model: nn.Module, tokenizer, sequences: list[list[int]], left: bool = False,
-                 type_ids: list[list[int]] | None = None, query: list[int] | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        sequences: list[list[int]],
+        left: bool = False,
+        type_ids: list[list[int]] | None = None,
+        query: list[int] | None = None,
+    ):
         if input_embeddings(model) is None:
             raise InputError(
                 f"{type(model).__name__} has no input token embeddings (get_input_embeddings), so token relevance "

@@ -1,0 +1,208 @@
+"""Dataset runs that never misalign: results keyed by content and id, every input field kept, the input's order
+written, Ctrl-C one line; and the command line's options that mirror the API (on the tiny model, in-process)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import attnlrp
+from attnlrp import Explanation, cli
+from attnlrp.dataset import RunInterrupted, read_lines, run_file
+
+
+@pytest.fixture
+def run(tiny_lm, tokenizer, monkeypatch, capsys):
+    """main(argv) on the tiny model; returns (exit code, stdout, stderr)."""
+    monkeypatch.setattr(cli, "_load", lambda args: (tiny_lm, tokenizer))
+
+    def call(*argv: str) -> tuple[int, str, str]:
+        code = cli.main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return call
+
+
+def _write(path, specs) -> None:
+    path.write_text("".join(json.dumps(s) + "\n" for s in specs), encoding="utf-8")
+
+
+def _records(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture
+def explained(monkeypatch):
+    """The prompts each call of attnlrp.explain received, in order."""
+    calls: list[list] = []
+    real = attnlrp.explain
+
+    def recording(model, tokenizer, inputs, **kwargs):
+        calls.append(list(inputs))
+        return real(model, tokenizer, inputs, **kwargs)
+
+    monkeypatch.setattr(attnlrp, "explain", recording)
+    return calls
+
+
+def test_edits_deletions_and_reorders_never_misalign(run, tmp_path, explained):
+    prompts, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    specs = [
+        {"prompt": "The capital of France is", "id": "fr", "source": "atlas"},
+        "Two plus two equals",
+        {"prompt": "The capital of Italy is", "target": " Rome", "topic": "geo"},
+        "Three plus three is",
+    ]
+    _write(prompts, specs)
+    code, out, err = run("explain", "--input", str(prompts), "--output", str(output), "--no-color")
+    assert code == 0, err
+    assert "(4 new, 0 already there)" in out
+    first = _records(output)
+    assert [r["index"] for r in first] == [0, 1, 2, 3] and first[0]["id"] == "fr"
+    assert first[0]["input"] == specs[0] and first[2]["input"]["topic"] == "geo", "every input field is copied"
+    assert first[1]["input"] == {"prompt": "Two plus two equals"}
+
+    # lines 2 and 1 swap places, line 0 is edited (same id) and goes last, line 3 is deleted
+    specs2 = [specs[2], specs[1], {"prompt": "The capital of Spain is", "id": "fr", "source": "atlas"}]
+    _write(prompts, specs2)
+    explained.clear()
+    code, out, err = run("explain", "--input", str(prompts), "--output", str(output), "--no-color")
+    assert code == 0, err
+    assert explained == [["The capital of Spain is"]], "only the edited line"
+    summary = "(1 new, 2 already there; 1 edited line(s) recomputed, 1 result(s) of deleted lines dropped, "
+    assert summary + "reordered to the input's order)" in out
+    second = _records(output)
+    assert [r["input"] for r in second] == specs2[:1] + [{"prompt": specs2[1]}] + specs2[2:]
+    assert [r["index"] for r in second] == [0, 1, 2]
+    assert Explanation.from_dict(second[0]) == Explanation.from_dict(first[2]), "the kept results are the same"
+    assert Explanation.from_dict(second[1]) == Explanation.from_dict(first[1])
+    assert "".join(Explanation.from_dict(second[2]).display).endswith("Spain is")
+
+    # an edit without an id is recomputed too (and reported as an edit, by its place)
+    specs3 = [specs2[0], "Two plus two is", specs2[2]]
+    _write(prompts, specs3)
+    code, out, _ = run("explain", "--input", str(prompts), "--output", str(output), "--no-color")
+    assert "(1 new, 2 already there; 1 edited line(s) recomputed)" in out
+    assert [r["input"] for r in _records(output)][1] == {"prompt": "Two plus two is"}
+
+
+def test_the_same_line_twice_gets_two_results_and_ids_must_be_unique(tmp_path):
+    path = tmp_path / "in.jsonl"
+    _write(path, ["Hi", "Hi"])
+    keys = [line.key for line in read_lines(path)]
+    assert len(set(keys)) == 2
+    _write(path, [{"prompt": "a", "id": 1}, {"prompt": "b", "id": 1}])
+    with pytest.raises(attnlrp.InputError, match="the id 1 is used twice"):
+        read_lines(path)
+
+
+def test_ctrl_c_keeps_what_is_done_and_says_how_to_resume(run, tmp_path, monkeypatch):
+    prompts, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    _write(prompts, ["a b", "c d", "e f", "g h"])
+    real = attnlrp.explain
+    calls = []
+
+    def interrupting(model, tokenizer, inputs, **kwargs):
+        calls.append(inputs)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(model, tokenizer, inputs, **kwargs)
+
+    monkeypatch.setattr(attnlrp, "explain", interrupting)
+    code, out, err = run("explain", "--input", str(prompts), "--output", str(output), "--batch-size", "2")
+    assert code == 130
+    assert err.strip() == "attnlrp: interrupted after 2 of 4; run the same command to resume", "one line, no traceback"
+    assert len(_records(output)) == 2
+    monkeypatch.setattr(attnlrp, "explain", real)
+    code, out, _ = run("explain", "--input", str(prompts), "--output", str(output), "--batch-size", "2")
+    assert code == 0 and "(2 new, 2 already there)" in out and len(_records(output)) == 4
+
+
+def test_run_file_raises_run_interrupted_for_library_users(tmp_path):
+    path = tmp_path / "in.jsonl"
+    _write(path, ["a", "b"])
+
+    def stop(chunk):
+        raise KeyboardInterrupt
+
+    with pytest.raises(RunInterrupted) as info:
+        run_file(stop, read_lines(path), tmp_path / "out.jsonl", batch_size=1, progress=False)
+    assert (info.value.done, info.value.total) == (0, 2) and isinstance(info.value, KeyboardInterrupt)
+    with pytest.raises(attnlrp.InputError, match="batch_size must be 1 or more, not 0"):
+        run_file(stop, read_lines(path), tmp_path / "out.jsonl", batch_size=0)
+
+
+def test_chat_system_top_and_method_options(run, tiny_lm, tokenizer, tmp_path):
+    code, out, err = run(
+        "explain",
+        "Where is Paris?",
+        "--chat",
+        "--system",
+        "Be brief.",
+        "--top",
+        "3",
+        "--method",
+        "input_x_gradient",
+        "--no-color",
+        "--json",
+        str(tmp_path / "e.json"),
+    )
+    assert code == 0, err
+    exp = Explanation.load(tmp_path / "e.json")
+    assert [s[0] for s in exp.segments][:2] == ["0:system", "1:user"] and exp.method == "input_x_gradient"
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where is Paris?"}]
+    np.testing.assert_allclose(
+        exp.scores, attnlrp.explain(tiny_lm, tokenizer, messages, method="input_x_gradient").scores, rtol=1e-6
+    )
+    table = out.split("top 3 by |relevance|:\n")[1].split("saved")[0].splitlines()
+    magnitudes = [abs(float(row.split()[-1])) for row in table]
+    assert len(table) == 3 and magnitudes == sorted(magnitudes, reverse=True), "ranked by |relevance|"
+    assert magnitudes[0] == pytest.approx(float(np.abs(exp.scores).max()), rel=1e-3)
+    code, out, err = run("generate", "Hi", "--chat", "--max-new-tokens", "2", "--method", "gradient", "--no-color")
+    assert code == 0, err and "GenerationExplanation(gradient" in out
+
+
+def test_every_command_help_ends_with_examples(capsys):
+    for command in ("explain", "generate", "audit", "evaluate"):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        text = capsys.readouterr().out
+        assert "examples:\n  attnlrp " + command in text, command
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"attnlrp {attnlrp.__version__}"
+
+
+def test_one_line_errors(run, tmp_path, tiny_lm, tokenizer, monkeypatch):
+    def fails(*argv, says):
+        code, _, err = run(*argv)
+        assert code == 2 and err.count("\n") == 1 and says in err, err
+
+    fails("explain", "Hi", "--target", " a", "--label", "b", says="not both")
+    fails("explain", "Hi", "--pair", "there", says="pair= was given, but LlamaForCausalLM is explained as the")
+    fails(
+        "explain",
+        "--input",
+        str(tmp_path / "none.jsonl"),
+        "--output",
+        str(tmp_path / "o.jsonl"),
+        says="Can't read the input file",
+    )
+    monkeypatch.setattr(cli, "_load", lambda args: attnlrp.load_model(args.model, dtype=args.dtype))
+    fails("audit", "--model", "/nothing/here", says="No model folder at /nothing/here")
+    fails("audit", "--model", str(tmp_path), says="has no config.json")
+    fails("audit", "--dtype", "float13", says="Unknown dtype 'float13'")
+    with pytest.raises(attnlrp.InputError, match="batch_size must be 1 or more, not 0"):
+        attnlrp.explain(tiny_lm, tokenizer, ["a", "b"], batch_size=0)
+    with pytest.raises(attnlrp.InputError, match=r"Token id 49999 is outside the vocabulary \(0\.\.49151\)"):
+        attnlrp.explain(tiny_lm, tokenizer, [1, 2, 49999])
+    with pytest.raises(attnlrp.TargetError, match=r"returned a tensor of shape \(2,\), not one number"):
+        attnlrp.explain(tiny_lm, tokenizer, "Hi", target=lambda logits: logits[-1, :2])
+    with torch.device("meta"):
+        meta = type(tiny_lm)(tiny_lm.config)
+    with pytest.raises(attnlrp.InputError, match="on the meta device"):
+        attnlrp.explain(meta, tokenizer, "Hi")
