@@ -58,7 +58,7 @@ def test_edits_deletions_and_reorders_never_misalign(run, tmp_path, explained):
         "Three plus three is",
     ]
     _write(prompts, specs)
-    code, out, err = run("explain", "--input", str(prompts), "--output", str(output), "--no-color")
+    code, out, err = run("explain", "--input", str(prompts), "--output", str(output), "--no-color", "--batch-size", "1")
     assert code == 0, err
     assert "(4 new, 0 already there)" in out
     first = _records(output)
@@ -70,7 +70,7 @@ def test_edits_deletions_and_reorders_never_misalign(run, tmp_path, explained):
     specs2 = [specs[2], specs[1], {"prompt": "The capital of Spain is", "id": "fr", "source": "atlas"}]
     _write(prompts, specs2)
     explained.clear()
-    code, out, err = run("explain", "--input", str(prompts), "--output", str(output), "--no-color")
+    code, out, err = run("explain", "--input", str(prompts), "--output", str(output), "--no-color", "--batch-size", "1")
     assert code == 0, err
     assert explained == [["The capital of Spain is"]], "only the edited line"
     summary = "(1 new, 2 already there; 1 edited line(s) recomputed, 1 result(s) of deleted lines dropped, "
@@ -85,7 +85,7 @@ def test_edits_deletions_and_reorders_never_misalign(run, tmp_path, explained):
     # an edit without an id is recomputed too (and reported as an edit, by its place)
     specs3 = [specs2[0], "Two plus two is", specs2[2]]
     _write(prompts, specs3)
-    code, out, _ = run("explain", "--input", str(prompts), "--output", str(output), "--no-color")
+    code, out, _ = run("explain", "--input", str(prompts), "--output", str(output), "--no-color", "--batch-size", "1")
     assert "(1 new, 2 already there; 1 edited line(s) recomputed)" in out
     assert [r["input"] for r in _records(output)][1] == {"prompt": "Two plus two is"}
 
@@ -206,3 +206,16 @@ def test_one_line_errors(run, tmp_path, tiny_lm, tokenizer, monkeypatch):
         meta = type(tiny_lm)(tiny_lm.config)
     with pytest.raises(attnlrp.InputError, match="on the meta device"):
         attnlrp.explain(meta, tokenizer, "Hi")
+
+
+def test_a_resumed_batch_is_computed_whole_so_results_are_byte_identical(run, tmp_path, explained):
+    prompts, output, fresh = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "fresh.jsonl"
+    _write(prompts, ["a b c d e f", "g h", "i j k", "l"])
+    assert run("explain", "--input", str(prompts), "--output", str(fresh), "--no-color")[0] == 0
+    lines = fresh.read_text(encoding="utf-8").splitlines()
+    output.write_text(lines[0] + "\n" + lines[1][:40], encoding="utf-8")  # interrupted mid-line
+    explained.clear()
+    code, out, _ = run("explain", "--input", str(prompts), "--output", str(output), "--no-color")
+    assert code == 0 and len(explained) == 1 and sorted(explained[0]) == sorted(["a b c d e f", "g h", "i j k", "l"])
+    assert output.read_bytes() == fresh.read_bytes(), "the same batch gives the same bytes"
+    assert "(3 new, 1 already there)" in out and "padding" in out

@@ -19,6 +19,7 @@ from .errors import (
     UnruledOpError,
     UnruledOpWarning,
 )
+from .dataset import explain_dataset
 from .frontends import explain, explain_generation, explain_image
 from .loading import load_model
 from .methods import available_methods
@@ -59,6 +60,7 @@ __all__ = [
     "audit",
     "available_methods",
     "explain",
+    "explain_dataset",
     "explain_generation",
     "explain_image",
     "load_model",

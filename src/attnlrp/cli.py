@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
 
 EXAMPLES = """examples:
   attnlrp explain "The Eiffel Tower is located in the city of"
@@ -42,9 +41,16 @@ GENERATE_EXAMPLES = """examples:
   attnlrp generate "The capital of France is" --method cp-lrp --max-new-tokens 4 --no-color
 """
 
+MERGE_EXAMPLES = """examples:
+  torchrun --nproc-per-node 2 -m attnlrp explain --input prompts.jsonl --output out.jsonl   (merges at the end)
+  attnlrp merge out.jsonl                       (shards written on several machines, merged later)
+  attnlrp merge out.jsonl --world 4
+"""
+
 AUDIT_EXAMPLES = """examples:
   attnlrp audit                                 (the bundled model)
   attnlrp audit --model path/to/model --method cp-lrp
+  attnlrp audit --check --model path/to/model   (conservation module by module; exit code 1 if a module leaks)
 """
 
 
@@ -142,6 +148,21 @@ def _parser() -> argparse.ArgumentParser:
         AUDIT_EXAMPLES,
     )
     common(au, RULE_SETS)
+    au.add_argument(
+        "--check",
+        action="store_true",
+        help="also measure conservation module by module (CP-LRP on a float64 copy; see docs/check.md)",
+    )
+
+    merge = command(
+        "merge",
+        "merge the shard files of a multi-process run into one output",
+        "Merge <output>.shard-<rank>-of-<world> files into <output>, in input order, as one process writes it "
+        "(runs under torchrun or accelerate launch merge on their own at the end).",
+        MERGE_EXAMPLES,
+    )
+    merge.add_argument("output", help="the --output of the run")
+    merge.add_argument("--world", type=int, help="how many processes the run had (default: the shards found)")
 
     from .evaluate.command import EXAMPLES as EVALUATE_EXAMPLES
     from .evaluate.command import add_arguments
@@ -163,33 +184,6 @@ def _load(args):
     return attnlrp.load_model(args.model, gguf_file=args.gguf_file, dtype=args.dtype, device_map=args.device)
 
 
-def _messages(prompt: Any, system: str | None, chat: bool) -> Any:
-    """The prompt, or chat messages when asked for (a system message makes it a chat)."""
-    if not (chat or system):
-        return prompt
-    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-
-
-def _job(spec: dict) -> tuple[Any, Any, dict]:
-    """What one spec (the command line's options, or an input line) asks for: (inputs, target, options)."""
-    import attnlrp
-
-    if spec.get("label") is not None and spec.get("target") is not None:
-        from .errors import InputError
-
-        raise InputError("Give --target (a next token) or --label (a classifier's label), not both.")
-    target = spec.get("label") if spec.get("label") is not None else spec.get("target")
-    if spec.get("at") is not None:
-        at = spec["at"]
-        target = attnlrp.TokenLabel(int(at) if str(at).lstrip("-").isdigit() else at, label=target)
-    if spec.get("answer"):
-        target = attnlrp.Answer(spec["answer"])
-    elif spec.get("contrast"):
-        target = attnlrp.Contrast(target, spec["contrast"])
-    options = {"pair": spec["pair"]} if spec.get("pair") is not None else {}
-    return _messages(spec["prompt"], spec.get("system"), bool(spec.get("chat"))), target, options
-
-
 def _print_top(exp, k: int) -> None:
     print(f"top {k} by |relevance|:")
     order = sorted(range(len(exp)), key=lambda i: -abs(float(exp.scores[i])))[:k]
@@ -200,9 +194,11 @@ def _print_top(exp, k: int) -> None:
 def _explain_one(args, model, tokenizer) -> None:
     import attnlrp
 
+    from .dataset import spec_job
+
     if args.image:
         return _explain_image(args, model, tokenizer)
-    inputs, target, options = _job(vars(args))
+    inputs, target, options = spec_job(vars(args))
     exp = attnlrp.explain(model, tokenizer, inputs, target=target, method=args.method, **options)
     shown = exp.words() if args.words else exp
     shown.show(color=False if args.no_color else None)
@@ -235,35 +231,24 @@ def _explain_image(args, model, processor) -> None:
 
 
 def _explain_many(args, model, tokenizer) -> None:
-    import attnlrp
-
-    from .dataset import read_lines, run_file
+    from .dataset import explain_dataset
     from .errors import InputError
 
     if not args.output:
         raise InputError("--input needs --output: the file the results are written to (one JSON line each).")
-    lines = read_lines(args.input)
-
-    def explain(chunk):
-        jobs = [_job(line.spec) for line in chunk]
-        pairs = [options.get("pair") for _, _, options in jobs]
-        return attnlrp.explain(
-            model,
-            tokenizer,
-            [inputs for inputs, _, _ in jobs],
-            target=[target for _, target, _ in jobs],
-            method=args.method,
-            batch_size=len(chunk),
-            **({"pair": pairs} if any(p is not None for p in pairs) else {}),
+    print(
+        explain_dataset(
+            model, tokenizer, args.input, args.output, args.method, args.batch_size, progress=not args.no_color
         )
-
-    print(run_file(explain, lines, args.output, args.batch_size, progress=not args.no_color))
+    )
 
 
 def _generate(args, model, tokenizer) -> None:
     import attnlrp
 
-    prompt = _messages(args.prompt, args.system, args.chat)
+    from .dataset import chat_messages
+
+    prompt = chat_messages(args.prompt, args.system, args.chat)
     gen = attnlrp.explain_generation(model, tokenizer, prompt, max_new_tokens=args.max_new_tokens, method=args.method)
     print(repr(gen))
     gen.show(color=False if args.no_color else None)
@@ -273,14 +258,16 @@ def _generate(args, model, tokenizer) -> None:
         print(f"saved {gen.save_html(args.html)}")
 
 
-def _audit(args, model, tokenizer) -> None:
+def _audit(args, model, tokenizer) -> int:
     import attnlrp
 
-    print(
-        attnlrp.audit(
-            model, tokenizer("The Eiffel Tower is located in", return_tensors="pt").input_ids, method=args.method
-        )
-    )
+    ids = tokenizer("The Eiffel Tower is located in", return_tensors="pt").input_ids
+    if not args.check:
+        print(attnlrp.audit(model, ids, method=args.method))
+        return 0
+    report = attnlrp.check(model, ids)
+    print(report)
+    return 0 if report.ok else 1
 
 
 def _evaluate(args, model, tokenizer) -> None:
@@ -296,20 +283,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "explain" and not (args.prompt or args.input or args.image):
         parser.error("explain needs a prompt, or --input prompts.jsonl --output results.jsonl")
     from .errors import AttnLRPError
+    from .sharding import merge, process_group
 
     try:
-        model, tokenizer = _load(args)
-        run = {"generate": _generate, "audit": _audit, "evaluate": _evaluate}.get(
-            args.command, _explain_many if getattr(args, "input", None) else _explain_one
-        )
-        run(args, model, tokenizer)
+        if args.command == "merge":
+            print(f"merged {merge(args.output, args.world)}")
+            return 0
+        with process_group():
+            return _run(args)
     except (AttnLRPError, FileNotFoundError, ModuleNotFoundError, ValueError) as error:
         print(f"attnlrp: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupted:
         print(f"attnlrp: {interrupted or 'interrupted'}", file=sys.stderr)
         return 130
-    return 0
+
+
+def _run(args) -> int:
+    """Load the model and run the command (inside the launcher's process group, where there is one)."""
+    model, tokenizer = _load(args)
+    run = {"generate": _generate, "audit": _audit, "evaluate": _evaluate}.get(
+        args.command, _explain_many if getattr(args, "input", None) else _explain_one
+    )
+    return run(args, model, tokenizer) or 0
 
 
 if __name__ == "__main__":

@@ -19,11 +19,13 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import sharding
 from .errors import InputError
+from .methods.batch import plan
 
 #: Input fields that say what to explain; the others are carried along.
 FIELDS = ("prompt", "target", "contrast", "answer", "pair", "label", "at", "system", "chat", "id")
@@ -57,14 +59,14 @@ class Summary:
     edited: int = 0
     dropped: int = 0
     reordered: bool = False
-    notes: list[str] = field(default_factory=list)
+    padding: float = 0.0
 
     def __str__(self) -> str:
         text = f"{self.total} results in {self.output} ({self.new} new, {self.kept} already there"
         changes = [f"{self.edited} edited line(s) recomputed"] if self.edited else []
         changes += [f"{self.dropped} result(s) of deleted lines dropped"] if self.dropped else []
         changes += ["reordered to the input's order"] if self.reordered else []
-        return text + (f"; {', '.join(changes)}" if changes else "") + ")"
+        return text + (f"; {', '.join(changes)}" if changes else "") + f"); padding {self.padding:.0%} of the tokens"
 
 
 def read_lines(path: str | Path) -> list[Line]:
@@ -96,7 +98,8 @@ def read_lines(path: str | Path) -> list[Line]:
 
 
 def _stored(path: Path) -> dict[str, tuple[dict, str]]:
-    """The results already in ``path`` by key (record, line text); a torn last line (an interruption) is dropped."""
+    """The results already in ``path`` by key (record, line text); a torn last line (an interruption) is dropped,
+    and so is a shard file's header."""
     if not path.exists():
         return {}
     stored = {}
@@ -104,6 +107,8 @@ def _stored(path: Path) -> dict[str, tuple[dict, str]]:
         try:
             record = json.loads(text)
         except json.JSONDecodeError:
+            continue
+        if n == 1 and sharding.read_header(text) is not None:
             continue
         if not isinstance(record, dict) or not isinstance(record.get("key"), str) or "input" not in record:
             raise InputError(
@@ -124,37 +129,42 @@ def run_file(
     lines: list[Line],
     output: str | Path,
     batch_size: int,
+    lengths: Sequence[int] | None = None,
+    shard: tuple[int, int] | None = None,
+    settings: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> Summary:
-    """Explain ``lines`` that have no result in ``output`` yet, ``batch_size`` at a time (``explain`` turns a batch
-    of lines into results), then write every result in the input's order.
+    """Explain every line of ``lines`` that has no result in the output yet (``explain`` turns a batch of lines
+    into results), and write every result in the input's order.
 
-    Ctrl-C stops after the batch in flight with a ``RunInterrupted``; what was finished stays in the file.
+    The batches are the same for every run over the same input: lines of similar ``lengths`` (tokens) share a
+    batch of at most ``batch_size``, and a batch is computed whole (so each result always has the same numbers).
+    ``shard=(rank, world)`` (default: from the launcher's environment) takes this process's share of the batches
+    and writes ``<output>.shard-<rank>-of-<world>``, headed by ``settings``; under a process group the shards are
+    merged into ``output`` at the end. Ctrl-C stops after the batch in flight with a ``RunInterrupted``.
     """
     from rich.progress import Progress
 
     if batch_size < 1:
         raise InputError(f"batch_size must be 1 or more, not {batch_size}.")
-    output = Path(output)
-    stored = _stored(output)
-    keys = {line.key for line in lines}
-    ids = {line.spec["id"]: line.key for line in lines if "id" in line.spec}
-    todo = [line for line in lines if line.key not in stored]
-    summary = Summary(output, len(lines), kept=len(lines) - len(todo))
-    new_places = {line.index for line in todo if "id" not in line.spec}
-    for key, (record, _) in stored.items():
-        if key not in keys:  # an edited line (same id, or, without ids, a new line in its place) or a deleted one
-            edited = record.get("id") in ids if "id" in record else record.get("index") in new_places
-            summary.edited += edited
-            summary.dropped += not edited
-    before = [stored[line.key][0].get("index", -1) for line in lines if line.key in stored]
-    summary.reordered = before != sorted(before)
-    done = summary.kept
-    with output.open("a", encoding="utf-8") as out, Progress(disable=not progress or not sys.stderr.isatty()) as bar:
-        task = bar.add_task("explaining", total=len(lines), completed=done)
+    rank, world = sharding.check_shard(shard) if shard is not None else sharding.current_shard()
+    lengths = list(lengths) if lengths is not None else [1] * len(lines)
+    batches = plan(lengths, batch_size, by_length=True)
+    mine = [batches[b] for b in sharding.assign(batches, lengths, world)[rank]]
+    path = Path(output) if world == 1 else sharding.shard_path(output, rank, world)
+    own = sorted(i for batch in mine for i in batch)
+    stored = _stored(path)
+    summary = _compare(path, [lines[i] for i in own], stored)
+    todo = [batch for batch in mine if any(lines[i].key not in stored for i in batch)]
+    done = len(own) - sum(len(b) for b in todo)
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in mine)
+    summary.padding = 1 - sum(lengths[i] for i in own) / padded if padded else 0.0
+    with path.open("a", encoding="utf-8") as out, Progress(disable=not progress or not sys.stderr.isatty()) as bar:
+        task = bar.add_task("explaining", total=len(own), completed=done)
         try:
-            for start in range(0, len(todo), batch_size):
-                chunk = todo[start : start + batch_size]
+            for batch in todo:
+                chunk = [lines[i] for i in batch]
+                summary.new += sum(line.key not in stored for line in chunk)
                 for line, result in zip(chunk, explain(chunk)):
                     text = _record(line, result)
                     out.write(text + "\n")
@@ -162,11 +172,30 @@ def run_file(
                 out.flush()
                 os.fsync(out.fileno())
                 done += len(chunk)
-                summary.new += len(chunk)
                 bar.advance(task, len(chunk))
         except KeyboardInterrupt:
-            raise RunInterrupted(done, len(lines)) from None
-    _rewrite(output, [_reindexed(stored[line.key], line) for line in lines])
+            raise RunInterrupted(done, len(own)) from None
+    kept = [_reindexed(stored[lines[i].key], lines[i]) for i in own]
+    _rewrite(path, kept if world == 1 else [sharding.header(rank, world, settings or {}), *kept])
+    if world > 1 and sharding.finish(output, world):
+        summary.output, summary.total = Path(output), len(lines)
+    summary.kept = len(own) - summary.new
+    return summary
+
+
+def _compare(path: Path, lines: list[Line], stored: dict[str, tuple[dict, str]]) -> Summary:
+    """A summary of what changed since the stored results were written: edited, deleted and reordered lines."""
+    summary = Summary(path, len(lines))
+    keys = {line.key for line in lines}
+    ids = {line.spec["id"] for line in lines if "id" in line.spec}
+    new_places = {line.index for line in lines if line.key not in stored and "id" not in line.spec}
+    for key, (record, _) in stored.items():
+        if key not in keys:  # an edited line (same id, or, without ids, a new line in its place) or a deleted one
+            edited = record.get("id") in ids if "id" in record else record.get("index") in new_places
+            summary.edited += edited
+            summary.dropped += not edited
+    before = [stored[line.key][0].get("index", -1) for line in lines if line.key in stored]
+    summary.reordered = before != sorted(before)
     return summary
 
 
@@ -183,3 +212,73 @@ def _rewrite(path: Path, texts: list[str]) -> None:
     staging = path.with_name(path.name + ".tmp")
     staging.write_text("".join(t + "\n" for t in texts), encoding="utf-8")
     os.replace(staging, path)
+
+
+def chat_messages(prompt: Any, system: str | None, chat: bool) -> Any:
+    """The prompt, or chat messages when asked for (a system message makes it a chat)."""
+    if not (chat or system):
+        return prompt
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+
+
+def spec_job(spec: dict) -> tuple[Any, Any, dict]:
+    """What one spec (the command line's options, or an input line) asks for: (inputs, target, options)."""
+    import attnlrp
+
+    if spec.get("label") is not None and spec.get("target") is not None:
+        raise InputError("Give --target (a next token) or --label (a classifier's label), not both.")
+    target = spec.get("label") if spec.get("label") is not None else spec.get("target")
+    if spec.get("at") is not None:
+        at = spec["at"]
+        target = attnlrp.TokenLabel(int(at) if str(at).lstrip("-").isdigit() else at, label=target)
+    if spec.get("answer"):
+        target = attnlrp.Answer(spec["answer"])
+    elif spec.get("contrast"):
+        target = attnlrp.Contrast(target, spec["contrast"])
+    options = {"pair": spec["pair"]} if spec.get("pair") is not None else {}
+    return chat_messages(spec["prompt"], spec.get("system"), bool(spec.get("chat"))), target, options
+
+
+def explain_dataset(
+    model,
+    tokenizer,
+    input: str | Path,
+    output: str | Path,
+    method: str = "attnlrp",
+    batch_size: int = 8,
+    shard: tuple[int, int] | None = None,
+    progress: bool = True,
+) -> Summary:
+    """Explain every line of the JSONL file ``input`` into ``output`` (see the module's docstring for the fields),
+    resumably, in batches of similar length; ``shard=(rank, world)`` (default: from torchrun's or accelerate's
+    environment) takes one process's share and writes its shard file (merged with ``attnlrp merge``, or at the
+    end of a run under a process group)."""
+    import attnlrp
+
+    from .tasks.base import model_name
+    from .tasks.text import encode
+
+    lines = read_lines(input)
+    jobs = [spec_job(line.spec) for line in lines]
+    lengths = [len(encode(tokenizer, inputs).ids) for inputs, _, _ in jobs]
+
+    def explain(chunk: list[Line]) -> list[Any]:
+        picked = [jobs[line.index] for line in chunk]
+        pairs = [options.get("pair") for _, _, options in picked]
+        return attnlrp.explain(
+            model,
+            tokenizer,
+            [inputs for inputs, _, _ in picked],
+            target=[target for _, target, _ in picked],
+            method=method,
+            batch_size=len(chunk),
+            **({"pair": pairs} if any(p is not None for p in pairs) else {}),
+        )
+
+    settings = {
+        "model": model_name(model),
+        "method": method,
+        "batch_size": batch_size,
+        "input": hashlib.sha256("".join(line.key for line in lines).encode()).hexdigest()[:16],
+    }
+    return run_file(explain, lines, output, batch_size, lengths, shard, settings, progress)

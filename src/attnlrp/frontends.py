@@ -17,12 +17,14 @@ from .tasks.image import ImageTarget
 
 
 def run(task: Task, method: Method, items: Sequence[Any], targets: Sequence[Any], batch_size: int) -> list[Any]:
-    """Explain ``items`` with ``method`` in batches of at most ``batch_size``: one result per item, in order."""
-    results: list[Any] = []
-    for group in plan(task.lengths(items), batch_size):
+    """Explain ``items`` with ``method`` in batches of at most ``batch_size`` items of similar length (less padding):
+    one result per item, in the items' order."""
+    results: list[Any] = [None] * len(items)
+    for group in plan(task.lengths(items), batch_size, by_length=True):
         batch = task.prepare([items[i] for i in group], [targets[i] for i in group])
         method.check(batch)
-        results.extend(task.results(batch, method.attribute(batch), method))
+        for i, result in zip(group, task.results(batch, method.attribute(batch), method)):
+            results[i] = result
     return results
 
 

@@ -1,0 +1,164 @@
+"""Data-parallel dataset runs: which process takes which batches, where each writes, and the merge.
+
+Processes come from an existing launcher: ``torchrun`` and ``accelerate launch`` set ``RANK`` and
+``WORLD_SIZE``, and ``torch.distributed`` (gloo, or nccl on GPUs) gives the barrier before the automatic
+merge. Every process plans the same batches as a single process would (so each result is computed in the same
+batch, with the same numbers) and takes whole batches of that plan, balanced by their padded token count.
+Each writes its own shard file, headed by its rank, the world size and the run's settings; ``merge`` needs
+no process group, so shards written on different machines can be merged later.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+HEADER = "attnlrp_shard"
+
+
+def current_shard() -> tuple[int, int]:
+    """(rank, world size) from the launcher's environment (torchrun, accelerate launch), else (0, 1)."""
+    rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+    if rank is None or world is None:
+        return 0, 1
+    return check_shard((int(rank), int(world)))
+
+
+def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
+    """``shard`` as (rank, world), or an InputError saying what is wrong with it."""
+    rank, world = shard
+    if world < 1 or not 0 <= rank < world:
+        raise InputError(f"shard={shard} is not a (rank, world) pair with 0 <= rank < world.")
+    return rank, world
+
+
+def assign(batches: Sequence[Sequence[int]], lengths: Sequence[int], world: int) -> list[list[int]]:
+    """Batch indices per rank: whole batches, the costliest first, each to the rank with the least work so far
+    (work: padded tokens, rows x the longest row); ties go to the lower rank, so every process agrees."""
+    cost = [len(b) * max(lengths[i] for i in b) for b in batches]
+    load, out = [0] * world, [[] for _ in range(world)]
+    for index in sorted(range(len(batches)), key=lambda i: (-cost[i], i)):
+        rank = min(range(world), key=lambda r: (load[r], r))
+        out[rank].append(index)
+        load[rank] += cost[index]
+    return [sorted(b) for b in out]
+
+
+def shard_path(output: str | Path, rank: int, world: int) -> Path:
+    """The file rank ``rank`` of ``world`` writes for ``output``."""
+    output = Path(output)
+    return output.with_name(f"{output.name}.shard-{rank}-of-{world}")
+
+
+def header(rank: int, world: int, settings: dict[str, Any]) -> str:
+    """The first line of a shard file."""
+    return json.dumps({HEADER: {"rank": rank, "world": world, "settings": settings}}, sort_keys=True)
+
+
+def read_header(text: str) -> dict | None:
+    """A shard file's header from its first line, or None where the line is a result."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return value.get(HEADER) if isinstance(value, dict) else None
+
+
+def shards_of(output: str | Path) -> dict[int, list[Path]]:
+    """The shard files of ``output`` on disk, by the world size they were written for."""
+    output = Path(output)
+    pattern = re.compile(re.escape(output.name) + r"\.shard-(\d+)-of-(\d+)$")
+    found: dict[int, list[Path]] = {}
+    for path in sorted(output.parent.glob(output.name + ".shard-*")):
+        match = pattern.match(path.name)
+        if match:
+            found.setdefault(int(match.group(2)), []).append(path)
+    return found
+
+
+def merge(output: str | Path, world: int | None = None) -> Path:
+    """Merge the shard files of ``output`` into ``output``: every result once, in input order, byte for byte as
+    a single process writes them. ``world``: the number of shards expected (default: the only size found)."""
+    output = Path(output)
+    found = shards_of(output)
+    if not found:
+        raise InputError(f"No shard files of {output} (like {shard_path(output, 0, 2).name}) were found.")
+    if world is None:
+        if len(found) > 1:
+            raise InputError(f"Shards of {output} for several world sizes are there ({sorted(found)}): give --world.")
+        (world,) = found
+    paths = found.get(world, [])
+    ranks = sorted(int(p.name.rsplit("-", 3)[-3]) for p in paths)
+    if ranks != list(range(world)):
+        seen = {w: sorted(int(p.name.rsplit("-", 3)[-3]) for p in ps) for w, ps in found.items()}
+        raise InputError(
+            f"Merging {output} needs the {world} shards 0..{world - 1} of a {world}-process run, but found "
+            f"{', '.join(f'ranks {r} of {w}' for w, r in seen.items())}: give the world size the run used, or run "
+            "the missing shards (each resumes on its own)."
+        )
+    records: list[tuple[int, str]] = []
+    settings = None
+    for path in paths:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        head = read_header(lines[0]) if lines else None
+        if head is None or head.get("world") != world:
+            raise InputError(f"{path} has no shard header of a {world}-process run; it was not written by attnlrp.")
+        if settings is not None and head["settings"] != settings:
+            different = sorted(
+                k for k in set(settings) | set(head["settings"]) if settings.get(k) != head["settings"].get(k)
+            )
+            raise InputError(
+                f"{path} was written with other settings than shard 0 ({', '.join(different)} differ): shards of "
+                "different runs can't be mixed in one output. Rerun that shard with the same command."
+            )
+        settings = head["settings"]
+        records += [(json.loads(text)["index"], text) for text in lines[1:] if text.strip()]
+    records.sort()
+    indices = [index for index, _ in records]
+    if indices != list(range(len(records))):
+        raise InputError(f"The shards of {output} don't hold one result per input line; rerun them to resume.")
+    staging = output.with_name(output.name + ".tmp")
+    staging.write_text("".join(text + "\n" for _, text in records), encoding="utf-8")
+    os.replace(staging, output)
+    return output
+
+
+@contextmanager
+def process_group():
+    """A torch.distributed process group for the duration, where a launcher started several processes and none
+    exists yet (gloo on CPUs, nccl on GPUs); nothing otherwise."""
+    import torch
+    import torch.distributed as dist
+
+    _, world = current_shard()
+    if world == 1 or not dist.is_available() or dist.is_initialized() or "MASTER_ADDR" not in os.environ:
+        yield
+        return
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def finish(output: str | Path, world: int) -> bool:
+    """Wait for every process of the group, then merge on rank 0. False where there is no process group to wait
+    for (the shards are then merged by hand: ``attnlrp merge``)."""
+    import torch.distributed as dist
+
+    if world == 1:
+        return True
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    dist.barrier()
+    if dist.get_rank() == 0:
+        merge(output, world)
+    dist.barrier()
+    return True

@@ -1,0 +1,107 @@
+"""Data-parallel dataset runs under torchrun (2 processes, gloo, one thread each): the merged output is byte for
+byte the single-process output, with an uneven split and after a killed shard resumes; merge errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import build_tiny_lm
+
+from attnlrp.dataset import explain_dataset
+from attnlrp.errors import InputError
+from attnlrp.sharding import assign, merge, shard_path
+
+PROMPTS = [
+    "The capital of France is",
+    "Hi",
+    "Two plus two equals four and",
+    "One",
+    "A long time ago in a galaxy far",
+    "Rivers flow",
+    "The sea is",
+]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, tokenizer):
+    path = tmp_path_factory.mktemp("tiny")
+    build_tiny_lm(tokenizer, dtype=__import__("torch").float32).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _attnlrp(*argv: str, launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [*launcher, "-m", "attnlrp", *argv] if launcher else [sys.executable, "-m", "attnlrp", *argv]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+
+
+def _torchrun() -> tuple[str, ...]:
+    return (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2")
+
+
+def test_two_processes_write_what_one_process_writes(folder, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS), encoding="utf-8")
+    common = ("explain", "--model", str(folder), "--input", str(prompts), "--batch-size", "2", "--no-color")
+    single = _attnlrp(*common, "--output", str(tmp_path / "single.jsonl"))
+    assert single.returncode == 0, single.stderr
+    multi = _attnlrp(*common, "--output", str(tmp_path / "multi.jsonl"), launcher=_torchrun())
+    assert multi.returncode == 0, multi.stderr
+    expected = (tmp_path / "single.jsonl").read_bytes()
+    assert (tmp_path / "multi.jsonl").read_bytes() == expected
+    shards = [shard_path(tmp_path / "multi.jsonl", rank, 2) for rank in range(2)]
+    sizes = [len(s.read_text().splitlines()) - 1 for s in shards]
+    assert sum(sizes) == len(PROMPTS) and sizes[0] != sizes[1], "4 batches of 2, 2, 2 and 1 prompts: uneven"
+
+    # a killed process: its shard lost its last result (and the merged file is gone); the same command resumes
+    lines = shards[1].read_text().splitlines()
+    shards[1].write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:30], encoding="utf-8")
+    (tmp_path / "multi.jsonl").unlink()
+    resumed = _attnlrp(*common, "--output", str(tmp_path / "multi.jsonl"), launcher=_torchrun())
+    assert resumed.returncode == 0, resumed.stderr
+    assert (tmp_path / "multi.jsonl").read_bytes() == expected
+
+    # merged by hand, without a process group
+    (tmp_path / "multi.jsonl").unlink()
+    by_hand = _attnlrp("merge", str(tmp_path / "multi.jsonl"))
+    assert by_hand.returncode == 0, by_hand.stderr and (tmp_path / "multi.jsonl").read_bytes() == expected
+
+
+def test_the_python_api_takes_a_shard(tiny_lm, tokenizer, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS), encoding="utf-8")
+    alone = explain_dataset(tiny_lm, tokenizer, prompts, tmp_path / "alone.jsonl", batch_size=2, progress=False)
+    assert alone.total == len(PROMPTS)
+    for rank in (1, 0):  # written on "different machines", in any order
+        explain_dataset(
+            tiny_lm, tokenizer, prompts, tmp_path / "out.jsonl", batch_size=2, shard=(rank, 2), progress=False
+        )
+    assert not (tmp_path / "out.jsonl").exists(), "no process group: nothing to wait for, merge by hand"
+    merge(tmp_path / "out.jsonl")
+    assert (tmp_path / "out.jsonl").read_bytes() == (tmp_path / "alone.jsonl").read_bytes()
+
+    with pytest.raises(
+        InputError, match=r"needs the 3 shards 0\.\.2 of a 3-process run, but found ranks \[0, 1\] of 2"
+    ):
+        merge(tmp_path / "out.jsonl", world=3)
+    other = tmp_path / "other.jsonl"
+    for rank, method in ((0, "attnlrp"), (1, "cp-lrp")):
+        explain_dataset(
+            tiny_lm, tokenizer, prompts, other, method=method, batch_size=2, shard=(rank, 2), progress=False
+        )
+    with pytest.raises(InputError, match=r"other settings than shard 0 \(method differ\)"):
+        merge(other)
+
+
+def test_batches_are_balanced_by_padded_tokens():
+    lengths = [10, 10, 40, 40, 5, 5, 5, 5]
+    batches = [[0, 1], [2, 3], [4, 5], [6, 7]]
+    shares = assign(batches, lengths, 2)
+    work = [sum(len(batches[b]) * max(lengths[i] for i in batches[b]) for b in share) for share in shares]
+    assert shares == [[1], [0, 2, 3]] and work == [80, 40]
+    assert sorted(b for share in assign(batches, lengths, 3) for b in share) == [0, 1, 2, 3]
