@@ -20,8 +20,9 @@ SECTIONS = {
     "overhead": "benchmarks/overhead.py",
     "peers": "benchmarks/peers.py",
     "long-context": "benchmarks/long_context.py",
+    "long-context-gemma": "benchmarks/long_context.py --model gemma",
     "profile": "benchmarks/profile_overhead.py",
-    "gpu": "benchmarks/overhead.py",
+    "gpu": "benchmarks/gpu.py",
 }
 
 
@@ -106,3 +107,16 @@ def median_range(values: list[float], fmt: str = "{:.2f}") -> str:
     if not values:
         return "–"
     return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}–{fmt.format(max(values))})"
+
+
+def replace_fenced(path: Path | str, name: str, body: str) -> Path:
+    """Replace the text between ``<!-- bench:NAME -->`` and its end fence in a hand-written page, keeping the rest;
+    where the page has no such fence, the section is appended."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    start, end = _fence(name)
+    block = f"{start}\n{body.strip()}\n{end}"
+    i, j = text.find(start), text.find(end)
+    text = text[:i] + block + text[j + len(end) :] if i >= 0 and j > i else text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -13,7 +13,8 @@ SmolLM2-135M-Instruct weights from MODEL_DIR (attnlrp's safetensors cache of the
 
 Requests (JSON): ``{"task": "explain", "config": C, "ids": [...]}`` explains the top logit at the last position
 of the given token ids; ``{"task": "generation", "config": C, "ids": [...], "new_tokens": N}`` explains an
-N-token greedy generation after the prompt ids. Replies carry the seconds of the run and what it computed
+N-token greedy generation after the prompt ids; ``{"task": "batch", "texts": [...], "batch_size": B}`` (Inseq)
+explains the next token of every text with Inseq's batched ``attribute``. Replies carry the seconds of the run and what it computed
 (the explained value, Σ relevance, relevance per token, generated ids), so that peers.py can check that the
 systems did the same work.
 
@@ -191,15 +192,29 @@ class Inseq:
             "prompt_tokens": len(seq.target) - new_tokens,
         }
 
+    def batch(self, texts: list[str], batch_size: int):
+        """Inseq's batched ``attribute`` of the next token of every text (one generated token each)."""
+        out = self.model.attribute(
+            texts,
+            generation_args={"max_new_tokens": 1, "min_new_tokens": 1, "do_sample": False},
+            attributed_fn="logit",
+            batch_size=batch_size,
+            show_progress=False,
+            pretty_progress=False,
+        )
+        return {"explained": len(out.sequence_attributions)}
+
 
 SYSTEMS = {"ours": Ours, "lxt": LXT, "captum": Captum, "inseq": Inseq}
 
 
 def run(system, request: dict) -> dict:
-    ids = torch.tensor([request["ids"]])
+    ids = torch.tensor([request.get("ids", [])])
     gc.collect()
     start = time.perf_counter()
-    if request["task"] == "explain":
+    if request["task"] == "batch":
+        out = system.batch(request["texts"], request["batch_size"])
+    elif request["task"] == "explain":
         out = system.explain(request.get("config", ""), ids)
     else:
         out = system.generation(request.get("config", ""), ids, request["new_tokens"])

@@ -25,10 +25,10 @@ exp.show()  # tokens, coloured by relevance (plain text with scores where there 
 print()
 words = exp.words()
 words.show()  # the same, merged into words
-answer_start = next(start for name, start, _ in words.segments if name == "answer")
-print("\nmost relevant words before the answer:")
-for word, score, _ in [w for w in words.top(len(words)) if w[2] < answer_start][:5]:
+print("\nmost relevant words of the context (by |relevance|; the answer's own words are ranked apart):")
+for word, score, _ in words.top(5):
     print(f"  {word!r:>16}  {score:+.3f}")
+print(f"the answer's own tokens hold {exp.answer_relevance:+.3f} of Σ relevance {exp.total:+.3f}")
 print("\nrelevance per part of the chat:", {k: round(v, 2) for k, v in exp.segment_scores().items()})
 
 path = exp.save_html(Path("demo.html"))

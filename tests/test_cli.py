@@ -73,7 +73,7 @@ def test_explain_target_contrast_and_method(run, tmp_path):
     assert code == 0, err
     contrast = Explanation.load(tmp_path / "c.json")
     assert contrast.method == "cp-lrp"
-    assert contrast.target == " Paris vs  Rome" and contrast.target_id == 7042
+    assert contrast.target == " Paris vs Rome" and contrast.target_id == 7042
     assert 0 < contrast.value < contrast.logit, "Paris beats Rome, by less than Paris's whole logit"
     # CP-LRP on a bias-free LLaMA conserves: the contrast's relevance sums to the logit difference
     assert contrast.total == pytest.approx(contrast.value, rel=2e-2)

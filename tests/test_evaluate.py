@@ -308,6 +308,8 @@ def test_cli_evaluate_resumes(smollm, monkeypatch, capsys, tmp_path):
     assert results["metrics"]["attnlrp"]["pointing"]["n"] == 4
     page = output.with_suffix(".html").read_text()
     assert "data:image/png;base64," in page and "http" not in page
+    assert "<th>suite</th><td>agreement</td>" in page and "<th>exclude_first</th><td>no</td>" in page
+    assert "{'suite'" not in page, "the settings are a table, not a Python dict"
     assert (tmp_path / "agreement-metrics.png").read_bytes()[:4] == b"\x89PNG"
 
     # an interruption: the last record torn, one more lost; the rerun redoes exactly those two

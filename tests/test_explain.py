@@ -117,7 +117,7 @@ def test_contrast_against_a_token_and_against_the_mean(tiny_lm, tokenizer):
 
     assert versus.value == pytest.approx(float(last[paris] - last[rome]), rel=1e-10)
     assert mean.value == pytest.approx(float(last[paris] - last.mean()), rel=1e-10)
-    assert versus.target == " Paris vs  Rome" and mean.target == " Paris vs mean"
+    assert versus.target == " Paris vs Rome" and mean.target == " Paris vs mean"
     assert versus.target_id == paris
     for exp in (versus, mean):
         assert_conserved(exp)

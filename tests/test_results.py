@@ -243,10 +243,10 @@ def test_generation_normalized_per_row():
 
 def test_top_k_orders_by_score():
     exp = explanation()
-    top = exp.top(3)
+    top = exp.top(3, by="positive")
     assert top == [(" Fr", 2.0, 5), (" cap", 1.25, 2), ("The", 0.5, 1)]
-    assert len(exp.top(100)) == len(exp)
-    assert exp.top(100)[-1][1] == pytest.approx(-0.75)
+    assert len(exp.top(100, by="positive")) == len(exp)
+    assert exp.top(100, by="positive")[-1][1] == pytest.approx(-0.75)
     gen_top = generation().top(2)
     assert [row[0][2] for row in gen_top] == [3, 4, 5]
 

@@ -68,3 +68,11 @@ def test_audit_is_clean(probe, name):
 def test_explain_image_on_vit_b_16(probe):
     result = probe["vit_b_16/explain_image"]
     assert result == {"shape": [224, 224], "target": "7", "method": "cp-lrp", "finite": True}
+
+
+def test_patches_know_the_model_patch_size(probe):
+    """torchvision's vit_b_16 says its patch size (16) as ``patch_size``, timm's as ``patch_embed.patch_size``."""
+    patches = probe["vit_b_16/patches"]
+    assert patches["patch_size"] == 16 and patches["grid"] == [14, 14]
+    assert all(0 <= i < 14 for i in patches["top"])
+    assert probe["timm/patch_size"] == 4

@@ -173,6 +173,8 @@ def main() -> None:
         "method": exp.method,
         "finite": bool(torch.isfinite(torch.from_numpy(exp.scores)).all()),
     }
+    out["vit_b_16/patches"] = {"patch_size": exp.patch_size, "grid": list(exp.patches().shape), "top": exp.top_patch()}
+    out["timm/patch_size"] = attnlrp.explain_image(timm_vit("sdpa"), pixels()[0]).patch_size
     print(json.dumps(out))
 
 

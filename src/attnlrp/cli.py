@@ -16,6 +16,7 @@ EXAMPLES = """examples:
   attnlrp generate "Write a haiku about the sea." --max-new-tokens 24 --html gen.html
   attnlrp audit --model path/to/model
   attnlrp evaluate --suite facts --methods attnlrp,input_x_gradient,random --limit 50 --output facts.json
+  attnlrp latent collect --corpus labelled --sites "model.layers.*.mlp.down_proj" --output atlas
 """
 
 EXPLAIN_EXAMPLES = """examples:
@@ -30,7 +31,7 @@ EXPLAIN_EXAMPLES = """examples:
   attnlrp explain --input prompts.jsonl --output results.jsonl     (resumes if interrupted)
 
 Each line of --input is a prompt string or an object with "prompt" and any of "target", "contrast",
-"answer", "label", "pair", "at", "system", "chat" (true: the prompt as a user message) and "id"; other
+"answer", "label", "pair", "at", "image" (a path), "system", "chat" (true: the prompt as a user message) and "id"; other
 fields are copied to the output line. Results are matched to input lines by content and id, so a rerun
 after editing, deleting or reordering lines recomputes only what changed and writes the input's order.
 """
@@ -119,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--label", help="classifiers: the label to explain (default: the predicted one)")
     ex.add_argument("--pair", help="classifiers and sentence similarity: the second text (NLI hypothesis, ...)")
     ex.add_argument("--at", help="token classifiers: the word (or token position) whose label is explained")
-    ex.add_argument("--image", metavar="PATH", help="image models: the image to explain")
+    ex.add_argument("--image", metavar="PATH", help="image models, vision-language models and CLIP: the image")
     ex.add_argument("--top", type=int, metavar="K", help="also print the K most relevant tokens (words with --words)")
     ex.add_argument("--words", action="store_true", help="merge sub-word tokens into words")
     ex.add_argument("--json", metavar="PATH", help="save the explanation as JSON")
@@ -175,6 +176,18 @@ def _parser() -> argparse.ArgumentParser:
             EVALUATE_EXAMPLES,
         )
     )
+
+    from .latent.command import EXAMPLES as LATENT_EXAMPLES
+    from .latent.command import add_arguments as add_latent_arguments
+
+    add_latent_arguments(
+        command(
+            "latent",
+            "latent features: collect an atlas over a corpus, unit cards, browse, steer",
+            "Which neurons, heads and SAE latents predictions rest on, what they mean, and steering with them.",
+            LATENT_EXAMPLES,
+        )
+    )
     return parser
 
 
@@ -195,8 +208,9 @@ def _explain_one(args, model, tokenizer) -> None:
     import attnlrp
 
     from .dataset import spec_job
+    from .tasks import task_for
 
-    if args.image:
+    if args.image and "images" not in task_for(model).options:
         return _explain_image(args, model, tokenizer)
     inputs, target, options = spec_job(vars(args))
     exp = attnlrp.explain(model, tokenizer, inputs, target=target, method=args.method, **options)
@@ -213,16 +227,12 @@ def _explain_one(args, model, tokenizer) -> None:
 def _explain_image(args, model, processor) -> None:
     import attnlrp
 
-    from .errors import InputError
+    from .dataset import read_image
 
-    try:
-        from PIL import Image
-
-        image = Image.open(args.image).convert("RGB")
-    except OSError as error:
-        raise InputError(f"Can't read the image {args.image}: {error}.") from error
     target = args.label if args.label is not None else args.target
-    exp = attnlrp.explain_image(model, [image], target=target, method=args.method, processor=processor)[0]
+    exp = attnlrp.explain_image(
+        model, [read_image(args.image)], target=target, method=args.method, processor=processor
+    )[0]
     print(repr(exp))
     if args.json:
         print(f"saved {exp.save(args.json)}")
@@ -276,6 +286,12 @@ def _evaluate(args, model, tokenizer) -> None:
     run(args, model, tokenizer)
 
 
+def _latent(args, model, tokenizer) -> None:
+    from .latent.command import run
+
+    run(args, model, tokenizer)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = _parser()
@@ -302,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> int:
     """Load the model and run the command (inside the launcher's process group, where there is one)."""
     model, tokenizer = _load(args)
-    run = {"generate": _generate, "audit": _audit, "evaluate": _evaluate}.get(
+    run = {"generate": _generate, "audit": _audit, "evaluate": _evaluate, "latent": _latent}.get(
         args.command, _explain_many if getattr(args, "input", None) else _explain_one
     )
     return run(args, model, tokenizer) or 0

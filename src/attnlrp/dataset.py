@@ -1,7 +1,8 @@
 """Dataset runs: explain every line of a JSONL file into an output JSONL file, resumably.
 
 Each input line is a string (the prompt) or an object with a ``"prompt"`` and, optionally, ``"target"``,
-``"contrast"``, ``"answer"``, ``"pair"``, ``"label"``, ``"at"``, ``"system"``, ``"chat"`` and ``"id"``; any other
+``"contrast"``, ``"answer"``, ``"pair"``, ``"label"``, ``"at"``, ``"image"`` (a path, for vision-language
+models and CLIP), ``"system"``, ``"chat"`` and ``"id"``; any other
 field is carried along. Each output line holds the line's key, its position, its input fields (under
 ``"input"``, and its ``"id"`` at the top) and the explanation (``Explanation.from_dict`` reads it).
 
@@ -17,6 +18,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,7 +30,7 @@ from .errors import InputError
 from .methods.batch import plan
 
 #: Input fields that say what to explain; the others are carried along.
-FIELDS = ("prompt", "target", "contrast", "answer", "pair", "label", "at", "system", "chat", "id")
+FIELDS = ("prompt", "target", "contrast", "answer", "pair", "label", "at", "image", "system", "chat", "id")
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -60,13 +62,20 @@ class Summary:
     dropped: int = 0
     reordered: bool = False
     padding: float = 0.0
+    shard: tuple[int, int] = (0, 1)
+    tokens: int = 0  # padded tokens (rows x width) of the batches computed now
+    seconds: float = 0.0
 
     def __str__(self) -> str:
         text = f"{self.total} results in {self.output} ({self.new} new, {self.kept} already there"
         changes = [f"{self.edited} edited line(s) recomputed"] if self.edited else []
         changes += [f"{self.dropped} result(s) of deleted lines dropped"] if self.dropped else []
         changes += ["reordered to the input's order"] if self.reordered else []
-        return text + (f"; {', '.join(changes)}" if changes else "") + f"); padding {self.padding:.0%} of the tokens"
+        text += (f"; {', '.join(changes)}" if changes else "") + f"); padding {self.padding:.0%} of the tokens"
+        rank, world = self.shard
+        if world > 1:
+            text = f"shard {rank} of {world}: {text}; {self.tokens} token rows in {self.seconds:.1f} s"
+        return text
 
 
 def read_lines(path: str | Path) -> list[Line]:
@@ -155,12 +164,14 @@ def run_file(
     own = sorted(i for batch in mine for i in batch)
     stored = _stored(path)
     summary = _compare(path, [lines[i] for i in own], stored)
+    summary.shard = (rank, world)
     todo = [batch for batch in mine if any(lines[i].key not in stored for i in batch)]
     done = len(own) - sum(len(b) for b in todo)
     padded = sum(len(b) * max(lengths[i] for i in b) for b in mine)
     summary.padding = 1 - sum(lengths[i] for i in own) / padded if padded else 0.0
     with path.open("a", encoding="utf-8") as out, Progress(disable=not progress or not sys.stderr.isatty()) as bar:
         task = bar.add_task("explaining", total=len(own), completed=done)
+        started = time.perf_counter()
         try:
             for batch in todo:
                 chunk = [lines[i] for i in batch]
@@ -172,9 +183,11 @@ def run_file(
                 out.flush()
                 os.fsync(out.fileno())
                 done += len(chunk)
+                summary.tokens += len(batch) * max(lengths[i] for i in batch)
                 bar.advance(task, len(chunk))
         except KeyboardInterrupt:
             raise RunInterrupted(done, len(own)) from None
+        summary.seconds = time.perf_counter() - started
     kept = [_reindexed(stored[lines[i].key], lines[i]) for i in own]
     _rewrite(path, kept if world == 1 else [sharding.header(rank, world, settings or {}), *kept])
     if world > 1 and sharding.finish(output, world):
@@ -236,7 +249,19 @@ def spec_job(spec: dict) -> tuple[Any, Any, dict]:
     elif spec.get("contrast"):
         target = attnlrp.Contrast(target, spec["contrast"])
     options = {"pair": spec["pair"]} if spec.get("pair") is not None else {}
+    if spec.get("image") is not None:
+        options["images"] = read_image(spec["image"])
     return chat_messages(spec["prompt"], spec.get("system"), bool(spec.get("chat"))), target, options
+
+
+def read_image(path: str | Path):
+    """The RGB image at ``path`` (PIL), or an InputError naming the file."""
+    from PIL import Image
+
+    try:
+        return Image.open(path).convert("RGB")
+    except OSError as error:
+        raise InputError(f"Can't read the image {path}: {error}.") from error
 
 
 def explain_dataset(
@@ -260,11 +285,16 @@ def explain_dataset(
 
     lines = read_lines(input)
     jobs = [spec_job(line.spec) for line in lines]
-    lengths = [len(encode(tokenizer, inputs).ids) for inputs, _, _ in jobs]
+    text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor's own tokenizer
+    lengths = [len(encode(text_tokenizer, inputs).ids) for inputs, _, _ in jobs]
 
     def explain(chunk: list[Line]) -> list[Any]:
         picked = [jobs[line.index] for line in chunk]
-        pairs = [options.get("pair") for _, _, options in picked]
+        options = {}
+        for key in ("pair", "images"):
+            values = [given.get(key) for _, _, given in picked]
+            if any(v is not None for v in values):
+                options[key] = values
         return attnlrp.explain(
             model,
             tokenizer,
@@ -272,7 +302,7 @@ def explain_dataset(
             target=[target for _, target, _ in picked],
             method=method,
             batch_size=len(chunk),
-            **({"pair": pairs} if any(p is not None for p in pairs) else {}),
+            **options,
         )
 
     settings = {

@@ -32,8 +32,28 @@ class BindingError(AttnLRPError, RuntimeError):
     """The model can't be bound as asked."""
 
 
+class UnsupportedModelError(BindingError):
+    """A model whose layers attnlrp has no LRP rules for (state-space and recurrent layers), refused by name."""
+
+
 class UnruledOpError(AttnLRPError, RuntimeError):
     """An op without an LRP rule ran inside a model bound with ``strict=True``."""
+
+
+class QuantizedLayerError(AttnLRPError, RuntimeError):
+    """A quantized layer the linear rule can't cover: an unknown backend, or a weight it can't dequantize."""
+
+
+class ModelNotBuiltError(AttnLRPError, FileNotFoundError):
+    """A model of ``attnlrp.zoo`` (fine-tuned or converted here) that has not been built into the cache yet."""
+
+
+class LatentError(AttnLRPError, ValueError):
+    """A latent site, unit, corpus or sparse autoencoder that can't be used as given (``attnlrp.latent``)."""
+
+
+class SteeringError(BindingError):
+    """A model that can't be steered as asked: already steered, or bound by an ``lrp`` block."""
 
 
 class UnruledOpWarning(UserWarning):

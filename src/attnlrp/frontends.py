@@ -5,27 +5,53 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from .engine.layer_map import LayerRules
 from .errors import InputError
 from .methods import Method, get_method
 from .methods.batch import plan
 from .results import Explanation, GenerationExplanation, ImageExplanation
-from .tasks import TASKS, ImageClassification, Task, generation, task_for
+from .tasks import (
+    TASKS,
+    ImageClassification,
+    Seq2Seq,
+    Task,
+    VisionLanguage,
+    generation,
+    seq2seq,
+    task_for,
+    vision_language,
+)
 from .tasks.image import ImageTarget
 
 
-def run(task: Task, method: Method, items: Sequence[Any], targets: Sequence[Any], batch_size: int) -> list[Any]:
+def run(
+    task: Task, method: Method, items: Sequence[Any], targets: Sequence[Any], batch_size: int, readout: Any = None
+) -> list[Any]:
     """Explain ``items`` with ``method`` in batches of at most ``batch_size`` items of similar length (less padding):
-    one result per item, in the items' order."""
+    one result per item, in the items' order. ``readout`` (``attnlrp.latent.readout.LatentReadout``) also gives
+    each result the most relevant units of its sites, from the same backward."""
     results: list[Any] = [None] * len(items)
     for group in plan(task.lengths(items), batch_size, by_length=True):
         batch = task.prepare([items[i] for i in group], [targets[i] for i in group])
         method.check(batch)
-        for i, result in zip(group, task.results(batch, method.attribute(batch), method)):
+        found = (
+            task.results(batch, readable(method.attribute(batch)), method)
+            if readout is None
+            else readout.explain(task, batch, method)
+        )
+        for i, result in zip(group, found):
             results[i] = result
     return results
+
+
+def readable(relevance: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Relevance where results read it: on the CPU (from any device of a device map), half precision as float32."""
+    return {
+        kind: (r.float() if r.dtype in (torch.float16, torch.bfloat16) else r).cpu() for kind, r in relevance.items()
+    }
 
 
 def make_task(model: nn.Module, tokenizer, task: str | None = None, **options: Any) -> Task:
@@ -38,7 +64,8 @@ def make_task(model: nn.Module, tokenizer, task: str | None = None, **options: A
             takers = [name for name, other in TASKS.items() if key in other.options]
             raise InputError(
                 f"{key}= was given, but {type(model).__name__} is explained as the {cls.name!r} task, which takes "
-                f"no {key}: leave it out" + (f" (it is for the {', '.join(map(repr, takers))} tasks)." if takers else ".")
+                f"no {key}: leave it out"
+                + (f" (it is for the {', '.join(map(repr, takers))} tasks)." if takers else ".")
             )
     return cls(model, tokenizer, **given)
 
@@ -57,11 +84,15 @@ def explain(
     pair: Any = None,
     pooling: str | None = None,
     similarity: str | None = None,
+    images: Any = None,
+    latent: Any = None,
+    atlas: Any = None,
 ) -> Explanation | list[Explanation]:
     """Explain a model's prediction: the relevance of each input token.
 
     The task comes from the model (``task=`` names one): a causal LM's next token or answer, a classifier's
-    label (of a text, a text pair or one token), or the similarity of two texts' embeddings.
+    label (of a text, a text pair or one token), the similarity of two texts' embeddings, a vision-language
+    model's next token or answer (over its image and text), or a CLIP model's image-text similarity.
 
     inputs: text, token ids, chat messages, or a list of these (explained in batches; returns a list).
     target: causal LMs: None (the top next token), a token string or id, attnlrp.Answer / Contrast / LogProb, a
@@ -73,13 +104,31 @@ def explain(
     (``attnlrp.methods.IntegratedGradients(steps=64)``). gradient_checkpointing: for the LRP methods, HF
     gradient checkpointing during the pass (same relevance, less memory). padding_side: causal LMs, "right"
     (default) or "left". pair: classifiers and similarity, the second text (or one per input). pooling
-    ("mean" or "cls") and similarity ("cosine" or "dot"): sentence similarity.
+    ("mean" or "cls") and similarity ("cosine" or "dot"): sentence similarity; CLIP takes "cosine" or "logit".
+    images: vision-language and CLIP models (pass their processor as ``tokenizer``), one image (PIL or array) for
+    every input or a list with one per input; the result's ``image`` holds the pixels' relevance.
+    latent: LRP methods, sites of latent units (``"model.layers.*.mlp.down_proj"``, an ``attnlrp.latent.SAE``,
+    or a list): each result's ``units`` lists each site's most relevant units for the prediction, labelled from
+    ``atlas`` (an ``attnlrp.latent.FeatureAtlas``) when one is given.
     """
     method = get_method(method, **({"gradient_checkpointing": True} if gradient_checkpointing else {}))
-    task = make_task(model, tokenizer, task, padding_side=padding_side, pair=pair, pooling=pooling,
-                     similarity=similarity)
+    task = make_task(
+        model,
+        tokenizer,
+        task,
+        padding_side=padding_side,
+        pair=pair,
+        pooling=pooling,
+        similarity=similarity,
+        images=images,
+    )
+    readout = None
+    if latent is not None or atlas is not None:
+        from .latent.readout import LatentReadout  # the latent layer loads on first use
+
+        readout = LatentReadout(model, latent, atlas)
     items, single = task.encode(inputs)
-    results = run(task, method, items, task.targets(target, len(items)), batch_size)
+    results = run(task, method, items, task.targets(target, len(items)), batch_size, readout)
     return results[0] if single else results
 
 
@@ -90,6 +139,8 @@ def explain_generation(
     max_new_tokens: int = 32,
     method: str | Method = "attnlrp",
     backward_batch: int = 8,
+    *,
+    images: Any = None,
     **generate_kwargs,
 ) -> GenerationExplanation:
     """Generate (greedy by default), then explain every generated token against all tokens before it.
@@ -99,8 +150,26 @@ def explain_generation(
     tokens are explained in one vectorised backward that reaches back only through the segments before it
     (more tokens per batch is faster and needs more memory). Any other method explains each generated token as
     the next token of its prefix, ``backward_batch`` prefixes per batch.
+
+    Vision-language models take their processor as ``tokenizer`` and the image as ``images``; each generated
+    token is explained as the next token of its prefix, over the image and the tokens before it.
+
+    Encoder-decoders (T5, BART, Marian; Whisper with its processor as ``tokenizer`` and audio as ``prompt``) are
+    explained over their source and the decoder's tokens before each generated token; an LRP method runs one
+    forward over the whole generation, shared by every token.
     """
     method = get_method(method)  # fail before generating; results carry the canonical name
+    if images is not None or VisionLanguage.accepts(model):
+        task = make_task(model, tokenizer, images=images)  # a text-only model refuses the image here
+        if not isinstance(task, VisionLanguage):
+            raise InputError(f"{type(model).__name__} doesn't generate text: explain it with attnlrp.explain.")
+        prefixes, generated = vision_language.generate(task, prompt, max_new_tokens, **generate_kwargs)
+        steps = run(task, method, prefixes, task.targets(generated, len(generated)), backward_batch)
+        return vision_language.generation_result(task, steps, generated)
+    if Seq2Seq.accepts(model):
+        return seq2seq.explain_generation(
+            model, tokenizer, prompt, method, max_new_tokens, backward_batch, **generate_kwargs
+        )
     return generation.explain_generation(
         model, tokenizer, prompt, method, max_new_tokens, backward_batch, **generate_kwargs
     )

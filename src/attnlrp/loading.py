@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from . import zoo
 
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
@@ -133,8 +134,11 @@ def load_model(
     names (a classifier, an encoder, an encoder-decoder, ...; a causal LM where it names none), and the
     tokenizer comes with the processor where the model has one (images, audio). ``gguf_file`` names a GGUF file
     inside ``path_or_id`` (or pass the .gguf path itself); it is converted once and cached. ``dtype`` and
-    ``device_map`` (and other keyword arguments) go to ``from_pretrained``.
+    ``device_map`` (and other keyword arguments) go to ``from_pretrained``. A name of ``attnlrp.zoo.MODELS``
+    (``"minilm-sentiment"``, ``"minilm-ner"``, ...) loads a model built here and cached (``make classifiers``).
     """
+    if isinstance(path_or_id, str) and path_or_id in zoo.MODELS:
+        return zoo.load(path_or_id, dtype=dtype, device_map=device_map, **kwargs)
     from transformers import AutoConfig
 
     gguf = _gguf_file(path_or_id, gguf_file)

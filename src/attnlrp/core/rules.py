@@ -38,6 +38,18 @@ RATIOS: dict[str, Ratio] = {
 }
 
 
+def power_ratio(p: float) -> Ratio:
+    """x^p / x = x^(p-1) for an exponent p > 0 (0 where x <= 0 and p is not an integer, as x^p is undefined there)."""
+    if float(p).is_integer():
+        return lambda x: x.pow(int(p) - 1)
+    return lambda x: torch.where(x > 0, x.clamp_min(torch.finfo(x.dtype).tiny).pow(p - 1), 0.0)
+
+
+def output_ratio(fn: Callable[[Tensor], Tensor]) -> Ratio:
+    """fn(x)/x for an element-wise fn computed as it runs (clamping); 1 where x = 0."""
+    return lambda x: torch.where(x == 0, 1.0, fn(x) / torch.where(x == 0, 1.0, x))
+
+
 def leaky_relu_ratio(slope: float) -> Ratio:
     return lambda x: torch.where(x > 0, torch.ones_like(x), torch.full_like(x, slope))
 
@@ -101,6 +113,31 @@ def attention_factors(q: Tensor, k: Tensor, v: Tensor, method: str) -> tuple[Ten
     if method == "cp-lrp":
         return q.detach(), k.detach(), v
     return scale_grads((q, k, v), (0.25, 0.25, 0.5))
+
+
+class _Credit(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, p: Tensor, x: Tensor) -> Tensor:
+        ctx.save_for_backward(p, x)
+        return p.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        p, x = ctx.saved_tensors
+        rho = (p * grad).sum(-1, keepdim=True).to(x.dtype)
+        norm = (x * x).sum(-1, keepdim=True)
+        share = torch.where(norm > 0, rho / torch.where(norm > 0, norm, 1.0), 0.0)
+        return (grad if p.requires_grad else None), x * share
+
+
+def credit(p: Tensor, x: Tensor) -> Tensor:
+    """p, with the relevance that reaches each row of p credited to the same row of x.
+
+    For a second lookup p of the tokens whose input embeddings are x (rows: batch and position): the
+    backward gives x the signal x · ρ/‖x‖², ρ = Σ p ⊙ g over the row, so that Σ x ⊙ g_x over the row is ρ,
+    p's relevance. A row of x that is all zero (a padding embedding) receives nothing.
+    """
+    return _Credit.apply(p, x)
 
 
 class _FrozenLayerNorm(torch.autograd.Function):

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UnruledOpWarning
-from .binding import lrp
+from .binding import Binding, lrp
 from .inputs import input_embeddings
 
 
@@ -44,8 +44,18 @@ class AuditReport:
 
     __repr__ = __str__
 
+    @classmethod
+    def of(cls, binding: Binding) -> AuditReport:
+        """The report of what ran in ``binding`` while it was counting."""
+        report = cls(method=binding.method)
+        report.unruled = [(path, op, n) for (path, op), n in binding.unruled_ops.items()]
+        for (_, rule), n in binding.ruled_ops.items():
+            report.rules[rule] += n
+        return report
 
-def _prepare(model: nn.Module, example_inputs: Any) -> tuple[tuple, dict]:
+
+def example_arguments(model: nn.Module, example_inputs: Any) -> tuple[tuple, dict]:
+    """Forward arguments from ``example_inputs`` (float tensors made to require grad); eight token ids by default."""
     if example_inputs is None:
         embeddings = input_embeddings(model)
         if embeddings is None or not hasattr(embeddings, "num_embeddings"):
@@ -78,14 +88,10 @@ def audit(model: nn.Module, example_inputs: Any = None, method: str = "attnlrp")
     example_inputs: token ids, a float input tensor, a tuple of them, or a dict of forward
     arguments; by default eight token ids. Float inputs are made to require grad.
     """
-    args, kwargs = _prepare(model, example_inputs)
+    args, kwargs = example_arguments(model, example_inputs)
     with lrp(model, method=method) as binding, warnings.catch_warnings():
         warnings.simplefilter("ignore", UnruledOpWarning)
         binding.counting = True
         with torch.enable_grad():
             model(*args, **kwargs)
-    report = AuditReport(method=binding.method)
-    report.unruled = [(path, op, n) for (path, op), n in binding.unruled_ops.items()]
-    for (_, rule), n in binding.ruled_ops.items():
-        report.rules[rule] += n
-    return report
+    return AuditReport.of(binding)

@@ -26,8 +26,9 @@ from ..core import rules
 from ..core.layer_rules import LayerRule, apply_rule
 from ..core.naming import method_key
 from ..errors import BindingError, MethodError, UnruledOpError, UnruledOpWarning
-from . import layer_map, ops
-from .inputs import input_embeddings
+from . import layer_map, module_rules, ops, quantized
+from .sites import Site, input_sites
+from .unsupported import refuse_unsupported
 
 #: The rule sets the engine binds.
 RULE_SETS = ("attnlrp", "cp-lrp")
@@ -43,6 +44,7 @@ INLINE_ACTIVATIONS = {
     "QuickGELUActivation": "quick_gelu",
     "MishActivation": "mish",
     "ReLUSquaredActivation": "relu_squared",
+    "BloomGelu": "gelu_tanh",  # tanh GELU written out, or (training) a custom autograd.Function
 }
 
 _NORM_CLASS = re.compile(r"Norm$|RMSNorm|LayerNorm")
@@ -116,11 +118,26 @@ class Binding:
         self._param_slots: list[tuple[nn.Module, str, bool]] = []
         self._paths: dict[nn.Module, str] = {}
         self._norms: set[nn.Module] = set()
+        self._sites: dict[nn.Module, list[Site]] = {}
+
+    @property
+    def inputs(self) -> dict[str, Tensor]:
+        """Every input of this thread's last forward pass by kind (read ``.grad`` after the backward): the input
+        embeddings (``"tokens"``); an encoder-decoder's ``"source"`` (or ``"audio"`` features) and ``"target"``."""
+        return dict(getattr(self._local, "inputs", {}))
 
     @property
     def embeddings(self) -> Tensor | None:
-        """The input embeddings of this thread's last forward pass (read ``.grad`` after the backward)."""
-        return getattr(self._local, "embeddings", None)
+        """The input embeddings of this thread's last forward pass (read ``.grad`` after the backward), for a
+        model with one input; a model with several (an encoder-decoder) has them in ``inputs``."""
+        kinds = [site.kind for sites in self._sites.values() for site in sites]
+        if len(kinds) > 1:
+            raise BindingError(
+                f"{type(self.model).__name__} has several inputs ({', '.join(kinds)}), and binding.embeddings would "
+                f"hold only one of them: read each from binding.inputs (binding.inputs[{kinds[0]!r}], ...); their "
+                "relevances together explain the prediction."
+            )
+        return getattr(self._local, "inputs", {}).get(kinds[0]) if kinds else None
 
     # --- scope: which module of ours is running -------------------------------------------
 
@@ -206,10 +223,40 @@ class Binding:
                     self._param_slots.append((module, name, param.requires_grad))
         for module, name, _ in self._param_slots:
             module._parameters[name].requires_grad_(False)
-        embeddings = input_embeddings(self.model)
-        if embeddings is not None:
-            self._handles.append(embeddings.register_forward_hook(self._capture_embeddings))
+        for site in input_sites(self.model):
+            self._sites.setdefault(site.module, []).append(site)
+        for module, sites in self._sites.items():
+            if sites[0].reads_input:
+                self._handles.append(module.register_forward_pre_hook(self._capture_input))
+            else:
+                self._handles.append(module.register_forward_hook(self._capture_output))
+        self._handles.append(self.model.register_forward_pre_hook(self._new_forward))
+        self._bind_module_rules(modules)
         self._guard_root()
+
+    def _bind_module_rules(self, modules: list[tuple[str, nn.Module]]) -> None:
+        """Routers (constant in CP-LRP) and per-layer token embeddings (credited to the input tokens): see
+        ``module_rules.py``. The explicit mode brings its own rules."""
+        if self.method not in RULE_SETS:
+            return
+        for path, module in modules:
+            cls = type(module).__name__
+            if self.method == "cp-lrp" and module_rules.is_router(path, module):
+                hook = module_rules.constant_router(self._noter(path, f"{cls} [router constant (cp-lrp)]"))
+            elif path.rsplit(".", 1)[-1] in module_rules.PER_LAYER_TOKEN_EMBEDDINGS:
+                hook = module_rules.credited_to(
+                    lambda: self.embeddings, self._noter(path, f"{cls} [credited to the input tokens]")
+                )
+            else:
+                continue
+            self._handles.append(module.register_forward_hook(hook))
+
+    def _noter(self, path: str, rule: str) -> Callable[[], None]:
+        def note() -> None:
+            if self.counting:
+                self.ruled_ops[(path, rule)] += 1
+
+        return note
 
     def _guard_root(self) -> None:
         """Close the scope when a KeyboardInterrupt (or another non-Exception) stops a forward midway: the
@@ -263,14 +310,27 @@ class Binding:
         return ops.handler_for(func)
 
     def _bind_module(self, path: str, module: nn.Module) -> None:
-        """Per-module binding beyond the scope hooks: a layer rule where one is mapped, else inline
-        activation modules get the identity rule."""
+        """Per-module binding beyond the scope hooks: quantized linear layers get the linear rule, a layer rule
+        where one is mapped, else inline activation modules get the identity rule."""
         rule = self._layer_rules.get(module)
         ratio = INLINE_ACTIVATIONS.get(type(module).__name__)
-        if rule is not None:
+        backend = quantized.backend_of(module)
+        if backend is not None:
+            self._override_quantized(path, module, backend)
+        elif rule is not None:
             self._override_layer(module, rule)
         elif ratio is not None:
             self._override_forward(module, ratio)
+
+    def _override_quantized(self, path: str, module: nn.Module, backend: quantized.Backend) -> None:
+        key = (path, f"{type(module).__name__} [linear, {backend.name}]")
+
+        def note() -> None:
+            if self.counting:
+                self.ruled_ops[key] += 1
+
+        self._forwards[module] = module.__dict__.get("forward")
+        module.forward = quantized.linear_forward(module, module.forward, backend, path or "<root>", note)
 
     def _override_layer(self, module: nn.Module, rule: LayerRule) -> None:
         previous = module.__dict__.get("forward")
@@ -325,15 +385,43 @@ class Binding:
 
         return checkpoint(scoped, *args, **kwargs)
 
-    def _capture_embeddings(self, module: nn.Module, args: tuple, output: Any) -> Any:
+    def _new_forward(self, module: nn.Module, args: tuple) -> None:
+        self._local.fresh = True  # the next input seen starts this forward's ``inputs``
+
+    def _keep(self, module: nn.Module, x: Tensor) -> bool:
+        """Keep ``x`` as the input of the kind ``module`` serves here (where one module serves several kinds,
+        the one whose owner, the encoder or the decoder, is running); False where that can't be told."""
+        sites = self._sites[module]
+        stack = self._stack()
+        owned = [site for site in sites if any(m is site.owner for m in stack)]
+        site = sites[0] if len(sites) == 1 else (owned[-1] if owned else None)
+        if site is None:
+            return False
+        if getattr(self._local, "fresh", True) or not hasattr(self._local, "inputs"):
+            self._local.inputs, self._local.fresh = {}, False
+        self._local.inputs[site.kind] = x
+        return True
+
+    def _capture_output(self, module: nn.Module, args: tuple, output: Any) -> Any:
         if not isinstance(output, Tensor) or not torch.is_grad_enabled():
             return None
         if not output.requires_grad:
             output = output.detach().requires_grad_()
         else:  # computed from inputs that require grad (pixels of a ViT): keep its grad readable too
             output.retain_grad()
-        self._local.embeddings = output
-        return output
+        return output if self._keep(module, output) else None
+
+    def _capture_input(self, module: nn.Module, args: tuple) -> Any:
+        if not args or not isinstance(args[0], Tensor) or not torch.is_grad_enabled():
+            return None
+        x = args[0]
+        if x.requires_grad:
+            # computed from the caller's own leaves: kept as given, with no retained grad (batched backward passes
+            # of different sizes would accumulate into it); the caller reads the grad of its leaves
+            self._keep(module, x)
+            return None
+        x = x.detach().requires_grad_()
+        return (x, *args[1:]) if self._keep(module, x) else None
 
 
 def binding_of(model: nn.Module) -> Binding | None:
@@ -349,7 +437,8 @@ def lrp(
 
     Inside the block a plain ``backward`` computes the modified gradient, so ``h * h.grad`` is the
     relevance of any tensor h. When the model is called with ``input_ids``, the input embeddings
-    are made a leaf that requires grad and are available as ``binding.embeddings``.
+    are made a leaf that requires grad and are available as ``binding.embeddings``; a model with several
+    inputs (an encoder-decoder: source and target, or audio and target) has each in ``binding.inputs``.
 
     method: "attnlrp" or "cp-lrp". strict: raise on an op without a rule instead of warning.
     layer_rules: rules for linear layers by module type, e.g. ``{nn.Conv2d: Gamma(0.25), nn.Linear: Epsilon()}``
@@ -361,6 +450,7 @@ def lrp(
         )
     method = rule_set(method)
     modules = list(model.named_modules())
+    refuse_unsupported(model, modules)
     already = next((_BOUND[m] for _, m in modules if m in _BOUND), None)
     if already is not None:
         raise BindingError(
@@ -368,6 +458,7 @@ def lrp(
             f"(method={already.method!r}); leave that block first, or reuse its binding."
         )
     chosen = layer_map.resolve(layer_rules, modules)
+    quantized.check(modules, chosen)
     binding = Binding(model, method, strict)
     binding.attach(modules, chosen)
     try:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 from torch import nn
+from torch.utils.checkpoint import set_checkpoint_early_stop
+
+from .devices import offloads
 
 
 @contextmanager
@@ -28,7 +31,10 @@ def gradient_checkpointing(model: nn.Module, enabled: bool = True) -> Iterator[N
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     try:
-        yield
+        # With offloaded weights, a recomputation stopped early would skip accelerate's post-forward hook and leave
+        # that module's weights loaded after the block: recompute each checkpointed layer whole.
+        with set_checkpoint_early_stop(False) if offloads(model) else nullcontext():
+            yield
     finally:
         model.train(was_training)
         if not was_on:

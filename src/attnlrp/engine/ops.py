@@ -37,7 +37,7 @@ LINEAR = frozenset(
     take_along_dim take topk sort max min amax amin max_pool1d max_pool2d avg_pool1d avg_pool2d
     adaptive_avg_pool1d adaptive_avg_pool2d adaptive_max_pool1d adaptive_max_pool2d interpolate
     pixel_shuffle pixel_unshuffle batch_norm instance_norm copy detach zero fill align_as
-    embedding embedding_bag one_hot sum_to_size new_tensor
+    embedding embedding_bag one_hot sum_to_size new_tensor view_as_real view_as_complex
     """.split()
 )
 
@@ -82,6 +82,16 @@ ACTIVATIONS = {
 STATISTICS = frozenset(
     "pow square rsqrt sqrt var std var_mean std_mean norm vector_norm linalg_vector_norm reciprocal".split()
 )
+
+#: The exponent p of the element-wise powers among the statistics (pow reads it from its argument).
+_EXPONENTS = {"square": 2, "sqrt": 0.5, "rsqrt": -0.5, "reciprocal": -1}
+
+#: Statistics that are positively homogeneous of degree 1 (f(a x) = a f(x), a > 0): by Euler's theorem
+#: Σ x ∂f/∂x = f, so their plain gradient passes exactly the relevance of their output.
+_HOMOGENEOUS = frozenset("std std_mean norm vector_norm linalg_vector_norm".split())
+
+#: Clamping: an element-wise function that is the identity between its bounds.
+CLAMPS = frozenset("clamp clip clamp_min clamp_max".split())
 
 DROPOUT = frozenset("dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout".split())
 
@@ -215,14 +225,20 @@ def _softmax(binding: Binding, func, args, kwargs):
 
 
 def _sigmoid(binding: Binding, func, args, kwargs):
-    """sigmoid(x) = softmax([x, 0])[0]: AttnLRP's softmax rule is its plain gradient.
+    """sigmoid(x) = softmax([x, 0])[0]: a weight, ruled as softmax is.
 
-    Its output is tagged as a gate: CP-LRP holds it constant where it gates a product (a shared-expert
-    gate, GLU, gated attention), and ``x * sigmoid(x)`` gets SiLU's identity rule in both methods.
+    AttnLRP: the softmax rule, its plain gradient. The output is tagged as a gate, so that ``x * sigmoid(x)``
+    (SiLU written out) gets SiLU's identity rule. CP-LRP: held constant, as attention weights are: a
+    sigmoid gates (a shared-expert gate, GLU, gated attention) or weighs experts (DeepSeek-V3's and Llama 4's
+    routers, whose weights pass through gather, normalisation and scaling before they multiply). Held
+    constant, ``x * sigmoid(x)`` is the identity rule again.
     """
     out = func(*args, **kwargs)
     if not (isinstance(out, Tensor) and out.requires_grad):
         return out
+    if binding.method == "cp-lrp":
+        binding.note(func, "weights constant (cp-lrp)")
+        return out.detach()
     binding.note(func, "softmax (two-way)")
     out._attnlrp_gate = True
     out._attnlrp_gate_input = weakref.ref(_arg(args, kwargs, 0, "input"))
@@ -312,11 +328,38 @@ def _dropout(binding: Binding, func, args, kwargs):
 
 
 def _statistic(binding: Binding, func, args, kwargs):
-    out = func(*args, **kwargs)
-    if not binding.in_norm() or not isinstance(out, Tensor) or not out.requires_grad:
-        return _report_if_unruled(binding, func, out)
-    binding.note(func, "norm statistic")
+    """Inside a norm module: a constant. Outside: a power x^p with p > 0 gets the identity rule, a
+    normalising factor (p <= 0: rsqrt, reciprocal) is a constant, a degree-1 homogeneous statistic (a norm,
+    a standard deviation) keeps its plain gradient; a variance has no rule there."""
+    if not _requires_grad(args[0]):  # a constant base (2 ** x): no rule
+        return _unruled(binding, func, args, kwargs)
+    if binding.in_norm():
+        binding.note(func, "norm statistic")
+        return _detached(func(*args, **kwargs))
+    name = op_name(func)
+    if name in _HOMOGENEOUS:
+        binding.note(func, "homogeneous (plain)")
+        return func(*args, **kwargs)
+    p = _EXPONENTS.get(name, _arg(args, kwargs, 1, "exponent") if name == "pow" else None)
+    if not isinstance(p, (int, float)) or isinstance(p, bool):
+        return _unruled(binding, func, args, kwargs)
+    if p <= 0:
+        binding.note(func, "normalising factor constant")
+        return func(*args, **kwargs).detach()
+    return _identity(binding, func, args, kwargs, rules.power_ratio(p))
+
+
+def _detached(out):
+    """The statistic held constant; of (var, mean) or (std, mean) only the first: the centring stays linear."""
+    if isinstance(out, tuple):
+        return type(out)((out[0].detach(), *out[1:]))
     return out.detach()
+
+
+def _clamp(binding: Binding, func, args, kwargs):
+    """clamp(x, min, max): the identity rule, R_x = R_out (bounds are constants)."""
+    rest = args[1:]
+    return _identity(binding, func, args, kwargs, rules.output_ratio(lambda t: func(t, *rest, **kwargs)))
 
 
 def _unruled(binding: Binding, func, args, kwargs):
@@ -348,6 +391,7 @@ _SPECIAL: dict[str, Handler] = {
     **{name: _products(pos) for name, pos in PRODUCTS.items()},
     **dict.fromkeys(DROPOUT, _dropout),
     **dict.fromkeys(STATISTICS, _statistic),
+    **dict.fromkeys(CLAMPS, _clamp),
 }
 
 #: Attribute reads, shape queries and the like: never a tensor that carries relevance.

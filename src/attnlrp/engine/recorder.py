@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .devices import input_device
+
 
 def path_matches(pattern: str, path: str) -> bool:
     """Glob per dotted component: ``model.layers.*`` matches ``model.layers.3``, not its children."""
@@ -21,9 +23,19 @@ class Recorder:
     ``with Recorder(model, "model.layers.*") as rec, attnlrp.lrp(model): ...`` then
     ``rec.relevance["model.layers.0"]``. Use ``at="input"`` on ``o_proj`` for per-head relevance
     (see ``heads``) or on ``down_proj`` for per-neuron relevance.
+
+    ``device``: where the recordings are kept. By default, where the model's inputs are (``engine.devices``), so
+    with a device map the relevance of every layer, on whichever device the layer ran, lies beside the input
+    relevance; ``device="cpu"`` keeps them in CPU memory.
     """
 
-    def __init__(self, model: nn.Module, modules: str | list[str], at: str = "output"):
+    def __init__(
+        self,
+        model: nn.Module,
+        modules: str | list[str],
+        at: str = "output",
+        device: str | torch.device | None = None,
+    ):
         if at not in ("output", "input"):
             raise ValueError(f"at must be 'output' or 'input', not {at!r}.")
         patterns = [modules] if isinstance(modules, str) else list(modules)
@@ -34,6 +46,7 @@ class Recorder:
                 f"paths look like {[p for p, _ in model.named_modules()][1:4]}."
             )
         self.at = at
+        self.device = torch.device(device) if device is not None else input_device(model)
         self.relevance: dict[str, Tensor] = {}
         self._handles: list[Any] = []
 
@@ -56,7 +69,7 @@ class Recorder:
             h = h.detach().requires_grad_()
 
         def store(grad: Tensor) -> None:
-            self.relevance[path] = h.detach().float() * grad.float()
+            self.relevance[path] = (h.detach().float() * grad.float()).to(self.device)
 
         h.register_hook(store)
         return h

@@ -152,10 +152,24 @@ def write_report(results: dict, path: str | Path) -> list[Path]:
 <style>body{{font:14px/1.5 system-ui,sans-serif;margin:24px;max-width:1200px}} table{{border-collapse:collapse;margin:8px 0}}
 td,th{{border:1px solid #ddd;padding:3px 8px;text-align:right}} small{{color:#777}} img{{max-width:100%}}</style></head>
 <body><h1>Suite {html.escape(settings["suite"])} on {html.escape(settings["model"])}</h1>
-<p>{results["kept"]} items kept of {results["tried"]} tried (the model got them right). Settings:
-{html.escape(str(settings))}. Cells: mean [95% percentile-bootstrap interval of the mean, 10,000 resamples].</p>
+<p>{results["kept"]} items kept of {results["tried"]} tried (the model got them right). Cells: mean [95%
+percentile-bootstrap interval of the mean, 10,000 resamples].</p>
+<table class="settings">{
+        "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(_setting(v))}</td></tr>" for k, v in settings.items())
+    }</table>
 {images}<h2>All methods</h2>{_table(results["metrics"], results["methods"])}
 {f"<h2>Per group</h2>{groups}" if groups else ""}</body></html>
 """
     path.write_text(page, encoding="utf-8")
     return written
+
+
+def _setting(value) -> str:
+    """A setting as people write it: lists comma-separated, yes/no, "–" for none."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value))
+    return str(value)

@@ -129,6 +129,7 @@ def transformer_composite(method: str = "attnlrp", epsilon: float = DEFAULT_EPSI
     cp = rule_set(method) == "cp-lrp"
     activation = GateRule(IdentityRule())
     rules: dict[Any, Any] = {
+        **({"*Router": StopRelevanceRule()} if cp else {}),  # CP-LRP: routing weights are constants (MoE routers)
         "*RMSNorm": IdentityRule(),  # y = x w / rms(x), rms frozen: R_x = R_y
         **dict.fromkeys(INLINE_ACTIVATIONS, activation),  # GPT-2's NewGELU and other inline activations
         F.linear: functools.partial(functional.linear_epsilon, epsilon=epsilon),
@@ -143,8 +144,8 @@ def transformer_composite(method: str = "attnlrp", epsilon: float = DEFAULT_EPSI
         F.layer_norm: functools.partial(functional.layer_norm, epsilon=epsilon),
         F.rms_norm: functional.rms_norm_identity,
         **dict.fromkeys(_ACTIVATIONS, activation),
-        # sigmoid(x) = softmax([x, 0])[0]: its ε-rule is the softmax rule
-        torch.sigmoid: GateRule(EpsilonRule(epsilon), self_gating=True),
+        # sigmoid(x) = softmax([x, 0])[0]: its ε-rule is the softmax rule; CP-LRP holds it constant, like softmax
+        torch.sigmoid: GateRule(StopRelevanceRule() if cp else EpsilonRule(epsilon), self_gating=True),
         operator.mul: functools.partial(product, constant_gates=cp),
         operator.truediv: quotient,
         operator.add: functools.partial(add, epsilon=epsilon),

@@ -45,10 +45,11 @@ class Method:
     def check(self, batch: Batch) -> None:
         """Raise a MethodError where this method has no meaning for the batch's inputs."""
         if self.token_inputs_only and any(kind not in batch.token_kinds for kind in batch.inputs):
+            others = [c.name for c in REGISTRY.values() if not c.token_inputs_only]
             raise MethodError(
                 f"The {self.name!r} method scores token positions, but this task's inputs include "
-                f"{', '.join(k for k in batch.inputs if k not in batch.token_kinds)}; choose another method "
-                f"(see attnlrp.available_methods())."
+                f"{', '.join(k for k in batch.inputs if k not in batch.token_kinds)}; choose a method that works on "
+                f"them: {', '.join(map(repr, others))}."
             )
 
 

@@ -16,8 +16,25 @@ from .palette import scale as color_scale
 
 def _save(fig: Figure, path: str | Path | None) -> Figure:
     if path is not None:
-        fig.savefig(path, bbox_inches="tight", dpi=200)
+        fig.savefig(path, bbox_inches="tight", dpi=SAVE_DPI)
     return fig
+
+
+#: The resolution figures are saved at (token widths are measured at it, so that the glyphs' hinting matches).
+SAVE_DPI = 200
+
+#: Inches an image takes beside a token heatmap.
+_SIDE = 2.2
+
+
+def _advance(renderer, text: str, font: FontProperties) -> float:
+    """How far ``text`` moves the pen, leading and trailing spaces and side bearings included (a text's extent
+    covers its ink only, which left apostrophes overlapping and spaces missing): measured between two bars."""
+
+    def width(t: str) -> float:
+        return renderer.get_text_width_height_descent(t, font, ismath=False)[0]
+
+    return (width("|" + text + "|") - width("||")) * 72 / renderer.dpi  # in points
 
 
 def token_heatmap(
@@ -27,34 +44,67 @@ def token_heatmap(
     width: float = 8.0,
     fontsize: float = 11.0,
     title: str | None = None,
+    image: np.ndarray | None = None,
+    scale: float | None = None,
 ) -> Figure:
-    """Tokens on coloured boxes, wrapped like running text, with a colour bar."""
+    """Tokens on coloured boxes, wrapped like running text, with a colour bar; ``image`` (RGB [H, W, 3] in [0, 1],
+    e.g. an image's relevance drawn over it) goes left of the text. ``scale``: the |score| of the full colour
+    (default: the max |score|; larger scores are drawn at the full colour)."""
     scores = np.asarray(scores, dtype=np.float64)
-    scale = color_scale(scores)
+    scale = scale or color_scale(scores)
     dpi = 100.0
     font = FontProperties(family="DejaVu Sans", size=fontsize)
-    measure = Figure(dpi=dpi)
+    measure = Figure(dpi=SAVE_DPI)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     renderer = FigureCanvasAgg(measure).get_renderer()
     line = fontsize * 1.7 * dpi / 72
     right = width * dpi
+
+    def advance(text: str) -> float:
+        return _advance(renderer, text, font) * dpi / 72
+
     boxes, x, y = [], 0.0, 0.0
+    word = 0  # where the word being laid out starts among the boxes: lines break between words only
     for token, score in zip(tokens, scores):
         for k, part in enumerate(token.split("\n")):
             if k:
-                x, y = 0.0, y + line
+                x, y, word = 0.0, y + line, len(boxes)
             if not part:
                 continue
-            w, _, _ = renderer.get_text_width_height_descent(part.replace("$", r"\$"), font, ismath=False)
+            if part[0].isspace():
+                word = len(boxes)
+            w = advance(part)
             if x + w > right and x > 0:
-                x, y = 0.0, y + line
+                moved = boxes[word:]  # the word so far goes along, unless it starts the line already
+                if moved and moved[0][0] > 0 and all(b[1] == y for b in moved):
+                    del boxes[word:]
+                    x, y = 0.0, y + line
+                    for _, _, mw, mpart, mscore in moved:
+                        mpart = mpart.lstrip() if x == 0 else mpart
+                        mw = advance(mpart)
+                        boxes.append((x, y, mw, mpart, mscore))
+                        x += mw
+                else:  # the word is longer than a line: break inside it
+                    x, y = 0.0, y + line
+            if x == 0 and part[0].isspace():  # no line starts with a token's leading space
+                part = part.lstrip()
+                w = advance(part)
             boxes.append((x, y, w, part, score))
             x += w
     height_px = y + line
-    fig = Figure(figsize=(width, height_px / dpi + (0.9 if title else 0.6)), dpi=dpi)
+    side = 0.0 if image is None else _SIDE
+    tall = 0.0 if image is None else side * min(1.0, image.shape[0] / image.shape[1])  # the image's height
+    fig = Figure(figsize=(width + side, max(height_px / dpi, tall) + (0.9 if title else 0.6)), dpi=dpi)
     text_height = height_px / (fig.get_figheight() * dpi)
-    ax = fig.add_axes((0, 1 - text_height - (0.35 / fig.get_figheight() if title else 0.02), 1, text_height))
+    top = 1 - (0.35 / fig.get_figheight() if title else 0.02)
+    left = side / fig.get_figwidth()
+    ax = fig.add_axes((left, top - text_height, 1 - left, text_height))
+    if image is not None:
+        picture = fig.add_axes((0, top - tall / fig.get_figheight(), 0.95 * left, tall / fig.get_figheight()))
+        picture.imshow(image, interpolation="nearest")
+        picture.set_anchor("N")  # top-aligned with the text
+        picture.axis("off")
     ax.set_xlim(0, right)
     ax.set_ylim(height_px, 0)
     ax.axis("off")

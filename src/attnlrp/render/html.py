@@ -23,6 +23,7 @@ _STYLE = """
 .attnlrp-view .text{white-space:pre-wrap;word-break:break-word}
 .attnlrp-view .tok{border-radius:3px;padding:1px 0;cursor:default;color:#000}
 .attnlrp-view .gen{cursor:pointer;outline:1px dashed #999} .attnlrp-view .gen.sel{outline:2px solid #000}
+.attnlrp-view .self{outline:1px dashed #888}
 .attnlrp-view .target{outline:2px solid #000;background:#ffe9a8}
 .attnlrp-view .tip{position:fixed;pointer-events:none;background:#222;color:#fff;font-size:12px;padding:3px 6px;
   border-radius:4px;display:none;z-index:10}
@@ -31,6 +32,12 @@ _STYLE = """
 .attnlrp-view table.matrix{border-collapse:collapse;font-size:11px}
 .attnlrp-view table.matrix td{width:14px;height:14px;padding:0}
 .attnlrp-view table.matrix th{font-weight:normal;text-align:right;padding-right:4px;white-space:pre}
+.attnlrp-view .beside{display:flex;gap:14px;align-items:flex-start}
+.attnlrp-view .units{min-width:250px;max-width:380px;font-size:12px} .attnlrp-view .units .unitrow{white-space:nowrap}
+.attnlrp-view .units .bar{display:inline-block;height:9px;width:auto;border:0;margin-right:4px;vertical-align:middle}
+.attnlrp-view .units .r{color:#555} .attnlrp-view .units .lab{color:#333} .attnlrp-view .units .rest{color:#777}
+.attnlrp-view figure{margin:0;font-size:12px;color:#555;text-align:center}
+.attnlrp-view figure img{display:block;width:224px;image-rendering:pixelated}
 """
 
 _SCRIPT = r"""
@@ -49,15 +56,36 @@ function span(text, score, scale, cls){ const s=document.createElement('span'); 
 function legend(scale){ const d=document.createElement('div'); d.className='legend';
   d.innerHTML=`<span>${(-scale).toPrecision(3)}</span><span class="bar"></span><span>+${scale.toPrecision(3)}</span>`; return d; }
 function view_of(item){ return unit==='word' ? item.words : item.tokens; }
+function beside(image, caption, text){ if(!image) return text;
+  const row=document.createElement('div'); row.className='beside'; const f=document.createElement('figure');
+  const img=document.createElement('img'); img.src=image; img.alt='image relevance'; f.appendChild(img);
+  const c=document.createElement('figcaption'); c.textContent=caption; f.appendChild(c);
+  row.appendChild(f); row.appendChild(text); return row; }
+function withUnits(sites, text){ if(!sites||!sites.length) return text;
+  const row=document.createElement('div'); row.className='beside'; row.appendChild(text);
+  const u=document.createElement('div'); u.className='units';
+  for(const s of sites){ const scale=Math.max(...s.top.map(x=>Math.abs(x.relevance)),1e-30);
+    const extra=s.error!==undefined?` \u00b7 error ${s.error.toPrecision(3)} \u00b7 bias ${s.bias.toPrecision(3)}`:'';
+    u.insertAdjacentHTML('beforeend', `<h2></h2><div class="meta">\u03a3R = ${s.total.toPrecision(4)}${extra}</div>`);
+    u.querySelector('h2:last-of-type').textContent=`${s.site} (${s.kind})`;
+    for(const x of s.top){ const d=document.createElement('div'); d.className='unitrow';
+      d.innerHTML=`<span class="bar" style="width:${Math.round(60*Math.abs(x.relevance)/scale)}px;background:${color(x.relevance/scale)}"></span><b>${x.unit}</b> <span class="r">${x.relevance.toPrecision(3)}</span> `;
+      const l=document.createElement('span'); l.className='lab'; l.textContent=x.label?`${x.label}${x.purity!==null?` (${x.purity.toFixed(2)})`:''}`:'';
+      d.appendChild(l); u.appendChild(d); }
+    u.insertAdjacentHTML('beforeend', `<div class="unitrow rest">other units: ${s.rest.toPrecision(3)}</div>`); }
+  row.appendChild(u); return row; }
+function context(v){ return v.context==null ? v.scores : v.scores.slice(0, v.context); }
 function renderSet(){
   main.innerHTML='';
-  const globalScale=Math.max(...D.items.map(it=>maxabs(view_of(it).scores)));
-  for(const it of D.items){ const v=view_of(it); const scale=scope==='global'?globalScale:maxabs(v.scores);
+  const globalScale=Math.max(...D.items.map(it=>maxabs(context(view_of(it)))));
+  for(const it of D.items){ const v=view_of(it); const scale=scope==='global'?globalScale:maxabs(context(v));
     const p=document.createElement('div'); p.className='panel';
-    p.innerHTML=`<h2>${it.method} \u2014 target ${JSON.stringify(it.target)} (y = ${it.value.toPrecision(4)}, \u03a3R = ${it.total.toPrecision(4)})</h2>`;
+    const own=v.context==null?'':`; the answer's own tokens (outlined, on the context's scale): \u03a3R = ${v.scores.slice(v.context).reduce((a,b)=>a+b,0).toPrecision(4)}`;
+    p.innerHTML=`<h2>${it.method} \u2014 target ${JSON.stringify(it.target)} (y = ${it.value.toPrecision(4)}, \u03a3R = ${it.total.toPrecision(4)}${own})</h2>`;
     const t=document.createElement('div'); t.className='text';
-    v.text.forEach((x,i)=>t.appendChild(span(x,v.scores[i],scale)));
-    p.appendChild(t); p.appendChild(legend(scale)); main.appendChild(p); }
+    v.text.forEach((x,i)=>t.appendChild(span(x,v.scores[i],scale,v.context!=null&&i>=v.context?'self':'')));
+    p.appendChild(beside(it.image&&it.image.src, it.image?`image \u03a3R = ${it.image.total.toPrecision(4)}`:'', withUnits(it.units, t)));
+    p.appendChild(legend(scale)); main.appendChild(p); }
 }
 function renderGen(){
   main.innerHTML='';
@@ -71,7 +99,8 @@ function renderGen(){
     if(i===P+step) s.classList.add('target');
     if(isGen) s.onclick=()=>{ step=g; renderGen(); };
     t.appendChild(s); });
-  p.appendChild(t); p.appendChild(legend(scale)); main.appendChild(p);
+  p.appendChild(beside(D.images&&D.images[step].src, D.images?`image \u03a3R = ${D.images[step].total.toPrecision(4)}`:'', t));
+  p.appendChild(legend(scale)); main.appendChild(p);
   const m=document.createElement('div'); m.className='panel'; m.innerHTML='<h2>all steps: generated tokens \u00d7 tokens</h2>';
   const tb=document.createElement('table'); tb.className='matrix';
   const gscale=Math.max(...rows.map(maxabs));
@@ -88,6 +117,11 @@ view.querySelectorAll('input[data-control]').forEach(r=>{ r.name = group + '-' +
   r.onchange=e=>{ if(r.dataset.control==='unit') unit=e.target.value; else scope=e.target.value; render(); }; });
 render();
 """
+
+
+def style() -> str:
+    """The views' CSS, with the palette's legend gradient (other views, such as feature cards, build on it)."""
+    return _STYLE.replace("GRADIENT", gradient_css())
 
 
 def view(data: dict, title: str, meta: str) -> str:
@@ -110,12 +144,16 @@ def view(data: dict, title: str, meta: str) -> str:
 {javascript()}{_SCRIPT}}})();</script></div>"""
 
 
+def png_uri(png: bytes) -> str:
+    """A PNG as a data URI, to inline it."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
 def image_view(png: bytes, title: str, meta: str) -> str:
     """One view of an image explanation: the relevance drawn as a PNG, inlined."""
-    encoded = base64.b64encode(png).decode("ascii")
     return f"""<div class="attnlrp-view"><style>{_STYLE.replace("GRADIENT", gradient_css())}</style>
 <h1>{html.escape(title)}</h1><div class="meta">{html.escape(meta)}</div>
-<img alt="{html.escape(title)}" src="data:image/png;base64,{encoded}"></div>"""
+<img alt="{html.escape(title)}" src="{png_uri(png)}"></div>"""
 
 
 def page(fragment: str, title: str) -> str:

@@ -48,8 +48,20 @@ def escape(text: str, unicode: bool = True) -> str:
     return "".join(out)
 
 
+#: The space between words: glue, so that a line may break there and drops it at the break.
+_SPACE = "\\hspace{0.33em plus 0.1em minus 0.05em}"
+
+
+def _box(weight: float, text: str) -> str:
+    return f"\\colorbox[RGB]{{{','.join(map(str, rgb(weight)))}}}{{\\strut{{}}{text}}}"
+
+
 def source(tokens: Sequence[str], scores: Sequence[float], backend: str = "xelatex") -> str:
-    """The complete .tex document of a token heatmap."""
+    """The complete .tex document of a token heatmap.
+
+    Lines break only between words, at the spaces that tokens carry: a number or a word made of several tokens
+    stays on one line, and no line starts with a token's leading space (the space is glue, dropped at a break).
+    """
     scores = np.asarray(scores, dtype=np.float64)
     scale = color_scale(scores)
     unicode = backend == "xelatex"
@@ -59,16 +71,23 @@ def source(tokens: Sequence[str], scores: Sequence[float], backend: str = "xelat
         for k, part in enumerate(token.split("\n")):
             if k:
                 body.append("\\newline\n")
-            if part:
-                body.append(
-                    f"\\colorbox[RGB]{{{','.join(map(str, rgb(weight)))}}}{{\\strut{{}}{escape(part, unicode)}}}\\allowbreak{{}}"
-                )
+            core = part.strip()
+            if not part:
+                continue
+            if not core:  # a token of spaces only: a coloured gap
+                body.append(_box(weight, "\\hspace{0.33em}"))
+                continue
+            if part[0].isspace():
+                body.append(_SPACE)
+            body.append(_box(weight, escape(core, unicode)))
+            if part[-1].isspace():
+                body.append(_SPACE)
     preamble = "\\usepackage{fontspec}\n" if unicode else "\\usepackage[utf8]{inputenc}\n\\usepackage[T1]{fontenc}\n"
     return (
         "\\documentclass[varwidth=150mm,border=2mm]{standalone}\n"
         + preamble
         + "\\usepackage[dvipsnames]{xcolor}\n\\setlength{\\fboxsep}{0pt}\n\\begin{document}\n"
-        "\\obeyspaces\\raggedright\n" + "".join(body) + "\n\\end{document}\n"
+        "\\raggedright\\noindent\n" + "%\n".join(body) + "\n\\end{document}\n"
     )
 
 

@@ -26,6 +26,12 @@ def css(weight: float) -> str:
     return "rgb({},{},{})".format(*rgb(weight))
 
 
+def ink(weight: float) -> str:
+    """A text colour that reads on the weight's background: white on saturated colours, black on pale ones."""
+    red, green, blue = rgb(weight)
+    return "white" if 0.299 * red + 0.587 * green + 0.114 * blue < 150 else "black"
+
+
 def scale(values: np.ndarray) -> float:
     """The max |value| that maps to the full colour (1 where all values are 0)."""
     values = np.asarray(values, dtype=np.float64)

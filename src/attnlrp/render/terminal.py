@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .palette import css
+from .palette import css, ink
 from .palette import scale as color_scale
 
 
@@ -17,9 +17,14 @@ def _visible(token: str) -> str:
 
 
 def print_heatmap(
-    tokens: Sequence[str], scores: Sequence[float], title: str = "", color: bool | None = None, file=None
+    tokens: Sequence[str],
+    scores: Sequence[float],
+    title: str = "",
+    color: bool | None = None,
+    file=None,
+    scale: float | None = None,
 ) -> None:
-    """Print tokens coloured by score (normalised by max |score|), wrapped to the terminal width.
+    """Print tokens coloured by score (normalised by max |score|, or by ``scale``), wrapped to the terminal width.
 
     color=None picks colour when the output is a terminal and NO_COLOR is unset.
     """
@@ -28,7 +33,7 @@ def print_heatmap(
 
     file = file or sys.stdout
     scores = np.asarray(scores, dtype=np.float64)
-    scale = color_scale(scores)
+    scale = scale or color_scale(scores)
     weights = scores / scale
     if color is None:
         color = hasattr(file, "isatty") and file.isatty() and "NO_COLOR" not in os.environ
@@ -46,14 +51,14 @@ def print_heatmap(
     for token, w in zip(tokens, weights):
         shown = _visible(token)
         if color:
-            text.append(shown, style=f"black on {css(w)}")
+            text.append(shown, style=f"{ink(w)} on {css(w)}")
         else:
             text.append(shown + (f"[{w:+.2f}]" if abs(w) >= 0.1 else ""))
     console.print(text)
     if color:
         legend = Text("legend: ")
         for w in (-1.0, -0.5, 0.0, 0.5, 1.0):
-            legend.append(f" {w:+.1f} ", style=f"black on {css(w)}")
+            legend.append(f" {w:+.1f} ", style=f"{ink(w)} on {css(w)}")
         legend.append(f"  (scaled by max |R| = {scale:.3g})")
         console.print(legend)
     else:

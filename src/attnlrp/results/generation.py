@@ -8,13 +8,19 @@ from pathlib import Path
 import numpy as np
 
 from .base import Result
-from .explanation import Explanation
+from .explanation import Explanation, image_item
+from .image import ImageExplanation
 from .tokens import group_words
 
 
 @dataclass(eq=False, repr=False)  # equality and repr come from Result
 class GenerationExplanation(Result):
-    """Relevance of every token for each generated token: ``matrix[i, j]`` is token j's share in step i."""
+    """Relevance of every token for each generated token: ``matrix[i, j]`` is token j's share in step i.
+
+    Where an image is an input too (vision-language models), ``image_matrix[i]`` is the relevance of its pixels in
+    step i, and ``image_rgb`` the image drawn (uint8 [H, W, 3]). ``segments`` name parts of the tokens (an
+    encoder-decoder's source and target).
+    """
 
     tokens: list[str]
     display: list[str]
@@ -27,6 +33,9 @@ class GenerationExplanation(Result):
     special: list[bool] = field(default_factory=list)
     probs: list[float] = field(default_factory=list)
     unit: str = "token"
+    image_matrix: np.ndarray | None = None
+    image_rgb: np.ndarray | None = None
+    segments: list[tuple[str, int, int]] = field(default_factory=list)
 
     kind = "generation"
 
@@ -34,6 +43,11 @@ class GenerationExplanation(Result):
         self.matrix = np.asarray(self.matrix, dtype=np.float32).reshape(len(self.values), -1)
         if not self.special:
             self.special = [False] * len(self.tokens)
+        if self.image_matrix is not None:
+            self.image_matrix = np.asarray(self.image_matrix, dtype=np.float32)
+        if self.image_rgb is not None:
+            self.image_rgb = np.asarray(self.image_rgb, dtype=np.uint8)
+        self.segments = [tuple(s) for s in self.segments]
 
     @property
     def generated(self) -> list[str]:
@@ -44,8 +58,13 @@ class GenerationExplanation(Result):
         return self.matrix.shape[0]
 
     def step(self, i: int) -> Explanation:
-        """The explanation of generated token i over all tokens before it."""
+        """The explanation of generated token i over all tokens before it (and the image, where there is one)."""
         end = self.prompt_length + i
+        image = None
+        if self.image_matrix is not None:
+            image = ImageExplanation(
+                self.image_matrix[i], self.generated[i], self.values[i], self.method, self.model, image=self.image_rgb
+            )
         return Explanation(
             tokens=self.tokens[:end],
             display=self.display[:end],
@@ -60,6 +79,8 @@ class GenerationExplanation(Result):
             logit=self.values[i],
             prob=self.probs[i] if self.probs else None,
             unit=self.unit,
+            image=image,
+            segments=[(name, a, min(b, end)) for name, a, b in self.segments if a < end],
         )
 
     def top(self, k: int = 5) -> list[list[tuple[str, float, int]]]:
@@ -80,16 +101,25 @@ class GenerationExplanation(Result):
             token_ids=[],
             prompt_length=int(np.searchsorted(firsts, self.prompt_length)),
             unit="word",
+            segments=[(name, *map(int, np.searchsorted(firsts, [a, b]))) for name, a, b in self.segments],
         )
 
     def normalized(self, by: str = "max") -> GenerationExplanation:
-        """Each row divided by its max |score| (or Σ|score| with ``by="sum"``)."""
+        """Each row divided by its max |score| (or Σ|score| with ``by="sum"``), its image's pixels included."""
         if by not in ("max", "sum"):
             raise ValueError(f"by must be 'max' or 'sum', not {by!r}.")
-        scale = (
-            np.abs(self.matrix).max(axis=1, keepdims=True) if by == "max" else np.abs(self.matrix).sum(1, keepdims=True)
+        every = np.abs(self.matrix)
+        if self.image_matrix is not None:  # a row's image shares its scale
+            every = np.concatenate([every, np.abs(self.image_matrix).reshape(len(self), -1)], axis=1)
+        scale = every.max(axis=1, keepdims=True) if by == "max" else every.sum(1, keepdims=True)
+        images = self.image_matrix
+        if images is not None:
+            images = np.divide(images, scale[:, :, None], out=np.zeros_like(images), where=scale[:, :, None] > 0)
+        return replace(
+            self,
+            matrix=np.divide(self.matrix, scale, out=np.zeros_like(self.matrix), where=scale > 0),
+            image_matrix=images,
         )
-        return replace(self, matrix=np.divide(self.matrix, scale, out=np.zeros_like(self.matrix), where=scale > 0))
 
     def show(self, color: bool | None = None, file=None) -> None:
         """Print one heatmap line per generated token."""
@@ -113,6 +143,8 @@ class GenerationExplanation(Result):
             "tokens": {"text": self.display, "matrix": self.matrix.tolist(), "prompt_length": self.prompt_length},
             "words": {"text": words.display, "matrix": words.matrix.tolist(), "prompt_length": words.prompt_length},
         }
+        if self.image_matrix is not None:
+            data["images"] = [image_item(self.step(i).image) for i in range(len(self))]
         return view(
             data,
             title=self.title(),

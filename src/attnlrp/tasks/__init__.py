@@ -8,8 +8,11 @@ causal LM comes last, as the fallback for plain torch modules. A new job is one 
 
 from .base import TASKS, Task, task_for
 from .classification import SequenceClassification, TokenClassification, TokenLabel
+from .clip import ClipSimilarity
 from .embedding import Direction, SentenceSimilarity
 from .image import ImageClassification
+from .seq2seq import Seq2Seq
+from .vision_language import VisionLanguage
 
 # isort: split
 from .causal_lm import CausalLM  # registered last: the fallback
@@ -17,12 +20,15 @@ from .causal_lm import CausalLM  # registered last: the fallback
 __all__ = [
     "TASKS",
     "CausalLM",
+    "ClipSimilarity",
     "Direction",
     "ImageClassification",
     "SentenceSimilarity",
+    "Seq2Seq",
     "SequenceClassification",
     "Task",
     "TokenClassification",
     "TokenLabel",
+    "VisionLanguage",
     "task_for",
 ]

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..engine.devices import check_placement
 from ..errors import InputError, TargetError
 from ..methods import Method
 from ..methods.batch import Batch
@@ -35,6 +36,21 @@ def scalar(value: Tensor, label: str) -> Tensor:
             f"The target {label!r} returned {found}, not one number: make it reduce to a scalar (e.g. with .sum())."
         )
     return value.reshape(())
+
+
+def similarity(model: nn.Module, a: Tensor, b: Tensor, cosine: bool = True) -> Tensor:
+    """The cosine (or dot product) of two input-dependent vectors [..., H]. For plain gradient methods it is the
+    similarity as it is; while ``model`` is bound to LRP rules, the norms are constants and the two vectors share
+    the product (uniform rule, rules.md), so each holds half of it."""
+    from ..core import rules
+    from ..engine import binding_of
+
+    if binding_of(model) is None:
+        return torch.nn.functional.cosine_similarity(a, b, dim=-1) if cosine else (a * b).sum(-1)
+    if cosine:
+        a, b = rules.normalize(a, dim=-1), rules.normalize(b, dim=-1)
+    a, b = rules.uniform(a, b)
+    return (a * b).sum(-1)
 
 
 def model_name(model: nn.Module) -> str:
@@ -79,11 +95,7 @@ class Task:
             raise TypeError(
                 f"Expected a torch.nn.Module (for example a transformers model), got {type(model).__name__}."
             )
-        if any(p.is_meta for p in model.parameters()):
-            raise InputError(
-                f"{type(model).__name__} has parameters on the meta device (no weights loaded), so it can't run: load "
-                "it with its weights (from_pretrained without device_map='meta', or with an offloading device map)."
-            )
+        check_placement(model)  # weights loaded (or offloaded), on one device or moved by accelerate's hooks
         self.model = model
 
     def encode(self, inputs: Any) -> tuple[list[Any], bool]:

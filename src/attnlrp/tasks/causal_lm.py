@@ -50,7 +50,8 @@ class CausalLMBatch(TokenBatch):
         ]
         rows = sorted({p for span, n in zip(spans, self.needed) for p in range(span.stop - n, span.stop)})
         if len(rows) < width and "logits_to_keep" in inspect.signature(model.forward).parameters:
-            self.shared["logits_to_keep"] = torch.tensor(rows, device=self.device)
+            # on the CPU: it indexes the last hidden states wherever a device map put them (CPU indices index any device)
+            self.shared["logits_to_keep"] = torch.tensor(rows)
         else:
             rows = list(range(width))
         self.where = {p: i for i, p in enumerate(rows)}  # position -> row among the kept logits
@@ -139,6 +140,7 @@ class CausalLM(Task):
                     logit=float(last[r.token_id]) if r.token_id is not None else None,
                     prob=float(torch.softmax(last, -1)[r.token_id]) if r.token_id is not None else None,
                     segments=segments,
+                    context=len(item.ids) if r.answer_ids else None,
                 )
             )
         return out

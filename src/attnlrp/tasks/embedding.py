@@ -18,13 +18,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..core import rules
-from ..engine import binding_of
 from ..engine.inputs import InputTap
 from ..errors import InputError, TargetError
 from ..methods import Method
 from ..results import Explanation
-from .base import Task, check_finite, model_name, one_per_item
+from .base import Task, check_finite, model_name, one_per_item, similarity
 from .text import Item, check_length, display_tokens
 from .token_batch import TokenBatch, pad, pad_id_of
 
@@ -110,13 +108,7 @@ class SimilarityBatch(TokenBatch):
             if direction.shape != a.shape:
                 raise TargetError(f"A Direction must have the embedding's size {a.shape[-1]}, not {direction.numel()}.")
             return a @ direction
-        if binding_of(self.model) is None:  # a plain gradient method: the similarity as it is
-            return torch.nn.functional.cosine_similarity(a, b, dim=-1) if self.similarity == "cosine" else a @ b
-        # bound to LRP rules: the norms are constants, and the two embeddings share the product (uniform rule)
-        if self.similarity == "cosine":
-            a, b = rules.normalize(a, dim=-1), rules.normalize(b, dim=-1)
-        a, b = rules.uniform(a, b)
-        return (a * b).sum(-1)
+        return similarity(self.model, a, b, cosine=self.similarity == "cosine")
 
     def values(self, inputs: dict[str, Tensor], rows: Sequence[int]) -> Tensor:
         a = self._embeddings("tokens", inputs, rows)

@@ -45,7 +45,7 @@ def _pixels(images: Any, processor: Any) -> Tensor:
     return processor(images=batch, return_tensors="pt")["pixel_values"]
 
 
-def _display(pixels: Tensor, processor: Any) -> np.ndarray:
+def display_images(pixels: Tensor, processor: Any) -> np.ndarray:
     """uint8 [B, H, W, 3] for drawing: the processor's normalisation undone, else each image min-max scaled."""
     x = pixels.detach().float().cpu()
     mean, std = getattr(processor, "image_mean", None), getattr(processor, "image_std", None)
@@ -175,8 +175,8 @@ class ImageClassification(Task):
 
     def results(self, batch: ImageBatch, relevance: dict, method: Method) -> list[ImageExplanation]:
         rules = describe(getattr(method, "layer_rules", None))
-        drawn = _display(batch.inputs["pixels"], self.processor)
-        patch = getattr(getattr(self.model, "config", None), "patch_size", None)
+        drawn = display_images(batch.inputs["pixels"], self.processor)
+        patch = patch_size(self.model)
         return [
             ImageExplanation(
                 scores=relevance["pixels"][row],
@@ -187,10 +187,27 @@ class ImageClassification(Task):
                 target_index=o.index,
                 image=drawn[row],
                 rules=rules,
-                patch_size=patch if isinstance(patch, int) else None,
+                patch_size=patch,
             )
             for row, o in enumerate(batch.outcomes)
         ]
+
+
+def patch_size(model: nn.Module) -> int | None:
+    """The model's square patch size: Hugging Face's ``config.patch_size``, torchvision's ``patch_size``, timm's
+    ``patch_embed.patch_size`` (None where the model has none)."""
+    config = getattr(model, "config", None)
+    for value in (
+        getattr(config, "patch_size", None),
+        getattr(getattr(config, "vision_config", None), "patch_size", None),
+        getattr(model, "patch_size", None),
+        getattr(getattr(model, "patch_embed", None), "patch_size", None),
+    ):
+        if isinstance(value, (tuple, list)) and len(set(value)) == 1:
+            value = value[0]
+        if isinstance(value, int):
+            return value
+    return None
 
 
 def describe(layer_rules: LayerRules | None) -> str:

@@ -84,7 +84,7 @@ class Contrast(Target):
             )
         other = token_id(tokenizer, self.against)
         return Resolved(
-            f"{_label(tokenizer, tid)} vs {_label(tokenizer, other)}",
+            f"{_label(tokenizer, tid)} vs {_label(tokenizer, other).lstrip()}",
             tid,
             (),
             lambda logits: logits[-1, tid] - logits[-1, other],

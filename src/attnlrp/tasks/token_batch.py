@@ -13,7 +13,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..engine.devices import input_device
 from ..engine.inputs import InputTap, input_embeddings
+from ..engine.sliding_window import sliding_window_masks
 from ..errors import InputError
 from ..methods.batch import Batch
 from .base import check_finite
@@ -29,14 +31,6 @@ def pad(sequences: Sequence[Sequence[int]], pad_id: int, left: bool) -> tuple[Te
         ids[row, span] = torch.tensor(list(seq))
         mask[row, span] = 1
     return ids, mask
-
-
-def input_device(model: nn.Module) -> torch.device:
-    """Where the model's inputs go: the device of its input embeddings (with a device map, the first one)."""
-    embeddings = input_embeddings(model)
-    param = next(iter(embeddings.parameters()), None) if embeddings is not None else None
-    param = param if param is not None else next(model.parameters())
-    return param.device
 
 
 def pad_id_of(tokenizer) -> int:
@@ -74,7 +68,7 @@ class TokenBatch(Batch):
         ids, mask = pad(sequences, pad_id_of(tokenizer), left)
         device = input_device(model)
         ids, mask = ids.to(device), mask.to(device)
-        width = ids.shape[1]
+        width = self.width = ids.shape[1]
         spans = [slice(width - len(seq), width) if left else slice(0, len(seq)) for seq in sequences]
         self.row_inputs = {"input_ids": ids, "attention_mask": mask}
         if left and "position_ids" in parameters:
@@ -92,6 +86,8 @@ class TokenBatch(Batch):
         """The model's output on stacked input variants of ``rows``."""
         index = torch.as_tensor(list(rows), device=self.device)
         extra = {name: value[index] for name, value in self.row_inputs.items()}
+        if bool(extra["attention_mask"].all()):  # no padding: a sliding window needs no T x T mask
+            extra["attention_mask"] = sliding_window_masks(self.model, self.width) or extra["attention_mask"]
         with InputTap(self.model, {"tokens": self.site}) as tap:
             tap.replace = dict(inputs)
             return self.model(**extra, **self.shared)

@@ -1,0 +1,565 @@
+"""attnlrp.latent on a tiny random LLaMA (float64, no biases, the real tokenizer): sites, collect and the atlas,
+labels and cards, explain(latent=...), SAEs, steering, knowledge units, ablation faithfulness, the corpus."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+
+import pytest
+import torch
+
+import attnlrp
+from attnlrp.errors import LatentError, MethodError, SteeringError
+from attnlrp.latent import (
+    SAE,
+    FeatureAtlas,
+    ablation_curves,
+    collect,
+    knowledge_units,
+    labelled_corpus,
+    load_sae,
+    read_corpus,
+    resolve,
+    site_outputs,
+    steer,
+    sweep,
+    train_sae,
+    write_corpus,
+)
+from attnlrp.latent.atlas import BINS
+from attnlrp.latent.corpus import TOPICS
+from attnlrp.latent.labels import label_of
+from attnlrp.latent.readout import site_totals
+from attnlrp.latent.sites import SiteRecorder
+
+NEURONS = "model.layers.*.mlp.down_proj"
+SITE = "model.layers.1.mlp.down_proj"
+
+
+def _corpus(n: int, seed: int = 0) -> list[dict]:
+    return [{"text": r.text, "topic": r.topic} for r in labelled_corpus(per_topic=8, seed=seed)][:n]
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return _corpus(40)
+
+
+@pytest.fixture(scope="module")
+def atlas(tiny_lm, tokenizer, corpus):
+    """An atlas of every MLP neuron of the tiny model over 40 labelled sentences, CP-LRP (conserving)."""
+    return collect(tiny_lm, tokenizer, corpus, NEURONS, top_k=4, method="cp-lrp", batch_size=8, progress=False)
+
+
+def _same_atlas(a: FeatureAtlas, b: FeatureAtlas) -> None:
+    """Equal top-k lists and counts; sums equal up to float32 rounding (each batch is summed in float32)."""
+    assert a.sites == b.sites and a.tokens == b.tokens and a.seen == b.seen and a.contexts.keys() == b.contexts.keys()
+    for context, entry in a.contexts.items():
+        other = b.contexts[context]
+        assert {**entry, "value": 0} == {**other, "value": 0} and entry["value"] == pytest.approx(other["value"])
+    for name in a.sites:
+        ranked = b.states[name].ranked()
+        for key, x in a.states[name].ranked().items():
+            y = ranked[key]
+            if x.dtype == torch.int64:
+                assert torch.equal(x, y), (name, key)
+            else:
+                torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=f"{name} {key}")  # float32 sums
+
+
+# --- sites -------------------------------------------------------------------------------------------------
+
+
+def test_sites_take_their_kind_and_width_from_the_module(tiny_lm):
+    sites = {s.name: s for s in resolve(tiny_lm, [NEURONS, "model.layers.*.self_attn.o_proj", "model.layers.*"])}
+    assert sites[SITE].kind == "neurons" and sites[SITE].width == 128
+    assert (
+        sites["model.layers.0.self_attn.o_proj"].kind == "heads" and sites["model.layers.0.self_attn.o_proj"].width == 4
+    )
+    assert sites["model.layers.1"].kind == "residual" and sites["model.layers.1"].width == 64
+    (override,) = resolve(tiny_lm, f"{SITE}@residual")
+    assert override.name == f"{SITE}@residual" and override.width == 64
+
+
+def test_a_site_pattern_that_matches_nothing_shows_close_matches(tiny_lm):
+    with pytest.raises(LatentError, match=r"matches no module.*close matches: model\.layers\.\*\.mlp\.down_proj"):
+        resolve(tiny_lm, "model.layer.*.mlp.down_proj")
+    with pytest.raises(LatentError, match="Unknown site kind 'neuron'"):
+        resolve(tiny_lm, f"{SITE}@neuron")
+
+
+def test_recorded_relevance_adds_up_per_layer_head_and_neuron(tiny_lm, tokenizer):
+    """CP-LRP on a bias-free float64 model: every residual site holds y; heads and neurons hold what their
+    attention and MLP blocks output (Recorder), all in the one backward of explain."""
+    sites = [NEURONS, "model.layers.*.self_attn.o_proj", "model.layers.*"]
+    blocks = attnlrp.Recorder(tiny_lm, ["model.layers.*.mlp", "model.layers.*.self_attn"])
+    with blocks:
+        exp = attnlrp.explain(tiny_lm, tokenizer, "The capital of France is", method="cp-lrp", latent=sites)
+    totals = site_totals(exp.units)
+    assert totals["model.layers.0"] == pytest.approx(exp.value, rel=1e-6)
+    assert totals["model.layers.1"] == pytest.approx(exp.value, rel=1e-6)
+    assert exp.total == pytest.approx(exp.value, rel=1e-6)
+    recorded = blocks.totals()
+    for layer in (0, 1):
+        assert totals[f"model.layers.{layer}.mlp.down_proj"] == pytest.approx(
+            recorded[f"model.layers.{layer}.mlp"], rel=1e-5
+        )
+        assert totals[f"model.layers.{layer}.self_attn.o_proj"] == pytest.approx(
+            recorded[f"model.layers.{layer}.self_attn"], rel=1e-5
+        )
+    for entry in exp.units:
+        listed = sum(u["relevance"] for u in entry["top"])
+        assert listed + entry["rest"] == pytest.approx(entry["total"], rel=1e-9, abs=1e-12)
+        assert len(entry["top"]) == min(
+            10, 128 if "mlp" in entry["site"] else 64 if "o_proj" not in entry["site"] else 4
+        )
+        magnitudes = [abs(u["relevance"]) for u in entry["top"]]
+        assert magnitudes == sorted(magnitudes, reverse=True)
+
+
+def test_explain_latent_batched_equals_alone_and_needs_an_lrp_method(tiny_lm, tokenizer):
+    prompts = ["The capital of France is", "Hello there, my old friend"]
+    both = attnlrp.explain(tiny_lm, tokenizer, prompts, method="cp-lrp", latent=SITE)
+    alone = attnlrp.explain(tiny_lm, tokenizer, prompts[1], method="cp-lrp", latent=SITE)
+    assert both[1].units[0]["total"] == pytest.approx(alone.units[0]["total"], rel=1e-9)
+    assert [u["unit"] for u in both[1].units[0]["top"]] == [u["unit"] for u in alone.units[0]["top"]]
+    with pytest.raises(MethodError, match="LRP backward"):
+        attnlrp.explain(tiny_lm, tokenizer, prompts[0], method="gradient", latent=SITE)
+    with pytest.raises(LatentError, match="give the sites too"):
+        attnlrp.explain(tiny_lm, tokenizer, prompts[0], atlas=object())
+
+
+def test_unit_relevance_is_the_same_with_eager_and_sdpa_attention(tokenizer):
+    from tiny_models import build
+
+    ids = [[5, 17, 42, 8, 99, 3, 61], [7, 7, 21, 80]]
+    sites = ["model.layers.*.mlp.down_proj", "model.layers.*.self_attn.o_proj"]
+    runs = [attnlrp.explain(build("llama", attn).model, tokenizer, ids, latent=sites) for attn in ("eager", "sdpa")]
+    for eager, sdpa in zip(*runs):
+        assert eager.value == pytest.approx(sdpa.value, rel=1e-6)
+        for a, b in zip(eager.units, sdpa.units):
+            assert a["total"] == pytest.approx(b["total"], rel=1e-6, abs=1e-12)
+            assert [u["unit"] for u in a["top"][:3]] == [u["unit"] for u in b["top"][:3]]
+
+
+def test_explanation_units_survive_json_and_reach_the_html(tiny_lm, tokenizer, tmp_path):
+    exp = attnlrp.explain(tiny_lm, tokenizer, "The capital of France is", latent=SITE)
+    again = attnlrp.Explanation.load(exp.save(tmp_path / "e.json"))
+    assert again == exp and again.units == exp.units
+    assert '"units"' in exp.html_view() and "withUnits" in exp.html_view()
+
+
+# --- collect and the atlas -----------------------------------------------------------------------------------
+
+
+def test_collect_keeps_the_true_top_k_by_activation_and_by_relevance(tiny_lm, tokenizer, corpus, atlas):
+    """Against every context explained alone: the peak activation and summed relevance of each unit."""
+    (site,) = resolve(tiny_lm, SITE)
+    peaks, sums = [], []
+    for entry in corpus:
+        with SiteRecorder(tiny_lm, [site]) as recorder:
+            attnlrp.explain(tiny_lm, tokenizer, entry["text"], method="cp-lrp")
+        peaks.append(recorder.activation[SITE][0].amax(0))
+        sums.append(recorder.relevance[SITE][0].sum(0))
+    peaks, sums = torch.stack(peaks).float(), torch.stack(sums).float()  # [contexts, units]
+    state = atlas.states[SITE].ranked()
+    for unit in (0, 17, 99):
+        for scores, prefix in ((peaks, "act"), (sums, "rel")):
+            order = sorted(range(len(corpus)), key=lambda c: (-float(scores[c, unit]), c))[:4]
+            assert state[f"{prefix}_context"][unit].tolist() == order
+            torch.testing.assert_close(state[f"{prefix}_score"][unit], scores[order, unit], rtol=1e-5, atol=1e-7)
+    tokens = sum(len(tokenizer(e["text"]).input_ids) for e in corpus)
+    assert atlas.tokens == tokens and atlas.seen == len(corpus)
+    stats = atlas.stats(SITE, 17)
+    assert stats["relevance_mean"] == pytest.approx(float(sums[:, 17].double().mean()), rel=1e-5)
+    assert sum(atlas.histogram(SITE, 17)[1]) == tokens
+
+
+def test_top_contexts_carry_their_tokens_and_per_token_activations(atlas):
+    (best,) = atlas.top(SITE, 5, "activation", count=1)
+    assert "tokens" not in atlas.contexts[best["context"]]  # token ids only; display strings once per id
+    assert len(best["tokens"]) == len(best["activations"]) and max(best["activations"]) == pytest.approx(best["score"])
+    (first,) = atlas.top(SITE, 5, "relevance", count=1)
+    assert sum(first["relevance"]) == pytest.approx(first["score"], rel=1e-5)
+    assert first["topic"] in TOPICS and isinstance(first["target"], str)
+
+
+def test_merge_gives_what_one_pass_over_both_corpora_gives(tiny_lm, tokenizer, corpus, atlas):
+    options = dict(top_k=4, method="cp-lrp", batch_size=8, progress=False)
+    first = collect(tiny_lm, tokenizer, corpus[:24], NEURONS, **options)
+    second = collect(tiny_lm, tokenizer, corpus[24:], NEURONS, **options)
+    _same_atlas(first.merge(second), atlas)
+    shards = [collect(tiny_lm, tokenizer, corpus, NEURONS, shard=(r, 3), **options) for r in range(3)]
+    _same_atlas(shards[0].merge(shards[2]).merge(shards[1]), atlas)
+    with pytest.raises(LatentError, match="same corpus"):
+        shards[0].merge(shards[0])
+    other = collect(tiny_lm, tokenizer, corpus[:8], NEURONS, **{**options, "top_k": 3})
+    with pytest.raises(LatentError, match="top_k"):
+        atlas.merge(other)
+
+
+def test_the_atlas_saves_and_loads_without_pickle(atlas, tmp_path):
+    folder = atlas.read_outputs().save(tmp_path / "atlas")
+    assert sorted(p.name for p in folder.iterdir()) == ["atlas.json", "tensors.safetensors"]
+    loaded = FeatureAtlas.load(folder)
+    assert atlas.states[SITE].promoted and loaded.states[SITE].promoted.keys() == atlas.states[SITE].promoted.keys()
+    _same_atlas(loaded, atlas)
+    assert loaded.card(SITE, 3, conditional=0) == atlas.card(SITE, 3, conditional=0)
+    assert loaded.vocabulary == atlas.vocabulary and loaded.topics == atlas.topics
+    with pytest.raises(LatentError, match="no readable atlas"):
+        FeatureAtlas.load(tmp_path)
+
+
+def test_collect_resumes_after_an_interruption(tiny_lm, tokenizer, corpus, atlas, tmp_path):
+    def interrupted():
+        for n, entry in enumerate(corpus):
+            if n == 20:
+                raise KeyboardInterrupt
+            yield entry
+
+    options = dict(top_k=4, method="cp-lrp", batch_size=8, progress=False, checkpoint=tmp_path / "ckpt", every=1)
+    with pytest.raises(KeyboardInterrupt):
+        collect(tiny_lm, tokenizer, interrupted(), NEURONS, **options)
+    partial = FeatureAtlas.load(tmp_path / "ckpt")
+    assert not partial.complete and partial.position == 16 and partial.seen == 16
+    _same_atlas(collect(tiny_lm, tokenizer, corpus, NEURONS, **options), atlas)
+    changed = [{"text": "Something else entirely."}] + corpus[1:]
+    with pytest.raises(LatentError, match="other settings"):
+        collect(tiny_lm, tokenizer, corpus, NEURONS, **{**options, "top_k": 5})
+    options["checkpoint"] = tmp_path / "other"
+    with pytest.raises(KeyboardInterrupt):
+        collect(tiny_lm, tokenizer, interrupted(), NEURONS, **options)
+    with pytest.raises(LatentError, match="corpus differs"):
+        collect(tiny_lm, tokenizer, changed, NEURONS, **options)
+
+
+def test_memory_is_bounded_by_top_k_not_by_the_corpus(tiny_lm, tokenizer, atlas):
+    bigger = collect(
+        tiny_lm, tokenizer, _corpus(80, seed=1), NEURONS, top_k=4, method="cp-lrp", batch_size=8, progress=False
+    )
+    for name in atlas.sites:
+        assert {k: v.shape for k, v in bigger.states[name].tensors.items()} == {
+            k: v.shape for k, v in atlas.states[name].tensors.items()
+        }
+        assert bigger.states[name].tensors["histogram"].shape == (128, BINS)
+    named = set(torch.cat([s.contexts() for s in bigger.states.values()]).tolist())
+    assert set(bigger.contexts) == named and len(named) <= 2 * 4 * 256
+
+
+def test_bad_corpora_and_settings_are_refused(tiny_lm, tokenizer, tmp_path):
+    with pytest.raises(LatentError, match="corpus is empty"):
+        collect(tiny_lm, tokenizer, [], SITE, progress=False)
+    (tmp_path / "empty.jsonl").write_text("\n", encoding="utf-8")
+    with pytest.raises(LatentError, match="corpus is empty"):
+        collect(tiny_lm, tokenizer, tmp_path / "empty.jsonl", SITE, progress=False)
+    with pytest.raises(LatentError, match="one string"):
+        collect(tiny_lm, tokenizer, "just one text", SITE, progress=False)
+    with pytest.raises(LatentError, match="rank < world"):
+        collect(tiny_lm, tokenizer, ["a text"], SITE, shard=(2, 2), progress=False)
+    with pytest.raises(LatentError, match="method must be"):
+        collect(tiny_lm, tokenizer, ["a text"], SITE, method="gradient", progress=False)
+    with pytest.raises(LatentError, match="one next token per context"):
+        collect(tiny_lm, tokenizer, ["a text"], SITE, target=attnlrp.Contrast(" a", " b"), progress=False)
+
+
+# --- labels and cards -------------------------------------------------------------------------------------
+
+
+def test_labels_are_deterministic_with_a_purity():
+    def context(tokens, peak, topic):
+        return {
+            "tokens": tokens,
+            "activations": [1.0 if i == peak else 0.0 for i in range(len(tokens))],
+            "topic": topic,
+        }
+
+    topics = {"sports": 10, "music": 30}
+    on_goal = [context(["The", " goal", " was"], 1, t) for t in ("sports", "music", "music", "sports")]
+    assert label_of(on_goal, topics).text == "token 'goal'" and label_of(on_goal, topics).purity == 1.0
+    by_topic = [context(["A", w, "."], 1, "sports") for w in (" ball", " team", " goal")] + [
+        context(["A", " song", "."], 1, "music")
+    ]
+    label = label_of(by_topic, topics)
+    assert (label.text, label.purity, label.kind, label.chance) == ("topic: sports", 0.75, "topic", 0.25)
+    assert label_of(by_topic, topics, labeller=lambda cs: ("ball games", 0.9)).text == "ball games"
+    assert label_of(by_topic, {}).kind == "token"  # an unlabelled corpus: tokens only
+
+
+def test_card_holds_everything_and_its_conditional_heatmaps_conserve(atlas):
+    card = atlas.card(SITE, 17)
+    assert card.label == atlas.label(SITE, 17).text and 0 < card.purity <= 1
+    assert len(card.top_activation) == 4 and len(card.top_relevance) == 4
+    assert len(card.promoted) == 10 and len(card.suppressed) == 10
+    assert card.promoted[0][1] >= card.promoted[-1][1] and card.suppressed[0][1] <= card.suppressed[-1][1]
+    assert len(card.histogram["counts"]) == BINS and card.stats["tokens"] == atlas.tokens
+    assert len(card.conditional) == 3
+    for heatmap, context in zip(card.conditional, card.top_relevance):
+        # CP-LRP, no biases: the input relevance through the unit is the unit's relevance
+        assert sum(heatmap["scores"]) == pytest.approx(heatmap["unit_relevance"], rel=1e-6, abs=1e-12)
+        assert heatmap["unit_relevance"] == pytest.approx(context["score"], rel=1e-5)
+
+
+def test_cards_need_their_model_for_conditional_heatmaps_and_say_so(atlas, tmp_path):
+    loaded = FeatureAtlas.load(atlas.save(tmp_path / "a"))
+    card = loaded.card(SITE, 2)
+    assert card.conditional == [] and any("bind the atlas" in n for n in card.notes)
+
+
+def test_unit_index_out_of_range_is_a_clear_error(tiny_lm, atlas):
+    with pytest.raises(
+        LatentError, match=r"Unit 128 is out of range for site model\.layers\.1\.mlp\.down_proj.*0\.\.127"
+    ):
+        atlas.card(SITE, 128)
+    with pytest.raises(LatentError, match="no site 'model.layers.1.mlp.up_proj'.*close matches"):
+        atlas.card("model.layers.1.mlp.up_proj", 0)
+    with pytest.raises(LatentError, match="out of range"):
+        with steer(tiny_lm, {(SITE, -1): 1.0}):
+            pass
+
+
+def test_atlas_page_is_one_self_contained_view(atlas, tmp_path):
+    page = atlas.to_html(tmp_path / "atlas.html").read_text(encoding="utf-8")
+    assert page.count('class="attnlrp-view"') == 1 and " id=" not in page and "http" not in page.split("<script")[0]
+    data = json.loads(page.split('type="application/json">')[1].split("</script>")[0])
+    assert len(data["cards"]) == 256 and all(
+        "tokens" not in c for card in data["cards"] for c in card["top_activation"]
+    )
+
+
+def test_explain_labels_units_from_an_atlas(tiny_lm, tokenizer, atlas):
+    exp = attnlrp.explain(tiny_lm, tokenizer, "The capital of France is", latent=NEURONS, atlas=atlas)
+    for entry in exp.units:
+        for unit in entry["top"]:
+            assert unit["label"] == atlas.label(entry["site"], unit["unit"]).text
+            assert unit["purity"] == atlas.label(entry["site"], unit["unit"]).purity
+
+
+# --- SAE ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sae(tiny_lm, tokenizer):
+    """A tiny TopK SAE trained briefly on the tiny model's residual stream after layer 0."""
+    data = site_outputs(tiny_lm, tokenizer, [r.text for r in labelled_corpus(per_topic=10)], "model.layers.0")
+    return train_sae(data, "model.layers.0", width=128, k=8, steps=300, batch_size=256).double()
+
+
+def test_training_an_sae_reconstructs_the_site(sae):
+    assert sae.stats["fve"] > 0.3 and sae.stats["dead_on_held_out"] < 0.5
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(128, dtype=torch.float64))
+
+
+def test_relevance_through_an_sae_conserves_with_its_error_term(tiny_lm, tokenizer, sae):
+    prompt = "The capital of France is"
+    exp = attnlrp.explain(tiny_lm, tokenizer, prompt, method="cp-lrp", latent=sae)
+    (entry,) = exp.units
+    assert entry["site"] == "model.layers.0@sae" and entry["error"] != 0
+    assert entry["total"] + entry["error"] + entry["bias"] == pytest.approx(exp.value, rel=1e-6)
+    plain = attnlrp.explain(tiny_lm, tokenizer, prompt, method="cp-lrp")
+    assert exp.value == plain.value  # the SAE leaves the forward as it was
+    unbiased = copy.deepcopy(sae)
+    unbiased.b_enc.zero_()
+    unbiased.b_dec.zero_()
+    exp = attnlrp.explain(tiny_lm, tokenizer, prompt, method="cp-lrp", latent=unbiased)
+    (entry,) = exp.units
+    assert entry["bias"] == 0.0
+    assert exp.total == pytest.approx(entry["total"], rel=1e-6)  # the input gets what the latents hold
+    assert exp.total + entry["error"] == pytest.approx(exp.value, rel=1e-6)
+
+
+def test_heads_and_sae_latents_get_atlases_and_cards_too(tiny_lm, tokenizer, corpus, sae, tmp_path):
+    heads = "model.layers.0.self_attn.o_proj"
+    atlas = collect(
+        tiny_lm, tokenizer, corpus[:16], [heads, sae], top_k=3, method="cp-lrp", batch_size=8, progress=False
+    )
+    assert atlas.sites == [heads, "model.layers.0@sae"] and atlas.state(heads).width == 4
+    card = atlas.card(heads, 2)
+    assert card.promoted == [] and any("no fixed output direction" in n for n in card.notes)
+    for heatmap in card.conditional:
+        assert sum(heatmap["scores"]) == pytest.approx(heatmap["unit_relevance"], rel=1e-6, abs=1e-12)
+    latent = int(atlas.relevance_mass("model.layers.0@sae").argmax())
+    card = atlas.card("model.layers.0@sae", latent)
+    assert len(card.promoted) == 10 and card.conditional and card.site_kind == "sae"
+    page = atlas.to_html(tmp_path / "page.html").read_text(encoding="utf-8")
+    assert page.count('"site_kind": "sae"') == sae.width and page.count('"site_kind": "heads"') == 4
+
+
+def test_an_sae_whose_width_does_not_match_its_site_is_refused(tiny_lm):
+    with pytest.raises(LatentError, match="reads 32 dimensions, but model.layers.0 .* gives 64"):
+        resolve(tiny_lm, SAE(32, 64, 4, "model.layers.0"))
+    with pytest.raises(LatentError, match="matches no module"):
+        resolve(tiny_lm, SAE(64, 64, 4, "model.layer.0"))
+
+
+def test_saes_save_and_load_by_name(sae, tmp_path, monkeypatch):
+    monkeypatch.setenv("ATTNLRP_CACHE", str(tmp_path))
+    sae.save(tmp_path / "sae" / "tiny-layer0")
+    loaded = load_sae("tiny-layer0")
+    assert loaded.site == sae.site and loaded.k == sae.k and loaded.stats == sae.stats
+    assert torch.equal(loaded.W_dec.double(), sae.W_dec.float().double())
+    with pytest.raises(LatentError, match="there are: tiny-layer0"):
+        load_sae("missing")
+
+
+# --- steering ----------------------------------------------------------------------------------------------
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def test_steering_is_reversible_exactly_and_touches_one_model(tiny_lm, tokenizer, make_tiny_lm):
+    other = make_tiny_lm()
+    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    before, others = _logits(tiny_lm, ids), _logits(other, ids)
+    hooks = [(dict(m._forward_hooks), dict(m._forward_pre_hooks)) for m in tiny_lm.modules()]  # transformers' own
+    with steer(tiny_lm, {(SITE, 3): 5.0, ("model.layers.0", 7): -2.0}) as steered:
+        assert steered is tiny_lm
+        assert not torch.equal(_logits(tiny_lm, ids), before)
+        assert torch.equal(_logits(other, ids), others)
+    assert torch.equal(_logits(tiny_lm, ids), before)
+    assert [(dict(m._forward_hooks), dict(m._forward_pre_hooks)) for m in tiny_lm.modules()] == hooks
+
+
+def test_steering_modes_set_the_unit_as_asked(tiny_lm, tokenizer):
+    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    (site,) = resolve(tiny_lm, SITE)
+
+    def activation(units, mode):
+        with steer(tiny_lm, units, mode), SiteRecorder(tiny_lm, [site]) as recorder, torch.no_grad():
+            tiny_lm(ids)
+        return recorder.activation[SITE][0]
+
+    plain = activation({(SITE, 0): 1.0}, "scale")
+    assert torch.equal(activation({(SITE, 3): 2.5}, "clamp")[:, 3], torch.full((ids.shape[1],), 2.5, dtype=plain.dtype))
+    assert torch.equal(activation({(SITE, 3): 0.0}, "scale")[:, 3], torch.zeros(ids.shape[1], dtype=plain.dtype))
+    torch.testing.assert_close(activation({(SITE, 3): 1.5}, "add")[:, 3], plain[:, 3] + 1.5)
+    with pytest.raises(LatentError, match="steer by mode='scale'"):
+        with steer(tiny_lm, {("model.layers.0.self_attn.o_proj", 1): 2.0}, "add"):
+            pass
+
+
+def test_sae_features_steer_along_their_decoder_direction(tiny_lm, tokenizer, sae):
+    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    (residual,) = resolve(tiny_lm, "model.layers.0")
+    with SiteRecorder(tiny_lm, [residual]) as plain, torch.no_grad():
+        tiny_lm(ids)
+    with steer(tiny_lm, {(sae, 9): 3.0}), SiteRecorder(tiny_lm, [residual]) as steered, torch.no_grad():
+        tiny_lm(ids)
+    moved = steered.activation["model.layers.0"][0] - plain.activation["model.layers.0"][0]
+    torch.testing.assert_close(moved, (3.0 * sae.W_dec[9]).expand_as(moved))
+
+
+def test_steering_a_steered_or_bound_model_is_refused(tiny_lm, tokenizer):
+    with steer(tiny_lm, {(SITE, 1): 1.0}):
+        with pytest.raises(SteeringError, match=r"already steered \(model\.layers\.1\.mlp\.down_proj\[1 units\]\)"):
+            with steer(tiny_lm.model, {("layers.0.mlp.down_proj", 2): 1.0}):
+                pass
+        # the right order: steer, then bind (explain binds inside)
+        steered = attnlrp.explain(tiny_lm, tokenizer, "The capital of France is", method="cp-lrp")
+    plain = attnlrp.explain(tiny_lm, tokenizer, "The capital of France is", method="cp-lrp")
+    assert steered.value != plain.value
+    with attnlrp.lrp(tiny_lm):
+        with pytest.raises(SteeringError, match="steer first, then bind"):
+            with steer(tiny_lm, {(SITE, 1): 1.0}):
+                pass
+    with pytest.raises(LatentError, match="dict"):
+        with steer(tiny_lm, {}):
+            pass
+
+
+def test_a_strength_sweep_reports_where_quality_breaks(tiny_lm, tokenizer):
+    result = sweep(tiny_lm, tokenizer, [(SITE, 7)], [0.0, 50.0], ["paris"], ["I like", "The city of"], max_new_tokens=4)
+    still, pushed = result.rows
+    assert still["kl"] == pytest.approx(0.0, abs=1e-9) and pushed["kl"] > 0
+    assert still["perplexity"] != pushed["perplexity"] and len(pushed["generations"]) == 2
+    assert 0 <= pushed["concept_rate"] <= 1 and 0 < still["concept_prob"] < 1
+    assert "| 50 |" in result.table() and "<table>" in result.html_view()
+
+
+# --- knowledge units and faithfulness ----------------------------------------------------------------------
+
+
+def test_knowledge_units_and_their_effects(tiny_lm, tokenizer):
+    prompts = [f"The capital of {c} is" for c in ("France", "Spain", "Italy", "Japan", "Egypt", "Peru")]
+    answers = [" Paris", " Madrid", " Rome", " Tokyo", " Cairo", " Lima"]
+    found = knowledge_units(tiny_lm, tokenizer, prompts, answers, NEURONS, count=6, draws=2)
+    assert len(found.units) == 6 and len(found.prompts) == 3 and len(found.held_out) == 3
+    scores = [u["score"] for u in found.units]
+    assert scores == sorted(scores, reverse=True) and scores[0] > 0
+    for part in ("found", "held_out"):
+        effect = found.effects[part]
+        assert set(effect) == {"before", "suppress", "enhance"} and effect["before"]["n"] == 3
+        assert effect["suppress"]["knowledge"]["mean"] != effect["before"]["mean"]
+    assert "| found (3) |" in found.table()
+    contrast = (["The opposite of hot is", "The opposite of up is"], [" cold", " down"])
+    refined = knowledge_units(tiny_lm, tokenizer, prompts, answers, NEURONS, count=6, draws=1, contrast=contrast)
+    assert [u["score"] for u in refined.units] == sorted((u["score"] for u in refined.units), reverse=True)
+    assert {(u["site"], u["unit"]) for u in refined.units} != {(u["site"], u["unit"]) for u in found.units}
+
+
+def test_ablation_curves_start_at_the_clean_value_and_resume(tiny_lm, tokenizer, tmp_path, monkeypatch):
+    from attnlrp.evaluate.suites.facts import candidates
+    from attnlrp.latent import faithfulness
+
+    items = list(itertools.islice(candidates(), 3))
+    journal = tmp_path / "ablation.jsonl"
+    result = ablation_curves(tiny_lm, tokenizer, items, SITE, ks=(0, 2, 8, 500), journal=journal, progress=False)
+    assert result["settings"]["ks"] == [0, 2, 8, 128]
+    curves = result["curves"]
+    assert curves["relevance"][0]["mean"] == pytest.approx(curves["random"][0]["mean"])
+    assert all(point["mean"] == 0 for point in (result["drops"][r][0] for r in result["drops"]))
+    drop = result["drops"]["relevance"][-1]["mean"]
+    assert drop == pytest.approx(curves["relevance"][0]["mean"] - curves["relevance"][-1]["mean"])
+    assert curves["relevance"][-1]["mean"] == pytest.approx(curves["activation"][-1]["mean"])  # all units zeroed
+    monkeypatch.setattr(faithfulness, "_curve", lambda *a: pytest.fail("a finished curve was computed again"))
+    assert (
+        ablation_curves(tiny_lm, tokenizer, items, SITE, ks=(0, 2, 8, 500), journal=journal, progress=False)["curves"]
+        == curves
+    )
+
+
+# --- the corpus --------------------------------------------------------------------------------------------
+
+
+def test_the_labelled_corpus_is_generated_with_a_fixed_seed(tmp_path):
+    records = labelled_corpus()
+    assert len(records) == 3000 and len({r.text for r in records}) == 3000
+    assert {r.topic for r in records} == set(TOPICS) and len(TOPICS) == 15
+    assert labelled_corpus() == records and labelled_corpus(seed=1) != records
+    assert list(read_corpus(write_corpus(records[:5], tmp_path / "c.jsonl"))) == records[:5]
+    (tmp_path / "bad.jsonl").write_text('{"txt": 1}\n', encoding="utf-8")
+    with pytest.raises(LatentError, match='"text" string'):
+        list(read_corpus(tmp_path / "bad.jsonl"))
+
+
+# --- the command line --------------------------------------------------------------------------------------
+
+
+def test_cli_collects_shows_cards_browses_and_steers(tiny_lm, tokenizer, corpus, tmp_path, monkeypatch, capsys):
+    from attnlrp import cli
+
+    monkeypatch.setattr(cli, "_load", lambda args: (tiny_lm, tokenizer))
+    write_corpus(read_corpus(corpus[:16]), tmp_path / "corpus.jsonl")
+    folder = tmp_path / "atlas"
+
+    def call(*argv: str) -> str:
+        assert cli.main(list(argv)) == 0, capsys.readouterr().err
+        return capsys.readouterr().out
+
+    out = call("latent", "collect", "--corpus", str(tmp_path / "corpus.jsonl"), "--sites", SITE, "--output", str(folder),
+               "--top-k", "3", "--batch-size", "8", "--quiet")  # fmt: skip
+    assert "16 contexts" in out and FeatureAtlas.load(folder).complete
+    out = call("latent", "card", "--atlas", str(folder), "--unit", f"{SITE}:5", "--html", str(tmp_path / "card.html"))
+    assert f"{SITE}:5" in out and (tmp_path / "card.html").read_text(encoding="utf-8").count("attnlrp-view") >= 1
+    out = call("latent", "browse", "--atlas", str(folder), "--html", str(tmp_path / "atlas.html"))
+    assert "saved" in out and (tmp_path / "atlas.html").is_file()
+    out = call("latent", "steer", "The capital of France is", "--unit", f"{SITE}:5", "--strengths", "0,40",
+               "--max-new-tokens", "3")  # fmt: skip
+    lines = [line for line in out.splitlines() if "|" in line]
+    assert len(lines) == 2 and lines[0].split("|")[0].strip() == "0"
+    assert cli.main(["latent", "card", "--atlas", str(folder), "--unit", f"{SITE}:999", "--html", "x.html"]) == 2
+    assert "out of range" in capsys.readouterr().err

@@ -1,0 +1,435 @@
+"""Encoder-decoders through explain() and explain_generation(): tiny random T5, BART, Marian (with the bundled
+tokenizer) and Whisper (with Whisper tiny.en's real tokenizer and a 1-second feature extractor), float64.
+
+(a) CP-LRP with biases and position embeddings zeroed conserves: the relevance of every input kind together (source
+or audio and silence, and the decoder's tokens) equals the explained value; (b) eager and SDPA attention agree;
+(c) a batch equals each input alone; every method of the registry runs where it means something; results save,
+load, show, render to HTML and to figures; bad input gets one clear error.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForSeq2SeqLM,
+    BartForSequenceClassification,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+    WhisperForConditionalGeneration,
+    WhisperProcessor,
+)
+
+import attnlrp
+from attnlrp import Answer, AudioExplanation, AudioGenerationExplanation, GenerationExplanation
+from attnlrp.methods import get_method
+from attnlrp.tasks import Seq2Seq, seq2seq, task_for
+
+TEXT = "The river Elm runs through Ashford."
+TEXTS = [TEXT, "A short one", "Ashford was founded in 1712 by the river."]
+START, NO_TIMESTAMPS, END = 50257, 50362, 50256  # Whisper's special tokens
+_SIZES = dict(
+    d_model=64,
+    encoder_layers=2,
+    decoder_layers=2,
+    encoder_attention_heads=4,
+    decoder_attention_heads=4,
+    encoder_ffn_dim=128,
+    decoder_ffn_dim=128,
+    max_position_embeddings=64,
+)
+#: model type -> extra config of its tiny version
+TEXT_ARCHS = {
+    "t5": dict(d_model=64, d_ff=128, d_kv=16, num_layers=2, num_heads=4),
+    "bart": _SIZES,
+    "marian": _SIZES,
+}
+ARCHS = [*TEXT_ARCHS, "whisper"]
+
+
+def _zero_constants(model: torch.nn.Module) -> None:
+    """Biases and the learned or sinusoidal position embeddings: input-independent terms that hold relevance."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias") or "embed_positions" in name:
+                param.zero_()
+        for name, buffer in model.named_buffers():
+            if name.endswith("final_logits_bias"):
+                buffer.zero_()
+
+
+def text_model(arch: str, tokenizer, attn: str | None = None, constants: bool = False):
+    """A tiny random encoder-decoder over the bundled tokenizer's vocabulary, float64, eval."""
+    start = tokenizer.pad_token_id if arch == "t5" else tokenizer.bos_token_id  # BART's pad embedding is zero
+    config = AutoConfig.for_model(
+        arch,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        decoder_start_token_id=start,
+        **({"decoder_vocab_size": len(tokenizer)} if arch == "marian" else {}),
+        **TEXT_ARCHS[arch],
+    )
+    if attn is not None:
+        config._attn_implementation = attn
+    torch.manual_seed(0)
+    model = AutoModelForSeq2SeqLM.from_config(config).double().eval()
+    model.generation_config.decoder_start_token_id = start
+    if not constants:
+        _zero_constants(model)
+    return model
+
+
+@pytest.fixture(scope="module")
+def processor():
+    """Whisper tiny.en's tokenizer with a feature extractor that hears 1 s (100 log-mel frames)."""
+    from attnlrp.zoo import whisper
+
+    return WhisperProcessor(
+        feature_extractor=WhisperFeatureExtractor(feature_size=80, chunk_length=1), tokenizer=whisper.tokenizer()
+    )
+
+
+def whisper_model(processor, attn: str | None = None, constants: bool = False):
+    """A tiny random Whisper (50 encoder positions: 100 frames, 1 s) over tiny.en's vocabulary, float64, eval."""
+    config = WhisperConfig(
+        vocab_size=len(processor.tokenizer),
+        num_mel_bins=80,
+        max_source_positions=50,
+        max_target_positions=16,
+        pad_token_id=END,
+        bos_token_id=END,
+        eos_token_id=END,
+        decoder_start_token_id=START,
+        begin_suppress_tokens=None,
+        **{k: v for k, v in _SIZES.items() if k != "max_position_embeddings"},
+    )
+    if attn is not None:
+        config._attn_implementation = attn
+    torch.manual_seed(0)
+    model = WhisperForConditionalGeneration(config).double().eval()
+    model.generation_config.no_timestamps_token_id = NO_TIMESTAMPS
+    model.generation_config.is_multilingual = False
+    if not constants:
+        _zero_constants(model)
+    return model
+
+
+def waveform(seconds: float, seed: int = 0) -> np.ndarray:
+    """Noise bursts at 16 kHz (random, so that every frame differs)."""
+    rng = np.random.default_rng(seed)
+    return (
+        0.1 * rng.standard_normal(int(seconds * 16000)) * np.sin(np.linspace(0, 9, int(seconds * 16000))) ** 2
+    ).astype(np.float32)
+
+
+AUDIO = [waveform(0.75), waveform(0.4, seed=1), waveform(1.0, seed=2)]
+
+
+def model_and_inputs(arch: str, tokenizer, processor, **options):
+    """(model, its tokenizer or processor, its inputs) of an architecture."""
+    if arch == "whisper":
+        return whisper_model(processor, **options), processor, AUDIO
+    return text_model(arch, tokenizer, **options), tokenizer, TEXTS
+
+
+def _relative(exp) -> float:
+    """|Σ R - y| / |y| (|Σ R| where y is 0: BART's padding row, a zero embedding tied to the head, has logit 0)."""
+    return abs(exp.total - exp.value) / abs(exp.value) if exp.value else abs(exp.total)
+
+
+def _scores(exp) -> np.ndarray:
+    """Every relevance of an explanation in one vector (tokens, and frames and silence for audio)."""
+    if isinstance(exp, AudioExplanation):
+        return np.concatenate([exp.scores, exp.frames, [exp.silence]])
+    return exp.scores
+
+
+# --- (a) conservation, targets and what results hold --------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", list(TEXT_ARCHS))
+def test_text_encoder_decoders_conserve_over_source_and_target(arch, tokenizer):
+    model = text_model(arch, tokenizer)
+    exp = attnlrp.explain(model, tokenizer, TEXT, method="cp-lrp")
+    source = tokenizer(TEXT).input_ids
+    start = model.generation_config.decoder_start_token_id
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([source]), decoder_input_ids=torch.tensor([[start]])).logits[0, -1]
+    assert exp.value == pytest.approx(float(logits.max())) and exp.target_id == int(logits.argmax())
+    assert _relative(exp) < 1e-6, f"{arch}: Σ R = {exp.total}, y = {exp.value}"
+    assert exp.segments == [("source", 0, len(source)), ("target", len(source), len(source) + 1)]
+    assert exp.token_ids == [*source, start] and sum(exp.segment_scores().values()) == pytest.approx(exp.total)
+    assert exp.segment_scores()["source"] != 0 and exp.prob == pytest.approx(float(torch.softmax(logits, -1).max()))
+    answer = attnlrp.explain(model, tokenizer, TEXT, target=Answer(" Elm river"), method="cp-lrp")
+    answer_ids = tokenizer.encode(" Elm river", add_special_tokens=False)
+    assert answer.token_ids == [*source, start, *answer_ids] and answer.target == " Elm river"
+    assert _relative(answer) < 1e-6
+    attn = attnlrp.explain(model, tokenizer, TEXT, method="attnlrp")
+    assert attn.value == exp.value and np.isfinite(attn.scores).all() and not np.allclose(attn.scores, exp.scores)
+
+
+def test_whisper_conserves_over_audio_silence_and_target(processor):
+    model = whisper_model(processor)
+    exp = attnlrp.explain(model, processor, AUDIO[0], method="cp-lrp")
+    features = processor.feature_extractor(AUDIO[0], sampling_rate=16000, return_tensors="pt").input_features.double()
+    with torch.no_grad():
+        logits = model(input_features=features, decoder_input_ids=torch.tensor([[START, NO_TIMESTAMPS]])).logits[0, -1]
+    assert isinstance(exp, AudioExplanation) and exp.value == pytest.approx(float(logits.max()))
+    assert exp.tokens == ["<|startoftranscript|>", "<|notimestamps|>"] and exp.frames.shape == (100,)
+    assert exp.duration == pytest.approx(0.75) and exp.frame_seconds == pytest.approx(0.01)
+    assert _relative(exp) < 1e-6, f"Σ R = {exp.total}, y = {exp.value}"
+    assert exp.audio_total != 0 and exp.silence != 0 and exp.heard.shape == (75,)
+    # silent frames (the padding after 0.75 s, past the STFT window) are silence itself: nothing to add to it
+    assert not exp.frames[80:].any()
+    answer = attnlrp.explain(model, processor, AUDIO[0], target=Answer(" hello there"), method="cp-lrp")
+    assert answer.tokens[2:] == processor.tokenizer.tokenize(" hello there") and _relative(answer) < 1e-6
+    from_features = attnlrp.explain(model, processor, features[0].float(), method="cp-lrp")
+    np.testing.assert_allclose(from_features.frames, exp.frames, rtol=1e-6, atol=1e-12)
+    assert from_features.duration is None
+
+
+def test_task_detection():
+    config = AutoConfig.for_model("bart", vocab_size=100, **_SIZES)
+    assert task_for(AutoModelForSeq2SeqLM.from_config(config)) is Seq2Seq
+    assert task_for(BartForSequenceClassification(config)).name == "sequence-classification"
+
+
+# --- (b) eager = sdpa, (c) batched = alone ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_eager_and_sdpa_agree(arch, tokenizer, processor):
+    for method in ("attnlrp", "cp-lrp"):
+        eager, tok, inputs = model_and_inputs(arch, tokenizer, processor, attn="eager")
+        sdpa, _, _ = model_and_inputs(arch, tokenizer, processor, attn="sdpa")
+        a = attnlrp.explain(eager, tok, inputs[2], method=method)
+        b = attnlrp.explain(sdpa, tok, inputs[2], method=method)
+        np.testing.assert_allclose(_scores(a), _scores(b), rtol=1e-6, atol=1e-9, err_msg=f"{arch} {method}")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_batch_equals_each_input_alone(arch, tokenizer, processor):
+    model, tok, inputs = model_and_inputs(arch, tokenizer, processor, constants=True)
+    methods = {"whisper": ("cp-lrp", "gradient"), "t5": ("cp-lrp", "input_x_gradient", "occlusion")}.get(
+        arch, ("cp-lrp", "input_x_gradient")
+    )
+    for method in methods:
+        together = attnlrp.explain(model, tok, inputs, target=[None, Answer(" two words"), None], method=method)
+        for i, exp in enumerate(together):
+            alone = attnlrp.explain(
+                model, tok, inputs[i], target=Answer(" two words") if i == 1 else None, method=method
+            )
+            np.testing.assert_allclose(_scores(exp), _scores(alone), rtol=1e-6, atol=1e-9, err_msg=f"{arch} {method}")
+            assert exp.target == alone.target and exp.value == pytest.approx(alone.value)
+
+
+@pytest.mark.parametrize("arch", ["t5", "whisper"])
+def test_every_method_runs_where_it_means_something(arch, tokenizer, processor):
+    model, tok, inputs = model_and_inputs(arch, tokenizer, processor)
+    for name in attnlrp.available_methods():
+        method = get_method(name, **({"steps": 4} if name == "integrated_gradients" else {}))
+        if name.startswith("attention") or (arch == "whisper" and name == "occlusion"):
+            with pytest.raises(attnlrp.MethodError, match="token"):
+                attnlrp.explain(model, tok, inputs[:2], method=method)
+            continue
+        first, second = attnlrp.explain(model, tok, inputs[:2], method=method)
+        assert first.method == name and np.isfinite(_scores(first)).all() and len(_scores(second)) > 2
+        assert len(first.scores) == len(first.tokens)
+
+
+# --- generation ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["t5", "bart", "whisper"])
+@pytest.mark.parametrize("method", ["cp-lrp", "attnlrp"])
+def test_generation_shares_one_forward_and_equals_each_step(arch, method, tokenizer, processor):
+    model, tok, inputs = model_and_inputs(arch, tokenizer, processor)
+    # two backward batches of different sizes (3, then 2)
+    gen = attnlrp.explain_generation(model, tok, inputs[0], max_new_tokens=5, method=method, backward_batch=3)
+    assert len(gen) == 5 and gen.method == method
+    task = Seq2Seq(model, tok)
+    (item,), _ = task.encode(inputs[0])
+    generated = gen.token_ids[gen.prompt_length :]
+    rows, values, probs = seq2seq._per_step(task, item, generated, get_method(method), batch_size=2)
+    np.testing.assert_allclose(gen.values, values, rtol=1e-6)
+    np.testing.assert_allclose(gen.probs, probs, rtol=1e-5)
+    for i in range(len(gen)):
+        step = gen.step(i)
+        if method == "cp-lrp":
+            assert _relative(step) < 1e-5, f"step {i}: Σ R = {step.total}, y = {step.value}"
+        n = 0  # the source's tokens before the decoder's in each row
+        if arch == "whisper":
+            assert isinstance(step, AudioExplanation) and len(step.tokens) == 2 + i
+            np.testing.assert_allclose(step.frames, rows["audio"][i], rtol=1e-5, atol=1e-9)
+            assert step.silence == pytest.approx(float(rows["silence"][i, 0]), rel=1e-5)
+        else:
+            n = gen.segments[0][2]
+            assert step.segments == [("source", 0, n), ("target", n, gen.prompt_length + i)]
+            np.testing.assert_allclose(step.scores[:n], rows["source"][i], rtol=1e-5, atol=1e-9)
+        decoded = step.scores[n:]
+        np.testing.assert_allclose(decoded, rows["target"][i, : len(decoded)], rtol=1e-5, atol=1e-9)
+        assert not gen.matrix[i, gen.prompt_length + i :].any(), "nothing at or after the explained token"
+
+
+def test_generation_with_a_baseline_explains_each_step(tokenizer, processor):
+    model = text_model("t5", tokenizer)
+    lrp = attnlrp.explain_generation(model, tokenizer, TEXT, max_new_tokens=3)
+    gen = attnlrp.explain_generation(model, tokenizer, TEXT, max_new_tokens=3, method="input_x_gradient")
+    assert gen.token_ids == lrp.token_ids and isinstance(gen, GenerationExplanation)
+    assert [name for name, _, _ in gen.segments] == ["source", "target"] and np.isfinite(gen.matrix).all()
+    speech = attnlrp.explain_generation(
+        whisper_model(processor), processor, AUDIO[1], max_new_tokens=2, method="random"
+    )
+    assert isinstance(speech, AudioGenerationExplanation) and speech.frames.shape == (2, 100)
+
+
+# --- the binding's inputs -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_binding_reads_every_input_and_embeddings_names_them(arch, tokenizer, processor):
+    model, _, _ = model_and_inputs(arch, tokenizer, processor)
+    if arch == "whisper":
+        features = processor.feature_extractor(AUDIO[0], sampling_rate=16000, return_tensors="pt").input_features
+        encoder = {"input_features": features.double()}
+        decoder = torch.tensor([[START, NO_TIMESTAMPS]])
+    else:
+        encoder = {"input_ids": torch.tensor([tokenizer(TEXT).input_ids])}
+        decoder = torch.tensor([[model.generation_config.decoder_start_token_id, 5]])
+    with attnlrp.lrp(model, method="cp-lrp") as binding:
+        y = model(**encoder, decoder_input_ids=decoder).logits[0, -1].max()
+        y.backward()
+        seen = binding.inputs
+        assert set(seen) == {"audio" if arch == "whisper" else "source", "target"}
+        total = sum(float((x * x.grad).sum().detach()) for x in seen.values())
+        assert total == pytest.approx(float(y), rel=1e-6)
+        with pytest.raises(attnlrp.BindingError, match=r"binding\.inputs"):
+            binding.embeddings  # noqa: B018  (the property raises)
+        decoder_only = model(encoder_outputs=model.get_encoder()(**encoder), decoder_input_ids=decoder)
+        assert decoder_only.logits.shape[1] == 2 and set(binding.inputs) == {"target"}
+
+
+def test_a_decoder_only_model_keeps_one_input(tiny_lm, tokenizer):
+    with attnlrp.lrp(tiny_lm) as binding:
+        tiny_lm(input_ids=torch.tensor([tokenizer(TEXT).input_ids])).logits[0, -1].max().backward()
+        assert set(binding.inputs) == {"tokens"} and binding.embeddings is binding.inputs["tokens"]
+
+
+def test_gemma3n_per_layer_embedding_counts_with_its_tokens():
+    from _tiny import ids, tiny
+
+    model = tiny("gemma3n")  # a second, per-layer lookup of the same tokens, credited to their input embeddings
+    with attnlrp.lrp(model, method="cp-lrp") as binding:
+        y = model(input_ids=ids(8)).logits[0, -1].max()
+        y.backward()
+        assert set(binding.inputs) == {"tokens"} and binding.embeddings is binding.inputs["tokens"]
+        relevance = float((binding.embeddings * binding.embeddings.grad).sum().detach())
+    assert relevance == pytest.approx(float(y.detach()), rel=1e-6)
+
+
+# --- results: save, load, show, HTML, figures ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def results(tokenizer, processor):
+    """One result of each kind seq2seq gives: text, audio, text generation, audio generation."""
+    t5, whisper = text_model("t5", tokenizer), whisper_model(processor)
+    return [
+        attnlrp.explain(t5, tokenizer, TEXT, method="cp-lrp"),
+        attnlrp.explain(whisper, processor, AUDIO[0], method="cp-lrp"),
+        attnlrp.explain_generation(t5, tokenizer, TEXT, max_new_tokens=3, method="cp-lrp"),
+        attnlrp.explain_generation(whisper, processor, AUDIO[0], max_new_tokens=3, method="cp-lrp"),
+    ]
+
+
+def test_results_save_and_load_exactly(results, tmp_path):
+    for i, result in enumerate(results):
+        loaded = type(result).load(result.save(tmp_path / f"{i}.json.gz"))
+        assert loaded == result and type(loaded) is type(result)
+        assert loaded.words() == result.words() and loaded.normalized() == result.normalized()
+    audio = results[1]
+    assert AudioExplanation.load(audio.save(tmp_path / "a.json")).silence == audio.silence
+    with pytest.raises(attnlrp.ResultFileError, match="audio"):
+        AudioExplanation.load(results[0].save(tmp_path / "text.json"))
+
+
+def test_audio_results_normalise_tokens_frames_and_silence_together(results):
+    audio, speech = results[1], results[3]
+    normal = audio.normalized()
+    top = max(np.abs(audio.scores).max(), np.abs(audio.frames).max(), abs(audio.silence))
+    assert normal.total == pytest.approx(audio.total / top, rel=1e-5)
+    assert max(np.abs(normal.scores).max(), np.abs(normal.frames).max(), abs(normal.silence)) == pytest.approx(1)
+    rows = speech.normalized()
+    for i in range(len(speech)):
+        assert rows.step(i).total == pytest.approx(speech.step(i).normalized().total, rel=1e-5)
+
+
+def test_audio_results_point_at_time(results):
+    audio = results[1]
+    start, score, frame = audio.top_frames(1)[0]
+    assert score == audio.heard.max() and start == pytest.approx(frame * 0.01) and frame < 75
+    assert audio.between(0, 0.75) == pytest.approx(float(audio.heard.sum()), rel=1e-6)
+    assert audio.between(0, 1.0) == pytest.approx(audio.audio_total, rel=1e-6)
+
+
+def test_results_show_in_the_terminal(results):
+    for result in results:
+        plain, colour = io.StringIO(), io.StringIO()
+        result.show(color=False, file=plain)
+        result.show(color=True, file=colour)
+        assert "\x1b[" not in plain.getvalue() and "\x1b[" in colour.getvalue()
+    out = io.StringIO()
+    results[1].show(color=False, file=out)
+    assert "<|notimestamps|>" in out.getvalue() and "audio: Σ relevance" in out.getvalue()
+    assert "most relevant time:" in out.getvalue()
+
+
+def test_results_render_self_contained_html(results, tmp_path):
+    for i, result in enumerate(results):
+        page = result.save_html(tmp_path / f"{i}.html").read_text(encoding="utf-8")
+        assert "attnlrp-view" in page and "http://" not in page and "https://" not in page and " id=" not in page
+    for audio in results[1::2]:
+        assert "data:image/png;base64," in audio.html_view() and "notimestamps|>" in audio.html_view()
+
+
+def test_results_draw_figures(results, tmp_path):
+    for i, result in enumerate(results):
+        for suffix in ("png", "svg"):
+            path = result.save_figure(tmp_path / f"{i}.{suffix}")
+            assert path.stat().st_size > 1000
+
+
+# --- bad input ---------------------------------------------------------------------------------------------
+
+
+def test_a_target_longer_than_the_decoder_allows(tokenizer, processor):
+    speech = whisper_model(processor)
+    with pytest.raises(attnlrp.InputError, match=r"decoder's sequence is 17 tokens.*at most 16.*Shorten"):
+        attnlrp.explain(speech, processor, AUDIO[0], target=Answer(list(range(100, 115))))
+    with pytest.raises(attnlrp.InputError, match=r"at most 16.*max_new_tokens"):
+        attnlrp.explain_generation(speech, processor, AUDIO[0], max_new_tokens=20)
+    bart = text_model("bart", tokenizer)
+    with pytest.raises(attnlrp.InputError, match="at most 64"):
+        attnlrp.explain(bart, tokenizer, TEXT, target=Answer(" word" * 70))
+
+
+def test_bad_audio_gets_one_clear_error(tokenizer, processor):
+    model = whisper_model(processor)
+    with pytest.raises(attnlrp.InputError, match=r"1\.5 s long.*at most 1 s"):
+        attnlrp.explain(model, processor, waveform(1.5))
+    with pytest.raises(attnlrp.InputError, match=r"shape \(80, 90\).*\[80, 100\]"):
+        attnlrp.explain(model, processor, torch.zeros(80, 90))
+    with pytest.raises(attnlrp.InputError, match="processor"):
+        attnlrp.explain(model, processor.tokenizer, AUDIO[0])
+    with pytest.raises(attnlrp.InputError, match="waveform"):
+        attnlrp.explain(model, processor, "some text")
+    with pytest.raises(attnlrp.InputError, match="one input, not 2"):
+        attnlrp.explain_generation(model, processor, AUDIO[:2], max_new_tokens=2)
+    with pytest.raises(attnlrp.InputError, match="padding_side"):
+        attnlrp.explain(text_model("t5", tokenizer), tokenizer, TEXT, padding_side="left")
