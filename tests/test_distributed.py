@@ -105,3 +105,36 @@ def test_batches_are_balanced_by_padded_tokens():
     work = [sum(len(batches[b]) * max(lengths[i] for i in batches[b]) for b in share) for share in shares]
     assert shares == [[1], [0, 2, 3]] and work == [80, 40]
     assert sorted(b for share in assign(batches, lengths, 3) for b in share) == [0, 1, 2, 3]
+
+
+def test_latent_collect_under_torchrun_merges_its_shards(folder, tmp_path):
+    from test_latent import _same_atlas
+
+    from attnlrp.latent import FeatureAtlas
+
+    corpus = tmp_path / "corpus.jsonl"
+    texts = [f"{p} {word}" for word in ("again", "today", "now") for p in PROMPTS]  # distinct: no ties to break
+    corpus.write_text("".join(json.dumps(t) + "\n" for t in texts), encoding="utf-8")
+    common = (
+        "latent",
+        "collect",
+        "--model",
+        str(folder),
+        "--corpus",
+        str(corpus),
+        "--sites",
+        "model.layers.*.mlp.down_proj",
+        "--top-k",
+        "3",
+        "--batch-size",
+        "4",
+        "--method",
+        "cp-lrp",
+        "--quiet",
+    )
+    single = _attnlrp(*common, "--output", str(tmp_path / "one"))
+    assert single.returncode == 0, single.stderr
+    multi = _attnlrp(*common, "--output", str(tmp_path / "two"), launcher=_torchrun())
+    assert multi.returncode == 0, multi.stderr
+    assert "merged 2 shards" in multi.stdout and (tmp_path / "two.shard-1-of-2").is_dir()
+    _same_atlas(FeatureAtlas.load(tmp_path / "two"), FeatureAtlas.load(tmp_path / "one"))

@@ -59,16 +59,26 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    save_to_cache(target, model, tokenizer)
+
+
+def save_to_cache(target: Path, *parts: Any, files: dict[str, str] | None = None) -> Path:
+    """Save ``parts`` (a model, its tokenizer, a processor: anything with ``save_pretrained``) and text ``files``
+    (name -> content) into the cache folder ``target`` atomically: written into a staging folder, then renamed,
+    so that an interrupted save leaves nothing behind and two processes building the same folder don't collide."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+        for part in parts:
+            part.save_pretrained(staging)
+        for name, text in (files or {}).items():
+            (staging / name).write_text(text, encoding="utf-8")
         staging.rename(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         if not target.is_dir():  # another process may have won the race
             raise
+    return target
 
 
 def _gguf_file(path_or_id: str | os.PathLike | None, gguf_file: str | None) -> Path | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -148,17 +148,21 @@ def process_group():
         dist.destroy_process_group()
 
 
-def finish(output: str | Path, world: int) -> bool:
-    """Wait for every process of the group, then merge on rank 0. False where there is no process group to wait
-    for (the shards are then merged by hand: ``attnlrp merge``)."""
+def wait_for_all(then: Callable[[], Any]) -> bool:
+    """Wait for every process of the group, run ``then`` on rank 0, and wait again. False where there is no
+    process group to wait for (shards are then merged by hand)."""
     import torch.distributed as dist
 
-    if world == 1:
-        return True
     if not (dist.is_available() and dist.is_initialized()):
         return False
     dist.barrier()
     if dist.get_rank() == 0:
-        merge(output, world)
+        then()
     dist.barrier()
     return True
+
+
+def finish(output: str | Path, world: int) -> bool:
+    """Wait for every process of the group, then merge on rank 0. False where there is no process group to wait
+    for (the shards are then merged by hand: ``attnlrp merge``)."""
+    return world == 1 or wait_for_all(lambda: merge(output, world))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import LatentError
+from ..sharding import current_shard, shard_path, wait_for_all
 
 EXAMPLES = """examples:
   attnlrp latent collect --corpus labelled --sites "model.layers.*.mlp.down_proj" --output atlas  (resumes)
@@ -66,7 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     co.add_argument(
         "--method", default="attnlrp", choices=("attnlrp", "cp-lrp"), help="the relevance (default: attnlrp)"
     )
-    co.add_argument("--shard", type=_shard, default=(0, 1), help="RANK/WORLD: this process's share (default: 0/1)")
+    co.add_argument(
+        "--shard",
+        type=_shard,
+        help="RANK/WORLD: this process's share (default: from torchrun or accelerate launch, else 0/1); each "
+        "shard writes OUTPUT.shard-RANK-of-WORLD, merged into OUTPUT at the end of a launched run",
+    )
     co.add_argument("--quiet", action="store_true", help="no progress bar")
     _model_options(co)
     ca = commands.add_parser("card", help="one unit of an atlas -> an HTML card")
@@ -104,6 +110,21 @@ def _site(name: str, saes: dict):
     return name
 
 
+def merge_shards(output: str, world: int) -> str:
+    """Merge the atlases ``output.shard-R-of-W`` of a ``world``-process collect into ``output``."""
+    from .atlas import FeatureAtlas
+
+    folders = [shard_path(output, rank, world) for rank in range(world)]
+    missing = [str(f) for f in folders if not f.is_dir()]
+    if missing:
+        raise LatentError(f"Merging {output} needs all {world} shards; missing: {', '.join(missing)}.")
+    merged = FeatureAtlas.load(folders[0])
+    for folder in folders[1:]:
+        merged = merged.merge(FeatureAtlas.load(folder))
+    merged.save(output)
+    return output
+
+
 def run(args: argparse.Namespace, model, tokenizer) -> None:
     """Do the subcommand, and print what was written."""
     from .atlas import FeatureAtlas
@@ -118,6 +139,8 @@ def run(args: argparse.Namespace, model, tokenizer) -> None:
             if args.corpus == "labelled"
             else args.corpus
         )
+        rank, world = args.shard or current_shard()
+        folder = args.output if world == 1 else str(shard_path(args.output, rank, world))
         atlas = collect(
             model,
             tokenizer,
@@ -127,12 +150,14 @@ def run(args: argparse.Namespace, model, tokenizer) -> None:
             method=args.method,
             batch_size=args.batch_size,
             max_tokens=args.max_tokens,
-            shard=args.shard,
-            checkpoint=args.output,
+            shard=(rank, world),
+            checkpoint=folder,
             progress=not args.quiet,
         )
-        atlas.read_outputs().save(args.output)
-        print(f"{atlas!r}\nsaved {args.output}")
+        atlas.read_outputs().save(folder)
+        print(f"{atlas!r}\nsaved {folder}")
+        if world > 1 and wait_for_all(lambda: merge_shards(args.output, world)):
+            print(f"merged {world} shards into {args.output}")
     elif args.latent_command == "card":
         atlas = FeatureAtlas.load(args.atlas, model, tokenizer, list(saes.values()))
         card = atlas.card(*args.unit, conditional=args.conditional)

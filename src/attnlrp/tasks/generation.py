@@ -140,6 +140,15 @@ def _per_step(
     return matrix, values, probs
 
 
+def refuse_checkpointing(method: Method) -> None:
+    """explain_generation shares one forward pass among all generated tokens: gradient checkpointing can't keep it."""
+    if isinstance(method, LRPMethod) and method.gradient_checkpointing:
+        raise MethodError(
+            "explain_generation keeps one forward pass for every generated token, which gradient checkpointing "
+            "can't keep; leave gradient_checkpointing off (backward_batch sets the memory)."
+        )
+
+
 def explain_generation(
     model: nn.Module,
     tokenizer,
@@ -151,11 +160,7 @@ def explain_generation(
 ) -> GenerationExplanation:
     """Generate (greedy by default), then explain every generated token with ``method`` (see
     ``attnlrp.explain_generation``)."""
-    if isinstance(method, LRPMethod) and method.gradient_checkpointing:
-        raise MethodError(
-            "explain_generation keeps one forward pass over a key-value cache, which gradient "
-            "checkpointing can't keep; leave gradient_checkpointing off (backward_batch sets the memory)."
-        )
+    refuse_checkpointing(method)
     task = CausalLM(model, tokenizer)
     items, single = task.encode(prompt)
     if not single:

@@ -27,12 +27,13 @@ from torch import Tensor, nn
 from ..engine import lrp
 from ..engine.inputs import InputTap
 from ..engine.sites import input_sites
-from ..errors import InputError, MethodError
+from ..errors import InputError
 from ..methods import LRPMethod, Method
 from ..methods.batch import Batch, chunks, plan
 from ..results import AudioExplanation, AudioGenerationExplanation, Explanation, GenerationExplanation
 from .base import Task, check_finite, model_name, one_per_item
 from .causal_lm import Outcome
+from .generation import refuse_checkpointing
 from .targets import Answer, Target, as_target
 from .text import Item, check_length, display_tokens, encode_all
 from .token_batch import input_device, pad, pad_id_of
@@ -371,11 +372,7 @@ def explain_generation(
     decoder's tokens before it. An LRP method runs one forward over the whole generation (the decoder
     teacher-forced), shared by all tokens, with one vectorised backward per ``backward_batch`` tokens; any other
     method explains each token as the next token of its prefix, ``backward_batch`` prefixes per batch."""
-    if isinstance(method, LRPMethod) and method.gradient_checkpointing:
-        raise MethodError(
-            "explain_generation keeps one forward pass for every generated token, which gradient checkpointing "
-            "can't keep; leave gradient_checkpointing off (backward_batch sets the memory)."
-        )
+    refuse_checkpointing(method)
     task = Seq2Seq(model, tokenizer)
     items, single = task.encode(inputs)
     if not single:

@@ -21,9 +21,7 @@ import json
 import math
 import random
 import re
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -34,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ModelNotBuiltError
-from ..loading import cache_root
+from ..loading import cache_root, save_to_cache
 
 SENTIMENT = "minilm-sentiment"
 NER = "minilm-ner"
@@ -404,17 +402,7 @@ def train(name: str, target: Path) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "held_out": kind.score(model, test_examples, tokenizer.pad_token_id),
     }
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        (staging / "training.json").write_text(json.dumps(report, indent=2) + "\n")
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not target.is_dir():  # another process may have won the race
-            raise
+    save_to_cache(target, model, tokenizer, files={"training.json": json.dumps(report, indent=2) + "\n"})
     return report
 
 

