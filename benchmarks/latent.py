@@ -381,8 +381,10 @@ def step_memory(model, tokenizer) -> None:
         [
             "Peak memory of `collect` (a fresh process each; peak RSS during the run minus the RSS before it, glibc "
             "told to return freed blocks with `MALLOC_MMAP_THRESHOLD_=65536`) on the bundled model cut to its first "
-            "6 layers, every MLP neuron of those layers (9,216 units, top-16): the atlas state is per unit, the "
-            "forward per batch, neither per corpus; the cut only keeps the 100k-token run short here.",
+            "6 layers, every MLP neuron of those layers (9,216 units, top-16; the cut only keeps the 100k-token run "
+            "short). The per-unit state and the forward do not grow with the corpus; the context table does, up to "
+            "its bound of 2k contexts per unit (295k here, far above these corpora, so it keeps every context, as "
+            "compact token ids).",
             "",
             "| corpus tokens | contexts | seconds | peak MiB over the loaded model | contexts kept in the atlas |",
             "|---:|---:|---:|---:|---:|",

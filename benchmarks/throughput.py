@@ -39,7 +39,7 @@ import torch  # noqa: E402
 from _report import cpu_name, load_average, replace_fenced  # noqa: E402
 
 import attnlrp  # noqa: E402
-from attnlrp.methods.batch import plan  # noqa: E402
+from attnlrp.methods.batch import TOKEN_BUDGET, plan  # noqa: E402
 
 ROOT = HERE.parent
 MIXES = {"short": (16, 128), "mixed": (16, 512)}
@@ -69,8 +69,9 @@ def waste(lengths: list[int], groups: list[list[int]]) -> float:
     return 1 - sum(lengths) / padded
 
 
-def run_inseq(texts: list[str], log) -> float | None:
-    """Seconds of Inseq's batched attribute over ``texts``, or None where its venv can't be built."""
+def run_inseq(texts: list[str], log) -> float | str | None:
+    """Seconds of Inseq's batched attribute over ``texts``; None where its venv can't be built, and what happened
+    where its worker died (killed for memory, say)."""
     from peers import Worker, ensure_venv
 
     from attnlrp.loading import cache_dir_for, default_model_file
@@ -85,6 +86,11 @@ def run_inseq(texts: list[str], log) -> float | None:
         try:
             worker.request(task="batch", texts=texts[:2], batch_size=BATCH)  # warm-up
             return worker.request(task="batch", texts=texts, batch_size=BATCH)["seconds"]
+        except RuntimeError as error:
+            code = worker.proc.poll()
+            what = "killed (out of memory)" if code == -9 else f"failed (exit code {code})"
+            log(f"  Inseq {what}: {str(error).splitlines()[0]}")
+            return what
         finally:
             worker.close()
 
@@ -102,7 +108,7 @@ def measure(model, tokenizer, texts: list[str], inseq: bool, log) -> dict:
     log(f"    per-prompt loop: {t_alone:.1f} s")
     diffs = [np.abs(a.scores - b.scores).max() / np.abs(b.scores).max() for a, b in zip(bucketed, alone)]
     t_inseq = run_inseq(texts, log) if inseq else None
-    if t_inseq is not None:
+    if isinstance(t_inseq, float):
         log(f"    Inseq batched attribute: {t_inseq:.1f} s")
     return {
         "prompts": len(texts),
@@ -110,7 +116,7 @@ def measure(model, tokenizer, texts: list[str], inseq: bool, log) -> dict:
         "bucketed_s": t_bucketed,
         "per_prompt_s": t_alone,
         "inseq_s": t_inseq,
-        "waste_bucketed": waste(lengths, plan(lengths, BATCH, by_length=True)),
+        "waste_bucketed": waste(lengths, plan(lengths, BATCH, TOKEN_BUDGET, by_length=True)),  # explain()'s plan
         "waste_in_order": waste(lengths, plan(lengths, BATCH)),
         "max_relative_difference": float(max(diffs)),
         "same_targets": all(a.target_id == b.target_id for a, b in zip(bucketed, alone)),
@@ -150,7 +156,7 @@ def processes(texts: list[str], count: int, log) -> list[str]:
 
 def report(results: dict, shards: list[str], command: str, started: float, loads: list) -> str:
     lines = [
-        "## Data-parallel runs and throughput on one machine",
+        "### Measured: throughput on one machine",
         "",
         f"Command: `{command}`. Date: {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC. "
         f"Wall time {(time.perf_counter() - started) / 60:.1f} min. SmolLM2-135M-Instruct, float32, {cpu_name()}, "
@@ -162,7 +168,7 @@ def report(results: dict, shards: list[str], command: str, started: float, loads
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for mix, r in results.items():
-        inseq = f"{r['inseq_s']:.1f}" if r["inseq_s"] is not None else "–"
+        inseq = f"{r['inseq_s']:.1f}" if isinstance(r["inseq_s"], float) else r["inseq_s"] or "–"
         lines.append(
             f"| {mix} ({MIXES[mix][0]}–{MIXES[mix][1]} tokens) | {r['prompts']} | {r['tokens']} | "
             f"{r['bucketed_s']:.1f} | {r['per_prompt_s']:.1f} | {r['per_prompt_s'] / r['bucketed_s']:.2f}x | {inseq} | "
@@ -171,11 +177,11 @@ def report(results: dict, shards: list[str], command: str, started: float, loads
     lines += [
         "",
         "Explanations per second (bucketed / per-prompt"
-        + (" / Inseq" if any(r["inseq_s"] for r in results.values()) else "")
+        + (" / Inseq" if any(isinstance(r["inseq_s"], float) for r in results.values()) else "")
         + "): "
         + "; ".join(
             f"{mix}: {r['prompts'] / r['bucketed_s']:.2f} / {r['prompts'] / r['per_prompt_s']:.2f}"
-            + (f" / {r['prompts'] / r['inseq_s']:.2f}" if r["inseq_s"] else "")
+            + (f" / {r['prompts'] / r['inseq_s']:.2f}" if isinstance(r["inseq_s"], float) else "")
             for mix, r in results.items()
         )
         + ".",

@@ -223,6 +223,31 @@ def test_help_texts(capsys):
             assert option in text, f"{command} --help lacks {option}"
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["explain"],
+        ["generate"],
+        ["audit"],
+        ["merge"],
+        ["evaluate"],
+        ["latent"],
+        ["latent", "collect"],
+        ["latent", "card"],
+        ["latent", "browse"],
+        ["latent", "steer"],
+    ],
+)
+def test_every_help_ends_with_examples_of_that_command(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main([*command, "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    block = text[text.index("examples:") :].split("\n\n")[0].splitlines()[1:]
+    assert block and all("attnlrp " in line for line in block), block
+    assert any(line.strip().startswith("attnlrp " + " ".join(command)) for line in block), block
+
+
 def test_errors_exit_2_with_a_message(run, tmp_path):
     def fails(*argv: str, says: str) -> None:
         code, _, err = run(*argv)

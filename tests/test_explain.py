@@ -254,6 +254,25 @@ def test_batched_scores_match_single_prompts(tiny_lm, tokenizer, alone, padding_
         assert_same_scores(inside.scores, single.scores)
 
 
+def test_a_pass_holds_at_most_the_token_budget(tiny_lm, tokenizer, alone, monkeypatch):
+    from attnlrp.methods.lrp import LRPMethod
+
+    passes = []
+    attribute = LRPMethod.attribute
+
+    def counted(self, batch):
+        passes.append((len(batch), batch.width))
+        return attribute(self, batch)
+
+    monkeypatch.setattr(LRPMethod, "attribute", counted)
+    monkeypatch.setattr(attnlrp.frontends, "TOKEN_BUDGET", 40)
+    batched = attnlrp.explain(tiny_lm, tokenizer, BATCH_PROMPTS, target=BATCH_TARGETS, batch_size=4)
+    assert all(rows == 1 or rows * width <= 40 for rows, width in passes), passes
+    assert 1 < len(passes) < len(BATCH_PROMPTS), "short prompts still share a pass; long ones take fewer others"
+    for single, inside in zip(alone("attnlrp"), batched):
+        assert_same_scores(inside.scores, single.scores)
+
+
 def test_padding_side_is_checked(tiny_lm, tokenizer):
     with pytest.raises(ValueError, match="padding_side"):
         attnlrp.explain(tiny_lm, tokenizer, ["a", "b c"], padding_side="middle")

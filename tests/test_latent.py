@@ -301,6 +301,19 @@ def test_card_holds_everything_and_its_conditional_heatmaps_conserve(atlas):
         assert heatmap["unit_relevance"] == pytest.approx(context["score"], rel=1e-5)
 
 
+def test_a_labeller_names_the_card_from_its_top_contexts(atlas):
+    seen = []
+
+    def labeller(contexts):
+        seen.append(contexts)
+        return "ends of clauses", 0.8
+
+    card = atlas.card(SITE, 17, labeller=labeller)
+    assert (card.label, card.purity) == ("ends of clauses", 0.8)
+    assert [c["context"] for c in seen[0]] == [c["context"] for c in atlas.top(SITE, 17, "activation")]
+    assert atlas.card(SITE, 17).label != "ends of clauses", "the labeller is used only where it is given"
+
+
 def test_cards_need_their_model_for_conditional_heatmaps_and_say_so(atlas, tmp_path):
     loaded = FeatureAtlas.load(atlas.save(tmp_path / "a"))
     card = loaded.card(SITE, 2)
@@ -416,6 +429,7 @@ def test_steering_is_reversible_exactly_and_touches_one_model(tiny_lm, tokenizer
     ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
     before, others = _logits(tiny_lm, ids), _logits(other, ids)
     hooks = [(dict(m._forward_hooks), dict(m._forward_pre_hooks)) for m in tiny_lm.modules()]  # transformers' own
+    assert attnlrp.steer is steer, "attnlrp.steer is the one steering entry point"
     with steer(tiny_lm, {(SITE, 3): 5.0, ("model.layers.0", 7): -2.0}) as steered:
         assert steered is tiny_lm
         assert not torch.equal(_logits(tiny_lm, ids), before)

@@ -27,7 +27,7 @@ from typing import Any
 
 from . import sharding
 from .errors import InputError
-from .methods.batch import plan
+from .methods.batch import TOKEN_BUDGET, plan
 
 #: Input fields that say what to explain; the others are carried along.
 FIELDS = ("prompt", "target", "contrast", "answer", "pair", "label", "at", "image", "system", "chat", "id")
@@ -147,7 +147,8 @@ def run_file(
     into results), and write every result in the input's order.
 
     The batches are the same for every run over the same input: lines of similar ``lengths`` (tokens) share a
-    batch of at most ``batch_size``, and a batch is computed whole (so each result always has the same numbers).
+    batch of at most ``batch_size`` lines and ``TOKEN_BUDGET`` padded tokens, and a batch is computed whole (so
+    each result always has the same numbers).
     ``shard=(rank, world)`` (default: from the launcher's environment) takes this process's share of the batches
     and writes ``<output>.shard-<rank>-of-<world>``, headed by ``settings``; under a process group the shards are
     merged into ``output`` at the end. Ctrl-C stops after the batch in flight with a ``RunInterrupted``.
@@ -158,7 +159,7 @@ def run_file(
         raise InputError(f"batch_size must be 1 or more, not {batch_size}.")
     rank, world = sharding.check_shard(shard) if shard is not None else sharding.current_shard()
     lengths = list(lengths) if lengths is not None else [1] * len(lines)
-    batches = plan(lengths, batch_size, by_length=True)
+    batches = plan(lengths, batch_size, TOKEN_BUDGET, by_length=True)
     mine = [batches[b] for b in sharding.assign(batches, lengths, world)[rank]]
     path = Path(output) if world == 1 else sharding.shard_path(output, rank, world)
     own = sorted(i for batch in mine for i in batch)

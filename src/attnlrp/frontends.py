@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from .engine.layer_map import LayerRules
 from .errors import InputError
 from .methods import Method, get_method
-from .methods.batch import plan
+from .methods.batch import TOKEN_BUDGET, plan
 from .results import Explanation, GenerationExplanation, ImageExplanation
 from .tasks import (
     TASKS,
@@ -30,11 +30,12 @@ from .tasks.image import ImageTarget
 def run(
     task: Task, method: Method, items: Sequence[Any], targets: Sequence[Any], batch_size: int, readout: Any = None
 ) -> list[Any]:
-    """Explain ``items`` with ``method`` in batches of at most ``batch_size`` items of similar length (less padding):
-    one result per item, in the items' order. ``readout`` (``attnlrp.latent.readout.LatentReadout``) also gives
-    each result the most relevant units of its sites, from the same backward."""
+    """Explain ``items`` with ``method`` in batches of at most ``batch_size`` items of similar length (less padding)
+    and at most ``TOKEN_BUDGET`` padded tokens (long prompts share a batch with fewer others): one result per
+    item, in the items' order. ``readout`` (``attnlrp.latent.readout.LatentReadout``) also gives each result the
+    most relevant units of its sites, from the same backward."""
     results: list[Any] = [None] * len(items)
-    for group in plan(task.lengths(items), batch_size, by_length=True):
+    for group in plan(task.lengths(items), batch_size, TOKEN_BUDGET, by_length=True):
         batch = task.prepare([items[i] for i in group], [targets[i] for i in group])
         method.check(batch)
         found = (
@@ -102,7 +103,9 @@ def explain(
     method: any name of ``attnlrp.available_methods()`` ("attnlrp", "cp-lrp", "gradient", "input_x_gradient",
     "integrated_gradients", "attention", "attention_rollout", "occlusion", "random") or a configured method
     (``attnlrp.methods.IntegratedGradients(steps=64)``). gradient_checkpointing: for the LRP methods, HF
-    gradient checkpointing during the pass (same relevance, less memory). padding_side: causal LMs, "right"
+    gradient checkpointing during the pass (same relevance, less memory). batch_size: the most inputs in one
+    pass; inputs of similar length share a pass, and a pass holds at most ``attnlrp.methods.batch.TOKEN_BUDGET``
+    padded tokens (so long prompts run with fewer others). padding_side: causal LMs, "right"
     (default) or "left". pair: classifiers and similarity, the second text (or one per input). pooling
     ("mean" or "cls") and similarity ("cosine" or "dot"): sentence similarity; CLIP takes "cosine" or "logit".
     images: vision-language and CLIP models (pass their processor as ``tokenizer``), one image (PIL or array) for

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..dataset import Line, _record, spec_job
 from ..errors import InputError
-from ..methods.batch import plan
+from ..methods.batch import TOKEN_BUDGET, plan
 
 
 def _plain(value: Any) -> Any:
@@ -145,7 +145,7 @@ def explain_ray(
     lengths = [len(encode(tokenizer, spec_job(line.spec)[0]).ids) for line in lines]
     batches = [
         {"lines": json.dumps([{"index": lines[i].index, "spec": lines[i].spec, "key": lines[i].key} for i in batch])}
-        for batch in plan(lengths, batch_size, by_length=True)
+        for batch in plan(lengths, batch_size, TOKEN_BUDGET, by_length=True)
     ]
     return ray.data.from_items(batches, override_num_blocks=len(batches)).map_batches(
         Explainer,

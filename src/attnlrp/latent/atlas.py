@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,11 +77,11 @@ def histogram_bins(x: Tensor) -> Tensor:
 
 
 def _order(score: Tensor, context: Tensor) -> Tensor:
-    """Column order per row: score descending, then context id ascending; empty slots (id -1) last."""
-    key = torch.where(context < 0, torch.iinfo(torch.int64).max, context)
-    first = key.argsort(dim=1, stable=True)
-    second = (-score.gather(1, first)).argsort(dim=1, stable=True)
-    return first.gather(1, second)
+    """Column order per row: score descending, then context id ascending; empty slots (score -inf) last. One sort
+    of a 64-bit key: the score's float32 bits made order-preserving in the high half, minus the context id."""
+    bits = (score.float() + 0.0).contiguous().view(torch.int32)  # + 0.0: -0.0 ties with 0.0
+    key = (torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).long() << 32) - context
+    return key.argsort(dim=1, descending=True, stable=True)
 
 
 def _admit(score: Tensor, context: Tensor, new_score: Tensor, new_context: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -128,24 +129,22 @@ class SiteState:
 
     def add(self, activation: Tensor, relevance: Tensor, mask: Tensor, contexts: Tensor) -> None:
         """Fold in one batch: activation and relevance [B, T, U], mask [B, T] of real tokens, context ids [B].
-        Relevance at padding positions is zero (they come after a context's tokens and don't reach its
-        prediction), so relevance is summed without the mask. Each batch's sums are taken in float32 and
-        accumulated in float64."""
+        The token statistics read the real tokens only; relevance at padding positions is zero (they come after a
+        context's tokens and don't reach its prediction), so it is summed without the mask. Each batch's sums
+        are taken in float32 and accumulated in float64."""
         t = self.tensors
-        real = mask.unsqueeze(-1)
-        act = activation.float() * real  # zero at padding
-        relevance = relevance.float()
-        padding = int((~mask).sum())
-        t["act_sum"] += act.sum((0, 1)).double()
-        t["act_squares"] += (act * act).sum((0, 1)).double()
-        peak = activation.float().masked_fill(~real, -math.inf).amax(1)  # [B, U]
-        t["act_max"] = torch.maximum(t["act_max"], peak.amax(0))
-        t["act_min"] = torch.minimum(t["act_min"], activation.float().masked_fill(~real, math.inf).amin((0, 1)))
-        t["active"] += (act > 0).sum((0, 1))
-        flat = (histogram_bins(act) + torch.arange(self.width, dtype=torch.int32) * BINS).reshape(-1)
-        counts = torch.bincount(flat, minlength=self.width * BINS).view(self.width, BINS)
-        counts[:, len(_OCTAVES)] -= padding  # the padding's zeros
+        activation, relevance = activation.float(), relevance.float()
+        real = activation[mask]  # [N, U], context by context
+        t["act_sum"] += real.sum(0).double()
+        t["act_squares"] += torch.linalg.vecdot(real, real, dim=0).double()
+        low, high = torch.aminmax(real, dim=0)
+        t["act_max"] = torch.maximum(t["act_max"], high)
+        t["act_min"] = torch.minimum(t["act_min"], low)
+        peak = torch.segment_reduce(real, "max", lengths=mask.sum(1), axis=0)  # [B, U]
+        bins = histogram_bins(real).add_(torch.arange(self.width, dtype=torch.int32) * BINS)
+        counts = torch.bincount(bins.view(-1), minlength=self.width * BINS).view(self.width, BINS)
         t["histogram"] += counts
+        t["active"] += counts[:, len(_OCTAVES) + 1 :].sum(1)  # the bins above zero
         per_context = relevance.sum(1)  # [B, U]
         t["rel_sum"] += per_context.sum(0).double()
         t["rel_abs"] += per_context.abs().sum(0).double()
@@ -153,12 +152,13 @@ class SiteState:
         t["rel_min"] = torch.minimum(t["rel_min"], per_context.amin(0))
         ids = contexts.unsqueeze(0).expand(self.width, -1)
         length = t["act_tokens"].shape[-1]
-        width = min(act.shape[1], length)
-        sources = {"act_tokens": act, "rel_tokens": relevance, "rel_tokens_act": act}
+        width = min(activation.shape[1], length)
+        within = mask[:, :width].to(activation.dtype)
+        sources = {"act_tokens": activation, "rel_tokens": relevance, "rel_tokens_act": activation}
         for mode, scores in (("act", peak.t()), ("rel", per_context.t())):
             units, slots, rows = _admit(t[f"{mode}_score"], t[f"{mode}_context"], scores, ids)
             for key in MODES[mode]:
-                values = sources[key][rows, :width, units]
+                values = sources[key][rows, :width, units] * within[rows]  # zero at padding
                 t[key][units, slots] = torch.nn.functional.pad(values, (0, length - width))
 
     def merge(self, other: SiteState, shift: Callable[[Tensor], Tensor]) -> SiteState:
@@ -315,7 +315,12 @@ class FeatureAtlas:
             entry = self.contexts[context]
             n = min(len(entry["ids"]), self.settings["max_tokens"])
             values = t["act_tokens" if mode == "activation" else "rel_tokens_act"][unit, slot, :n]
-            item = {**entry, "context": context, "score": float(t[f"{prefix}_score"][unit, slot])}
+            item = {
+                **entry,
+                "ids": list(entry["ids"]),
+                "context": context,
+                "score": float(t[f"{prefix}_score"][unit, slot]),
+            }
             item["tokens"] = [self.vocabulary.get(i, str(i)) for i in entry["ids"][:n]]
             item["activations"] = values.tolist()
             if mode == "relevance":
@@ -494,7 +499,7 @@ class FeatureAtlas:
             "prefix_digest": self.prefix_digest,
             "topics": self.topics,
             "complete": self.complete,
-            "contexts": {str(c): entry for c, entry in self.contexts.items()},
+            "contexts": {str(c): {**entry, "ids": list(entry["ids"])} for c, entry in self.contexts.items()},
             "vocabulary": {str(i): text for i, text in self.vocabulary.items()},
         }
         staged = folder / "tensors.safetensors.tmp"
@@ -532,7 +537,7 @@ class FeatureAtlas:
             states.append(SiteState(site["name"], site["path"], site["kind"], site["width"], plain, promoted))
         atlas = cls(meta["settings"], states)
         atlas.parts = [Part(**p) for p in meta["parts"]]
-        atlas.contexts = {int(c): entry for c, entry in meta["contexts"].items()}
+        atlas.contexts = {int(c): {**entry, "ids": array("i", entry["ids"])} for c, entry in meta["contexts"].items()}
         atlas.tokens, atlas.seen, atlas.position = meta["tokens"], meta["seen"], meta["position"]
         atlas.prefix_digest, atlas.topics, atlas.complete = meta["prefix_digest"], meta["topics"], meta["complete"]
         atlas.vocabulary = {int(i): text for i, text in meta["vocabulary"].items()}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from array import array
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,7 @@ def _describe(tokenizer, batch, record: Record, row: int) -> dict[str, Any]:
     outcome = batch.outcomes[row]
     return {
         "tokens": display_tokens(tokenizer, sequence)[1],
-        "ids": list(sequence),
+        "ids": array("i", sequence),  # compact: the atlas keeps every context a top-k list names
         "topic": record.topic,
         "target": outcome.target.label,
         "target_id": outcome.target.token_id,

@@ -7,14 +7,27 @@ import argparse
 from ..errors import LatentError
 from ..sharding import current_shard, shard_path, wait_for_all
 
-EXAMPLES = """examples:
-  attnlrp latent collect --corpus labelled --sites "model.layers.*.mlp.down_proj" --output atlas  (resumes)
-  attnlrp latent collect --corpus texts.jsonl --sites "model.layers.12" --output part0 --shard 0/2
-  attnlrp latent card --atlas atlas --unit model.layers.20.mlp.down_proj:17 --html unit.html
-  attnlrp latent browse --atlas atlas --html atlas.html
-  attnlrp latent steer "My favourite hobby is" --unit model.layers.20.mlp.down_proj:17 --strengths 0,10,20
-  attnlrp latent steer "I think that" --sae smollm2-layer15 --unit model.layers.15@sae:42 --strengths 0,20
-"""
+#: Each subcommand's examples (``attnlrp latent SUBCOMMAND --help`` ends with them).
+SUBCOMMAND_EXAMPLES = {
+    "collect": [
+        'attnlrp latent collect --corpus labelled --sites "model.layers.*.mlp.down_proj" --output atlas  (resumes)',
+        'attnlrp latent collect --corpus texts.jsonl --sites "model.layers.12" --output part0 --shard 0/2',
+        "attnlrp latent collect --corpus labelled --sae smollm2-135m-layer14 --sites model.layers.14@sae --output sae",
+    ],
+    "card": ["attnlrp latent card --atlas atlas --unit model.layers.20.mlp.down_proj:17 --html unit.html"],
+    "browse": ["attnlrp latent browse --atlas atlas --html atlas.html"],
+    "steer": [
+        'attnlrp latent steer "My favourite hobby is" --unit model.layers.20.mlp.down_proj:17 --strengths 0,10,20',
+        'attnlrp latent steer "I think that" --sae smollm2-135m-layer14 --unit model.layers.14@sae:42 --strengths 0,20',
+    ],
+}
+
+
+def _examples(*commands: str) -> str:
+    return "examples:\n" + "".join(f"  {line}\n" for c in commands for line in SUBCOMMAND_EXAMPLES[c])
+
+
+EXAMPLES = _examples(*SUBCOMMAND_EXAMPLES)
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -55,7 +68,12 @@ def _model_options(p: argparse.ArgumentParser) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The subcommands of ``attnlrp latent``."""
     commands = parser.add_subparsers(dest="latent_command", required=True, metavar="SUBCOMMAND")
-    co = commands.add_parser("collect", help="one pass over a corpus -> an atlas folder (resumes if interrupted)")
+    co = commands.add_parser(
+        "collect",
+        help="one pass over a corpus -> an atlas folder (resumes if interrupted)",
+        epilog=_examples("collect"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     co.add_argument(
         "--corpus", required=True, help="a JSONL file (a text or {'text', 'topic'} per line), or 'labelled' (built in)"
     )
@@ -75,18 +93,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     co.add_argument("--quiet", action="store_true", help="no progress bar")
     _model_options(co)
-    ca = commands.add_parser("card", help="one unit of an atlas -> an HTML card")
+    ca = commands.add_parser(
+        "card",
+        help="one unit of an atlas -> an HTML card",
+        epilog=_examples("card"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ca.add_argument("--atlas", required=True, help="the atlas folder")
     ca.add_argument("--unit", type=_unit, required=True, help="SITE:INDEX")
     ca.add_argument("--html", required=True, help="where to write the card")
     ca.add_argument("--conditional", type=int, default=3, help="conditional heatmaps to compute (default: 3)")
     _model_options(ca)
-    br = commands.add_parser("browse", help="an atlas -> one searchable HTML page of every unit's card")
+    br = commands.add_parser(
+        "browse",
+        help="an atlas -> one searchable HTML page of every unit's card",
+        epilog=_examples("browse"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     br.add_argument("--atlas", required=True, help="the atlas folder")
     br.add_argument("--html", required=True, help="where to write the page")
     br.add_argument("--sites", action="append", help="only these sites of the atlas (repeatable)")
     _model_options(br)
-    st = commands.add_parser("steer", help="a prompt continued at several strengths, side by side")
+    st = commands.add_parser(
+        "steer",
+        help="a prompt continued at several strengths, side by side",
+        epilog=_examples("steer"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     st.add_argument("prompt", help="the prompt to continue")
     st.add_argument("--unit", type=_unit, action="append", required=True, help="SITE:INDEX (repeatable)")
     st.add_argument("--strengths", type=_strengths, default=[0.0, 4.0, 8.0], help="comma-separated (default: 0,4,8)")

@@ -28,6 +28,24 @@ def check_finite(values: Tensor) -> None:
         )
 
 
+class RowOutput:
+    """A batched model output whose ``logits`` are split into rows once (``logits[m]`` is row m's); every other
+    field is the output's. Reading row after row out of the whole logits tensor would give the backward one
+    full-size zero gradient per row (a batch of 32 LM rows: 32 fills of [32, positions, vocabulary])."""
+
+    def __init__(self, output: Any):
+        self.output = output
+        self.logits = output.logits.unbind(0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.output, name)
+
+
+def by_row(output: Any) -> Any:
+    """``output`` with its logits split into rows (``RowOutput``), where it has logits."""
+    return RowOutput(output) if isinstance(getattr(output, "logits", None), Tensor) else output
+
+
 def scalar(value: Tensor, label: str) -> Tensor:
     """The explained value, checked to be one number (a target callable may return anything)."""
     if not isinstance(value, Tensor) or value.numel() != 1:

@@ -62,14 +62,14 @@ class CausalLMBatch(TokenBatch):
         return [self.where[p] for p in range(span.stop - self.needed[row], span.stop)]
 
     def resolve_row(self, output, row: int) -> Outcome:
-        own = output.logits[row, self.reads(row)]
+        own = output.logits[row][self.reads(row)]
         resolved = self.answers[row] or self.targets[row].resolve(self.tokenizer, int(own[-1].detach().argmax()))
         value = scalar(resolved.scalar(own), resolved.label)
         return Outcome(resolved, float(value.detach()), own[-1].detach().float())
 
     def read(self, output, m: int, row: int) -> Tensor:
         outcome = self._outcomes[row]
-        return scalar(outcome.target.scalar(output.logits[m, self.reads(row)]), outcome.target.label)
+        return scalar(outcome.target.scalar(output.logits[m][self.reads(row)]), outcome.target.label)
 
 
 class CausalLM(Task):

@@ -31,7 +31,7 @@ from ..errors import InputError
 from ..methods import LRPMethod, Method
 from ..methods.batch import Batch, chunks, plan
 from ..results import AudioExplanation, AudioGenerationExplanation, Explanation, GenerationExplanation
-from .base import Task, check_finite, model_name, one_per_item
+from .base import Task, by_row, check_finite, model_name, one_per_item
 from .causal_lm import Outcome
 from .generation import refuse_checkpointing
 from .targets import Answer, Target, as_target
@@ -156,15 +156,15 @@ class Seq2SeqBatch(Batch):
             return self.model(**extra, use_cache=False)
 
     def _logits(self, output: Any, m: int, row: int) -> Tensor:
-        return output.logits[m, self.spans[TARGET][row]]
+        return output.logits[m][self.spans[TARGET][row]]
 
     def values(self, inputs: dict[str, Tensor], rows: Sequence[int]) -> Tensor:
         self.resolve()
-        output = self.output(inputs, rows)
+        output = by_row(self.output(inputs, rows))
         return torch.stack([self._outcomes[r].target.scalar(self._logits(output, m, r)) for m, r in enumerate(rows)])
 
     def evaluate(self, inputs: dict[str, Tensor]) -> Tensor:
-        output = self.output(inputs, range(len(self)))
+        output = by_row(self.output(inputs, range(len(self))))
         if self._outcomes is None:
             self._outcomes = []
             for row, target in enumerate(self.targets):

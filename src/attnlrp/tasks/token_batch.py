@@ -18,7 +18,7 @@ from ..engine.inputs import InputTap, input_embeddings
 from ..engine.sliding_window import sliding_window_masks
 from ..errors import InputError
 from ..methods.batch import Batch
-from .base import check_finite
+from .base import by_row, check_finite
 
 
 def pad(sequences: Sequence[Sequence[int]], pad_id: int, left: bool) -> tuple[Tensor, Tensor]:
@@ -102,11 +102,11 @@ class TokenBatch(Batch):
 
     def values(self, inputs: dict[str, Tensor], rows: Sequence[int]) -> Tensor:
         self.resolve()
-        output = self.output(inputs, rows)
+        output = by_row(self.output(inputs, rows))
         return torch.stack([self.read(output, m, r) for m, r in enumerate(rows)])
 
     def evaluate(self, inputs: dict[str, Tensor]) -> Tensor:
-        output = self.output(inputs, range(len(self)))
+        output = by_row(self.output(inputs, range(len(self))))
         if self._outcomes is None:
             self._outcomes = [self.resolve_row(output, row) for row in range(len(self))]
         values = torch.stack([self.read(output, row, row) for row in range(len(self))])
