@@ -384,12 +384,14 @@ def step_memory(model, tokenizer) -> None:
             "6 layers, every MLP neuron of those layers (9,216 units, top-16; the cut only keeps the 100k-token run "
             "short). The per-unit state and the forward do not grow with the corpus; the context table does, up to "
             "its bound of 2k contexts per unit (295k here, far above these corpora, so it keeps every context, as "
-            "compact token ids).",
+            "compact token ids). A batch's transient memory grows with its width (its longest context), so both "
+            "corpora start with the same batch of the 32 longest contexts of the labelled corpus.",
             "",
-            "| corpus tokens | contexts | seconds | peak MiB over the loaded model | contexts kept in the atlas |",
-            "|---:|---:|---:|---:|---:|",
+            "| corpus tokens | contexts | widest batch, tokens | seconds | peak MiB over the loaded model | "
+            "contexts kept in the atlas |",
+            "|---:|---:|---:|---:|---:|---:|",
             *(
-                f"| {m['tokens']} | {m['contexts']} | {m['seconds']:.0f} | {m['peak_mib']:.0f}"
+                f"| {m['tokens']} | {m['contexts']} | {m['width']} | {m['seconds']:.0f} | {m['peak_mib']:.0f}"
                 f"{'' if m['exact'] else '*'} | {m['kept']} |"
                 for m in found
             ),
@@ -417,12 +419,18 @@ def memory_run(tokens: int) -> None:
     model, tokenizer = attnlrp.load_model()
     model.model.layers = model.model.layers[:6]
     model.config.num_hidden_layers = 6
-    texts, count = [], 0
-    for record in labelled_corpus(per_topic=600):
+    records = [r.text for r in labelled_corpus(per_topic=600)]
+    lengths = [min(len(tokenizer(text).input_ids), 32) for text in records]
+    # Both corpus sizes start with the same batch of the longest contexts: a batch's transient memory grows with
+    # its width, so each run meets the widest batch the corpus has, and the runs differ only in corpus size.
+    widest = sorted(range(len(records)), key=lambda i: -lengths[i])[:32]
+    order = widest + sorted(set(range(len(records))) - set(widest))
+    texts, count, width = [], 0, 0
+    for i in order:
         if count >= tokens:
             break
-        texts.append(record.text)
-        count += min(len(tokenizer(record.text).input_ids), 32)
+        texts.append(records[i])
+        count, width = count + lengths[i], max(width, lengths[i])
     _collect(model, tokenizer, texts[:64])  # warm-up: allocator, kernels
     before = rss_kib("VmRSS")
     exact = reset_peak()
@@ -433,7 +441,7 @@ def memory_run(tokens: int) -> None:
     print(
         json.dumps(
             {"tokens": atlas.tokens, "contexts": atlas.seen, "seconds": seconds, "peak_mib": peak, "exact": exact,
-             "kept": len(atlas.contexts)}
+             "kept": len(atlas.contexts), "width": width}
         )
     )  # fmt: skip
 

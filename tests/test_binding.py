@@ -327,6 +327,26 @@ def test_nothing_process_wide_is_changed(llama):
             assert after[key] == before[key], f"{key} changed after the block"
 
 
+def test_a_finished_binding_is_freed_without_waiting_for_the_garbage_collector(llama):
+    """Leaving the block leaves no reference cycle: the binding, and the input embeddings it holds, go as soon as
+    nobody holds them. (Cycles wait for a full collection, which grows rarer as a long dataset run lives on.)"""
+    import gc
+    import weakref
+
+    gc.collect()
+    gc.disable()
+    try:
+        with attnlrp.lrp(llama) as binding:
+            llama(input_ids=ids(5)).logits[0, -1].max().backward()
+            embeddings = weakref.ref(binding.embeddings)
+        assert binding.embeddings is embeddings()  # still readable after the block
+        freed = weakref.ref(binding)
+        del binding
+        assert freed() is None and embeddings() is None
+    finally:
+        gc.enable()
+
+
 def test_torch_function_mode_is_active_only_while_the_model_runs(llama):
     seen = []
     hook = llama.model.layers[0].mlp.register_forward_hook(lambda *a: seen.append(torch._C._len_torch_function_stack()))

@@ -254,6 +254,24 @@ def test_batched_scores_match_single_prompts(tiny_lm, tokenizer, alone, padding_
         assert_same_scores(inside.scores, single.scores)
 
 
+def test_the_output_head_runs_on_each_prompts_own_rows_only(tiny_lm, tokenizer, alone):
+    """Prompts of a right-padded batch end at different positions: the head reads each prompt's own rows (the
+    longest answer's count), not every position where some prompt ends, and its hook is gone afterwards."""
+    head = tiny_lm.get_output_embeddings()
+    shapes = []
+    handle = head.register_forward_hook(lambda module, args, out: shapes.append(tuple(out.shape[:2])))
+    try:
+        batched = attnlrp.explain(tiny_lm, tokenizer, BATCH_PROMPTS, target=BATCH_TARGETS, batch_size=4)
+    finally:
+        handle.remove()
+    answer = len(tokenizer(" yes, she did", add_special_tokens=False).input_ids)
+    assert shapes and set(shapes) == {(len(BATCH_PROMPTS), answer + 1)}
+    assert not head._forward_pre_hooks
+    for single, inside in zip(alone("attnlrp"), batched):
+        assert inside.value == pytest.approx(single.value, rel=1e-9, abs=1e-12)
+        assert_same_scores(inside.scores, single.scores)
+
+
 def test_a_pass_holds_at_most_the_token_budget(tiny_lm, tokenizer, alone, monkeypatch):
     from attnlrp.methods.lrp import LRPMethod
 

@@ -28,7 +28,7 @@ from attnlrp.latent import (
     train_sae,
     write_corpus,
 )
-from attnlrp.latent.atlas import BINS
+from attnlrp.latent.atlas import BINS, HISTOGRAM_EDGES, histogram_bins
 from attnlrp.latent.corpus import TOPICS
 from attnlrp.latent.labels import label_of
 from attnlrp.latent.readout import site_totals
@@ -157,11 +157,12 @@ def test_explanation_units_survive_json_and_reach_the_html(tiny_lm, tokenizer, t
 def test_collect_keeps_the_true_top_k_by_activation_and_by_relevance(tiny_lm, tokenizer, corpus, atlas):
     """Against every context explained alone: the peak activation and summed relevance of each unit."""
     (site,) = resolve(tiny_lm, SITE)
-    peaks, sums = [], []
+    peaks, sums, every = [], [], []
     for entry in corpus:
         with SiteRecorder(tiny_lm, [site]) as recorder:
             attnlrp.explain(tiny_lm, tokenizer, entry["text"], method="cp-lrp")
-        peaks.append(recorder.activation[SITE][0].amax(0))
+        every.append(recorder.activation[SITE][0].float())
+        peaks.append(every[-1].amax(0))
         sums.append(recorder.relevance[SITE][0].sum(0))
     peaks, sums = torch.stack(peaks).float(), torch.stack(sums).float()  # [contexts, units]
     state = atlas.states[SITE].ranked()
@@ -174,7 +175,23 @@ def test_collect_keeps_the_true_top_k_by_activation_and_by_relevance(tiny_lm, to
     assert atlas.tokens == tokens and atlas.seen == len(corpus)
     stats = atlas.stats(SITE, 17)
     assert stats["relevance_mean"] == pytest.approx(float(sums[:, 17].double().mean()), rel=1e-5)
-    assert sum(atlas.histogram(SITE, 17)[1]) == tokens
+    every = torch.cat(every)[:, 17]  # every real token's activation of unit 17
+    assert (stats["activation_max"], stats["activation_min"]) == (every.max().item(), every.min().item())
+    assert stats["activation_mean"] == pytest.approx(every.double().mean().item(), rel=1e-5)
+    edges, counts = atlas.histogram(SITE, 17)
+    assert edges == HISTOGRAM_EDGES.tolist()
+    assert counts == torch.bincount(histogram_bins(every), minlength=BINS).tolist() and sum(counts) == tokens
+    assert stats["active_share"] == pytest.approx(float((every >= 2**-9).double().mean()))
+
+
+def test_histogram_bins_follow_the_edges():
+    """One bin around zero (|a| < 2^-9), then one per octave on each side; the outermost bins are open."""
+    assert len(HISTOGRAM_EDGES) == BINS - 1
+    octaves = HISTOGRAM_EDGES[HISTOGRAM_EDGES > 0]
+    tiny = [0.0, -0.0, 1e-30, -1e-30, 2**-10, 1e-40, 1e6, -1e6, 3.0, -3.0]
+    values = torch.cat([octaves, -octaves, octaves * 0.999, -octaves * 1.001, torch.tensor(tiny)]).float()
+    expected = (BINS // 2) + values.sign() * torch.bucketize(values.abs().double(), octaves, right=True)
+    assert histogram_bins(values).tolist() == expected.int().tolist()
 
 
 def test_top_contexts_carry_their_tokens_and_per_token_activations(atlas):
@@ -244,7 +261,8 @@ def test_memory_is_bounded_by_top_k_not_by_the_corpus(tiny_lm, tokenizer, atlas)
             k: v.shape for k, v in atlas.states[name].tensors.items()
         }
         assert bigger.states[name].tensors["histogram"].shape == (128, BINS)
-    named = set(torch.cat([s.contexts() for s in bigger.states.values()]).tolist())
+    lists = [s.tensors[key] for s in bigger.states.values() for key in ("act_context", "rel_context")]
+    named = set(torch.cat([ids.flatten() for ids in lists]).tolist()) - {-1}
     assert set(bigger.contexts) == named and len(named) <= 2 * 4 * 256
 
 

@@ -304,6 +304,10 @@ class Binding:
             if _BOUND.get(module) is self:
                 del _BOUND[module]
         self._close_scope()  # an exception escaped mid-forward with hooks that did not unwind
+        self._handles.clear()
+        # No reference cycle is left: a detached binding (and the inputs it holds for reading) is freed as soon
+        # as nobody holds it, not at the next full garbage collection, which grows rarer as a process lives on.
+        self._mode.binding = None
 
     def handler_for(self, func: Callable) -> ops.Handler | None:
         """The handler of ``func`` in this binding's op table (None: plain autograd is its rule)."""

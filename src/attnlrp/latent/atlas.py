@@ -31,13 +31,13 @@ if TYPE_CHECKING:
     from .cards import FeatureCard
 
 FORMAT = "attnlrp-atlas"
-VERSION = 1
+VERSION = 2  # 2: the histogram's middle bin is |activation| < 2^-9 (was: exact zeros)
 
-#: Histogram bins, the same for every unit (so that histograms add up exactly): exact zeros in the middle bin, and
-#: on each side one bin per octave of |activation|, the innermost below 2^-8 and the outermost from 2^10 up.
-_OCTAVES = range(-8, 12)
+#: Histogram bins, the same for every unit (so that histograms add up exactly): one bin around zero for
+#: |activation| < 2^-9, and on each side one bin per octave from 2^-9 up, the outermost open from 2^10.
+_OCTAVES = range(-9, 11)
 HISTOGRAM_EDGES = torch.tensor(
-    [-(2.0**e) for e in reversed(_OCTAVES[:-1])] + [0.0, 0.0] + [2.0**e for e in _OCTAVES[:-1]], dtype=torch.float64
+    [-(2.0**e) for e in reversed(_OCTAVES)] + [2.0**e for e in _OCTAVES], dtype=torch.float64
 )
 BINS = 2 * len(_OCTAVES) + 1
 
@@ -70,35 +70,41 @@ MODES = {"act": ("act_tokens",), "rel": ("rel_tokens", "rel_tokens_act")}
 
 
 def histogram_bins(x: Tensor) -> Tensor:
-    """The bin of each value (``HISTOGRAM_EDGES``; int32), from its binary exponent: cheaper than a search."""
-    _, exponent = torch.frexp(x)  # |x| in [2^(e-1), 2^e)
-    octave = exponent.clamp_(_OCTAVES.start, _OCTAVES.stop - 1).sub_(_OCTAVES.start - 1)
-    return torch.sign(x).to(torch.int32).mul_(octave).add_(len(_OCTAVES))
+    """The bin of each float32 value (``HISTOGRAM_EDGES``; int32), read from its exponent and sign bits: a float
+    with biased exponent E lies in [2^(E-127), 2^(E-126)), so the octave is E clamped and shifted."""
+    bits = x.float().contiguous().view(torch.int32)
+    smallest = 127 + _OCTAVES.start - 1  # this exponent and those below: the middle bin
+    octave = (bits >> 23).bitwise_and_(0xFF).clamp_(smallest, smallest + len(_OCTAVES)).sub_(smallest)
+    return (bits >> 31).bitwise_or_(1).mul_(octave).add_(len(_OCTAVES))  # sign (-1 or 1) x octave, centred
+
+
+def _rank_key(score: Tensor, context: Tensor) -> Tensor:
+    """A 64-bit key per slot, larger for a better slot: score descending, then context id ascending; empty slots
+    (score -inf, context -1) below every filled one. The score's float32 bits, made order-preserving, fill the
+    high half; the context id is subtracted."""
+    bits = (score.float() + 0.0).contiguous().view(torch.int32)  # + 0.0: -0.0 ties with 0.0
+    return (torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).long() << 32) - context
 
 
 def _order(score: Tensor, context: Tensor) -> Tensor:
-    """Column order per row: score descending, then context id ascending; empty slots (score -inf) last. One sort
-    of a 64-bit key: the score's float32 bits made order-preserving in the high half, minus the context id."""
-    bits = (score.float() + 0.0).contiguous().view(torch.int32)  # + 0.0: -0.0 ties with 0.0
-    key = (torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).long() << 32) - context
-    return key.argsort(dim=1, descending=True, stable=True)
+    """Column order per row, best slot first (``_rank_key``)."""
+    return _rank_key(score, context).argsort(dim=1, descending=True, stable=True)
 
 
 def _admit(score: Tensor, context: Tensor, new_score: Tensor, new_context: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Fold candidates [U, n] into the top-k slots [U, k] (in place): the k best of both stay. Returns the
     (units, slots, candidates) where a candidate took a slot, so that the caller copies its per-token values.
-    Only units where some candidate reaches their worst kept score are sorted."""
+    Only units where some candidate reaches their worst kept score are looked at."""
     k = score.shape[1]
     hopeful = (new_score >= score.amin(1, keepdim=True)).any(1).nonzero().squeeze(1)
-    old, fresh = score[hopeful], new_score[hopeful]
-    order = _order(torch.cat([old, fresh], 1), torch.cat([context[hopeful], new_context[hopeful]], 1))[:, :k]
-    kept = torch.zeros(len(hopeful), k + 1, dtype=torch.bool).scatter_(1, order.clamp(max=k), True)[:, :k]
-    kept |= (order < k).sum(1, keepdim=True) == k  # nothing new entered: every slot stays
-    slots = (~kept).to(torch.int8).argsort(dim=1, descending=True, stable=True)  # freed slots first
-    candidates = torch.where(order >= k, order - k, new_score.shape[1]).sort(dim=1).values  # entrants first
-    take = torch.arange(k)[None, :] < (~kept).sum(1, keepdim=True)
-    rows = hopeful[:, None].expand(-1, k)[take]
-    slots, candidates = slots[take], candidates[take]
+    key = _rank_key(
+        torch.cat([score[hopeful], new_score[hopeful]], 1), torch.cat([context[hopeful], new_context[hopeful]], 1)
+    )
+    chosen = torch.zeros_like(key, dtype=torch.bool).scatter_(1, key.topk(k, dim=1, sorted=False).indices, True)
+    # Per unit, as many old slots lost their place as candidates won one: pair them in order (nonzero is row-major).
+    rows, slots = (~chosen[:, :k]).nonzero().unbind(1)
+    candidates = chosen[:, k:].nonzero()[:, 1]
+    rows = hopeful[rows]
     score[rows, slots] = new_score[rows, candidates]
     context[rows, slots] = new_context[rows, candidates]
     return rows, slots, candidates
@@ -134,17 +140,17 @@ class SiteState:
         are taken in float32 and accumulated in float64."""
         t = self.tensors
         activation, relevance = activation.float(), relevance.float()
-        real = activation[mask]  # [N, U], context by context
+        lengths = mask.sum(1)
+        real = activation.flatten(0, 1).index_select(0, mask.flatten().nonzero().squeeze(1))  # [N, U], by context
         t["act_sum"] += real.sum(0).double()
         t["act_squares"] += torch.linalg.vecdot(real, real, dim=0).double()
-        low, high = torch.aminmax(real, dim=0)
-        t["act_max"] = torch.maximum(t["act_max"], high)
-        t["act_min"] = torch.minimum(t["act_min"], low)
-        peak = torch.segment_reduce(real, "max", lengths=mask.sum(1), axis=0)  # [B, U]
+        peak = torch.stack([part.amax(0) for part in real.split(lengths.tolist())])  # [B, U]
+        t["act_max"] = torch.maximum(t["act_max"], peak.amax(0))
+        t["act_min"] = torch.minimum(t["act_min"], real.amin(0))
         bins = histogram_bins(real).add_(torch.arange(self.width, dtype=torch.int32) * BINS)
         counts = torch.bincount(bins.view(-1), minlength=self.width * BINS).view(self.width, BINS)
         t["histogram"] += counts
-        t["active"] += counts[:, len(_OCTAVES) + 1 :].sum(1)  # the bins above zero
+        t["active"] += counts[:, len(_OCTAVES) + 1 :].sum(1)  # the bins above the middle one
         per_context = relevance.sum(1)  # [B, U]
         t["rel_sum"] += per_context.sum(0).double()
         t["rel_abs"] += per_context.abs().sum(0).double()
@@ -187,11 +193,6 @@ class SiteState:
                 index = order if out[key].dim() == 2 else order.unsqueeze(-1).expand_as(out[key])
                 out[key] = out[key].gather(1, index)
         return out
-
-    def contexts(self) -> Tensor:
-        """Every context id its top-k lists name."""
-        ids = torch.cat([self.tensors["act_context"].reshape(-1), self.tensors["rel_context"].reshape(-1)])
-        return ids[ids >= 0].unique()
 
 
 @dataclass
@@ -259,22 +260,27 @@ class FeatureAtlas:
         for topic in topics:
             if topic is not None:
                 self.topics[topic] = self.topics.get(topic, 0) + 1
-        named = self._named()
-        self.contexts = {c: entry for c, entry in self.contexts.items() if c in named}
-        for row, context in enumerate(contexts.tolist()):
-            if context in named:
-                entry = describe(row)
-                for token, text in zip(entry["ids"], entry.pop("tokens")):
-                    self.vocabulary.setdefault(token, text)
-                self.contexts[context] = entry
+        named = self._prune(int(contexts.max()))
+        for row in named[contexts + 1].nonzero().squeeze(1).tolist():
+            entry = describe(row)
+            for token, text in zip(entry["ids"], entry.pop("tokens")):
+                self.vocabulary.setdefault(token, text)
+            self.contexts[int(contexts[row])] = entry
 
-    def _named(self) -> set[int]:
-        """Every context id some top-k list names."""
-        return set(torch.cat([s.contexts() for s in self.states.values()]).tolist())
-
-    def _prune(self) -> None:
-        named = self._named()
-        self.contexts = {c: entry for c, entry in self.contexts.items() if c in named}
+    def _prune(self, largest: int = -1) -> Tensor:
+        """Keep only the contexts some top-k list names. Returns which ids are named, as a mask over id + 1 (empty
+        slots, id -1, land on index 0) that reaches at least ``largest``."""
+        ids = [s.tensors[f"{mode}_context"] for s in self.states.values() for mode in MODES]
+        largest = max(largest, max(self.contexts, default=-1), *(int(i.max()) for i in ids))
+        named = torch.zeros(largest + 2, dtype=torch.bool)
+        for i in ids:
+            named[i.flatten() + 1] = True
+        named[0] = False
+        kept = torch.tensor(list(self.contexts), dtype=torch.int64)
+        if not bool(named[kept + 1].all()):
+            keep = set(kept[named[kept + 1]].tolist())
+            self.contexts = {c: entry for c, entry in self.contexts.items() if c in keep}
+        return named
 
     # --- reading ----------------------------------------------------------------------------------------
 
@@ -526,8 +532,11 @@ class FeatureAtlas:
             raise LatentError(f"{folder} holds no readable atlas (atlas.json, tensors.safetensors): {error}") from error
         if meta.get("format") != FORMAT:
             raise LatentError(f"{folder}/atlas.json is not an attnlrp atlas (found {meta.get('format')!r}).")
-        if meta.get("version", 0) > VERSION:
-            raise LatentError(f"{folder} was written by a newer attnlrp (atlas version {meta['version']}); upgrade.")
+        if meta.get("version", 0) != VERSION:
+            raise LatentError(
+                f"{folder} holds an atlas of version {meta.get('version', 0)}, this attnlrp reads version {VERSION} "
+                "(its histograms have other bins): collect the atlas again with this version."
+            )
         states = []
         for site in meta["sites"]:
             prefix = site["name"] + "|"

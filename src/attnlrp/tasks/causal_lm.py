@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -48,18 +50,56 @@ class CausalLMBatch(TokenBatch):
             len(seq) if isinstance(t, Custom) else len(a.answer_ids) + 1 if a else 1
             for seq, t, a in zip(sequences, targets, self.answers)
         ]
-        rows = sorted({p for span, n in zip(spans, self.needed) for p in range(span.stop - n, span.stop)})
+        positions = [range(span.stop - n, span.stop) for span, n in zip(spans, self.needed)]
+        rows = sorted({p for own in positions for p in own})
         if len(rows) < width and "logits_to_keep" in inspect.signature(model.forward).parameters:
             # on the CPU: it indexes the last hidden states wherever a device map put them (CPU indices index any device)
             self.shared["logits_to_keep"] = torch.tensor(rows)
         else:
             rows = list(range(width))
         self.where = {p: i for i, p in enumerate(rows)}  # position -> row among the kept logits
+        # Where prompts end at different positions, the output head reads each prompt's own rows only (the last
+        # repeated where a prompt needs fewer): it never runs on another prompt's positions.
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        longest = max(self.needed)
+        self.head = head if isinstance(head, nn.Module) and longest < len(rows) else None
+        self.picks = torch.tensor(
+            [[self.where[p] for p in own] + [self.where[own[-1]]] * (longest - len(own)) for own in positions]
+        )
 
     def reads(self, row: int) -> list[int]:
-        """The kept-logit rows that prompt ``row``'s target reads."""
-        span = self.spans["tokens"][row]
-        return [self.where[p] for p in range(span.stop - self.needed[row], span.stop)]
+        """The rows of the head's output that prompt ``row``'s target reads."""
+        if self.head is not None:
+            return list(range(self.needed[row]))
+        return self.picks[row, : self.needed[row]].tolist()
+
+    @contextmanager
+    def own_rows_at_head(self, rows: Sequence[int]) -> Iterator[None]:
+        """While the model runs on variants of ``rows``: the output head reads only each prompt's own positions."""
+        if self.head is None:
+            yield
+            return
+        picks = self.picks[list(rows)]
+
+        def cut(module: nn.Module, args: tuple) -> tuple:
+            hidden = args[0]
+            if hidden.dim() != 3 or hidden.shape[0] != len(picks):
+                raise RuntimeError(
+                    f"{type(self.model).__name__} called its output head on hidden states of shape "
+                    f"{tuple(hidden.shape)}, not [prompts, kept positions, hidden]; explain one prompt at a time."
+                )
+            index = picks.to(hidden.device).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+            return (hidden.gather(1, index), *args[1:])
+
+        handle = self.head.register_forward_pre_hook(cut)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def output(self, inputs: dict[str, Tensor], rows: Sequence[int]) -> Any:
+        with self.own_rows_at_head(rows):
+            return super().output(inputs, rows)
 
     def resolve_row(self, output, row: int) -> Outcome:
         own = output.logits[row][self.reads(row)]

@@ -177,7 +177,7 @@ class VisionLanguageBatch(CausalLMBatch):
 
     def output(self, inputs: dict[str, Tensor], rows: Sequence[int]) -> Any:
         extra = self.model_inputs(inputs["pixels"], rows)
-        with InputTap(self.model, {"tokens": self.site}) as tap:
+        with self.own_rows_at_head(rows), InputTap(self.model, {"tokens": self.site}) as tap:
             tap.replace = {"tokens": inputs["tokens"]}
             return self.model(**extra, **self.shared)
 
