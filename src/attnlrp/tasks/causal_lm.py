@@ -57,14 +57,14 @@ class CausalLMBatch(TokenBatch):
             self.shared["logits_to_keep"] = torch.tensor(rows)
         else:
             rows = list(range(width))
-        self.where = {p: i for i, p in enumerate(rows)}  # position -> row among the kept logits
+        where = {p: i for i, p in enumerate(rows)}  # position -> row among the kept logits
         # Where prompts end at different positions, the output head reads each prompt's own rows only (the last
         # repeated where a prompt needs fewer): it never runs on another prompt's positions.
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         longest = max(self.needed)
         self.head = head if isinstance(head, nn.Module) and longest < len(rows) else None
         self.picks = torch.tensor(
-            [[self.where[p] for p in own] + [self.where[own[-1]]] * (longest - len(own)) for own in positions]
+            [[where[p] for p in own] + [where[own[-1]]] * (longest - len(own)) for own in positions]
         )
 
     def reads(self, row: int) -> list[int]:
