@@ -10,7 +10,8 @@ Two length mixes of text prompts (seeded): short, 16-128 tokens, and mixed, 16-5
 the next token of every prompt with AttnLRP on the bundled SmolLM2-135M (float32, 2 threads): ``attnlrp.explain``
 on the whole list (batches of up to 16 prompts of similar length), a per-prompt loop (one call per prompt, the
 reference library's way), and Inseq 0.7.1's batched ``attribute`` (input x gradient of one generated token, batch
-size 16; in its own venv, as benchmarks/peers.py builds it). Padding waste is the share of padded tokens in the
+size 16; in its own venv, as benchmarks/peers.py builds it). The plain gradient, bucketed and per prompt through
+the same call, is the ceiling: what batching gains a forward and backward pass with no LRP rules on this machine. Padding waste is the share of padded tokens in the
 batches: for the length-bucketed plan, and for the same batches in input order (how they were made before).
 The bucketed and per-prompt results are compared token by token.
 """
@@ -107,6 +108,14 @@ def measure(model, tokenizer, texts: list[str], inseq: bool, log) -> dict:
     t_alone = time.perf_counter() - start
     log(f"    per-prompt loop: {t_alone:.1f} s")
     diffs = [np.abs(a.scores - b.scores).max() / np.abs(b.scores).max() for a, b in zip(bucketed, alone)]
+    start = time.perf_counter()  # the reverse order (loop, then batches) evens out a drift of the machine's speed
+    for t in texts:
+        attnlrp.explain(model, tokenizer, t, method="gradient")
+    t_gradient_alone = time.perf_counter() - start
+    start = time.perf_counter()
+    attnlrp.explain(model, tokenizer, texts, method="gradient", batch_size=BATCH)
+    t_gradient_bucketed = time.perf_counter() - start
+    log(f"    plain gradient, bucketed / per prompt: {t_gradient_bucketed:.1f} s / {t_gradient_alone:.1f} s")
     t_inseq = run_inseq(texts, log) if inseq else None
     if isinstance(t_inseq, float):
         log(f"    Inseq batched attribute: {t_inseq:.1f} s")
@@ -116,6 +125,8 @@ def measure(model, tokenizer, texts: list[str], inseq: bool, log) -> dict:
         "bucketed_s": t_bucketed,
         "per_prompt_s": t_alone,
         "inseq_s": t_inseq,
+        "gradient_bucketed_s": t_gradient_bucketed,
+        "gradient_per_prompt_s": t_gradient_alone,
         "waste_bucketed": waste(lengths, plan(lengths, BATCH, TOKEN_BUDGET, by_length=True)),  # explain()'s plan
         "waste_in_order": waste(lengths, plan(lengths, BATCH)),
         "max_relative_difference": float(max(diffs)),
@@ -149,7 +160,7 @@ def processes(texts: list[str], count: int, log) -> list[str]:
         done = subprocess.run(command, capture_output=True, text=True, env=env)
         if done.returncode != 0:
             raise RuntimeError(done.stderr[-3000:])
-        shards = sorted(line for line in done.stdout.splitlines() if line.startswith("shard "))
+        shards = sorted(line.replace(f"{work}/", "") for line in done.stdout.splitlines() if line.startswith("shard "))
         log("\n".join(f"    {s}" for s in shards))
         return shards
 
@@ -164,15 +175,18 @@ def report(results: dict, shards: list[str], command: str, started: float, loads
         "(a shared machine: read the ratios, measured side by side in one run).",
         "",
         "| mix | prompts | tokens | bucketed batches s | per-prompt loop s | speed-up | Inseq batched s | "
-        "padding waste, bucketed | padding waste, input order | max relative difference |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "padding waste, bucketed | padding waste, input order | max relative difference | "
+        "plain gradient: bucketed s / per-prompt s (speed-up) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for mix, r in results.items():
         inseq = f"{r['inseq_s']:.1f}" if isinstance(r["inseq_s"], float) else r["inseq_s"] or "–"
         lines.append(
             f"| {mix} ({MIXES[mix][0]}–{MIXES[mix][1]} tokens) | {r['prompts']} | {r['tokens']} | "
             f"{r['bucketed_s']:.1f} | {r['per_prompt_s']:.1f} | {r['per_prompt_s'] / r['bucketed_s']:.2f}x | {inseq} | "
-            f"{r['waste_bucketed']:.1%} | {r['waste_in_order']:.1%} | {r['max_relative_difference']:.1e} |"
+            f"{r['waste_bucketed']:.1%} | {r['waste_in_order']:.1%} | {r['max_relative_difference']:.1e} | "
+            f"{r['gradient_bucketed_s']:.1f} / {r['gradient_per_prompt_s']:.1f} "
+            f"({r['gradient_per_prompt_s'] / r['gradient_bucketed_s']:.2f}x) |"
         )
     lines += [
         "",

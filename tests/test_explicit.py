@@ -14,12 +14,13 @@ import functools
 import math
 import operator
 import re
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import FAMILIES, build
+from tiny_models import EXTENDED, FAMILIES, build
 from torch import nn
 
 import attnlrp
@@ -35,7 +36,7 @@ from attnlrp.explicit import (
     transformer_composite,
 )
 from attnlrp.explicit import functional as xf
-from attnlrp.explicit.presets import subtract
+from attnlrp.explicit.presets import StatisticRule, subtract
 
 D = torch.float64
 EPS = 1e-12
@@ -426,11 +427,16 @@ def test_composite_keys():
     assert comp.module_rule("second", model.second)[1] is stop  # path glob, first match wins
     assert comp.module_rule("first", model.first)[1] is eps  # class-name glob
     assert comp.module_rule("act", model.act) is None
+    assert comp.module_rule("block.0.first", model.first)[1] is eps  # a glob without a dot: the class name,
+    assert Composite({"*first": stop}).module_rule("block.0.first", model.second)[1] is stop  # or attribute name
+    assert Composite({"block.*": stop}).module_rule("block.0.first", model.first) is None  # a path: per component
     assert set(comp.function_rules) == {"mul", "add"}  # every spelling of an op is one entry
     with pytest.raises(ValueError, match="not a torch function"):
         Composite({lambda t: t: xf.mul2})
     with pytest.raises(TypeError, match="must be a Rule"):
         Composite({nn.Linear: xf.linear_epsilon})
+    with pytest.raises(TypeError, match="rules torch functions, not modules"):
+        Composite({nn.Linear: StatisticRule()})
 
 
 def test_summary_says_what_was_replaced_and_what_breaks():
@@ -444,7 +450,10 @@ def test_summary_says_what_was_replaced_and_what_breaks():
 
     model = Odd().double()
     comp = Composite({nn.Linear: EpsilonRule(), F.softmax: xf.softmax}, name="odd")
-    with comp.context(model):
+    with (
+        comp.context(model),
+        pytest.warns(attnlrp.UnruledOpWarning, match=r"2 op\(s\) carried relevance without a rule.*exp at <root>; cos"),
+    ):
         model(rand(2, 4))
     text = str(comp)
     assert "Composite 'odd' on Odd" in text
@@ -515,6 +524,28 @@ def test_explicit_equals_efficient_as_epsilon_goes_to_zero(name, method):
     assert not [key for key in binding.calls if key[0] in ("breaks", "unknown")]
 
 
+#: Extended families where the explicit mode (AttnLRP) still differs from the engine with no op left unruled, by
+#: 9e-5 (BLOOM), 2e-2 (DeepSeek-V2) and 0.15 (Llama 4); not traced yet. docs/explicit.md lists them.
+EXPLICIT_GAPS = {("bloom", "attnlrp"), ("deepseek_v2", "attnlrp"), ("llama4_text", "attnlrp")}
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("name", EXTENDED)
+def test_explicit_equals_efficient_on_the_extended_families(name, method):
+    if (name, method) in EXPLICIT_GAPS:
+        pytest.xfail("a known difference of the explicit mode (docs/explicit.md, Limitations)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", attnlrp.UnruledOpWarning)  # nothing that carries relevance is left unruled
+        efficient, explicit, _ = relevance_both_ways(family(name), method)
+    assert rel_err(explicit, efficient) < 1e-6
+
+
+@pytest.mark.parametrize("name", sorted({name for name, _ in EXPLICIT_GAPS}))
+def test_the_known_gaps_of_the_explicit_mode_are_still_there(name):
+    efficient, explicit, _ = relevance_both_ways(family(name), "attnlrp")
+    assert rel_err(explicit, efficient) > 1e-6, f"{name} now agrees: take it off EXPLICIT_GAPS and the docs"
+
+
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("name", ["gpt2", "distilbert"])
 def test_explicit_equals_efficient_exactly_at_epsilon_zero(name, method):
@@ -536,6 +567,62 @@ def test_explicit_sdpa_equals_efficient(name):
                 + (".layers.0.self_attn" if name == "llama" else ".encoder.layer.0.attention.self"),
             )
         ]
+
+
+class WrittenNorm(nn.Module):
+    """A norm written out with pow and rsqrt, as Cohere's LayerNorm and Llama 4's L2 norm are: its class name ends
+    in Norm, so its statistics are constants in both modes."""
+
+    def forward(self, x):
+        centred = x - x.mean(-1, keepdim=True)
+        return centred * torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+
+class Statistics(nn.Module):
+    """The written-out norm, then statistics outside any norm: Gemma 3n's cut-off at mean + std, a clamp, a
+    square root of a mean square, a reciprocal scale, and (``variance=True``) a variance, which has no rule."""
+
+    def __init__(self, variance: bool = False):
+        super().__init__()
+        self.norm, self.variance = WrittenNorm(), variance
+        self.lin, self.out = nn.Linear(6, 6, bias=False), nn.Linear(6, 3, bias=False)
+
+    def forward(self, x):
+        h = self.lin(self.norm(x))
+        h = torch.relu(h - (h.mean(-1, keepdim=True) + h.std(-1, keepdim=True) * 0.5)).clamp(max=2.0) + h
+        h = h * torch.sqrt(h.square().mean(-1, keepdim=True) + 1e-6)
+        h = h * torch.reciprocal(h.norm(dim=-1, keepdim=True)) ** 2
+        return self.out(h * h.var(-1, keepdim=True) if self.variance else h)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_statistics_are_ruled_as_in_the_engine(method):
+    torch.manual_seed(0)
+    model = Statistics().double()
+    x0 = rand(4, 6, grad=False)
+    x = x0.clone().requires_grad_()
+    with attnlrp.lrp(model, method=method, strict=True):
+        model(x)[0, 0].backward()
+    efficient = (x * x.grad).detach()
+    x = x0.clone().requires_grad_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", attnlrp.UnruledOpWarning)
+        with transformer_composite(method, epsilon=EPS).context(model) as binding:
+            y = model(x)[0, 0]
+            y.backward(y)
+    assert rel_err(x.grad, efficient) < 1e-8
+    calls = {op for kind, op, _ in binding.calls if kind == "replaced"}
+    assert {"pow", "std", "clamp", "sqrt", "square", "reciprocal", "norm"} <= calls  # rsqrt: of a constant
+    assert not [key for key in binding.calls if key[0] in ("breaks", "unknown")]
+
+
+def test_a_statistic_without_a_rule_is_reported():
+    model = Statistics(variance=True).double()
+    with (
+        transformer_composite("attnlrp").context(model),
+        pytest.warns(attnlrp.UnruledOpWarning, match=r"1 op\(s\) carried relevance without a rule.*: var at <root>"),
+    ):
+        model(rand(2, 6))
 
 
 class SigmoidGates(nn.Module):

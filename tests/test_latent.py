@@ -533,6 +533,25 @@ def test_knowledge_units_and_their_effects(tiny_lm, tokenizer):
     assert {(u["site"], u["unit"]) for u in refined.units} != {(u["site"], u["unit"]) for u in found.units}
 
 
+def test_unit_scores_come_in_prompt_order_from_passes_within_the_token_budget(tiny_lm, tokenizer, monkeypatch):
+    from attnlrp.latent import readout
+
+    prompts = ["A long sentence about the river, the bridge and the old town on the hill is", "Paris is", "The sky"]
+    answers = [" here", " in", " is"]
+    sites = resolve(tiny_lm, SITE)
+    alone = [readout.unit_scores(tiny_lm, tokenizer, [p], [a], sites, "cp-lrp")[0] for p, a in zip(prompts, answers)]
+    widths = [len(tokenizer(p).input_ids) for p in prompts]
+    monkeypatch.setattr(readout, "TOKEN_BUDGET", 2 * widths[1] + 1)  # the two short prompts share a pass, alone
+    passes, enter = [], readout.SiteRecorder.__enter__
+    monkeypatch.setattr(readout.SiteRecorder, "__enter__", lambda self: passes.append(self) or enter(self))
+    together = readout.unit_scores(tiny_lm, tokenizer, prompts, answers, sites, "cp-lrp", batch_size=8)
+    assert len(passes) == 2, "the long prompt alone, the two short ones in one pass"
+    for one, both in zip(alone, together):
+        assert both["value"] == pytest.approx(one["value"], rel=1e-9)
+        torch.testing.assert_close(both["relevance"][SITE], one["relevance"][SITE], rtol=1e-7, atol=1e-10)
+        torch.testing.assert_close(both["activation"][SITE], one["activation"][SITE], rtol=1e-7, atol=1e-10)
+
+
 def test_ablation_curves_start_at_the_clean_value_and_resume(tiny_lm, tokenizer, tmp_path, monkeypatch):
     from attnlrp.evaluate.suites.facts import candidates
     from attnlrp.latent import faithfulness

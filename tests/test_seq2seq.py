@@ -277,6 +277,26 @@ def test_generation_shares_one_forward_and_equals_each_step(arch, method, tokeni
         assert not gen.matrix[i, gen.prompt_length + i :].any(), "nothing at or after the explained token"
 
 
+def test_per_step_passes_stay_within_the_token_budget(tokenizer, processor, monkeypatch):
+    model, tok, inputs = model_and_inputs("t5", tokenizer, processor)
+    gen = attnlrp.explain_generation(model, tok, inputs[0], max_new_tokens=4, method="cp-lrp")
+    task = Seq2Seq(model, tok)
+    (item,), _ = task.encode(inputs[0])
+    generated = gen.token_ids[gen.prompt_length :]
+    free = seq2seq._per_step(task, item, generated, get_method("cp-lrp"), batch_size=8)
+    budget = 2 * (task.lengths([item])[0] + len(generated))  # two of the longest prefixes
+    monkeypatch.setattr(seq2seq, "TOKEN_BUDGET", budget)
+    passes, prepare = [], task.prepare
+    monkeypatch.setattr(
+        task, "prepare", lambda items, targets: passes.append(task.lengths(items)) or prepare(items, targets)
+    )
+    capped = seq2seq._per_step(task, item, generated, get_method("cp-lrp"), batch_size=8)
+    assert len(passes) == 2 and all(len(p) * max(p) <= budget for p in passes), passes
+    for kind in free[0]:
+        np.testing.assert_allclose(capped[0][kind], free[0][kind], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(capped[1], free[1], rtol=1e-6)
+
+
 def test_generation_with_a_baseline_explains_each_step(tokenizer, processor):
     model = text_model("t5", tokenizer)
     lrp = attnlrp.explain_generation(model, tokenizer, TEXT, max_new_tokens=3)

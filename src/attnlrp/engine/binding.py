@@ -102,6 +102,10 @@ class _Mode(TorchFunctionMode):
 class Binding:
     """The state of one bound model; ``lrp()`` yields it."""
 
+    #: The warning about ops without a rule: what their relevance is, and what to do.
+    unruled_meaning = "ran without an LRP rule (plain gradient used)"
+    unruled_advice = "attnlrp.audit(model) lists them all; lrp(..., strict=True) raises instead."
+
     def __init__(self, model: nn.Module, method: str, strict: bool):
         self.model = model
         self.method = method
@@ -197,8 +201,7 @@ class Binding:
         listing = "; ".join(f"{op} at {path or '<root>'}" for path, op in new[:8])
         more = f" and {len(new) - 8} more" if len(new) > 8 else ""
         warnings.warn(
-            f"{len(new)} op(s) ran without an LRP rule (plain gradient used): {listing}{more}. "
-            "attnlrp.audit(model) lists them all; lrp(..., strict=True) raises instead.",
+            f"{len(new)} op(s) {self.unruled_meaning}: {listing}{more}. {self.unruled_advice}",
             UnruledOpWarning,
             stacklevel=2,
         )

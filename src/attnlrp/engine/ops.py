@@ -88,7 +88,14 @@ _EXPONENTS = {"square": 2, "sqrt": 0.5, "rsqrt": -0.5, "reciprocal": -1}
 
 #: Statistics that are positively homogeneous of degree 1 (f(a x) = a f(x), a > 0): by Euler's theorem
 #: Σ x ∂f/∂x = f, so their plain gradient passes exactly the relevance of their output.
-_HOMOGENEOUS = frozenset("std std_mean norm vector_norm linalg_vector_norm".split())
+HOMOGENEOUS = frozenset("std std_mean norm vector_norm linalg_vector_norm".split())
+
+
+def exponent_of(name: str, args: tuple, kwargs: dict) -> float | None:
+    """The exponent p of an element-wise power among the statistics (x^p), None where it is not a number."""
+    p = _EXPONENTS.get(name, _arg(args, kwargs, 1, "exponent") if name == "pow" else None)
+    return None if isinstance(p, bool) or not isinstance(p, (int, float)) else p
+
 
 #: Clamping: an element-wise function that is the identity between its bounds.
 CLAMPS = frozenset("clamp clip clamp_min clamp_max".split())
@@ -337,11 +344,11 @@ def _statistic(binding: Binding, func, args, kwargs):
         binding.note(func, "norm statistic")
         return _detached(func(*args, **kwargs))
     name = op_name(func)
-    if name in _HOMOGENEOUS:
+    if name in HOMOGENEOUS:
         binding.note(func, "homogeneous (plain)")
         return func(*args, **kwargs)
-    p = _EXPONENTS.get(name, _arg(args, kwargs, 1, "exponent") if name == "pow" else None)
-    if not isinstance(p, (int, float)) or isinstance(p, bool):
+    p = exponent_of(name, args, kwargs)
+    if p is None:
         return _unruled(binding, func, args, kwargs)
     if p <= 0:
         binding.note(func, "normalising factor constant")

@@ -25,7 +25,7 @@ from ..engine.ops import op_name
 from ..engine.recorder import path_matches
 from ..errors import BindingError
 from .conservation import ConservationReport, conservation_check
-from .rules import Rule, carries_relevance
+from .rules import Rule, ScopedRule, carries_relevance
 from .safety import classify
 
 Key = type | str | Callable[..., Any]
@@ -71,9 +71,10 @@ class Composite:
     A module entry takes a ``Rule``, which wraps the module's forward. A function entry (any torch
     function, Tensor method or operator such as ``operator.mul``; all spellings of an op are one
     entry) takes a ``Rule`` or a replacement function with the same signature as the original.
-    A string key is a glob matched per dotted component against a module's path, or against its
-    class name. The first matching entry wins. Register it on a model instance with
-    ``register(model)`` / ``remove()`` or ``with composite.context(model): ...``.
+    A string key is a glob matched per dotted component against a module's path; one without a dot also
+    matches the module's attribute name (the last component of its path) or its class name. The first
+    matching entry wins. Register it on a model instance with ``register(model)`` / ``remove()`` or
+    ``with composite.context(model): ...``.
     """
 
     def __init__(self, rules: Mapping[Key, Value], name: str = "composite"):
@@ -84,6 +85,8 @@ class Composite:
             if isinstance(key, (type, str)):
                 if not isinstance(value, Rule):
                     raise TypeError(f"The rule for module key {key!r} must be a Rule, not {type(value).__name__}.")
+                if isinstance(value, ScopedRule):
+                    raise TypeError(f"{value!r} rules torch functions, not modules: it can't be the rule for {key!r}.")
                 if isinstance(key, type) and not issubclass(key, nn.Module):
                     raise TypeError(f"A type key must be an nn.Module subclass, not {key.__name__}.")
                 self.module_rules.append((key, value))
@@ -108,7 +111,9 @@ class Composite:
             if isinstance(key, type):
                 if isinstance(module, key):
                     return key, rule
-            elif path_matches(key, path) or fnmatchcase(cls, key):
+            elif path_matches(key, path) or (
+                "." not in key and (fnmatchcase(path.rsplit(".", 1)[-1], key) or fnmatchcase(cls, key))
+            ):
                 return key, rule
         return None
 
@@ -212,6 +217,9 @@ def _key_name(key: Key) -> str:
 class ExplicitBinding(Binding):
     """A composite registered on one model: the engine's scoped binding with the composite's op table."""
 
+    unruled_meaning = "carried relevance without a rule of the composite (their plain backward is no relevance rule)"
+    unruled_advice = "print(composite) lists them; give each op, or the module that calls it, a rule in the composite."
+
     def __init__(self, model: nn.Module, composite: Composite):
         super().__init__(model, method="explicit", strict=False)
         self.composite = composite
@@ -273,9 +281,14 @@ def _carrying(args: tuple, kwargs: dict) -> bool:
 
 
 def _observed(binding: ExplicitBinding, func, args, kwargs, *, name: str, kind: str):
+    """Counts an op without a rule that receives relevance; one known to break LRP, or unknown, whose output
+    carries relevance is also reported (a warning when the forward ends)."""
+    out = func(*args, **kwargs)
     if not binding.suspended and _carrying(args, kwargs):
         binding.calls[(kind, name, binding.path())] += 1
-    return func(*args, **kwargs)
+        if kind != "safe" and any(carries_relevance(t) for t in tree_leaves(out)):
+            binding.unruled(func)
+    return out
 
 
 def _replaced(binding: ExplicitBinding, func, args, kwargs, *, name: str, value: Value):
@@ -285,12 +298,14 @@ def _replaced(binding: ExplicitBinding, func, args, kwargs, *, name: str, value:
     out_of_place = _in_place(func)
     if out_of_place is not None:  # compute out of place, then write into the tensor it modifies
         target = args[0]
-        result = _apply(value, out_of_place, (target.clone(),) + tuple(args[1:]), kwargs)
+        result = _apply(binding, value, out_of_place, (target.clone(),) + tuple(args[1:]), kwargs)
         return target.copy_(result)
-    return _apply(value, func, args, kwargs)
+    return _apply(binding, value, func, args, kwargs)
 
 
-def _apply(value: Value, func, args: tuple, kwargs: dict):
+def _apply(binding: ExplicitBinding, value: Value, func, args: tuple, kwargs: dict):
+    if isinstance(value, ScopedRule):
+        return value.scoped(binding, func, *args, **kwargs)
     if isinstance(value, Rule):
         return value(func, *args, **kwargs)
     if getattr(func, "__name__", "") in _REFLECTED:  # other <op> self: the replacement takes (other, self)

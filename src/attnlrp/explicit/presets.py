@@ -1,8 +1,9 @@
 """Ready composites: the explicit rules for the standard parts of Hugging Face transformers.
 
 One composite covers every family the engine is tested on (LLaMA, Mistral, Mixtral, Qwen2/3 and their
-MoE, Gemma 1-3, Phi-3, OLMo2, GPT-2, GPT-NeoX, BERT, RoBERTa, DistilBERT, ViT): attention matmuls,
-softmax and fused attention, norms, activations, gated products, linear layers, sums.
+MoE, Gemma 1-3, Phi-3, OLMo2, GPT-2, GPT-NeoX, BERT, RoBERTa, DistilBERT, ViT, and the extended families
+but three, see docs/explicit.md): attention matmuls, softmax and fused attention, norms, statistics,
+activations, gated products, linear layers, sums.
 """
 
 from __future__ import annotations
@@ -18,11 +19,20 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils._pytree import tree_leaves
 
+from ..engine import ops
 from ..engine.binding import INLINE_ACTIVATIONS, rule_set
 from . import functional
 from .composite import Composite
 from .functional import DEFAULT_EPSILON
-from .rules import EpsilonRule, IdentityRule, Rule, StopRelevanceRule, UniformEpsilonRule, carries_relevance
+from .rules import (
+    EpsilonRule,
+    IdentityRule,
+    Rule,
+    ScopedRule,
+    StopRelevanceRule,
+    UniformEpsilonRule,
+    carries_relevance,
+)
 
 
 class GateRule(Rule):
@@ -42,6 +52,32 @@ class GateRule(Rule):
             if self.self_gating:  # the tensor it gates when written out as x * sigmoid(x)
                 source = next(t for t in tree_leaves((args, kwargs)) if carries_relevance(t))
                 out._explicit_gate_input = weakref.ref(source)
+        return out
+
+
+class StatisticRule(ScopedRule):
+    """A statistic (a power, a square root, a standard deviation, a vector norm), as the efficient mode rules it.
+    Called by a norm module: a constant. Elsewhere: a normalising factor x^p with p <= 0 (rsqrt, reciprocal) is
+    a constant; a power with p > 0 passes its relevance on (identity rule; CP-LRP holds it constant where it
+    scales a product, as an activation); a statistic homogeneous of degree 1 (std, a norm) gets the ε-rule,
+    which conserves it (Σ x ∂f/∂x = f). Anything else (a variance outside a norm, a power with a tensor
+    exponent) runs without a rule and is reported."""
+
+    def __init__(self, epsilon: float = DEFAULT_EPSILON):
+        self.epsilon = epsilon
+
+    def scoped(self, binding: Any, fn, *args: Any, **kwargs: Any) -> Any:
+        if binding is not None and binding.in_norm():
+            return StopRelevanceRule()(fn, *args, **kwargs)
+        name = ops.op_name(fn)
+        if name in ops.HOMOGENEOUS:
+            return EpsilonRule(self.epsilon)(fn, *args, **kwargs)
+        p = ops.exponent_of(name, args, kwargs)
+        if p is not None:
+            return (StopRelevanceRule() if p <= 0 else GateRule(IdentityRule()))(fn, *args, **kwargs)
+        out = fn(*args, **kwargs)
+        if binding is not None:
+            binding.unruled(fn)
         return out
 
 
@@ -117,6 +153,20 @@ _SUMS = (
     F.interpolate,
     F.batch_norm,
 )
+#: Statistics: constants inside norm modules (see ``StatisticRule``).
+_STATISTICS = (
+    torch.pow,
+    torch.square,
+    torch.sqrt,
+    torch.rsqrt,
+    torch.reciprocal,
+    torch.std,
+    torch.var,
+    torch.norm,
+    torch.linalg.vector_norm,
+)
+#: Clamping is the identity between its bounds: an activation.
+_CLAMPS = (torch.clamp, torch.clip, torch.clamp_min, torch.clamp_max)
 _DROPOUT = (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout)
 
 
@@ -129,7 +179,8 @@ def transformer_composite(method: str = "attnlrp", epsilon: float = DEFAULT_EPSI
     cp = rule_set(method) == "cp-lrp"
     activation = GateRule(IdentityRule())
     rules: dict[Any, Any] = {
-        **({"*Router": StopRelevanceRule()} if cp else {}),  # CP-LRP: routing weights are constants (MoE routers)
+        # CP-LRP: routing weights are constants (MoE routers by class, Gemma 3n's AltUp modality_router by name)
+        **({"*Router": StopRelevanceRule(), "*router": StopRelevanceRule()} if cp else {}),
         "*RMSNorm": IdentityRule(),  # y = x w / rms(x), rms frozen: R_x = R_y
         **dict.fromkeys(INLINE_ACTIVATIONS, activation),  # GPT-2's NewGELU and other inline activations
         F.linear: functools.partial(functional.linear_epsilon, epsilon=epsilon),
@@ -151,6 +202,8 @@ def transformer_composite(method: str = "attnlrp", epsilon: float = DEFAULT_EPSI
         operator.add: functools.partial(add, epsilon=epsilon),
         operator.sub: functools.partial(subtract, epsilon=epsilon),
         operator.neg: IdentityRule(),
+        **dict.fromkeys(_STATISTICS, StatisticRule(epsilon)),
+        **dict.fromkeys(_CLAMPS, activation),
         **{fn: EpsilonRule(epsilon) for fn in _SUMS},
         **dict.fromkeys(_DROPOUT, dropout_off),
     }

@@ -152,6 +152,18 @@ class StopRelevanceRule(Rule):
         return tree_map(lambda t: t.detach() if isinstance(t, Tensor) else t, fn(*args, **kwargs))
 
 
+class ScopedRule(Rule):
+    """A function rule that depends on the module calling it. Inside a composite, ``scoped(binding, fn, ...)`` runs
+    (``binding.in_norm()`` says whether a norm module calls it, ``binding.unruled(fn)`` reports an op it can't
+    rule); called plainly, it rules as outside any norm. It rules torch functions, not modules."""
+
+    def __call__(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return self.scoped(None, fn, *args, **kwargs)
+
+    def scoped(self, binding: Any, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+
 class TaylorDecompositionRule(Rule):
     """First-order Taylor decomposition: R_x = (x − x̃) ⊙ J(x̃)ᵀ(R / d).
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import LatentError, MethodError
 from ..methods import get_method
-from ..methods.batch import plan
+from ..methods.batch import TOKEN_BUDGET, plan
 from ..tasks.causal_lm import CausalLM
 from .sites import Site, SiteRecorder, SiteSpec, resolve
 
@@ -104,24 +104,23 @@ def unit_scores(
 ) -> list[dict[str, Any]]:
     """Per prompt of a causal LM, explained for its target (one backward per batch): each site's units'
     relevance summed over positions (``relevance[name]`` [U], float64) and peak |activation| over positions
-    (``activation[name]`` [U]), and the explained ``value``."""
+    (``activation[name]`` [U]), and the explained ``value``; in prompt order. Prompts of similar length share a
+    batch of at most ``batch_size`` prompts and ``TOKEN_BUDGET`` padded tokens."""
     lrp_method = get_method(method)
     if not lrp_method.is_lrp:
         raise MethodError(f"Unit relevance comes from an LRP backward: use 'attnlrp' or 'cp-lrp', not {method!r}.")
     task = CausalLM(model, tokenizer)
     items, _ = task.encode(list(prompts))
     checked = task.targets(list(targets), len(items))
-    out: list[dict[str, Any]] = []
-    for group in plan(task.lengths(items), batch_size):
+    out: list[dict[str, Any]] = [{} for _ in items]
+    for group in plan(task.lengths(items), batch_size, TOKEN_BUDGET, by_length=True):
         batch = task.prepare([items[i] for i in group], [checked[i] for i in group])
         with SiteRecorder(model, sites) as recorder:
             lrp_method.attribute(batch)
-        for row, span in enumerate(batch.spans["tokens"]):
-            out.append(
-                {
-                    "relevance": {s.name: recorder.relevance[s.name][row].double().sum(0).cpu() for s in sites},
-                    "activation": {s.name: recorder.activation[s.name][row, span].abs().amax(0).cpu() for s in sites},
-                    "value": batch.outcomes[row].value,
-                }
-            )
+        for row, (index, span) in enumerate(zip(group, batch.spans["tokens"])):
+            out[index] = {
+                "relevance": {s.name: recorder.relevance[s.name][row].double().sum(0).cpu() for s in sites},
+                "activation": {s.name: recorder.activation[s.name][row, span].abs().amax(0).cpu() for s in sites},
+                "value": batch.outcomes[row].value,
+            }
     return out

@@ -29,7 +29,7 @@ from ..engine.inputs import InputTap
 from ..engine.sites import input_sites
 from ..errors import InputError
 from ..methods import LRPMethod, Method
-from ..methods.batch import Batch, chunks, plan
+from ..methods.batch import TOKEN_BUDGET, Batch, chunks, plan
 from ..results import AudioExplanation, AudioGenerationExplanation, Explanation, GenerationExplanation
 from .base import Task, by_row, check_finite, model_name, one_per_item
 from .causal_lm import Outcome
@@ -469,7 +469,7 @@ def _per_step(
     value and its probability."""
     prefixes = [Seq2SeqItem(item.source, item.decoder + generated[:i]) for i in range(len(generated))]
     steps: list[Explanation] = []
-    for group in plan(task.lengths(prefixes), batch_size):
+    for group in plan(task.lengths(prefixes), batch_size, TOKEN_BUDGET):
         batch = task.prepare([prefixes[i] for i in group], task.targets([generated[i] for i in group], len(group)))
         method.check(batch)
         steps.extend(task.results(batch, method.attribute(batch), method))
