@@ -2,8 +2,8 @@
 
 One composite covers every family the engine is tested on (LLaMA, Mistral, Mixtral, Qwen2/3 and their
 MoE, Gemma 1-3, Phi-3, OLMo2, GPT-2, GPT-NeoX, BERT, RoBERTa, DistilBERT, ViT, and the extended families
-but three, see docs/explicit.md): attention matmuls, softmax and fused attention, norms, statistics,
-activations, gated products, linear layers, sums.
+but BLOOM with AttnLRP, see docs/explicit.md): attention matmuls, softmax and fused attention, norms,
+statistics, activations, gated and complex products, linear layers, sums.
 """
 
 from __future__ import annotations
@@ -81,8 +81,13 @@ class StatisticRule(ScopedRule):
         return out
 
 
-def product(input: Tensor | Number, other: Tensor | Number, *, constant_gates: bool = False) -> Tensor:
-    """a ⊙ b by ``functional.mul2``; x ⊙ sigmoid(x) gives x all relevance; CP-LRP: gates are constants."""
+def product(
+    input: Tensor | Number, other: Tensor | Number, *, constant_gates: bool = False, epsilon: float = DEFAULT_EPSILON
+) -> Tensor:
+    """a ⊙ b by ``functional.mul2``; x ⊙ sigmoid(x) gives x all relevance; CP-LRP: gates are constants; a
+    complex product by ``complex_product``."""
+    if any(isinstance(t, Tensor) and t.is_complex() for t in (input, other)):
+        return complex_product(input, other, epsilon=epsilon)
     for gate, x in ((input, other), (other, input)):
         source = getattr(gate, "_explicit_gate_input", None)
         if source is not None and source() is x:
@@ -92,6 +97,21 @@ def product(input: Tensor | Number, other: Tensor | Number, *, constant_gates: b
             if getattr(gate, "_explicit_gate", False) and carries_relevance(x):
                 return functional.mul2(x, gate.detach())
     return functional.mul2(input, other)
+
+
+def complex_product(input: Tensor | Number, other: Tensor | Number, *, epsilon: float = DEFAULT_EPSILON) -> Tensor:
+    """a ⊙ b of complex numbers (a rotary embedding written as x · e^{iθ}) as the map it is on (real, imaginary)
+    pairs: the ε-rule there, shared uniformly by the factors that carry relevance. The relevance of a complex
+    tensor travels as R_re + i R_im, as its gradient does through ``view_as_complex`` and ``view_as_real``."""
+    carrying = [carries_relevance(t) for t in (input, other)]
+
+    def on_pairs(*pairs: Tensor) -> Tensor:
+        given = iter(pairs)
+        a, b = (torch.view_as_complex(next(given)) if c else t for t, c in zip((input, other), carrying))
+        return torch.view_as_real(a * b)
+
+    pairs = [torch.view_as_real(t) for t, c in zip((input, other), carrying) if c]
+    return torch.view_as_complex(UniformEpsilonRule(epsilon)(on_pairs, *pairs))
 
 
 def quotient(input: Tensor | Number, other: Tensor | Number, *, rounding_mode: str | None = None) -> Tensor:
@@ -197,7 +217,7 @@ def transformer_composite(method: str = "attnlrp", epsilon: float = DEFAULT_EPSI
         **dict.fromkeys(_ACTIVATIONS, activation),
         # sigmoid(x) = softmax([x, 0])[0]: its ε-rule is the softmax rule; CP-LRP holds it constant, like softmax
         torch.sigmoid: GateRule(StopRelevanceRule() if cp else EpsilonRule(epsilon), self_gating=True),
-        operator.mul: functools.partial(product, constant_gates=cp),
+        operator.mul: functools.partial(product, constant_gates=cp, epsilon=epsilon),
         operator.truediv: quotient,
         operator.add: functools.partial(add, epsilon=epsilon),
         operator.sub: functools.partial(subtract, epsilon=epsilon),

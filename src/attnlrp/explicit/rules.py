@@ -21,8 +21,8 @@ Reference = Tensor | float | Callable[[Tensor], Tensor]
 
 
 def carries_relevance(x: Any) -> bool:
-    """A floating tensor that requires grad: an input-dependent value that relevance flows to."""
-    return isinstance(x, Tensor) and x.requires_grad and x.is_floating_point()
+    """A floating (or complex) tensor that requires grad: an input-dependent value that relevance flows to."""
+    return isinstance(x, Tensor) and x.requires_grad and (x.is_floating_point() or x.is_complex())
 
 
 def vjp(output: Tensor, inputs: Sequence[Tensor], vector: Tensor) -> list[Tensor]:
