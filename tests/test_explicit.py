@@ -569,6 +569,19 @@ def test_explicit_sdpa_equals_efficient(name):
         ]
 
 
+def toy_both_ways(model, x0, method):
+    """(efficient x·grad, explicit grad, binding, y) of a toy model's output [0, 0], the engine strict."""
+    x = x0.clone().requires_grad_()
+    with attnlrp.lrp(model, method=method, strict=True):
+        model(x)[0, 0].backward()
+    efficient = (x * x.grad).detach()
+    x = x0.clone().requires_grad_()
+    with transformer_composite(method, epsilon=EPS).context(model) as binding:
+        y = model(x)[0, 0]
+        y.backward(y)
+    return efficient, x.grad, binding, y
+
+
 class WrittenNorm(nn.Module):
     """A norm written out with pow and rsqrt, as Cohere's LayerNorm and Llama 4's L2 norm are: its class name ends
     in Norm, so its statistics are constants in both modes."""
@@ -599,18 +612,10 @@ class Statistics(nn.Module):
 def test_statistics_are_ruled_as_in_the_engine(method):
     torch.manual_seed(0)
     model = Statistics().double()
-    x0 = rand(4, 6, grad=False)
-    x = x0.clone().requires_grad_()
-    with attnlrp.lrp(model, method=method, strict=True):
-        model(x)[0, 0].backward()
-    efficient = (x * x.grad).detach()
-    x = x0.clone().requires_grad_()
     with warnings.catch_warnings():
         warnings.simplefilter("error", attnlrp.UnruledOpWarning)
-        with transformer_composite(method, epsilon=EPS).context(model) as binding:
-            y = model(x)[0, 0]
-            y.backward(y)
-    assert rel_err(x.grad, efficient) < 1e-8
+        efficient, explicit, binding, _ = toy_both_ways(model, rand(4, 6, grad=False), method)
+    assert rel_err(explicit, efficient) < 1e-8
     calls = {op for kind, op, _ in binding.calls if kind == "replaced"}
     assert {"pow", "std", "clamp", "sqrt", "square", "reciprocal", "norm"} <= calls  # rsqrt: of a constant
     assert not [key for key in binding.calls if key[0] in ("breaks", "unknown")]
@@ -633,18 +638,10 @@ class ComplexRotary(nn.Module):
 def test_a_complex_product_is_the_epsilon_rule_on_real_pairs(method):
     torch.manual_seed(0)
     model = ComplexRotary().double()
-    x0 = rand(3, 4, grad=False)
-    x = x0.clone().requires_grad_()
-    with attnlrp.lrp(model, method=method, strict=True):
-        model(x)[0, 0].backward()
-    efficient = (x * x.grad).detach()
-    x = x0.clone().requires_grad_()
-    with transformer_composite(method, epsilon=EPS).context(model) as binding:
-        y = model(x)[0, 0]
-        y.backward(y)
-    assert rel_err(x.grad, efficient) < 1e-8
+    efficient, explicit, binding, y = toy_both_ways(model, rand(3, 4, grad=False), method)
+    assert rel_err(explicit, efficient) < 1e-8
     assert binding.calls[("replaced", "mul", "")] == 1
-    assert x.grad.sum().item() == pytest.approx(y.item(), rel=1e-8)  # no bias: all of y reaches x
+    assert explicit.sum().item() == pytest.approx(y.item(), rel=1e-8)  # no bias: all of y reaches x
 
 
 def test_a_statistic_without_a_rule_is_reported():
@@ -672,16 +669,8 @@ class SigmoidGates(nn.Module):
 def test_sigmoid_gates_as_in_the_engine(method):
     torch.manual_seed(0)
     model = SigmoidGates().double()
-    x0 = rand(4, 6, grad=False)
-    x = x0.clone().requires_grad_()
-    with attnlrp.lrp(model, method=method, strict=True):
-        model(x)[0, 0].backward()
-    efficient = (x * x.grad).detach()
-    x = x0.clone().requires_grad_()
-    with transformer_composite(method, epsilon=EPS).context(model) as binding:
-        y = model(x)[0, 0]
-        y.backward(y)
-    assert rel_err(x.grad, efficient) < 1e-8
+    efficient, explicit, binding, _ = toy_both_ways(model, rand(4, 6, grad=False), method)
+    assert rel_err(explicit, efficient) < 1e-8
     assert binding.calls[("replaced", "sigmoid", "")] == 2
 
 
