@@ -29,6 +29,7 @@ from attnlrp.explicit import (
     Composite,
     EpsilonRule,
     IdentityRule,
+    StatisticRule,
     StopRelevanceRule,
     TaylorDecompositionRule,
     UniformEpsilonRule,
@@ -36,7 +37,7 @@ from attnlrp.explicit import (
     transformer_composite,
 )
 from attnlrp.explicit import functional as xf
-from attnlrp.explicit.presets import StatisticRule, subtract
+from attnlrp.explicit.presets import subtract
 
 D = torch.float64
 EPS = 1e-12
@@ -524,26 +525,13 @@ def test_explicit_equals_efficient_as_epsilon_goes_to_zero(name, method):
     assert not [key for key in binding.calls if key[0] in ("breaks", "unknown")]
 
 
-#: Extended families where the explicit mode still differs from the engine with no op left unruled: BLOOM with
-#: AttnLRP, by 9e-5; not traced yet (its float32 softmax is not the cause). docs/explicit.md lists it.
-EXPLICIT_GAPS = {("bloom", "attnlrp")}
-
-
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("name", EXTENDED)
 def test_explicit_equals_efficient_on_the_extended_families(name, method):
-    if (name, method) in EXPLICIT_GAPS:
-        pytest.xfail("a known difference of the explicit mode (docs/explicit.md, Limitations)")
     with warnings.catch_warnings():
         warnings.simplefilter("error", attnlrp.UnruledOpWarning)  # nothing that carries relevance is left unruled
         efficient, explicit, _ = relevance_both_ways(family(name), method)
     assert rel_err(explicit, efficient) < 1e-6
-
-
-@pytest.mark.parametrize("name,method", sorted(EXPLICIT_GAPS))
-def test_the_known_gaps_of_the_explicit_mode_are_still_there(name, method):
-    efficient, explicit, _ = relevance_both_ways(family(name), method)
-    assert rel_err(explicit, efficient) > 1e-6, f"{name} now agrees: take it off EXPLICIT_GAPS and the docs"
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -324,6 +324,44 @@ def test_sigmoid_gates(method):
         assert r_u == pytest.approx(total / 2, rel=1e-6) and float(rec.relevance["gate.g"].sum()) != 0
 
 
+#: Products and activations called with their tensors by keyword, as models write them (BLOOM's attention
+#: scores are ``alibi.baddbmm(batch1=q, batch2=k, ...)``). Each takes a = A x and b = B x.
+KEYWORD_SPELLINGS = {
+    "Tensor.baddbmm(batch1=, batch2=)": lambda a, b: torch.zeros(1, 4, 4, dtype=a.dtype).baddbmm(
+        batch1=a, batch2=b.transpose(1, 2), alpha=0.5
+    ),
+    "torch.addmm(mat1=, mat2=)": lambda a, b: torch.addmm(torch.zeros(4, 4, dtype=a.dtype), mat1=a[0], mat2=b[0].T),
+    "torch.matmul(other=)": lambda a, b: torch.matmul(a, other=b.transpose(1, 2)),
+    "torch.addcmul(tensor1=, tensor2=)": lambda a, b: torch.addcmul(torch.zeros_like(a), tensor1=a, tensor2=b),
+    "torch.mul(input=, other=)": lambda a, b: torch.mul(input=a, other=b),
+    "torch.tanh(input=)": lambda a, b: torch.tanh(input=a) + b,
+}
+
+
+class _TwoFactors(torch.nn.Module):
+    def __init__(self, combine):
+        super().__init__()
+        self.a, self.b, self.combine = torch.nn.Linear(6, 6, bias=False), torch.nn.Linear(6, 6, bias=False), combine
+
+    def forward(self, x):
+        return self.combine(self.a(x), self.b(x))
+
+
+@pytest.mark.parametrize("spelling", KEYWORD_SPELLINGS)
+def test_ops_called_with_keyword_tensors_get_their_rule(spelling):
+    # The uniform rule (and SiLU's identity rule) conserve: the input relevance sums to the output. Before,
+    # a product spelled with keywords fell back to its plain gradient, which gives each factor all of the
+    # product, twice the output in all (BLOOM's q and k under AttnLRP).
+    model = _TwoFactors(KEYWORD_SPELLINGS[spelling]).double()
+    x = torch.randn(1, 4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    with attnlrp.lrp(model, method="attnlrp") as binding:
+        binding.counting = True
+        out = model(x)
+        out.sum().backward()
+    assert float((x * x.grad).sum()) == pytest.approx(float(out.detach().sum()), rel=1e-9)
+    assert any(rule.endswith(("[uniform]", "[identity]")) for _, rule in binding.ruled_ops)
+
+
 # --- (e) AttnLRP -------------------------------------------------------------------------------
 
 

@@ -42,32 +42,33 @@ LINEAR = frozenset(
 )
 
 #: Products of tensor factors (weights are constants inside a bound model): uniform rule when
-#: two or more factors carry relevance, plain gradient otherwise. Value: positions of the factors.
-PRODUCTS: dict[str, tuple[int, ...]] = {
-    "matmul": (0, 1),
-    "mm": (0, 1),
-    "bmm": (0, 1),
-    "dot": (0, 1),
-    "vdot": (0, 1),
-    "inner": (0, 1),
-    "outer": (0, 1),
-    "mv": (0, 1),
-    "tensordot": (0, 1),
-    "linear": (0, 1),
-    "bilinear": (0, 1, 2),
-    "conv1d": (0, 1),
-    "conv2d": (0, 1),
-    "conv3d": (0, 1),
-    "conv_transpose1d": (0, 1),
-    "conv_transpose2d": (0, 1),
-    "addmm": (1, 2),
-    "baddbmm": (1, 2),
-    "addbmm": (1, 2),
-    "addmv": (1, 2),
-    "addcmul": (1, 2),
+#: two or more factors carry relevance, plain gradient otherwise. Value: the factors, by position and
+#: by keyword (BLOOM calls ``alibi.baddbmm(batch1=q, batch2=k)``).
+PRODUCTS: dict[str, dict[int, str]] = {
+    "matmul": {0: "input", 1: "other"},
+    "mm": {0: "input", 1: "mat2"},
+    "bmm": {0: "input", 1: "mat2"},
+    "dot": {0: "input", 1: "tensor"},
+    "vdot": {0: "input", 1: "other"},
+    "inner": {0: "input", 1: "other"},
+    "outer": {0: "input", 1: "vec2"},
+    "mv": {0: "input", 1: "vec"},
+    "tensordot": {0: "a", 1: "b"},
+    "linear": {0: "input", 1: "weight"},
+    "bilinear": {0: "input1", 1: "input2", 2: "weight"},
+    "conv1d": {0: "input", 1: "weight"},
+    "conv2d": {0: "input", 1: "weight"},
+    "conv3d": {0: "input", 1: "weight"},
+    "conv_transpose1d": {0: "input", 1: "weight"},
+    "conv_transpose2d": {0: "input", 1: "weight"},
+    "addmm": {1: "mat1", 2: "mat2"},
+    "baddbmm": {1: "batch1", 2: "batch2"},
+    "addbmm": {1: "batch1", 2: "batch2"},
+    "addmv": {1: "mat", 2: "vec"},
+    "addcmul": {1: "tensor1", 2: "tensor2"},
     # MoE experts (transformers' default "grouped_mm" experts implementation): input @ weight per group
-    "grouped_mm": (0, 1),
-    "grouped_mm_fallback": (0, 1),
+    "grouped_mm": {0: "mat_a", 1: "mat_b"},
+    "grouped_mm_fallback": {0: "input", 1: "weight"},
 }
 
 ACTIVATIONS = {
@@ -129,15 +130,19 @@ def _arg(args: tuple, kwargs: dict, position: int, name: str, default: Any = Non
 # --- handlers --------------------------------------------------------------------------------
 
 
-def _products(positions: tuple[int, ...]) -> Handler:
+def _products(factors: dict[int, str]) -> Handler:
     def handle(binding: Binding, func, args, kwargs):
-        carrying = [p for p in positions if p < len(args) and _requires_grad(args[p])]
+        slots = [p if p < len(args) else name for p, name in factors.items()]
+        carrying = [s for s in slots if _requires_grad(args[s] if isinstance(s, int) else kwargs.get(s))]
         if len(carrying) < 2:
             return func(*args, **kwargs)
         binding.note(func, "uniform")
-        args = list(args)
-        for p, f in zip(carrying, rules.uniform(*(args[p] for p in carrying))):
-            args[p] = f
+        args, kwargs = list(args), dict(kwargs)
+        for s, f in zip(carrying, rules.uniform(*(args[s] if isinstance(s, int) else kwargs[s] for s in carrying))):
+            if isinstance(s, int):
+                args[s] = f
+            else:
+                kwargs[s] = f
         return func(*args, **kwargs)
 
     return handle
@@ -380,25 +385,43 @@ def _report_if_unruled(binding: Binding, func, out):
     return out
 
 
+def _leading_positional(handler: Handler) -> Handler:
+    """The handler, called with ``input`` and ``other`` given by keyword (``F.silu(input=x)``,
+    ``torch.mul(x, other=y)``) moved to their positions, where the handlers read them."""
+
+    def handle(binding: Binding, func, args, kwargs):
+        if kwargs and len(args) < 2 and ("input" in kwargs or "other" in kwargs):
+            kwargs = dict(kwargs)
+            for position, name in enumerate(("input", "other")):
+                if len(args) == position and name in kwargs:
+                    args = (*args, kwargs.pop(name))
+        return handler(binding, func, args, kwargs)
+
+    return handle
+
+
 _SPECIAL: dict[str, Handler] = {
-    "mul": _mul,
-    "div": _div,
-    "einsum": _einsum,
-    "gelu": _gelu,
-    "leaky_relu": _leaky_relu,
-    "softmax": _softmax,
-    "sigmoid": _sigmoid,
-    "scaled_dot_product_attention": _sdpa,
-    "multi_head_attention_forward": _multi_head_attention,
-    "layer_norm": _layer_norm,
-    "rms_norm": _rms_norm,
-    "group_norm": _group_norm,
-    "normalize": _normalize,
-    **{name: _activation(ratio) for name, ratio in ACTIVATIONS.items()},
-    **{name: _products(pos) for name, pos in PRODUCTS.items()},
-    **dict.fromkeys(DROPOUT, _dropout),
-    **dict.fromkeys(STATISTICS, _statistic),
-    **dict.fromkeys(CLAMPS, _clamp),
+    name: _leading_positional(handler)
+    for name, handler in {
+        "mul": _mul,
+        "div": _div,
+        "einsum": _einsum,
+        "gelu": _gelu,
+        "leaky_relu": _leaky_relu,
+        "softmax": _softmax,
+        "sigmoid": _sigmoid,
+        "scaled_dot_product_attention": _sdpa,
+        "multi_head_attention_forward": _multi_head_attention,
+        "layer_norm": _layer_norm,
+        "rms_norm": _rms_norm,
+        "group_norm": _group_norm,
+        "normalize": _normalize,
+        **{name: _activation(ratio) for name, ratio in ACTIVATIONS.items()},
+        **{name: _products(factors) for name, factors in PRODUCTS.items()},
+        **dict.fromkeys(DROPOUT, _dropout),
+        **dict.fromkeys(STATISTICS, _statistic),
+        **dict.fromkeys(CLAMPS, _clamp),
+    }.items()
 }
 
 #: Attribute reads, shape queries and the like: never a tensor that carries relevance.

@@ -9,7 +9,7 @@ is the ready composite for Hugging Face transformers. See ``docs/explicit.md``.
 from . import functional
 from .composite import Composite, ExplicitBinding
 from .conservation import ConservationReport, ModuleRelevance, conservation_check
-from .presets import GateRule, transformer_composite
+from .presets import GateRule, StatisticRule, transformer_composite
 from .rules import (
     EpsilonRule,
     IdentityRule,
@@ -29,6 +29,7 @@ __all__ = [
     "IdentityRule",
     "ModuleRelevance",
     "Rule",
+    "StatisticRule",
     "StopRelevanceRule",
     "TaylorDecompositionRule",
     "UniformEpsilonRule",

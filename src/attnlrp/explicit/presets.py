@@ -2,7 +2,7 @@
 
 One composite covers every family the engine is tested on (LLaMA, Mistral, Mixtral, Qwen2/3 and their
 MoE, Gemma 1-3, Phi-3, OLMo2, GPT-2, GPT-NeoX, BERT, RoBERTa, DistilBERT, ViT, and the extended families
-but BLOOM with AttnLRP, see docs/explicit.md): attention matmuls, softmax and fused attention, norms,
+of docs/check.md): attention matmuls, softmax and fused attention, norms,
 statistics, activations, gated and complex products, linear layers, sums.
 """
 
