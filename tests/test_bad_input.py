@@ -31,6 +31,13 @@ def test_empty_prompt(tiny_lm, tokenizer, prompt):
         attnlrp.explain(tiny_lm, tokenizer, ["a fine prompt", prompt])
 
 
+def test_a_contrast_with_itself():
+    with pytest.raises(
+        TargetError, match=r"Contrast\(' Paris', ' Paris'\) compares a token with itself: its value is 0"
+    ):
+        Contrast(" Paris", " Paris")
+
+
 def test_no_token_ids(tiny_lm, tokenizer):
     with pytest.raises(InputError, match="no tokens"):
         attnlrp.explain(tiny_lm, tokenizer, [])

@@ -93,6 +93,8 @@ def test_explain_answer_with_words(run, tmp_path):
         "--answer",
         " Lutetia, of course.",
         "--words",
+        "--top",
+        "3",
         "--no-color",
         "--json",
         str(tmp_path / "a.json"),
@@ -110,6 +112,10 @@ def test_explain_answer_with_words(run, tmp_path):
     data = html_data(tmp_path / "a.html")
     assert data["items"][0]["tokens"]["text"] == words.display
     assert " course" in out
+    # --top ranks the prompt's words, as top() does: never the answer's own
+    ranked = out.split("top 3 by |relevance| in the context before the answer:\n")[1].splitlines()[:3]
+    assert [int(line.split()[0]) for line in ranked] == [i for _, _, i in words.top(3)]
+    assert all(int(line.split()[0]) < words.context for line in ranked)
 
 
 def test_generate(run, tmp_path):
@@ -187,7 +193,7 @@ def test_jsonl_batch_resumes_after_an_interruption(run, tmp_path, monkeypatch):
     code, out, _ = run("explain", "--input", str(prompts), "--output", str(output), "--no-color")
     assert code == 0 and calls == []
     assert output.read_text(encoding="utf-8").splitlines() == resumed
-    assert "(0 new, 3 already there)" in out
+    assert "(0 new, 3 already there)" in out and "padding" not in out, "no batch ran: no padding to report"
 
 
 def test_help_texts(capsys):
@@ -284,6 +290,7 @@ def test_usage_errors_exit_2(capsys):
         (["explain", "x", "--method", "nope"], "invalid choice"),
         (["frobnicate"], "invalid choice"),
         (["generate", "x", "--max-new-tokens", "many"], "invalid int"),
+        (["explain", "x", "--top", "-3"], "a number of tokens, 0 or more, not '-3'"),
     ]:
         with pytest.raises(SystemExit) as info:
             cli.main(argv)
@@ -304,6 +311,34 @@ def test_model_options_reach_load_model(monkeypatch, capsys):
     assert "some/folder/m.gguf does not exist" in capsys.readouterr().err
     assert cli.main(["explain", "hello"]) == 2
     assert seen[-1] == (None, None), "no --model: the bundled default"
+
+
+#: Every command that loads a model, with its required arguments.
+LOADING_COMMANDS = [
+    ["explain", "hello"],
+    ["generate", "hello"],
+    ["audit"],
+    ["evaluate", "--suite", "facts"],
+    ["latent", "collect", "--corpus", "labelled", "--sites", "model.layers.*.mlp", "--output", "atlas"],
+    ["latent", "card", "--atlas", "atlas", "--unit", "model.layers.0.mlp:3", "--html", "card.html"],
+    ["latent", "browse", "--atlas", "atlas", "--html", "atlas.html"],
+    ["latent", "steer", "hello", "--unit", "model.layers.0.mlp:3"],
+]
+
+
+@pytest.mark.parametrize("argv", LOADING_COMMANDS, ids=lambda argv: " ".join(argv[:2]))
+def test_every_command_passes_dtype_and_device_to_load_model(argv, monkeypatch, capsys):
+    # Through the real cli._load: `attnlrp evaluate` had no --dtype and crashed with an AttributeError.
+    seen = []
+
+    def fake_load(path_or_id=None, gguf_file=None, **kwargs):
+        seen.append((path_or_id, kwargs))
+        raise FileNotFoundError(f"no model at {path_or_id}")
+
+    monkeypatch.setattr(attnlrp, "load_model", fake_load)
+    assert cli.main([*argv, "--model", "m", "--dtype", "bfloat16", "--device", "cpu"]) == 2
+    assert seen == [("m", {"dtype": "bfloat16", "device_map": "cpu"})]
+    assert capsys.readouterr().err == "attnlrp: error: no model at m\n"
 
 
 def test_installed_script_smoke():

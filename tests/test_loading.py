@@ -150,3 +150,18 @@ def test_missing_gguf_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"GGUF file .*nope\.gguf does not exist"):
         attnlrp.load_model(str(tmp_path), gguf_file="nope.gguf")
     assert not (Path(os.environ.get("ATTNLRP_CACHE", tmp_path / "none")) / "models" / "nope").exists()
+
+
+@pytest.mark.parametrize("device_map", ["cuda", "cuda:7", {"model": 7, "lm_head": "cpu"}, torch.device("cuda", 3)])
+def test_a_device_this_machine_lacks_is_one_clear_error(device_map, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # as on a CPU-only machine, GPU or not
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(attnlrp.InputError, match=r"this machine has no CUDA device: use cpu \(or auto\)"):
+        attnlrp.load_model(device_map=device_map)
+
+
+def test_an_unknown_device_names_the_choices(capsys):
+    with pytest.raises(attnlrp.InputError, match="Unknown device 'gpu': use cpu, cuda, cuda:N, or auto"):
+        attnlrp.load_model(device_map="gpu")
+    assert cli.main(["explain", "hello", "--device", "gpu"]) == 2
+    assert capsys.readouterr().err.startswith("attnlrp: error: Unknown device 'gpu'")

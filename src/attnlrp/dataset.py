@@ -61,7 +61,7 @@ class Summary:
     edited: int = 0
     dropped: int = 0
     reordered: bool = False
-    padding: float = 0.0
+    padding: float = 0.0  # the share of padding in the batches computed now
     shard: tuple[int, int] = (0, 1)
     tokens: int = 0  # padded tokens (rows x width) of the batches computed now
     seconds: float = 0.0
@@ -71,7 +71,8 @@ class Summary:
         changes = [f"{self.edited} edited line(s) recomputed"] if self.edited else []
         changes += [f"{self.dropped} result(s) of deleted lines dropped"] if self.dropped else []
         changes += ["reordered to the input's order"] if self.reordered else []
-        text += (f"; {', '.join(changes)}" if changes else "") + f"); padding {self.padding:.0%} of the tokens"
+        text += (f"; {', '.join(changes)}" if changes else "") + ")"
+        text += f"; padding {self.padding:.0%} of the tokens" if self.tokens else ""
         rank, world = self.shard
         if world > 1:
             text = f"shard {rank} of {world}: {text}; {self.tokens} token rows in {self.seconds:.1f} s"
@@ -121,8 +122,8 @@ def _stored(path: Path) -> dict[str, tuple[dict, str]]:
             continue
         if not isinstance(record, dict) or not isinstance(record.get("key"), str) or "input" not in record:
             raise InputError(
-                f"{path}:{n} is not an attnlrp result line; give --output a new file name (or the file a previous "
-                "run wrote, to resume it)."
+                f"{path}:{n} is not an attnlrp result line; write to a new file (output=, or --output on the command "
+                "line), or to the file a previous run wrote, to resume it."
             )
         stored[record["key"]] = (record, text)
     return stored
@@ -168,8 +169,8 @@ def run_file(
     summary.shard = (rank, world)
     todo = [batch for batch in mine if any(lines[i].key not in stored for i in batch)]
     done = len(own) - sum(len(b) for b in todo)
-    padded = sum(len(b) * max(lengths[i] for i in b) for b in mine)
-    summary.padding = 1 - sum(lengths[i] for i in own) / padded if padded else 0.0
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in todo)
+    summary.padding = 1 - sum(lengths[i] for b in todo for i in b) / padded if padded else 0.0
     with path.open("a", encoding="utf-8") as out, Progress(disable=not progress or not sys.stderr.isatty()) as bar:
         task = bar.add_task("explaining", total=len(own), completed=done)
         started = time.perf_counter()

@@ -162,6 +162,12 @@ def explain_generation(
     forward over the whole generation, shared by every token.
     """
     method = get_method(method)  # fail before generating; results carry the canonical name
+    if not callable(getattr(model, "generate", None)):
+        raise InputError(
+            f"{type(model).__name__} doesn't generate text (it has no generate()): explain_generation takes causal "
+            "LMs, encoder-decoders and vision-language models. Explain its prediction with attnlrp.explain "
+            "(`attnlrp explain` on the command line)."
+        )
     if images is not None or VisionLanguage.accepts(model):
         task = make_task(model, tokenizer, images=images)  # a text-only model refuses the image here
         if not isinstance(task, VisionLanguage):

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from . import zoo
+from .errors import InputError
 
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
@@ -147,6 +148,7 @@ def load_model(
     ``device_map`` (and other keyword arguments) go to ``from_pretrained``. A name of ``attnlrp.zoo.MODELS``
     (``"minilm-sentiment"``, ``"minilm-ner"``, ...) loads a model built here and cached (``make classifiers``).
     """
+    _check_devices(device_map)
     if isinstance(path_or_id, str) and path_or_id in zoo.MODELS:
         return zoo.load(path_or_id, dtype=dtype, device_map=device_map, **kwargs)
     from transformers import AutoConfig
@@ -177,6 +179,26 @@ def load_model(
     if gguf is not None:
         model.name_or_path = DEFAULT_NAME if path_or_id is None else gguf.stem
     return model, tokenizer
+
+
+#: device_map values that name a strategy or a place that always exists, not a device to check
+_PLACES = frozenset({"auto", "balanced", "balanced_low_0", "sequential", "cpu", "disk", "meta"})
+
+
+def _check_devices(device_map: Any) -> None:
+    """A device the map names that this machine doesn't have is an InputError, before anything loads."""
+    for wanted in device_map.values() if isinstance(device_map, dict) else [device_map]:
+        if wanted is None or isinstance(wanted, bool) or str(wanted) in _PLACES:
+            continue
+        try:
+            device = torch.device(f"cuda:{wanted}" if isinstance(wanted, int) else wanted)
+        except (RuntimeError, TypeError):
+            raise InputError(
+                f"Unknown device {wanted!r}: use cpu, cuda, cuda:N, or auto (spread over the devices there are)."
+            ) from None
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            have = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no CUDA device"
+            raise InputError(f"Device {str(device)!r} was asked for, but this machine has {have}: use cpu (or auto).")
 
 
 def _dtype(dtype: torch.dtype | str) -> torch.dtype:

@@ -92,7 +92,9 @@ def merge(output: str | Path, world: int | None = None) -> Path:
         raise InputError(f"No shard files of {output} (like {shard_path(output, 0, 2).name}) were found.")
     if world is None:
         if len(found) > 1:
-            raise InputError(f"Shards of {output} for several world sizes are there ({sorted(found)}): give --world.")
+            raise InputError(
+                f"Shards of {output} for several world sizes are there ({sorted(found)}): say which (world=, or --world on the command line)."
+            )
         (world,) = found
     paths = found.get(world, [])
     ranks = sorted(int(p.name.rsplit("-", 3)[-3]) for p in paths)

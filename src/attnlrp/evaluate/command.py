@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..cli_options import add_model_arguments
 from ..methods import get_method, method_names
 from .perturbation import MODES
 from .report import COLUMNS, headline, write_report
@@ -51,8 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=_methods(DEFAULT_METHODS),
         help=f"comma-separated, from: {', '.join(method_names())} (default: {DEFAULT_METHODS})",
     )
-    parser.add_argument("--model", help="a model folder or hub id (default: the bundled SmolLM2-135M-Instruct)")
-    parser.add_argument("--gguf-file", help="a GGUF file inside --model (converted once, then cached)")
+    add_model_arguments(parser)
     parser.add_argument(
         "--limit", type=int, default=20, help="how many items the model gets right to evaluate (default: 20)"
     )

@@ -93,8 +93,8 @@ class Journal:
             header = None
         if header != settings:
             raise InputError(
-                f"{self.path} holds a run with other settings ({header}); give --output another name, "
-                "or delete it to start afresh."
+                f"{self.path} holds a run with other settings ({header}); write to another file (output=, or "
+                "--output on the command line), or delete it to start afresh."
             )
         kept = [lines[0]]
         for line in lines[1:]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli_options import add_model_arguments
 from ..errors import LatentError
 from ..sharding import current_shard, shard_path, wait_for_all
 
@@ -56,10 +57,7 @@ def _unit(text: str) -> tuple[str, int]:
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="a model folder or hub id (default: the bundled SmolLM2-135M-Instruct)")
-    p.add_argument("--gguf-file", help="a GGUF file inside --model (converted once, then cached)")
-    p.add_argument("--dtype", help="load the model in this dtype: float32 (default), bfloat16, float16, float64")
-    p.add_argument("--device", help="where the model runs: cpu (default), cuda, cuda:1, or auto")
+    add_model_arguments(p)
     p.add_argument(
         "--sae", action="append", default=[], metavar="NAME", help="a cached SAE (or its folder); repeatable"
     )

@@ -101,6 +101,8 @@ class Explanation(Result):
         "all".
         """
         keys = {"abs": lambda x: -np.abs(x), "positive": lambda x: -x, "negative": lambda x: x}
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+            raise ValueError(f"k is how many tokens to rank: a whole number >= 0, not {k!r}.")
         if by not in keys:
             raise ValueError(f"by must be 'abs', 'positive' or 'negative', not {by!r}.")
         scores = self.scores[self.in_scope(scope)]

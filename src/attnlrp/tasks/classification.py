@@ -32,6 +32,7 @@ class TokenLabel:
 
     at: int | str
     label: str | int | None = None
+    made_for: ClassVar[str] = "token classifiers (a label per token, as in NER)"
 
 
 @dataclass
@@ -74,9 +75,14 @@ class LabelBatch(TokenBatch):
                 )
             return at
         if isinstance(at, str):
-            for word, first in item.words:
-                if word == at or word.strip() == at.strip():
-                    return first
+            found = [first for word, first in item.words if word == at or word.strip() == at.strip()]
+            if len(found) > 1:
+                raise TargetError(
+                    f"The word {at!r} is in the text {len(found)} times, at token positions {found}: give the "
+                    f"position of the one to explain, e.g. TokenLabel({found[0]})."
+                )
+            if found:
+                return found[0]
             raise TargetError(
                 f"The word {at!r} is not in the text; its words are {[w for w, _ in item.words][:30]}. "
                 "Give the word as it appears, or a token position."
@@ -163,7 +169,7 @@ class SequenceClassification(Task):
     def targets(self, target: Any, count: int) -> list[Any]:
         targets = one_per_item(target, count, "texts")
         for t in targets:
-            check_label_target(self.model.config, t.label if isinstance(t, TokenLabel) else t)
+            check_label_target(self.model.config, t)
         return targets
 
     def prepare(self, items: Sequence[Item], targets: Sequence[Any]) -> LabelBatch:

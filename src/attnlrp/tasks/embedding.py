@@ -13,7 +13,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -48,6 +48,7 @@ class Direction:
 
     vector: Any
     label: str = "projection"
+    made_for: ClassVar[str] = "sentence-embedding models"
 
 
 @dataclass

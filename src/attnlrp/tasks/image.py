@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -163,6 +164,13 @@ class ImageClassification(Task):
 
     def encode(self, images: Any) -> tuple[list[Tensor], bool]:
         single = (isinstance(images, Tensor) and images.dim() == 3) or not isinstance(images, (Tensor, list, tuple))
+        for image in [images] if single else images:
+            if isinstance(image, str) and not Path(image).is_file():
+                raise InputError(
+                    f"{type(self.model).__name__} is an image model, and {image[:60]!r} is text (no such image file): "
+                    "give it an image: a file path, a PIL image, an array or pixel values (--image PATH on the "
+                    "command line)."
+                )
         param = next(self.model.parameters())
         pixels = _pixels(images, self.processor).to(param.device, param.dtype)
         return list(pixels), single

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..errors import TargetError
-from .targets import Contrast, LogProb
+from .targets import Contrast, LogProb, other_task_note
 
 
 def label_names(config) -> dict[int, str]:
@@ -82,15 +83,21 @@ def resolve_label_target(config, target, logits: Tensor) -> LabelTarget:
         )
     if callable(target):
         return LabelTarget(getattr(target, "__name__", "custom"), None, target)
-    raise TargetError(
-        f"Unsupported target {target!r} for a classifier: pass None (the predicted label), a label name or id "
-        f"({_listing(names)}), attnlrp.Contrast(label, other_or_'mean'), attnlrp.LogProb(label), or a callable on "
-        "the logits."
+    raise _unsupported(target, names)
+
+
+def _unsupported(target: Any, names: dict[int, str]) -> TargetError:
+    return TargetError(
+        f"Unsupported target {target!r} for a classifier: {other_task_note(target)}pass None (the predicted label), "
+        f"a label name or id ({_listing(names)}), attnlrp.Contrast(label, other_or_'mean'), attnlrp.LogProb(label), "
+        "or a callable on the logits."
     )
 
 
 def check_label_target(config, target) -> None:
-    """Fail now, before any forward pass, on a label the model doesn't have."""
+    """Fail now, before any forward pass, on a target a classifier doesn't take or a label the model doesn't have."""
+    if not (target is None or isinstance(target, (str, int, Contrast, LogProb)) or callable(target)):
+        raise _unsupported(target, label_names(config))
     for label in (getattr(target, "token", target), getattr(target, "against", None)):
         if isinstance(label, (str, int)) and not isinstance(label, bool) and label != "mean":
             label_id(config, label)

@@ -302,6 +302,7 @@ class Seq2Seq(Task):
         for row, (item, decoder, outcome) in enumerate(zip(batch.items, batch.decoders, batch.outcomes)):
             r, last = outcome.target, outcome.last
             decoded = _cpu(relevance[TARGET][row, batch.spans[TARGET][row]])
+            before_answer = len(item.decoder) if r.answer_ids else None  # a teacher-forced answer follows
             common = dict(
                 target=r.label,
                 value=outcome.value,
@@ -324,6 +325,7 @@ class Seq2Seq(Task):
                         silence=float(relevance[SILENCE][row].sum()),
                         frame_seconds=self.frame_seconds,
                         duration=item.source.duration,
+                        context=before_answer,
                         **common,
                     )
                 )
@@ -339,6 +341,7 @@ class Seq2Seq(Task):
                     token_ids=ids,
                     special=special,
                     segments=[(SOURCE, 0, n), (TARGET, n, len(ids))],
+                    context=n + before_answer if before_answer is not None else None,
                     **common,
                 )
             )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -75,6 +76,13 @@ class Contrast(Target):
 
     token: str | int | None
     against: str | int = "mean"
+
+    def __post_init__(self) -> None:
+        if self.token is not None and self.token == self.against:
+            raise TargetError(
+                f"Contrast({self.token!r}, {self.against!r}) compares a token with itself: its value is 0. Contrast "
+                "with another token (or label), or with 'mean'."
+            )
 
     def resolve(self, tokenizer, top_id: int | None = None) -> Resolved:
         tid = top_id if self.token is None else token_id(tokenizer, self.token)
@@ -146,6 +154,12 @@ class Custom(Target):
         return Resolved(self.label, None, (), self.fn)
 
 
+def other_task_note(target: Any) -> str:
+    """For a target made for another task (``TokenLabel``, ``Direction``): which models take it."""
+    made_for = getattr(target, "made_for", None)
+    return f"{type(target).__name__} is for {made_for}, and this model is not one; " if made_for else ""
+
+
 def as_target(target) -> Target:
     """Normalise the ``target=`` argument of ``explain``."""
     if isinstance(target, Target):
@@ -155,7 +169,7 @@ def as_target(target) -> Target:
     if callable(target):
         return Custom(target, getattr(target, "__name__", "custom"))
     raise TargetError(
-        f"Unsupported target {target!r}: pass None, a token string or id, attnlrp.Answer(...), "
+        f"Unsupported target {target!r}: {other_task_note(target)}pass None, a token string or id, attnlrp.Answer(...), "
         "attnlrp.Contrast(...), attnlrp.LogProb(...), or a callable on the logits."
     )
 
