@@ -199,21 +199,35 @@ def test_words_merge_subword_tokens_and_sum_their_scores(case):
     assert "word" in repr(words)
 
 
+def test_words_never_cross_a_segment_or_the_answer():
+    # the answer starts inside a word (" Fr" | "ance"), and a segment inside another (" cap" | "ital")
+    exp = explanation(context=6, segments=[("prompt", 0, 3), ("rest", 3, 6), ("answer", 6, 10)])
+    words = exp.words()
+    assert words.display[:6] == ["<|im_start|>", "The", " cap", "ital", " of", " Fr"] and words.display[6] == "ance"
+    assert words.context == 6 and words.answer_relevance == pytest.approx(exp.answer_relevance)
+    assert words.segment_scores() == pytest.approx(exp.segment_scores())
+    assert max(i for _, _, i in words.top(100)) < words.context
+
+
 def test_byte_fallback_tokens_display_as_text():
     display = clean_tokens(["▁a", "<0x0A>", "<0x21>", "▁b"])
     assert display == [" a", "\n", "!", " b"]
 
 
-def test_generation_words_sum_columns_and_keep_rows():
+def test_generation_words_merge_the_prompt_and_keep_one_row_per_generated_token():
     gen = generation()
     words = gen.words()
-    # ["The", " capital", " is", " Paris", "."]: tokens 1+2 and 4+5 merge
-    assert words.display == ["The", " capital", " is", " Paris", "."]
-    assert words.matrix.shape == (3, 5)
+    # the prompt ["The", " capital", " is"] (tokens 1+2 merge); the generated " Par", "is", "." stay tokens: each is
+    # a row, and a column of the rows after it
+    assert words.display == ["The", " capital", " is", " Par", "is", "."]
+    assert words.matrix.shape == (3, 6) and words.prompt_length == 3
     np.testing.assert_allclose(words.matrix[:, 1], gen.matrix[:, 1] + gen.matrix[:, 2])
-    np.testing.assert_allclose(words.matrix[:, 3], gen.matrix[:, 4] + gen.matrix[:, 5])
+    np.testing.assert_allclose(words.matrix[:, 3:], gen.matrix[:, 4:])
     np.testing.assert_allclose(words.matrix.sum(1), gen.matrix.sum(1), rtol=1e-6)
-    assert words.prompt_length == 3
+    assert words.generated == gen.generated
+    assert [words.step(i).target for i in range(3)] == [gen.step(i).target for i in range(3)]
+    assert [s.total for s in map(words.step, range(3))] == pytest.approx([s.total for s in map(gen.step, range(3))])
+    assert len(words.top(2)) == 3
 
 
 # --- normalised, top, repr ----------------------------------------------------------------------

@@ -126,9 +126,14 @@ def test_eager_and_sdpa_agree(arch, wordpiece):
         np.testing.assert_allclose(eager.scores, sdpa.scores, rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("arch", ["bert", "modernbert", "llama"])
-def test_a_padded_batch_equals_each_text_alone(arch, wordpiece):
-    model = tiny(arch, AutoModelForSequenceClassification, wordpiece, constants=True)
+@pytest.mark.parametrize(
+    "arch,pad",
+    [("bert", 0), ("modernbert", 0), ("llama", 0), ("llama", 7)],
+    ids=["bert", "modernbert", "llama", "llama-pad7"],
+)
+def test_a_padded_batch_equals_each_text_alone(arch, pad, wordpiece):
+    # pad 7: the config's pad_token_id is not the tokenizer's (0); a decoder's classifier finds its last token by it
+    model = tiny(arch, AutoModelForSequenceClassification, wordpiece, constants=True, pad_token_id=pad)
     for method in ("cp-lrp", "input_x_gradient", "occlusion"):
         together = attnlrp.explain(model, wordpiece, TEXTS, pair=PAIRS if arch != "llama" else None, method=method)
         for i, exp in enumerate(together):

@@ -409,6 +409,13 @@ class Binding:
         self._local.inputs[site.kind] = x
         return True
 
+    def replaced(self, module: nn.Module, x: Tensor) -> None:
+        """The model goes on with ``x`` in place of what ``module`` computed (an ``InputTap`` put it there, after
+        the capture hook ran): where ``module`` is an input site, ``x`` is this forward's input of its kind, the
+        tensor whose relevance is read and to which per-layer token embeddings are credited."""
+        if module in self._sites:
+            self._keep(module, x)
+
     def _capture_output(self, module: nn.Module, args: tuple, output: Any) -> Any:
         if not isinstance(output, Tensor) or not torch.is_grad_enabled():
             return None

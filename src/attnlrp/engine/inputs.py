@@ -76,6 +76,11 @@ class InputTap:
                     f"{tuple(output.shape)} there."
                 )
             output = value
+            from .binding import binding_of  # binding imports this module (through sites)
+
+            binding = binding_of(self.model)
+            if binding is not None:
+                binding.replaced(module, output)
         elif torch.is_grad_enabled() and not output.requires_grad:
             output = output.detach().requires_grad_()
         self.seen[kind] = output

@@ -135,7 +135,8 @@ class Explanation(Result):
         """The same explanation with sub-word tokens merged into words (scores summed)."""
         if self.unit == "word":
             return self
-        words, special, scores, firsts = group_words(self.display, self.special, self.scores)
+        breaks = [a for _, a, _ in self.segments] + ([self.context] if self.context is not None else [])
+        words, special, scores, firsts = group_words(self.display, self.special, self.scores, breaks)
         where = np.searchsorted(firsts, [[a, b] for _, a, b in self.segments], side="left") if self.segments else []
         segments = [(name, int(w[0]), int(w[1])) for (name, _, _), w in zip(self.segments, where)]
         bounds = [*firsts, len(self)]

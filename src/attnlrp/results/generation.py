@@ -88,18 +88,22 @@ class GenerationExplanation(Result):
         return [self.step(i).top(k) for i in range(len(self))]
 
     def words(self) -> GenerationExplanation:
-        """Columns merged into words (rows stay one per generated token)."""
+        """The prompt's columns merged into words. The generated tokens stay one each: each is a row, and a
+        column of the rows after it."""
         if self.unit == "word":
             return self
-        words, special, matrix, firsts = group_words(self.display, self.special, self.matrix)
+        p = self.prompt_length
+        breaks = [a for _, a, _ in self.segments]
+        words, special, matrix, firsts = group_words(self.display[:p], self.special[:p], self.matrix[:, :p], breaks)
+        firsts += range(p, len(self.display))
         return replace(
             self,
-            tokens=words,
-            display=words,
-            matrix=matrix,
-            special=special,
+            tokens=words + self.tokens[p:],
+            display=words + self.display[p:],
+            matrix=np.concatenate([matrix, self.matrix[:, p:]], axis=1),
+            special=special + self.special[p:],
             token_ids=[],
-            prompt_length=int(np.searchsorted(firsts, self.prompt_length)),
+            prompt_length=len(words),
             unit="word",
             segments=[(name, *map(int, np.searchsorted(firsts, [a, b]))) for name, a, b in self.segments],
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Iterable
 from functools import lru_cache
 
 import numpy as np
@@ -102,10 +103,14 @@ def word_starts(display: list[str], special: list[bool]) -> list[bool]:
 
 
 def group_words(
-    display: list[str], special: list[bool], values: np.ndarray
+    display: list[str], special: list[bool], values: np.ndarray, breaks: Iterable[int] = ()
 ) -> tuple[list[str], list[bool], np.ndarray, list[int]]:
-    """Merge tokens into words; values [..., T] are summed per word. Also returns each word's first token."""
+    """Merge tokens into words; values [..., T] are summed per word. A word also starts at each position of
+    ``breaks`` (where a segment or the answer starts). Also returns each word's first token."""
     starts = word_starts(display, special)
+    for b in breaks:
+        if 0 <= b < len(display):
+            starts[b] = True
     firsts = [i for i, s in enumerate(starts) if s]
     bounds = firsts + [len(display)]
     words = ["".join(display[a:b]) for a, b in itertools.pairwise(bounds)]

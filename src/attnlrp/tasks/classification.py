@@ -63,7 +63,9 @@ class LabelBatch(TokenBatch):
         last = _pools_last(model)
         query = [p if p is not None else (len(item.ids) - 1 if last else 0) for p, item in zip(self.positions, items)]
         type_ids = [item.type_ids for item in items] if all(item.type_ids for item in items) else None
-        super().__init__(model, tokenizer, [item.ids for item in items], type_ids=type_ids, query=query)
+        # a decoder's classifier reads its last token that isn't config.pad_token_id: pad with that one
+        pad_id = getattr(model.config, "pad_token_id", None) if last and not per_token else None
+        super().__init__(model, tokenizer, [item.ids for item in items], type_ids=type_ids, query=query, pad_id=pad_id)
 
     @staticmethod
     def _position(item: Item, target: Any) -> int:

@@ -56,6 +56,7 @@ class TokenBatch(Batch):
         left: bool = False,
         type_ids: list[list[int]] | None = None,
         query: list[int] | None = None,
+        pad_id: int | None = None,
     ):
         if input_embeddings(model) is None:
             raise InputError(
@@ -65,7 +66,7 @@ class TokenBatch(Batch):
         self.tokenizer = tokenizer
         self.sequences = sequences
         parameters = inspect.signature(model.forward).parameters
-        ids, mask = pad(sequences, pad_id_of(tokenizer), left)
+        ids, mask = pad(sequences, pad_id_of(tokenizer) if pad_id is None else pad_id, left)
         device = input_device(model)
         ids, mask = ids.to(device), mask.to(device)
         width = self.width = ids.shape[1]
