@@ -305,6 +305,7 @@ def test_cli_evaluate_resumes(smollm, monkeypatch, capsys, tmp_path):
     assert sorted(scored) == [("attnlrp", 4), ("random", 4)]
     results = json.loads(output.read_text())
     assert results["kept"] == 4 and results["methods"] == ["attnlrp", "random"]
+    assert results["settings"]["dtype"] == "float32", "a run in another dtype is another run"
     assert results["metrics"]["attnlrp"]["pointing"]["n"] == 4
     page = output.with_suffix(".html").read_text()
     assert "data:image/png;base64," in page and "http" not in page
@@ -325,14 +326,32 @@ def test_cli_evaluate_resumes(smollm, monkeypatch, capsys, tmp_path):
     assert all(again[m]["pointing"] == results["metrics"][m]["pointing"] for m in ("attnlrp", "random"))
 
     scored.clear()
-    assert cli.main(argv[:-1] + ["--methods", "attnlrp,random,input_x_gradient", "--quiet"]) == 0
-    assert scored == [("input_x_gradient", 4)], "a new method: only it runs"
+    assert cli.main(argv[:-1] + ["--methods", "attnlrp,random,input_x_gradient,attnlrp", "--quiet"]) == 0
+    assert scored == [("input_x_gradient", 4)], "a new method: only it runs (and a repeated one, once)"
 
     assert cli.main(argv[:-1] + ["--seed", "1", "--quiet"]) == 2
     assert "holds a run with other settings" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["evaluate", "--suite", "facts", "--methods", "attnlrp,shap"])
     assert "Unknown LRP method 'shap'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "change,says",
+    [
+        ({"suite": "bogus"}, "Unknown suite 'bogus': choose one of 'needle'"),
+        ({"limit": 0}, "limit is how many items to evaluate: 1 or more, not 0"),
+        ({"suite": "perturbation", "steps": 0}, "The perturbation suite needs steps >= 1 (not 0)"),
+        ({"suite": "perturbation", "mode": "blur"}, "(not 'blur')"),
+        ({"suite": "needle", "lengths": [5, 128]}, "must be 32 tokens or more (the needle, a distractor"),
+    ],
+)
+def test_a_run_that_cant_be_done_is_refused_before_its_journal_is_written(tiny_lm, tokenizer, tmp_path, change, says):
+    options = {"suite": "facts", "methods": ["attnlrp"], "limit": 2, "output": tmp_path / "run.json", **change}
+    with pytest.raises(attnlrp.InputError) as info:
+        runner.run_suite(tiny_lm, tokenizer, **options)
+    assert says in str(info.value)
+    assert not list(tmp_path.iterdir()), "nothing written: the corrected run starts afresh"
 
 
 def test_filtering_does_not_depend_on_its_batches(smollm, monkeypatch):

@@ -33,6 +33,7 @@ from attnlrp.latent.corpus import TOPICS
 from attnlrp.latent.labels import label_of
 from attnlrp.latent.readout import site_totals
 from attnlrp.latent.sites import SiteRecorder
+from attnlrp.latent.steer import _names_concept
 
 NEURONS = "model.layers.*.mlp.down_proj"
 SITE = "model.layers.1.mlp.down_proj"
@@ -242,7 +243,11 @@ def test_collect_resumes_after_an_interruption(tiny_lm, tokenizer, corpus, atlas
     partial = FeatureAtlas.load(tmp_path / "ckpt")
     assert not partial.complete and partial.position == 16 and partial.seen == 16
     _same_atlas(collect(tiny_lm, tokenizer, corpus, NEURONS, **options), atlas)
+    _same_atlas(collect(tiny_lm, tokenizer, corpus, NEURONS, **options), atlas)  # finished: read back as it is
     changed = [{"text": "Something else entirely."}] + corpus[1:]
+    for other in (changed, corpus + [{"text": "One more."}]):  # a finished atlas is no atlas of another corpus
+        with pytest.raises(LatentError, match=r"holds a finished atlas of another corpus \(40 texts; this one has"):
+            collect(tiny_lm, tokenizer, other, NEURONS, **options)
     with pytest.raises(LatentError, match="other settings"):
         collect(tiny_lm, tokenizer, corpus, NEURONS, **{**options, "top_k": 5})
     options["checkpoint"] = tmp_path / "other"
@@ -317,6 +322,7 @@ def test_card_holds_everything_and_its_conditional_heatmaps_conserve(atlas):
         # CP-LRP, no biases: the input relevance through the unit is the unit's relevance
         assert sum(heatmap["scores"]) == pytest.approx(heatmap["unit_relevance"], rel=1e-6, abs=1e-12)
         assert heatmap["unit_relevance"] == pytest.approx(context["score"], rel=1e-5)
+    assert not any("need not sum" in note for note in card.notes)
 
 
 def test_a_labeller_names_the_card_from_its_top_contexts(atlas):
@@ -338,7 +344,7 @@ def test_cards_need_their_model_for_conditional_heatmaps_and_say_so(atlas, tmp_p
     assert card.conditional == [] and any("bind the atlas" in n for n in card.notes)
 
 
-def test_unit_index_out_of_range_is_a_clear_error(tiny_lm, atlas):
+def test_unit_index_out_of_range_is_a_clear_error(tiny_lm, tokenizer, atlas):
     with pytest.raises(
         LatentError, match=r"Unit 128 is out of range for site model\.layers\.1\.mlp\.down_proj.*0\.\.127"
     ):
@@ -348,6 +354,13 @@ def test_unit_index_out_of_range_is_a_clear_error(tiny_lm, atlas):
     with pytest.raises(LatentError, match="out of range"):
         with steer(tiny_lm, {(SITE, -1): 1.0}):
             pass
+    with pytest.raises(LatentError, match="A unit index is an integer, got True"):
+        atlas.card(SITE, True)
+    with pytest.raises(LatentError, match=r"Unit model\.layers\.1\.mlp\.down_proj:3 is given twice"):
+        with steer(tiny_lm, {(SITE, 3): 4.0, (f"{SITE}@neurons", 3): 4.0}):
+            pass
+    with pytest.raises(LatentError, match="A site is a module-path pattern .* not 5"):
+        attnlrp.explain(tiny_lm, tokenizer, "Hi", latent=5)
 
 
 def test_atlas_page_is_one_self_contained_view(atlas, tmp_path):
@@ -359,12 +372,28 @@ def test_atlas_page_is_one_self_contained_view(atlas, tmp_path):
     )
 
 
-def test_explain_labels_units_from_an_atlas(tiny_lm, tokenizer, atlas):
-    exp = attnlrp.explain(tiny_lm, tokenizer, "The capital of France is", latent=NEURONS, atlas=atlas)
-    for entry in exp.units:
-        for unit in entry["top"]:
-            assert unit["label"] == atlas.label(entry["site"], unit["unit"]).text
-            assert unit["purity"] == atlas.label(entry["site"], unit["unit"]).purity
+def test_explain_labels_units_from_an_atlas(tiny_lm, tokenizer, atlas, make_tiny_lm, tmp_path):
+    folder = atlas.save(tmp_path / "atlas")
+    for given in (atlas, folder, str(folder)):  # the atlas, or the folder it was saved in
+        exp = attnlrp.explain(tiny_lm, tokenizer, "The capital of France is", latent=NEURONS, atlas=given)
+        for entry in exp.units:
+            for unit in entry["top"]:
+                assert unit["label"] == atlas.label(entry["site"], unit["unit"]).text
+                assert unit["purity"] == atlas.label(entry["site"], unit["unit"]).purity
+    with pytest.raises(LatentError, match="atlas= takes a FeatureAtlas or the folder it was saved in, not int"):
+        attnlrp.explain(tiny_lm, tokenizer, "Hi", latent=NEURONS, atlas=3)
+    # another model: its units are not the atlas's, by name or by width
+    other = make_tiny_lm(intermediate_size=64)
+    other.name_or_path = "another-model"
+    with pytest.raises(LatentError, match="The atlas was collected on .*, not on another-model"):
+        attnlrp.explain(other, tokenizer, "Hi", latent=NEURONS, atlas=atlas)
+    with pytest.raises(LatentError, match="This atlas was collected on .*, not on another-model"):
+        FeatureAtlas.load(folder, model=other, tokenizer=tokenizer)
+    other.name_or_path = tiny_lm.name_or_path
+    with pytest.raises(LatentError, match=r"has 64 units here, but 128 in the atlas"):
+        attnlrp.explain(other, tokenizer, "Hi", latent=NEURONS, atlas=atlas)
+    with pytest.raises(LatentError, match=r"has 64 units in .*, but 128 in the atlas"):
+        FeatureAtlas.load(folder, model=other, tokenizer=tokenizer)
 
 
 # --- SAE ---------------------------------------------------------------------------------------------------
@@ -512,6 +541,12 @@ def test_a_strength_sweep_reports_where_quality_breaks(tiny_lm, tokenizer):
     assert "| 50 |" in result.table() and "<table>" in result.html_view()
 
 
+def test_a_concept_is_named_by_whole_words_only():
+    assert _names_concept("Playing the Guitar all day", ["guitar"])
+    assert not _names_concept("playing the guitar", ["tar", "rack"]) and not _names_concept("on track", ["rack"])
+    assert _names_concept("A rack, then tar.", ["tar"]) and _names_concept("new york city", ["New York"])
+
+
 # --- knowledge units and faithfulness ----------------------------------------------------------------------
 
 
@@ -571,6 +606,8 @@ def test_ablation_curves_start_at_the_clean_value_and_resume(tiny_lm, tokenizer,
         ablation_curves(tiny_lm, tokenizer, items, SITE, ks=(0, 2, 8, 500), journal=journal, progress=False)["curves"]
         == curves
     )
+    some = ablation_curves(tiny_lm, tokenizer, items[1:], SITE, ks=(0, 2, 8, 500), journal=journal, progress=False)
+    assert some["items"] == 2 and {r["item"] for r in some["records"]} == {item.id for item in items[1:]}
 
 
 # --- the corpus --------------------------------------------------------------------------------------------
@@ -606,6 +643,8 @@ def test_cli_collects_shows_cards_browses_and_steers(tiny_lm, tokenizer, corpus,
     assert "16 contexts" in out and FeatureAtlas.load(folder).complete
     out = call("latent", "card", "--atlas", str(folder), "--unit", f"{SITE}:5", "--html", str(tmp_path / "card.html"))
     assert f"{SITE}:5" in out and (tmp_path / "card.html").read_text(encoding="utf-8").count("attnlrp-view") >= 1
+    attnlrp_card = FeatureAtlas.load(folder, model=tiny_lm, tokenizer=tokenizer).card(SITE, 5)  # collected with AttnLRP
+    assert any("need not sum to the unit's relevance" in note for note in attnlrp_card.notes)
     out = call("latent", "browse", "--atlas", str(folder), "--html", str(tmp_path / "atlas.html"))
     assert "saved" in out and (tmp_path / "atlas.html").is_file()
     out = call("latent", "steer", "The capital of France is", "--unit", f"{SITE}:5", "--strengths", "0,40",
@@ -614,3 +653,13 @@ def test_cli_collects_shows_cards_browses_and_steers(tiny_lm, tokenizer, corpus,
     assert len(lines) == 2 and lines[0].split("|")[0].strip() == "0"
     assert cli.main(["latent", "card", "--atlas", str(folder), "--unit", f"{SITE}:999", "--html", "x.html"]) == 2
     assert "out of range" in capsys.readouterr().err
+    assert cli.main(["latent", "steer", "Hi", "--unit", "model.layers.9.mlp.down_proj:3"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "model.layers.9.mlp.down_proj" in err
+    # shards collected by hand (no launcher) merge with `attnlrp merge`, as dataset runs do
+    sharded = tmp_path / "sharded"
+    for rank in (0, 1):
+        call("latent", "collect", "--corpus", str(tmp_path / "corpus.jsonl"), "--sites", SITE, "--output",
+             str(sharded), "--top-k", "3", "--batch-size", "8", "--quiet", "--shard", f"{rank}/2")  # fmt: skip
+    assert call("merge", str(sharded)) == f"merged {sharded}\n"
+    _same_atlas(FeatureAtlas.load(sharded), FeatureAtlas.load(folder))

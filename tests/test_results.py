@@ -74,6 +74,9 @@ def test_explanation_round_trip_is_exact(tmp_path, name):
     # the word view (another unit) round-trips too
     words = exp.words()
     assert Explanation.load(words.save(tmp_path / ("w" + name))) == words
+    # into a folder that isn't there yet: it is made
+    assert Explanation.load(exp.save(tmp_path / "new" / "deeper" / name)) == exp
+    assert exp.save_html(tmp_path / "new" / "html" / "exp.html").is_file()
 
 
 @pytest.mark.parametrize("name", ["gen.json", "gen.json.gz"])

@@ -85,7 +85,9 @@ def shards_of(output: str | Path) -> dict[int, list[Path]]:
 
 def merge(output: str | Path, world: int | None = None) -> Path:
     """Merge the shard files of ``output`` into ``output``: every result once, in input order, byte for byte as
-    a single process writes them. ``world``: the number of shards expected (default: the only size found)."""
+    a single process writes them. ``world``: the number of shards expected (default: the only size found).
+    Shards that are folders are the atlases of a ``collect`` (``attnlrp latent collect --shard``): they merge
+    into one atlas folder."""
     output = Path(output)
     found = shards_of(output)
     if not found:
@@ -105,6 +107,10 @@ def merge(output: str | Path, world: int | None = None) -> Path:
             f"{', '.join(f'ranks {r} of {w}' for w, r in seen.items())}: give the world size the run used, or run "
             "the missing shards (each resumes on its own)."
         )
+    if all(path.is_dir() for path in paths):
+        from .latent.atlas import merge_folders
+
+        return merge_folders(paths, output)
     records: list[tuple[int, str]] = []
     settings = None
     for path in paths:

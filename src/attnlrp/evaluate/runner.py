@@ -22,8 +22,8 @@ from ..methods import get_method
 from ..methods.batch import TOKEN_BUDGET, plan
 from ..tasks.base import model_name
 from . import metrics
-from .perturbation import perturbation_curves
-from .suites import Item, kept_items, needle
+from .perturbation import MODES, perturbation_curves
+from .suites import SUITES, Item, kept_items, needle
 
 #: Most items explained together in one batch (at most the token budget's worth of tokens).
 BATCH_ITEMS = 16
@@ -115,6 +115,24 @@ class Journal:
             os.fsync(f.fileno())
 
 
+def _check(suite: str, limit: int, steps: int, mode: str, lengths: Sequence[int]) -> None:
+    """Refuse a run that can't be done before anything (its journal) is written."""
+    if suite not in SUITES:
+        raise InputError(f"Unknown suite {suite!r}: choose one of {', '.join(map(repr, SUITES))}.")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InputError(f"limit is how many items to evaluate: 1 or more, not {limit!r}.")
+    if suite == "needle" and (not lengths or min(lengths) < needle.MIN_LENGTH):
+        raise InputError(
+            f"The needle suite's context lengths must be {needle.MIN_LENGTH} tokens or more (the needle, a "
+            f"distractor and the question alone take about 25), not {list(lengths)}."
+        )
+    if suite == "perturbation" and (steps < 1 or mode not in MODES):
+        raise InputError(
+            f"The perturbation suite needs steps >= 1 (not {steps}) and a mode of {', '.join(map(repr, MODES))} "
+            f"(not {mode!r})."
+        )
+
+
 def run_suite(
     model,
     tokenizer,
@@ -136,11 +154,13 @@ def run_suite(
     lengths: the needle's context lengths; steps, mode, exclude_first, centered: the perturbation suite's
     curves (``perturbation_curves``) and explained value (the answer's logit minus the mean logit, or not).
     """
-    names = [get_method(m).name for m in methods]
+    names = list(dict.fromkeys(get_method(m).name for m in methods))  # each once, in the order given
+    _check(suite, limit, steps, mode, lengths)
     output = Path(output)
     settings = {
         "suite": suite,
         "model": model_name(model),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "seed": seed,
         "steps": steps,
         "mode": mode,

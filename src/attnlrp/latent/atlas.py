@@ -555,10 +555,18 @@ class FeatureAtlas:
         return atlas
 
     def bind(self, model: nn.Module, tokenizer, saes: Sequence = ()) -> FeatureAtlas:
-        """Bind the atlas to its model (and the SAEs of its SAE sites), for the parts that run the model."""
+        """Bind the atlas to its model (and the SAEs of its SAE sites), for the parts that run the model. Another
+        model (by its name, wherever its folder is) is refused, as is a site of another width."""
+        from ..tasks.base import model_name
         from .sae import load_sae
         from .sites import resolve, sae_site
 
+        collected, given_name = self.settings["model"], model_name(model)
+        if Path(collected).name != Path(given_name).name:
+            raise LatentError(
+                f"This atlas was collected on {collected}, not on {given_name}: bind it to that model, or collect an "
+                "atlas on this one."
+            )
         given = {sae.name: sae for sae in saes}
         sites = {}
         for name, state in self.states.items():
@@ -571,6 +579,11 @@ class FeatureAtlas:
                 sites[name] = sae_site(model, sae)
             else:
                 sites[name] = resolve(model, f"{state.path}@{state.kind}")[0]
+            if sites[name].width != state.width:
+                raise LatentError(
+                    f"Site {name} has {sites[name].width} units in {given_name}, but {state.width} in the atlas: "
+                    "bind the atlas to the model it was collected on."
+                )
         self.model, self.tokenizer, self.bound_sites = model, tokenizer, sites
         return self
 
@@ -580,3 +593,12 @@ class FeatureAtlas:
             f"FeatureAtlas({len(self.states)} sites, {units} units, {self.seen} contexts, {self.tokens} tokens, "
             f"top_k={self.settings['top_k']}{'' if self.complete else ', unfinished'})"
         )
+
+
+def merge_folders(folders: Sequence[Path], output: str | Path) -> Path:
+    """The atlases saved in ``folders`` (the shards of one corpus, or atlases of several) merged and saved in
+    ``output``."""
+    merged = FeatureAtlas.load(folders[0])
+    for folder in folders[1:]:
+        merged = merged.merge(FeatureAtlas.load(folder))
+    return merged.save(output)

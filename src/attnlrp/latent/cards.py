@@ -172,6 +172,12 @@ def build_card(
             heatmaps = conditional_heatmaps(
                 atlas.model, atlas.tokenizer, bound, unit, by_relevance[:conditional], atlas.settings["method"]
             )
+            if atlas.settings["method"] != "cp-lrp":
+                notes.append(
+                    "The conditional heatmaps need not sum to the unit's relevance: between the unit and the input, "
+                    "AttnLRP's softmax rule keeps or adds relevance. Collect with method='cp-lrp' for heatmaps that "
+                    "sum to it."
+                )
     if not by_activation:
         raise LatentError(f"The atlas saw no context for {site}:{unit}; collect over a corpus first.")
     return FeatureCard(

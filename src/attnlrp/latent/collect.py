@@ -67,6 +67,15 @@ def _fingerprint(digest: Any, record: Record) -> None:
     digest.update(b"\n")
 
 
+def _corpus_digest(corpus: str | Path | Iterable[Any]) -> tuple[str, int]:
+    """The fingerprint of a whole corpus (as a finished atlas records it) and its number of texts."""
+    digest, size = hashlib.sha256(), 0
+    for record in read_corpus(corpus):
+        _fingerprint(digest, record)
+        size += 1
+    return digest.hexdigest(), size
+
+
 def _describe(tokenizer, batch, record: Record, row: int) -> dict[str, Any]:
     sequence = batch.sequences[row]
     outcome = batch.outcomes[row]
@@ -150,6 +159,7 @@ def collect(
         )
     settings = {
         "model": model_name(model),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "method": lrp_method.name,
         "top_k": top_k,
         "max_tokens": max_tokens,
@@ -160,6 +170,12 @@ def collect(
     }
     atlas = _resume(checkpoint, settings) or FeatureAtlas.empty(settings, chosen)
     if atlas.complete:
+        digest, size = _corpus_digest(corpus)
+        if digest != atlas.prefix_digest:
+            raise LatentError(
+                f"{checkpoint} holds a finished atlas of another corpus ({atlas.position} texts; this one has {size}): "
+                "give another checkpoint folder for it (merge the two atlases to combine them), or the same corpus."
+            )
         return atlas.bind(model, tokenizer, [s.sae for s in chosen if s.sae is not None])
     digest = hashlib.sha256()
     position, pending, batches = 0, [], 0

@@ -6,7 +6,7 @@ import argparse
 
 from ..cli_options import add_model_arguments
 from ..errors import LatentError
-from ..sharding import current_shard, shard_path, wait_for_all
+from ..sharding import current_shard, merge, shard_path, wait_for_all
 
 #: Each subcommand's examples (``attnlrp latent SUBCOMMAND --help`` ends with them).
 SUBCOMMAND_EXAMPLES = {
@@ -141,21 +141,6 @@ def _site(name: str, saes: dict):
     return name
 
 
-def merge_shards(output: str, world: int) -> str:
-    """Merge the atlases ``output.shard-R-of-W`` of a ``world``-process collect into ``output``."""
-    from .atlas import FeatureAtlas
-
-    folders = [shard_path(output, rank, world) for rank in range(world)]
-    missing = [str(f) for f in folders if not f.is_dir()]
-    if missing:
-        raise LatentError(f"Merging {output} needs all {world} shards; missing: {', '.join(missing)}.")
-    merged = FeatureAtlas.load(folders[0])
-    for folder in folders[1:]:
-        merged = merged.merge(FeatureAtlas.load(folder))
-    merged.save(output)
-    return output
-
-
 def run(args: argparse.Namespace, model, tokenizer) -> None:
     """Do the subcommand, and print what was written."""
     from .atlas import FeatureAtlas
@@ -187,7 +172,7 @@ def run(args: argparse.Namespace, model, tokenizer) -> None:
         )
         atlas.read_outputs().save(folder)
         print(f"{atlas!r}\nsaved {folder}")
-        if world > 1 and wait_for_all(lambda: merge_shards(args.output, world)):
+        if world > 1 and wait_for_all(lambda: merge(args.output, world)):
             print(f"merged {world} shards into {args.output}")
     elif args.latent_command == "card":
         atlas = FeatureAtlas.load(args.atlas, model, tokenizer, list(saes.values()))
@@ -199,9 +184,12 @@ def run(args: argparse.Namespace, model, tokenizer) -> None:
     else:
         units = [(_site(site, saes), index) for site, index in args.unit]
         width = max(len(f"{s:g}") for s in args.strengths)
+        texts = [  # all first: a bad unit or mode is one error line, with no table begun
+            generate_steered(model, tokenizer, [args.prompt], dict.fromkeys(units, s), args.mode, args.max_new_tokens)[
+                0
+            ]
+            for s in args.strengths
+        ]
         print(f"{args.prompt!r} continued with {', '.join(f'{s}:{i}' for s, i in args.unit)} ({args.mode}):")
-        for strength in args.strengths:
-            (text,) = generate_steered(
-                model, tokenizer, [args.prompt], dict.fromkeys(units, strength), args.mode, args.max_new_tokens
-            )
+        for strength, text in zip(args.strengths, texts):
             print(f"  {strength:>{width}g} | {text!r}")

@@ -100,7 +100,7 @@ def ablation_curves(
             r: [{"k": k, **summary([c[0] - c[j] for c in found])} for j, k in enumerate(ks)]
             for r, found in curves.items()
         },
-        "records": list(records.values()),
+        "records": [records[(item.id, ranking)] for item in items for ranking in RANKINGS],  # these items' only
     }
 
 

@@ -11,6 +11,8 @@ and the input heatmap is then the relevance that passed through the SAE's latent
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from os import PathLike
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -18,8 +20,32 @@ from torch import nn
 from ..errors import LatentError, MethodError
 from ..methods import get_method
 from ..methods.batch import TOKEN_BUDGET, plan
+from ..tasks.base import model_name
 from ..tasks.causal_lm import CausalLM
 from .sites import Site, SiteRecorder, SiteSpec, resolve
+
+
+def _atlas(atlas: Any, model: nn.Module, sites: list[Site]) -> Any:
+    """The atlas whose labels name the units: a FeatureAtlas or its folder, of this model."""
+    from .atlas import FeatureAtlas
+
+    if atlas is None:
+        return None
+    if isinstance(atlas, (str, PathLike)):
+        atlas = FeatureAtlas.load(atlas)
+    if not isinstance(atlas, FeatureAtlas):
+        raise LatentError(f"atlas= takes a FeatureAtlas or the folder it was saved in, not {type(atlas).__name__}.")
+    collected, explained = atlas.settings["model"], model_name(model)
+    if Path(collected).name != Path(explained).name:
+        raise LatentError(f"The atlas was collected on {collected}, not on {explained}: its labels name other units.")
+    for site in sites:
+        state = atlas.states.get(site.name)
+        if state is not None and state.width != site.width:
+            raise LatentError(
+                f"Site {site.name} has {site.width} units here, but {state.width} in the atlas: its labels name other "
+                "units."
+            )
+    return atlas
 
 
 class LatentReadout:
@@ -29,7 +55,7 @@ class LatentReadout:
         if sites is None:
             raise LatentError("atlas= labels the units of latent=sites: give the sites too (explain(..., latent=...)).")
         self.sites = resolve(model, sites)
-        self.atlas = atlas
+        self.atlas = _atlas(atlas, model, self.sites)
         self.top = top
 
     def explain(self, task: Any, batch: Any, method: Any) -> list[Any]:

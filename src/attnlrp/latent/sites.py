@@ -62,11 +62,14 @@ class Site:
 def unit_index(index: Any, site: str, kind: str, width: int) -> int:
     """``index`` as an int, or a LatentError where it is not one of the ``width`` units of ``site``."""
     try:
+        if isinstance(index, bool):
+            raise TypeError
         index = operator.index(index)
     except TypeError:
         raise LatentError(f"A unit index is an integer, got {index!r} for site {site}.") from None
     if not 0 <= index < width:
-        raise LatentError(f"Unit {index} is out of range for site {site}: it has {width} {kind} (0..{width - 1}).")
+        units = {"sae": "latents", "residual": "dimensions"}.get(kind, kind)
+        raise LatentError(f"Unit {index} is out of range for site {site}: it has {width} {units} (0..{width - 1}).")
     return index
 
 
@@ -173,7 +176,13 @@ def resolve(model: nn.Module, spec: SiteSpec | Iterable[SiteSpec]) -> list[Site]
     or a list of these; in module order, without repeats."""
     if isinstance(spec, (str, Site, SAE)):
         spec = [spec]
-    specs = list(spec)
+    try:
+        specs = list(spec)
+    except TypeError:
+        raise LatentError(
+            f"A site is a module-path pattern (e.g. 'model.layers.*.mlp.down_proj'), an SAE or a Site, or a list of "
+            f"these; not {spec!r}."
+        ) from None
     if not specs:
         raise LatentError("No site was given: name one, e.g. 'model.layers.*.mlp.down_proj'.")
     named = list(model.named_modules())

@@ -15,6 +15,7 @@ round: ``with steer(model, ...): with lrp(model): ...`` explains the steered mod
 from __future__ import annotations
 
 import math
+import re
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
@@ -135,11 +136,18 @@ def _plan(model: nn.Module, units: Mapping[Unit, float]) -> list[tuple[Site, Ten
     if not isinstance(units, Mapping) or not units:
         raise LatentError("steer takes a dict {(site, unit): strength} with at least one unit.")
     grouped: dict[str, tuple[Site, list[int], list[float]]] = {}
+    seen: dict[tuple[str, int], Any] = {}
     for key, strength in units.items():
         if not (isinstance(key, tuple) and len(key) == 2):
             raise LatentError(f"A unit is (site, index), e.g. ('model.layers.3.mlp.down_proj', 17), not {key!r}.")
         site = resolve_one(model, key[0])
         index = site.check_unit(key[1])
+        if (site.name, index) in seen:
+            raise LatentError(
+                f"Unit {site.name}:{index} is given twice ({seen[site.name, index]!r} and {key!r}): give it once, "
+                "with the sum of the strengths."
+            )
+        seen[site.name, index] = key
         if not isinstance(strength, (int, float)) or not math.isfinite(strength):
             raise LatentError(f"The strength of {site.name}:{index} must be a finite number, not {strength!r}.")
         entry = grouped.setdefault(site.name, (site, [], []))
@@ -181,6 +189,11 @@ def _left_padded(tokenizer, texts: Sequence[str], device) -> tuple[Tensor, Tenso
     for row, e in enumerate(encoded):
         ids[row, width - len(e) :], mask[row, width - len(e) :] = torch.tensor(e), 1
     return ids.to(device), mask.to(device)
+
+
+def _names_concept(text: str, words: Sequence[str]) -> bool:
+    """Whether ``text`` holds one of the concept ``words`` as a whole word, in any case ("tar" is not in "guitar")."""
+    return any(re.search(rf"(?<!\w){re.escape(w)}(?!\w)", text, re.IGNORECASE) for w in words)
 
 
 def _concept_ids(tokenizer, words: Sequence[str]) -> list[int]:
@@ -241,9 +254,8 @@ class SteeringSweep(Result):
             "| strength | concept prob. | concept rate | KL to unsteered | perplexity | a continuation (one naming the concept, if any) |",
             "|---:|---:|---:|---:|---:|---|",
         ]
-        words = [w.lower() for w in self.concept]
         for r in self.rows:
-            naming = [g for g in r["generations"] if any(w in g.lower() for w in words)]
+            naming = [g for g in r["generations"] if _names_concept(g, self.concept)]
             text = (naming or r["generations"])[0].replace("\n", " ").replace("|", "\\|").strip()
             lines.append(
                 f"| {r['strength']:g} | {r['concept_prob']:.4f} | {r['concept_rate']:.2f} | {r['kl']:.3f} | "
@@ -299,7 +311,6 @@ def sweep(
     ids, mask = _left_padded(tokenizer, neutral, device)
     real = mask[:, 1:].bool()
     base = _log_probs(model, ids, mask)
-    words = [w.lower() for w in concept]
     rows = []
     for strength in strengths:
         plan = {unit: weight * strength for unit, weight in weights.items()}
@@ -313,7 +324,7 @@ def sweep(
             {
                 "strength": float(strength),
                 "concept_prob": float(last.exp()[:, concept_ids].sum(-1).mean()),
-                "concept_rate": sum(any(w in g.lower() for w in words) for g in generations) / len(generations),
+                "concept_rate": sum(_names_concept(g, concept) for g in generations) / len(generations),
                 "kl": float(kl.mean()),
                 "perplexity": float(nll.mean().exp()),
                 "generations": generations,

@@ -16,6 +16,7 @@ from .palette import scale as color_scale
 
 def _save(fig: Figure, path: str | Path | None) -> Figure:
     if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, bbox_inches="tight", dpi=SAVE_DPI)
     return fig
 

@@ -166,6 +166,8 @@ def page(fragment: str, title: str) -> str:
 
 
 def write(path: str | Path, document: str) -> Path:
+    """Write the document, creating its folder where it is missing."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(document, encoding="utf-8")
     return path

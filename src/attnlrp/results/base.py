@@ -17,8 +17,9 @@ VERSION = 1
 
 
 def write_json(path: str | Path, payload: dict) -> Path:
-    """Write ``payload`` as JSON (gzip when the name ends in .gz)."""
+    """Write ``payload`` as JSON (gzip when the name ends in .gz), creating its folder where it is missing."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(payload, ensure_ascii=False)
     if path.suffix == ".gz":
         with gzip.open(path, "wt", encoding="utf-8") as f:

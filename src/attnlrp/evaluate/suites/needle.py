@@ -9,6 +9,8 @@ from collections.abc import Iterator, Sequence
 from .item import Item
 
 LENGTHS = (128, 256, 512, 1024, 2048)
+#: The shortest context length asked for: the needle, the distractor and the question alone take about 25 tokens.
+MIN_LENGTH = 32
 NAMES = (
     "Olivia Liam Emma Noah Ava Elijah Sophia James Isabella Lucas Mia Mason Amelia Ethan Harper Logan Evelyn "
     "Oliver Abigail Jacob Emily Michael Ella Daniel Henry Sofia Jackson Avery Sebastian Scarlett Victoria "
