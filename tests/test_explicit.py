@@ -438,6 +438,11 @@ def test_composite_keys():
         Composite({nn.Linear: xf.linear_epsilon})
     with pytest.raises(TypeError, match="rules torch functions, not modules"):
         Composite({nn.Linear: StatisticRule()})
+    # a module path that matches nothing is a typo, not a rule that never applies; globs without a dot may miss
+    with pytest.raises(BindingError, match=r"key 'block\.\*\.first' matches no module of Toy"):
+        Composite({"block.*.first": stop}).register(model)
+    with Composite({"*RMSNorm": stop, "first": eps}).context(model):
+        pass
 
 
 def test_summary_says_what_was_replaced_and_what_breaks():

@@ -73,7 +73,7 @@ def test_loading_another_kind_of_file_says_which_class_writes_it(tmp_path):
     path = attnlrp.Explanation(tokens=["a"], display=["a"], scores=[1.0], target="b", value=1.0, method="attnlrp").save(
         tmp_path / "text.json"
     )
-    with pytest.raises(attnlrp.ResultFileError, match="ImageExplanation.save"):
+    with pytest.raises(attnlrp.ResultFileError, match=r"found 'explanation'\); read it with Explanation\.load\(\)"):
         ImageExplanation.load(path)
 
 

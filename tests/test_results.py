@@ -128,7 +128,7 @@ def test_loading_foreign_json_raises_a_clear_error(tmp_path):
     with pytest.raises(ResultFileError, match="found 'generation'"):
         Explanation.load(gen_file)
     exp_file = explanation().save(tmp_path / "exp.json.gz")
-    with pytest.raises(ResultFileError, match=r"not an attnlrp generation file.*GenerationExplanation\.save\(\)"):
+    with pytest.raises(ResultFileError, match=r"not an attnlrp generation file.*read it with Explanation\.load\(\)"):
         GenerationExplanation.load(exp_file)
 
 

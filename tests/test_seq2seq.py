@@ -178,7 +178,7 @@ def test_text_encoder_decoders_conserve_over_source_and_target(arch, tokenizer):
     assert attn.value == exp.value and np.isfinite(attn.scores).all() and not np.allclose(attn.scores, exp.scores)
 
 
-def test_whisper_conserves_over_audio_silence_and_target(processor):
+def test_whisper_conserves_over_audio_silence_and_target(processor, tmp_path):
     model = whisper_model(processor)
     exp = attnlrp.explain(model, processor, AUDIO[0], method="cp-lrp")
     features = processor.feature_extractor(AUDIO[0], sampling_rate=16000, return_tensors="pt").input_features.double()
@@ -194,9 +194,26 @@ def test_whisper_conserves_over_audio_silence_and_target(processor):
     answer = attnlrp.explain(model, processor, AUDIO[0], target=Answer(" hello there"), method="cp-lrp")
     assert answer.tokens[2:] == processor.tokenizer.tokenize(" hello there") and _relative(answer) < 1e-6
     assert answer.context == 2 and answer.answer_relevance == pytest.approx(float(answer.scores[2:].sum()))
+    loaded = attnlrp.Explanation.load(answer.save(tmp_path / "answer.json"))  # the base class reads its subclass
+    assert isinstance(loaded, AudioExplanation) and loaded == answer
     from_features = attnlrp.explain(model, processor, features[0].float(), method="cp-lrp")
     np.testing.assert_allclose(from_features.frames, exp.frames, rtol=1e-6, atol=1e-12)
     assert from_features.duration is None
+
+
+@pytest.mark.parametrize("arch", ["t5", "whisper"])
+def test_the_default_target_is_a_token_generation_may_emit(arch, tokenizer, processor):
+    # Whisper suppresses tokens when it generates (generation_config.suppress_tokens, begin_suppress_tokens): the
+    # top next token explained by default is the first token generate() emits, not a suppressed one
+    model, tok, inputs = model_and_inputs(arch, tokenizer, processor)
+    top = attnlrp.explain(model, tok, inputs[0], method="cp-lrp").target_id
+    model.generation_config.suppress_tokens = [top]
+    try:
+        exp = attnlrp.explain(model, tok, inputs[0], method="cp-lrp")
+        gen = attnlrp.explain_generation(model, tok, inputs[0], max_new_tokens=1, method="cp-lrp")
+    finally:
+        model.generation_config.suppress_tokens = None
+    assert exp.target_id != top and exp.target_id == gen.token_ids[gen.prompt_length]
 
 
 def test_task_detection():

@@ -245,6 +245,9 @@ def test_a_teacher_forced_answer_conserves(arch, vlms):
     (prompt, a, b), (answer, c, d) = exp.segments
     assert (prompt, answer) == ("prompt", "answer") and a == 0 and b == c and d == len(exp)
     assert "".join(exp.display[c:d]) == " a red cat"
+    # the answer's own tokens are apart, where they are once the image's placeholders are one token
+    assert exp.context == c and exp.answer_relevance == pytest.approx(float(exp.scores[c:].sum()))
+    assert max(i for _, _, i in exp.top(100)) < c
 
 
 @pytest.mark.parametrize("arch", ARCHS)

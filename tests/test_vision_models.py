@@ -7,6 +7,7 @@ embedding is a module, so its share is read with the Recorder and accounted for.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -175,6 +176,31 @@ def test_pil_images_through_the_processor_are_drawn_unnormalised():
     direct = attnlrp.explain_image(model, processor(images=[picture], return_tensors="pt")["pixel_values"][0])
     assert abs(exp.image.astype(int) - array.astype(int)).max() <= 1
     assert exp.value == pytest.approx(direct.value) and (exp.scores == direct.scores).all()
+    # grayscale and RGBA pictures are read as RGB, as the model takes them
+    for mode in ("L", "RGBA"):
+        other = picture.convert(mode)
+        as_rgb = attnlrp.explain_image(model, other.convert("RGB"), processor=processor)
+        assert (attnlrp.explain_image(model, other, processor=processor).scores == as_rgb.scores).all()
+
+    # a torchvision-style transform (one image in, its pixel tensor out) serves as the processor too
+    def transform(image):
+        return torch.tensor(np.asarray(image), dtype=torch.float64).permute(2, 0, 1) / 255
+
+    by_transform = attnlrp.explain_image(model, [picture, picture], processor=transform)
+    assert (
+        len(by_transform) == 2
+        and (by_transform[0].scores == attnlrp.explain_image(model, transform(picture)).scores).all()
+    )
+    with pytest.raises(attnlrp.InputError, match=r"Pixel values must be floats .* not torch\.uint8"):
+        attnlrp.explain_image(model, torch.from_numpy(array).permute(2, 0, 1))
+    # explain() takes image classifiers too, with the same default method
+    through_explain = attnlrp.explain(model, processor, picture)
+    assert through_explain.method == exp.method == "cp-lrp" and (through_explain.scores == exp.scores).all()
+
+
+def test_explain_image_on_a_model_of_another_task_says_which_call_to_use(tiny_lm):
+    with pytest.raises(attnlrp.InputError, match=r"LlamaForCausalLM is a causal-lm model, not an image classifier"):
+        attnlrp.explain_image(tiny_lm, pixels()[0])
 
 
 def test_the_command_line_explains_an_image_as_explain_image_does(tmp_path, monkeypatch, capsys):

@@ -76,7 +76,7 @@ def explain(
     tokenizer,
     inputs,
     target=None,
-    method: str | Method = "attnlrp",
+    method: str | Method | None = None,
     batch_size: int = 8,
     padding_side: str | None = None,
     gradient_checkpointing: bool = False,
@@ -100,7 +100,8 @@ def explain(
     callable on the logits [T, V] of one sequence; classifiers: None (the predicted label), a label name or
     id, attnlrp.Contrast / LogProb over labels, attnlrp.TokenLabel(position_or_word) for token classifiers;
     similarity: None, or attnlrp.Direction(vector). A list gives one target per input.
-    method: any name of ``attnlrp.available_methods()`` ("attnlrp", "cp-lrp", "gradient", "input_x_gradient",
+    method: the task's default (AttnLRP; CP-LRP for image classifiers), or any name of
+    ``attnlrp.available_methods()`` ("attnlrp", "cp-lrp", "gradient", "input_x_gradient",
     "integrated_gradients", "attention", "attention_rollout", "occlusion", "random") or a configured method
     (``attnlrp.methods.IntegratedGradients(steps=64)``). gradient_checkpointing: for the LRP methods, HF
     gradient checkpointing during the pass (same relevance, less memory). batch_size: the most inputs in one
@@ -114,7 +115,10 @@ def explain(
     or a list): each result's ``units`` lists each site's most relevant units for the prediction, labelled from
     ``atlas`` (an ``attnlrp.latent.FeatureAtlas``) when one is given.
     """
-    method = get_method(method, **({"gradient_checkpointing": True} if gradient_checkpointing else {}))
+    method = get_method(
+        method if method is not None else task_for(model, task).default_method,
+        **({"gradient_checkpointing": True} if gradient_checkpointing else {}),
+    )
     task = make_task(
         model,
         tokenizer,
@@ -188,7 +192,7 @@ def explain_image(
     model: nn.Module,
     images: Any,
     target: ImageTarget | Sequence[ImageTarget] = None,
-    method: str | Method = "cp-lrp",
+    method: str | Method | None = None,
     layer_rules: LayerRules | None = None,
     processor: Any = None,
     batch_size: int = 16,
@@ -203,7 +207,17 @@ def explain_image(
     (see ``attnlrp.available_methods()``); layer_rules (LRP methods): e.g.
     ``{nn.Conv2d: Gamma(0.25), nn.Linear: Gamma(0.05)}``.
     """
-    method = get_method(method, **({"layer_rules": layer_rules} if layer_rules is not None else {}))
+    method = get_method(
+        method if method is not None else ImageClassification.default_method,
+        **({"layer_rules": layer_rules} if layer_rules is not None else {}),
+    )
+    if hasattr(model, "config") and not ImageClassification.accepts(model):  # a Hugging Face model of another task
+        other = next((cls for cls in TASKS.values() if cls.accepts(model)), None)
+        if other is not None:
+            raise InputError(
+                f"{type(model).__name__} is a {other.name} model, not an image classifier: explain it with "
+                "attnlrp.explain(model, processor, inputs" + (", images=...)." if "images" in other.options else ").")
+            )
     task = ImageClassification(model, processor)
     items, single = task.encode(images)
     results = run(task, method, items, task.targets(target, len(items)), batch_size)

@@ -73,8 +73,8 @@ class Composite:
     entry) takes a ``Rule`` or a replacement function with the same signature as the original.
     A string key is a glob matched per dotted component against a module's path; one without a dot also
     matches the module's attribute name (the last component of its path) or its class name. The first
-    matching entry wins. Register it on a model instance with ``register(model)`` / ``remove()`` or
-    ``with composite.context(model): ...``.
+    matching entry wins. A key with a dot (a module path) that matches no module of the model is an error. Register
+    it on a model instance with ``register(model)`` / ``remove()`` or ``with composite.context(model): ...``.
     """
 
     def __init__(self, rules: Mapping[Key, Value], name: str = "composite"):
@@ -131,8 +131,17 @@ class Composite:
             raise BindingError(
                 f"{type(model).__name__} is already bound (attnlrp.lrp or a composite): leave that first."
             )
+        modules = list(model.named_modules())
+        for key, _ in self.module_rules:
+            if isinstance(key, str) and "." in key and not any(path_matches(key, path) for path, _ in modules if path):
+                close = [p for p, _ in modules if p and p.split(".")[-1] == key.split(".")[-1]][:3]
+                raise BindingError(
+                    f"The composite's key {key!r} matches no module of {type(model).__name__}"
+                    + (f" (modules named like it: {', '.join(close)})" if close else "")
+                    + ": correct the path, or leave the key out."
+                )
         binding = ExplicitBinding(model, self)
-        binding.attach(list(model.named_modules()))
+        binding.attach(modules)
         self.binding = self._last = binding
         return binding
 

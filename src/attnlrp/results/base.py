@@ -83,19 +83,27 @@ class Result:
 
     @classmethod
     def load(cls, path: str | Path):
-        """Read a file written by ``save`` of this class."""
+        """Read a file written by ``save`` of this class, or of a subclass (``Explanation.load`` reads an
+        ``AudioExplanation``'s file as one)."""
         payload = read_json(path, cls.kind)
-        if not isinstance(payload, dict) or payload.get("format") != FORMAT or payload.get("kind") != cls.kind:
+        kinds = {c.kind: c for c in _subclasses(cls) if "kind" in c.__dict__}
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT or payload.get("kind") not in kinds:
             found = payload.get("kind", payload.get("format")) if isinstance(payload, dict) else type(payload).__name__
+            other = next((c for c in _subclasses(Result) if found is not None and c.__dict__.get("kind") == found), None)
             raise ResultFileError(
-                f"{path} is not an attnlrp {cls.kind} file (found {found!r}); it must be written by "
-                f"{cls.__name__}.save()."
+                f"{path} is not an attnlrp {cls.kind} file (found {found!r}); "
+                + (
+                    f"read it with {other.__name__}.load()."
+                    if other
+                    else f"it must be written by {cls.__name__}.save()."
+                )
             )
+        kind = kinds[payload["kind"]]
         if payload.get("version", 0) > VERSION:
             raise ResultFileError(
                 f"{path} was written by a newer attnlrp (format version {payload['version']}); upgrade attnlrp."
             )
-        return cls.from_dict(payload)
+        return kind.from_dict(payload)
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
@@ -137,3 +145,11 @@ def _equal(a: Any, b: Any) -> bool:
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
     return a == b
+
+
+def _subclasses(cls: type) -> list[type]:
+    """``cls`` and every subclass of it, at any depth."""
+    found = [cls]
+    for sub in cls.__subclasses__():
+        found += _subclasses(sub)
+    return found

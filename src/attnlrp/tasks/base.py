@@ -71,6 +71,24 @@ def similarity(model: nn.Module, a: Tensor, b: Tensor, cosine: bool = True) -> T
     return (a * b).sum(-1)
 
 
+def first_token(model: nn.Module, logits: Tensor) -> int:
+    """The top next token among those ``generate()`` may emit first: the generation config's ``suppress_tokens``
+    and ``begin_suppress_tokens`` (Whisper's) are left out, as they are when generating."""
+    config = getattr(model, "generation_config", None)
+    banned = [
+        i
+        for i in (
+            *(getattr(config, "suppress_tokens", None) or ()),
+            *(getattr(config, "begin_suppress_tokens", None) or ()),
+        )
+        if 0 <= i < logits.shape[-1]
+    ]
+    if banned:
+        logits = logits.detach().clone()
+        logits[banned] = float("-inf")
+    return int(logits.detach().argmax())
+
+
 def model_name(model: nn.Module) -> str:
     """The name results carry for a model: its hub id or folder, else its class."""
     return str(
@@ -97,6 +115,8 @@ class Task:
     description: ClassVar[str]
     #: The keyword options the adapter takes (``explain(..., pair=...)``); others are an error.
     options: ClassVar[tuple[str, ...]] = ()
+    #: The method used where none is given.
+    default_method: ClassVar[str] = "attnlrp"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -15,7 +15,7 @@ from ..engine.inputs import input_embeddings
 from ..errors import InputError
 from ..methods import Method
 from ..results import Explanation
-from .base import Task, model_name, one_per_item, scalar
+from .base import Task, first_token, model_name, one_per_item, scalar
 from .targets import Answer, Custom, Resolved, Target, as_target
 from .text import Item, check_length, display_tokens, encode_all
 from .token_batch import TokenBatch
@@ -103,7 +103,7 @@ class CausalLMBatch(TokenBatch):
 
     def resolve_row(self, output, row: int) -> Outcome:
         own = output.logits[row][self.reads(row)]
-        resolved = self.answers[row] or self.targets[row].resolve(self.tokenizer, int(own[-1].detach().argmax()))
+        resolved = self.answers[row] or self.targets[row].resolve(self.tokenizer, first_token(self.model, own[-1]))
         value = scalar(resolved.scalar(own), resolved.label)
         return Outcome(resolved, float(value.detach()), own[-1].detach().float())
 

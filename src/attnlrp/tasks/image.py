@@ -36,14 +36,28 @@ def _pixels(images: Any, processor: Any) -> Tensor:
             raise InputError(
                 f"Pixel values must be [channels, height, width] or [batch, ...], got {tuple(images.shape)}."
             )
+        if not images.is_floating_point():
+            raise InputError(
+                f"Pixel values must be floats as the model takes them (normalised), not {images.dtype}: pass the "
+                "images through the model's processor (processor=...), or convert and normalise them."
+            )
         return images
     if processor is None:
         raise InputError(
             f"Got {type(images).__name__} images: pass processor= (the model's image processor) to turn them into "
             "pixel values, or pass pixel values as a tensor."
         )
-    batch = list(images) if isinstance(images, (list, tuple)) else [images]
-    return processor(images=batch, return_tensors="pt")["pixel_values"]
+    batch = [_rgb(image) for image in (images if isinstance(images, (list, tuple)) else [images])]
+    if "images" in inspect.signature(processor).parameters:  # a Hugging Face image processor
+        return processor(images=batch, return_tensors="pt")["pixel_values"]
+    return torch.stack([processor(image) for image in batch])  # a torchvision transform, one image at a time
+
+
+def _rgb(image: Any) -> Any:
+    """A PIL image in RGB (grayscale, palette and RGBA images converted), as image models take them."""
+    from PIL import Image
+
+    return image.convert("RGB") if isinstance(image, Image.Image) and image.mode != "RGB" else image
 
 
 def display_images(pixels: Tensor, processor: Any) -> np.ndarray:
@@ -151,6 +165,7 @@ class ImageClassification(Task):
     name = "image"
     description = "an image model's class or output vector over its pixels (ViT, DeiT, CLIP's vision tower, ...)"
     options = ()
+    default_method = "cp-lrp"  # as usual for vision transformers
 
     @classmethod
     def accepts(cls, model: nn.Module) -> bool:

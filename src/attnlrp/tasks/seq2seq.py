@@ -31,7 +31,7 @@ from ..errors import InputError
 from ..methods import LRPMethod, Method
 from ..methods.batch import TOKEN_BUDGET, Batch, chunks, plan
 from ..results import AudioExplanation, AudioGenerationExplanation, Explanation, GenerationExplanation
-from .base import Task, by_row, check_finite, model_name, one_per_item
+from .base import Task, by_row, check_finite, first_token, model_name, one_per_item
 from .causal_lm import Outcome
 from .generation import refuse_checkpointing
 from .targets import Answer, Target, as_target
@@ -169,7 +169,7 @@ class Seq2SeqBatch(Batch):
             self._outcomes = []
             for row, target in enumerate(self.targets):
                 own = self._logits(output, row, row)
-                resolved = self.answers[row] or target.resolve(self.tokenizer, int(own[-1].detach().argmax()))
+                resolved = self.answers[row] or target.resolve(self.tokenizer, first_token(self.model, own[-1]))
                 self._outcomes.append(Outcome(resolved, float(resolved.scalar(own).detach()), own[-1].detach().float()))
         values = torch.stack(
             [self._outcomes[row].target.scalar(self._logits(output, row, row)) for row in range(len(self))]

@@ -223,6 +223,7 @@ def collapse_image(exp: Explanation, token_id: int) -> Explanation:
         token_ids=[exp.token_ids[i] for i in keep],
         special=[exp.special[i] for i in keep],
         segments=[(name, moved(a), moved(b)) for name, a, b in exp.segments],
+        context=moved(exp.context) if exp.context is not None else None,
     )
 
 
