@@ -183,6 +183,7 @@ def test_one_line_errors(run, tmp_path, tiny_lm, tokenizer, monkeypatch):
         assert code == 2 and err.count("\n") == 1 and says in err, err
 
     fails("explain", "Hi", "--target", " a", "--label", "b", says="not both")
+    fails("explain", "Hi", "--target", " a", "--answer", " b c", says="give --answer without --target or --contrast")
     fails("explain", "Hi", "--pair", "there", says="pair= was given, but LlamaForCausalLM is explained as the")
     fails(
         "explain",
@@ -192,6 +193,34 @@ def test_one_line_errors(run, tmp_path, tiny_lm, tokenizer, monkeypatch):
         str(tmp_path / "o.jsonl"),
         says="Can't read the input file",
     )
+    # dataset runs: what a line, the command line or the output file can get wrong
+    lines = tmp_path / "lines.jsonl"
+    _write(lines, ["a b c", "d e"])
+    out = tmp_path / "o.jsonl"
+    fails(
+        "explain",
+        "--input",
+        str(lines),
+        "--output",
+        str(out),
+        "--target",
+        " x",
+        "--chat",
+        says="--target, --chat with --input",
+    )
+    fails("explain", "--input", str(lines), "--output", str(tmp_path), says="is a folder: give a file name in it")
+    assert run("explain", "--input", str(lines), "--output", str(out), "--no-color")[0] == 0
+    fails("explain", "--input", str(lines), "--output", str(out), "--method", "cp-lrp",
+          says="holds results of another run (method 'attnlrp'; this run's is 'cp-lrp')")  # fmt: skip
+    for bad, says in [
+        ({"prompt": "x", "id": [1, 2]}, "an id is a string or a whole number, not [1, 2]"),
+        ({"prompt": "x", "chat": "no"}, "\"chat\" is true or false, not 'no'"),
+    ]:
+        _write(lines, [bad])
+        fails("explain", "--input", str(lines), "--output", str(tmp_path / "p.jsonl"), says=says)
+    fails("merge", str(out), "--world", "0", says="1 or more, not 0")
+    with pytest.raises(attnlrp.TargetError, match="Unsupported target True"):
+        attnlrp.explain(tiny_lm, tokenizer, "Hi", target=True)
     monkeypatch.setattr(cli, "_load", lambda args: attnlrp.load_model(args.model, dtype=args.dtype))
     fails("audit", "--model", "/nothing/here", says="No model folder at /nothing/here")
     fails("audit", "--model", str(tmp_path), says="has no config.json")

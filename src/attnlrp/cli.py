@@ -259,12 +259,36 @@ def _explain_image(args, model, processor) -> None:
         print(f"saved {exp.save_html(args.html)}")
 
 
+#: Options of one prompt: with --input, each line gives its own
+_ONE_PROMPT = (
+    "target",
+    "contrast",
+    "answer",
+    "label",
+    "pair",
+    "at",
+    "image",
+    "chat",
+    "system",
+    "top",
+    "words",
+    "json",
+    "html",
+)
+
+
 def _explain_many(args, model, tokenizer) -> None:
     from .dataset import explain_dataset
     from .errors import InputError
 
     if not args.output:
         raise InputError("--input needs --output: the file the results are written to (one JSON line each).")
+    one_prompt = [f"--{name.replace('_', '-')}" for name in _ONE_PROMPT if getattr(args, name)]
+    if one_prompt:
+        raise InputError(
+            f'{", ".join(one_prompt)} with --input: give what to explain as fields of each input line ("target", '
+            '"answer", "chat", ...); --top, --words, --json and --html are for one prompt.'
+        )
     print(
         explain_dataset(
             model,
@@ -336,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"attnlrp: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupted:
-        print(f"attnlrp: {interrupted or 'interrupted'}", file=sys.stderr)
+        print(f"attnlrp: {str(interrupted) or 'interrupted'}", file=sys.stderr)
         return 130
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from . import sharding
 from .errors import InputError
+from .methods import get_method
 from .methods.batch import TOKEN_BUDGET, plan
 
 #: Input fields that say what to explain; the others are carried along.
@@ -98,6 +99,8 @@ def read_lines(path: str | Path) -> list[Line]:
         if not isinstance(spec, dict) or "prompt" not in spec:
             raise InputError(f'{path}:{n}: each line must be a string or an object with a "prompt" key.')
         if "id" in spec:
+            if isinstance(spec["id"], bool) or not isinstance(spec["id"], (str, int)):
+                raise InputError(f"{path}:{n}: an id is a string or a whole number, not {spec['id']!r}.")
             if spec["id"] in ids:
                 raise InputError(f"{path}:{n}: the id {spec['id']!r} is used twice; ids must be unique.")
             ids.add(spec["id"])
@@ -159,12 +162,16 @@ def run_file(
     if batch_size < 1:
         raise InputError(f"batch_size must be 1 or more, not {batch_size}.")
     rank, world = sharding.check_shard(shard) if shard is not None else sharding.current_shard()
+    if Path(output).is_dir():
+        raise InputError(f"The output {output} is a folder: give a file name in it, e.g. {Path(output) / 'out.jsonl'}.")
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
     lengths = list(lengths) if lengths is not None else [1] * len(lines)
     batches = plan(lengths, batch_size, TOKEN_BUDGET, by_length=True)
     mine = [batches[b] for b in sharding.assign(batches, lengths, world)[rank]]
     path = Path(output) if world == 1 else sharding.shard_path(output, rank, world)
     own = sorted(i for batch in mine for i in batch)
     stored = _stored(path)
+    _check_stored(path, stored, settings or {})
     summary = _compare(path, [lines[i] for i in own], stored)
     summary.shard = (rank, world)
     todo = [batch for batch in mine if any(lines[i].key not in stored for i in batch)]
@@ -196,6 +203,17 @@ def run_file(
         summary.output, summary.total = Path(output), len(lines)
     summary.kept = len(own) - summary.new
     return summary
+
+
+def _check_stored(path: Path, stored: dict[str, tuple[dict, str]], settings: dict[str, Any]) -> None:
+    """Results of another run (another model or method) are refused, not resumed as if they were this run's."""
+    for record, _ in stored.values():
+        for field in ("model", "method"):
+            if field in settings and field in record and record[field] != settings[field]:
+                raise InputError(
+                    f"{path} holds results of another run ({field} {record[field]!r}; this run's is "
+                    f"{settings[field]!r}): write to another file (--output), or delete it to start afresh."
+                )
 
 
 def _compare(path: Path, lines: list[Line], stored: dict[str, tuple[dict, str]]) -> Summary:
@@ -242,6 +260,10 @@ def spec_job(spec: dict) -> tuple[Any, Any, dict]:
 
     if spec.get("label") is not None and spec.get("target") is not None:
         raise InputError("Give --target (a next token) or --label (a classifier's label), not both.")
+    if spec.get("answer") and (spec.get("target") is not None or spec.get("contrast")):
+        raise InputError("An answer is the whole target: give --answer without --target or --contrast.")
+    if not isinstance(spec.get("chat", False), bool):
+        raise InputError(f'"chat" is true or false, not {spec["chat"]!r}.')
     target = spec.get("label") if spec.get("label") is not None else spec.get("target")
     if spec.get("at") is not None:
         at = spec["at"]
@@ -254,6 +276,26 @@ def spec_job(spec: dict) -> tuple[Any, Any, dict]:
     if spec.get("image") is not None:
         options["images"] = read_image(spec["image"])
     return chat_messages(spec["prompt"], spec.get("system"), bool(spec.get("chat"))), target, options
+
+
+def explain_jobs(model, tokenizer, jobs: list[tuple[Any, Any, dict]], method: str) -> list[Any]:
+    """One batch of ``spec_job`` jobs explained in one call: their inputs, targets and options (pairs, images)."""
+    import attnlrp
+
+    options = {}
+    for key in ("pair", "images"):
+        values = [given.get(key) for _, _, given in jobs]
+        if any(v is not None for v in values):
+            options[key] = values
+    return attnlrp.explain(
+        model,
+        tokenizer,
+        [inputs for inputs, _, _ in jobs],
+        target=[target for _, target, _ in jobs],
+        method=method,
+        batch_size=len(jobs),
+        **options,
+    )
 
 
 def read_image(path: str | Path):
@@ -280,7 +322,6 @@ def explain_dataset(
     resumably, in batches of similar length; ``shard=(rank, world)`` (default: from torchrun's or accelerate's
     environment) takes one process's share and writes its shard file (merged with ``attnlrp merge``, or at the
     end of a run under a process group)."""
-    import attnlrp
 
     from .tasks.base import model_name
     from .tasks.text import encode
@@ -291,25 +332,12 @@ def explain_dataset(
     lengths = [len(encode(text_tokenizer, inputs).ids) for inputs, _, _ in jobs]
 
     def explain(chunk: list[Line]) -> list[Any]:
-        picked = [jobs[line.index] for line in chunk]
-        options = {}
-        for key in ("pair", "images"):
-            values = [given.get(key) for _, _, given in picked]
-            if any(v is not None for v in values):
-                options[key] = values
-        return attnlrp.explain(
-            model,
-            tokenizer,
-            [inputs for inputs, _, _ in picked],
-            target=[target for _, target, _ in picked],
-            method=method,
-            batch_size=len(chunk),
-            **options,
-        )
+        return explain_jobs(model, tokenizer, [jobs[line.index] for line in chunk], method)
 
     settings = {
         "model": model_name(model),
-        "method": method,
+        "method": get_method(method).name,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "batch_size": batch_size,
         "input": hashlib.sha256("".join(line.key for line in lines).encode()).hexdigest()[:16],
     }

@@ -89,6 +89,8 @@ def merge(output: str | Path, world: int | None = None) -> Path:
     Shards that are folders are the atlases of a ``collect`` (``attnlrp latent collect --shard``): they merge
     into one atlas folder."""
     output = Path(output)
+    if world is not None and world < 1:
+        raise InputError(f"The world size is the number of processes of the run: 1 or more, not {world}.")
     found = shards_of(output)
     if not found:
         raise InputError(f"No shard files of {output} (like {shard_path(output, 0, 2).name}) were found.")
@@ -117,7 +119,10 @@ def merge(output: str | Path, world: int | None = None) -> Path:
         lines = path.read_text(encoding="utf-8").splitlines()
         head = read_header(lines[0]) if lines else None
         if head is None or head.get("world") != world:
-            raise InputError(f"{path} has no shard header of a {world}-process run; it was not written by attnlrp.")
+            raise InputError(
+                f"{path} has no shard header of a {world}-process run: its run did not finish (run it again; it "
+                "resumes), or attnlrp did not write it."
+            )
         if settings is not None and head["settings"] != settings:
             different = sorted(
                 k for k in set(settings) | set(head["settings"]) if settings.get(k) != head["settings"].get(k)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..dataset import Line, _record, spec_job
+from ..dataset import Line, _record, explain_jobs, spec_job
 from ..errors import InputError
 from ..methods.batch import TOKEN_BUDGET, plan
 
@@ -83,22 +83,11 @@ class Explainer:
         self.method = method
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import attnlrp
 
         indices, records = [], []
         for text in batch["lines"]:
             chunk = [Line(**line) for line in json.loads(text)]
-            jobs = [spec_job(line.spec) for line in chunk]
-            pairs = [options.get("pair") for _, _, options in jobs]
-            results = attnlrp.explain(
-                self.model,
-                self.tokenizer,
-                [inputs for inputs, _, _ in jobs],
-                target=[target for _, target, _ in jobs],
-                method=self.method,
-                batch_size=len(chunk),
-                **({"pair": pairs} if any(p is not None for p in pairs) else {}),
-            )
+            results = explain_jobs(self.model, self.tokenizer, [spec_job(line.spec) for line in chunk], self.method)
             for line, result in zip(chunk, results):
                 indices.append(line.index)
                 records.append(_record(line, result))

@@ -89,7 +89,9 @@ class Result:
         kinds = {c.kind: c for c in _subclasses(cls) if "kind" in c.__dict__}
         if not isinstance(payload, dict) or payload.get("format") != FORMAT or payload.get("kind") not in kinds:
             found = payload.get("kind", payload.get("format")) if isinstance(payload, dict) else type(payload).__name__
-            other = next((c for c in _subclasses(Result) if found is not None and c.__dict__.get("kind") == found), None)
+            other = next(
+                (c for c in _subclasses(Result) if found is not None and c.__dict__.get("kind") == found), None
+            )
             raise ResultFileError(
                 f"{path} is not an attnlrp {cls.kind} file (found {found!r}); "
                 + (

@@ -164,7 +164,7 @@ def as_target(target) -> Target:
     """Normalise the ``target=`` argument of ``explain``."""
     if isinstance(target, Target):
         return target
-    if target is None or isinstance(target, (str, int)):
+    if target is None or (isinstance(target, (str, int)) and not isinstance(target, bool)):
         return Token(target)
     if callable(target):
         return Custom(target, getattr(target, "__name__", "custom"))
