@@ -323,7 +323,7 @@ def explain_dataset(
     environment) takes one process's share and writes its shard file (merged with ``attnlrp merge``, or at the
     end of a run under a process group)."""
 
-    from .tasks.base import model_name
+    from .tasks.base import dtype_name, model_name
     from .tasks.text import encode
 
     lines = read_lines(input)
@@ -337,7 +337,7 @@ def explain_dataset(
     settings = {
         "model": model_name(model),
         "method": get_method(method).name,
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "dtype": dtype_name(model),
         "batch_size": batch_size,
         "input": hashlib.sha256("".join(line.key for line in lines).encode()).hexdigest()[:16],
     }

@@ -20,7 +20,7 @@ from ..errors import InputError
 from ..frontends import explain
 from ..methods import get_method
 from ..methods.batch import TOKEN_BUDGET, plan
-from ..tasks.base import model_name
+from ..tasks.base import dtype_name, model_name
 from . import metrics
 from .perturbation import MODES, perturbation_curves
 from .suites import SUITES, Item, kept_items, needle
@@ -160,7 +160,7 @@ def run_suite(
     settings = {
         "suite": suite,
         "model": model_name(model),
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "dtype": dtype_name(model),
         "seed": seed,
         "steps": steps,
         "mode": mode,

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import LatentError
+from ..tasks.base import model_name
 from .labels import Label, Labeller, label_of
 from .sites import Site, unit_index
 
@@ -554,18 +555,21 @@ class FeatureAtlas:
             atlas.bind(model, tokenizer, saes)
         return atlas
 
+    def collected_on(self, model: nn.Module) -> bool:
+        """Whether ``model`` is the one the atlas was collected on, by name (wherever its folder is)."""
+        return Path(self.settings["model"]).name == Path(model_name(model)).name
+
     def bind(self, model: nn.Module, tokenizer, saes: Sequence = ()) -> FeatureAtlas:
         """Bind the atlas to its model (and the SAEs of its SAE sites), for the parts that run the model. Another
         model (by its name, wherever its folder is) is refused, as is a site of another width."""
-        from ..tasks.base import model_name
         from .sae import load_sae
         from .sites import resolve, sae_site
 
-        collected, given_name = self.settings["model"], model_name(model)
-        if Path(collected).name != Path(given_name).name:
+        given_name = model_name(model)
+        if not self.collected_on(model):
             raise LatentError(
-                f"This atlas was collected on {collected}, not on {given_name}: bind it to that model, or collect an "
-                "atlas on this one."
+                f"This atlas was collected on {self.settings['model']}, not on {given_name}: bind it to that model, "
+                "or collect an atlas on this one."
             )
         given = {sae.name: sae for sae in saes}
         sites = {}

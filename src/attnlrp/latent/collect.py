@@ -26,7 +26,7 @@ from torch import nn
 from ..errors import LatentError
 from ..frontends import make_task
 from ..methods import get_method
-from ..tasks.base import model_name
+from ..tasks.base import dtype_name, model_name
 from ..tasks.text import Item, display_tokens, encode
 from .atlas import FeatureAtlas, Part
 from .corpus import Record, read_corpus
@@ -159,7 +159,7 @@ def collect(
         )
     settings = {
         "model": model_name(model),
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "dtype": dtype_name(model),
         "method": lrp_method.name,
         "top_k": top_k,
         "max_tokens": max_tokens,

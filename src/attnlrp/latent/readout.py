@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from os import PathLike
-from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -35,9 +34,11 @@ def _atlas(atlas: Any, model: nn.Module, sites: list[Site]) -> Any:
         atlas = FeatureAtlas.load(atlas)
     if not isinstance(atlas, FeatureAtlas):
         raise LatentError(f"atlas= takes a FeatureAtlas or the folder it was saved in, not {type(atlas).__name__}.")
-    collected, explained = atlas.settings["model"], model_name(model)
-    if Path(collected).name != Path(explained).name:
-        raise LatentError(f"The atlas was collected on {collected}, not on {explained}: its labels name other units.")
+    if not atlas.collected_on(model):
+        raise LatentError(
+            f"The atlas was collected on {atlas.settings['model']}, not on {model_name(model)}: its labels name other "
+            "units."
+        )
     for site in sites:
         state = atlas.states.get(site.name)
         if state is not None and state.width != site.width:

@@ -89,6 +89,11 @@ def first_token(model: nn.Module, logits: Tensor) -> int:
     return int(logits.detach().argmax())
 
 
+def dtype_name(model: nn.Module) -> str:
+    """The dtype a model computes in, as settings record it ("float32", "bfloat16", ...)."""
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
+
+
 def model_name(model: nn.Module) -> str:
     """The name results carry for a model: its hub id or folder, else its class."""
     return str(
