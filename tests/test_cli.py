@@ -341,6 +341,32 @@ def test_every_command_passes_dtype_and_device_to_load_model(argv, monkeypatch, 
     assert capsys.readouterr().err == "attnlrp: error: no model at m\n"
 
 
+@pytest.mark.parametrize("argv", LOADING_COMMANDS, ids=lambda argv: " ".join(argv[:2]))
+def test_quiet_silences_the_loading_bars_of_every_command(argv, monkeypatch):
+    from transformers.utils import logging
+
+    seen = []
+
+    def fake_load(*args, **kwargs):
+        seen.append((logging.is_progress_bar_enabled(), os.environ.get("TQDM_DISABLE")))
+        raise FileNotFoundError("no model")
+
+    monkeypatch.setattr(attnlrp, "load_model", fake_load)
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    assert cli.main([*argv, "--quiet"]) == 2 and cli.main(argv) == 2
+    assert seen == [(False, "1"), (True, None)], "bars off while loading with --quiet, and on again after"
+    assert logging.is_progress_bar_enabled() and "TQDM_DISABLE" not in os.environ
+
+
+def test_quiet_loading_prints_no_bar(tiny_lm, tokenizer, tmp_path, capsys):
+    tiny_lm.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    assert cli.main(["audit", "--model", str(tmp_path)]) == 0
+    assert "Loading weights" in capsys.readouterr().err
+    assert cli.main(["audit", "--model", str(tmp_path), "--quiet"]) == 0
+    assert "Loading weights" not in capsys.readouterr().err
+
+
 def test_installed_script_smoke():
     script = Path(sys.executable).parent / "attnlrp"
     assert script.is_file(), f"the console script is missing: {script}"

@@ -3,6 +3,7 @@ written, Ctrl-C one line; and the command line's options that mirror the API (on
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -213,11 +214,16 @@ def test_one_line_errors(run, tmp_path, tiny_lm, tokenizer, monkeypatch):
     fails("explain", "--input", str(lines), "--output", str(out), "--method", "cp-lrp",
           says="holds results of another run (method 'attnlrp'; this run's is 'cp-lrp')")  # fmt: skip
     for bad, says in [
-        ({"prompt": "x", "id": [1, 2]}, "an id is a string or a whole number, not [1, 2]"),
-        ({"prompt": "x", "chat": "no"}, "\"chat\" is true or false, not 'no'"),
+        ({"prompt": "x", "id": [1, 2]}, "lines.jsonl:2: an id is a string or a whole number, not [1, 2]"),
+        ({"prompt": "x", "chat": "no"}, "lines.jsonl:2: \"chat\" is true or false, not 'no'"),
+        ({"prompt": "x", "traget": " y"}, 'lines.jsonl:2: unknown field "traget"; did you mean "target"?'),
+        ({"prompt": "x", "Label": "y"}, 'unknown field "Label"; did you mean "label"?'),
+        ({"prompt": "x", "label": "positive"}, "lines.jsonl:2: A label is a classifier's class, and this is a causal"),
+        ({"prompt": "x", "target": " not one token"}, "lines.jsonl:2: "),  # found in its batch by itself
     ]:
-        _write(lines, [bad])
+        _write(lines, ["a b", bad, "c d"])  # one batch
         fails("explain", "--input", str(lines), "--output", str(tmp_path / "p.jsonl"), says=says)
+    fails("explain", "Hi", "--label", "positive", says="this is a causal-lm model: give a target instead")
     fails("merge", str(out), "--world", "0", says="1 or more, not 0")
     with pytest.raises(attnlrp.TargetError, match="Unsupported target True"):
         attnlrp.explain(tiny_lm, tokenizer, "Hi", target=True)
@@ -248,3 +254,26 @@ def test_a_resumed_batch_is_computed_whole_so_results_are_byte_identical(run, tm
     assert code == 0 and len(explained) == 1 and sorted(explained[0]) == sorted(["a b c d e f", "g h", "i j k", "l"])
     assert output.read_bytes() == fresh.read_bytes(), "the same batch gives the same bytes"
     assert "(3 new, 1 already there); padding" in out
+
+
+def test_a_rerun_in_another_dtype_is_refused_not_mixed_in(tiny_lm, tokenizer, tmp_path):
+    from attnlrp.dataset import explain_dataset
+
+    prompts, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    _write(prompts, ["a b", "c d"])
+    explain_dataset(tiny_lm, tokenizer, prompts, output, progress=False)
+    assert [r["dtype"] for r in _records(output)] == ["float64", "float64"]  # the tiny model's
+    _write(prompts, ["a b", "c d", "e f"])
+    half = copy.deepcopy(tiny_lm).to(torch.bfloat16)
+    with pytest.raises(attnlrp.InputError, match=r"another run \(dtype 'float64'; this run's is 'bfloat16'\)"):
+        explain_dataset(half, tokenizer, prompts, output, progress=False)
+    assert len(_records(output)) == 2, "nothing was added"
+
+
+def test_an_error_in_a_batch_names_the_line_that_raises_it(tiny_lm, tokenizer, tmp_path):
+    from attnlrp.dataset import explain_dataset
+
+    prompts = tmp_path / "in.jsonl"
+    _write(prompts, ["a b", {"prompt": "c d", "target": " two tokens"}, "e f"])
+    with pytest.raises(attnlrp.TargetError, match=r"in\.jsonl:2: .*two tokens"):
+        explain_dataset(tiny_lm, tokenizer, prompts, tmp_path / "out.jsonl", progress=False)

@@ -117,8 +117,12 @@ def test_cache_key_follows_the_gguf_file(tmp_path, monkeypatch):
     first = loading.cache_dir_for(gguf)
     assert first.parent == tmp_path / "c" / "models" and first.name.startswith("model-")
     assert loading.cache_dir_for(gguf) == first
-    gguf.write_bytes(b"12345")  # a changed file gets a new cache entry
+    gguf.write_bytes(b"1235")  # a changed file gets a new cache entry, even at the same size
     assert loading.cache_dir_for(gguf) != first
+    copy = tmp_path / "other-venv" / "model.gguf"  # the same file elsewhere shares the conversion
+    copy.parent.mkdir()
+    copy.write_bytes(b"1234")
+    assert loading.cache_dir_for(copy) == first
     monkeypatch.delenv("ATTNLRP_CACHE")
     assert loading.cache_root() == Path.home() / ".cache" / "attnlrp"
 

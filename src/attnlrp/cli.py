@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 EXAMPLES = """examples:
   attnlrp explain "The Eiffel Tower is located in the city of"
@@ -32,7 +34,7 @@ EXPLAIN_EXAMPLES = """examples:
 
 Each line of --input is a prompt string or an object with "prompt" and any of "target", "contrast",
 "answer", "label", "pair", "at", "image" (a path), "system", "chat" (true: the prompt as a user message) and "id"; other
-fields are copied to the output line. Results are matched to input lines by content and id, so a rerun
+fields are copied to the output line (one that looks like a misspelt field, "traget", is refused). Results are matched to input lines by content and id, so a rerun
 after editing, deleting or reordering lines recomputes only what changed and writes the input's order.
 """
 
@@ -200,7 +202,30 @@ def _parser() -> argparse.ArgumentParser:
 def _load(args):
     import attnlrp
 
-    return attnlrp.load_model(args.model, gguf_file=args.gguf_file, dtype=args.dtype, device_map=args.device)
+    with _quiet(args.quiet):
+        return attnlrp.load_model(args.model, gguf_file=args.gguf_file, dtype=args.dtype, device_map=args.device)
+
+
+@contextmanager
+def _quiet(quiet: bool) -> Iterator[None]:
+    """Without the progress bars of transformers (loading, converting a GGUF file) where --quiet asks for it."""
+    if not quiet:
+        yield
+        return
+    from transformers.utils import logging
+
+    shown, disabled = logging.is_progress_bar_enabled(), os.environ.get("TQDM_DISABLE")
+    logging.disable_progress_bar()
+    os.environ["TQDM_DISABLE"] = "1"  # the GGUF conversion's bar is a plain tqdm
+    try:
+        yield
+    finally:
+        if shown:
+            logging.enable_progress_bar()
+        if disabled is None:
+            del os.environ["TQDM_DISABLE"]
+        else:
+            os.environ["TQDM_DISABLE"] = disabled
 
 
 def _method(args) -> dict:
@@ -233,7 +258,7 @@ def _explain_one(args, model, tokenizer) -> None:
         return _explain_image(args, model, tokenizer)
     if task.name in _NEEDS and getattr(args, _NEEDS[task.name][0]) is None:
         raise InputError(f"{type(model).__name__} is a {task.name} model: give {_NEEDS[task.name][1]}.")
-    inputs, target, options = spec_job(vars(args))
+    inputs, target, options = spec_job(vars(args), task)
     exp = attnlrp.explain(model, tokenizer, inputs, target=target, **_method(args), **options)
     shown = exp.words() if args.words else exp
     shown.show(color=False if args.no_color else None)
@@ -296,7 +321,7 @@ def _explain_many(args, model, tokenizer) -> None:
             args.input,
             args.output,
             batch_size=args.batch_size,
-            progress=not args.no_color,
+            progress=not args.quiet,
             **_method(args),
         )
     )

@@ -1,4 +1,4 @@
-"""The options every command that loads a model takes: which model, in which dtype, on which devices."""
+"""The options every command that loads a model takes: which model, in which dtype, on which devices, quietly or not."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import argparse
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """--model, --gguf-file, --dtype and --device (read by ``attnlrp.cli._load``)."""
+    """--model, --gguf-file, --dtype, --device and --quiet (read by ``attnlrp.cli._load``)."""
     p.add_argument("--model", help="a model folder or hub id (default: the bundled SmolLM2-135M-Instruct)")
     p.add_argument("--gguf-file", help="a GGUF file inside --model (converted once, then cached)")
     p.add_argument("--dtype", help="load the model in this dtype: float32 (default), bfloat16, float16, float64")
     p.add_argument("--device", help="where the model runs: cpu (default), cuda, cuda:1, or auto (spread over devices)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (loading the model, explaining a file)")

@@ -3,8 +3,9 @@
 Each input line is a string (the prompt) or an object with a ``"prompt"`` and, optionally, ``"target"``,
 ``"contrast"``, ``"answer"``, ``"pair"``, ``"label"``, ``"at"``, ``"image"`` (a path, for vision-language
 models and CLIP), ``"system"``, ``"chat"`` and ``"id"``; any other
-field is carried along. Each output line holds the line's key, its position, its input fields (under
-``"input"``, and its ``"id"`` at the top) and the explanation (``Explanation.from_dict`` reads it).
+field is carried along (one that looks like a misspelt field, ``"traget"``, is refused). Each output line holds
+the line's key, its position, its ``"id"``, the model's ``"dtype"``, its input fields (under ``"input"``) and the
+explanation (``Explanation.from_dict`` reads it). An error names the line it comes from (``prompts.jsonl:7``).
 
 Results are matched to input lines by content (a hash of the line) and ``id``, never by line number: a rerun
 keeps what still matches, recomputes edited lines, drops the results of deleted lines and writes everything
@@ -14,21 +15,25 @@ most the batch in flight; the next run resumes from there.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import sharding
-from .errors import InputError
+from .errors import InputError, TargetError
 from .methods import get_method
 from .methods.batch import TOKEN_BUDGET, plan
+
+if TYPE_CHECKING:
+    from .tasks.base import Task
 
 #: Input fields that say what to explain; the others are carried along.
 FIELDS = ("prompt", "target", "contrast", "answer", "pair", "label", "at", "image", "system", "chat", "id")
@@ -49,6 +54,7 @@ class Line:
     index: int
     spec: dict[str, Any]
     key: str
+    place: str = ""  # where it came from, for errors: "prompts.jsonl:3"
 
 
 @dataclass
@@ -87,27 +93,53 @@ def read_lines(path: str | Path) -> list[Line]:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise InputError(f"Can't read the input file {path}: {error.strerror or error}.") from error
+
+    def values():
+        for n, raw in enumerate(text.splitlines(), 1):
+            if raw.strip():
+                try:
+                    yield f"{path}:{n}", json.loads(raw)
+                except json.JSONDecodeError as error:
+                    raise InputError(f"{path}:{n}: not valid JSON ({error}).") from error
+
+    return keyed_lines(values())
+
+
+def keyed_lines(values: Iterable[tuple[str, Any]]) -> list[Line]:
+    """Input lines from ``(place, value)`` pairs (a place names the value in errors: ``"prompts.jsonl:3"``), each
+    value a prompt or an object with a ``"prompt"``; checked (unique ids, no misspelt field) and keyed by their
+    content and ``id``."""
     lines, seen, ids = [], Counter(), set()
-    for n, raw in enumerate(text.splitlines(), 1):
-        if not raw.strip():
-            continue
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError as error:
-            raise InputError(f"{path}:{n}: not valid JSON ({error}).") from error
+    for place, value in values:
         spec = {"prompt": value} if isinstance(value, str) else value
         if not isinstance(spec, dict) or "prompt" not in spec:
-            raise InputError(f'{path}:{n}: each line must be a string or an object with a "prompt" key.')
+            raise InputError(f'{place}: each line must be a string or an object with a "prompt" key.')
+        _check_fields(place, spec)
         if "id" in spec:
             if isinstance(spec["id"], bool) or not isinstance(spec["id"], (str, int)):
-                raise InputError(f"{path}:{n}: an id is a string or a whole number, not {spec['id']!r}.")
+                raise InputError(f"{place}: an id is a string or a whole number, not {spec['id']!r}.")
             if spec["id"] in ids:
-                raise InputError(f"{path}:{n}: the id {spec['id']!r} is used twice; ids must be unique.")
+                raise InputError(f"{place}: the id {spec['id']!r} is used twice; ids must be unique.")
             ids.add(spec["id"])
         digest = hashlib.sha256(json.dumps(spec, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
         seen[digest] += 1  # the same line twice: two results
-        lines.append(Line(len(lines), spec, f"{digest}-{seen[digest]}"))
+        lines.append(Line(len(lines), spec, f"{digest}-{seen[digest]}", place))
     return lines
+
+
+def _check_fields(place: str, spec: dict[str, Any]) -> None:
+    """A field that looks like a misspelt one of ``FIELDS`` (``"traget"``, ``"Label"``) is refused: carried along
+    as it is, it would leave the line explained as if it were absent."""
+    for field in spec:
+        name = str(field).lower()
+        if field in FIELDS or (name not in FIELDS and len(name) < 5):
+            continue
+        close = [name] if name in FIELDS else difflib.get_close_matches(name, FIELDS, n=1, cutoff=0.8)
+        if close:
+            raise InputError(
+                f'{place}: unknown field "{field}"; did you mean "{close[0]}"? Other fields are carried along '
+                "unread: rename it if it is your own."
+            )
 
 
 def _stored(path: Path) -> dict[str, tuple[dict, str]]:
@@ -132,8 +164,10 @@ def _stored(path: Path) -> dict[str, tuple[dict, str]]:
     return stored
 
 
-def _record(line: Line, result: Any) -> str:
+def _record(line: Line, result: Any, dtype: str | None) -> str:
+    """One output line: the line's key, position and id, the model's dtype, the input fields and the result."""
     head = {"key": line.key, "index": line.index, **({"id": line.spec["id"]} if "id" in line.spec else {})}
+    head.update({"dtype": dtype} if dtype else {})
     return json.dumps({**head, "input": line.spec, **result.to_dict()}, ensure_ascii=False)
 
 
@@ -185,8 +219,8 @@ def run_file(
             for batch in todo:
                 chunk = [lines[i] for i in batch]
                 summary.new += sum(line.key not in stored for line in chunk)
-                for line, result in zip(chunk, explain(chunk)):
-                    text = _record(line, result)
+                for line, result in zip(chunk, explain_lines(explain, chunk)):
+                    text = _record(line, result, (settings or {}).get("dtype"))
                     out.write(text + "\n")
                     stored[line.key] = (json.loads(text), text)
                 out.flush()
@@ -205,10 +239,25 @@ def run_file(
     return summary
 
 
+def explain_lines(explain: Callable[[list[Line]], Sequence[Any]], chunk: list[Line]) -> Sequence[Any]:
+    """``explain(chunk)``; an input or target error is named by the line that raises it alone (``"prompts.jsonl:7:
+    ..."``), else by the places of the whole batch."""
+    try:
+        return explain(chunk)
+    except (InputError, TargetError) as error:
+        for line in chunk if len(chunk) > 1 else []:
+            try:
+                explain([line])
+            except (InputError, TargetError) as own:
+                raise type(own)(f"{line.place}: {own}") from own
+        raise type(error)(f"{', '.join(line.place for line in chunk)}: {error}") from error
+
+
 def _check_stored(path: Path, stored: dict[str, tuple[dict, str]], settings: dict[str, Any]) -> None:
-    """Results of another run (another model or method) are refused, not resumed as if they were this run's."""
+    """Results of another run (another model, method or dtype) are refused, not resumed as if they were this
+    run's."""
     for record, _ in stored.values():
-        for field in ("model", "method"):
+        for field in ("model", "method", "dtype"):
             if field in settings and field in record and record[field] != settings[field]:
                 raise InputError(
                     f"{path} holds results of another run ({field} {record[field]!r}; this run's is "
@@ -247,6 +296,14 @@ def _rewrite(path: Path, texts: list[str]) -> None:
     os.replace(staging, path)
 
 
+def placed(place: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, with an input or target error prefixed by ``place`` (``"prompts.jsonl:3"``)."""
+    try:
+        return fn(*args)
+    except (InputError, TargetError) as error:
+        raise type(error)(f"{place}: {error}") from error
+
+
 def chat_messages(prompt: Any, system: str | None, chat: bool) -> Any:
     """The prompt, or chat messages when asked for (a system message makes it a chat)."""
     if not (chat or system):
@@ -254,8 +311,9 @@ def chat_messages(prompt: Any, system: str | None, chat: bool) -> Any:
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
 
 
-def spec_job(spec: dict) -> tuple[Any, Any, dict]:
-    """What one spec (the command line's options, or an input line) asks for: (inputs, target, options)."""
+def spec_job(spec: dict, task: type[Task] | None = None) -> tuple[Any, Any, dict]:
+    """What one spec (the command line's options, or an input line) asks for: (inputs, target, options), for a
+    model of the task ``task`` where it is known."""
     import attnlrp
 
     if spec.get("label") is not None and spec.get("target") is not None:
@@ -264,6 +322,11 @@ def spec_job(spec: dict) -> tuple[Any, Any, dict]:
         raise InputError("An answer is the whole target: give --answer without --target or --contrast.")
     if not isinstance(spec.get("chat", False), bool):
         raise InputError(f'"chat" is true or false, not {spec["chat"]!r}.')
+    if spec.get("label") is not None and task is not None and not task.labelled:
+        raise InputError(
+            f"A label is a classifier's class, and this is a {task.name} model: give a target instead (--target, or "
+            'the "target" field of an input line).'
+        )
     target = spec.get("label") if spec.get("label") is not None else spec.get("target")
     if spec.get("at") is not None:
         at = spec["at"]
@@ -323,11 +386,12 @@ def explain_dataset(
     environment) takes one process's share and writes its shard file (merged with ``attnlrp merge``, or at the
     end of a run under a process group)."""
 
-    from .tasks.base import dtype_name, model_name
+    from .tasks.base import dtype_name, model_name, task_for
     from .tasks.text import encode
 
     lines = read_lines(input)
-    jobs = [spec_job(line.spec) for line in lines]
+    task = task_for(model)
+    jobs = [placed(line.place, spec_job, line.spec, task) for line in lines]
     text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor's own tokenizer
     lengths = [len(encode(text_tokenizer, inputs).ids) for inputs, _, _ in jobs]
 

@@ -84,7 +84,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="perturbation: explain and perturb the answer's bare logit instead of its difference to the mean logit",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace, model, tokenizer) -> None:

@@ -16,18 +16,18 @@ relevance), so the input's order is the order ``dataset.iter_rows()`` yields.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..dataset import Line, _record, explain_jobs, spec_job
+from ..dataset import Line, _record, explain_jobs, explain_lines, keyed_lines, placed, spec_job
 from ..errors import InputError
 from ..methods.batch import TOKEN_BUDGET, plan
+from ..tasks import task_for
+from ..tasks.base import dtype_name
 
 
 def _plain(value: Any) -> Any:
@@ -50,21 +50,17 @@ def _missing(value: Any) -> bool:
 def lines_of(rows) -> list[Line]:
     """Input lines from rows (dicts with a ``"prompt"``), keyed as ``attnlrp.dataset.read_lines`` keys a file's
     lines: fields other rows have and this one lacks (None) are left out, as they are absent from its JSON line."""
-    lines, seen, ids = [], Counter(), set()
-    for n, row in enumerate(rows, 1):
-        spec = {k: _plain(v) for k, v in row.items() if not _missing(v)}
-        if "prompt" not in spec:
-            raise InputError(
-                f'Row {n} of the Ray Dataset has no "prompt" (its fields: {sorted(row)}); name the column "prompt".'
-            )
-        if "id" in spec:
-            if spec["id"] in ids:
-                raise InputError(f"Row {n}: the id {spec['id']!r} is used twice; ids must be unique.")
-            ids.add(spec["id"])
-        digest = hashlib.sha256(json.dumps(spec, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
-        seen[digest] += 1
-        lines.append(Line(len(lines), spec, f"{digest}-{seen[digest]}"))
-    return lines
+
+    def values():
+        for n, row in enumerate(rows, 1):
+            spec = {k: _plain(v) for k, v in row.items() if not _missing(v)}
+            if "prompt" not in spec:
+                raise InputError(
+                    f'Row {n} of the Ray Dataset has no "prompt" (its fields: {sorted(row)}); name the column "prompt".'
+                )
+            yield f"row {n} of the Ray Dataset", spec
+
+    return keyed_lines(values())
 
 
 class Explainer:
@@ -80,17 +76,21 @@ class Explainer:
         if num_gpus and torch.cuda.is_available():
             options.setdefault("device_map", "auto" if num_gpus >= 2 else "cuda")
         self.model, self.tokenizer = attnlrp.load_model(model, **options)
+        self.task = task_for(self.model)
         self.method = method
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        chunks = [[Line(**line) for line in json.loads(text)] for text in batch["lines"]]
+        jobs = {line.index: placed(line.place, spec_job, line.spec, self.task) for chunk in chunks for line in chunk}
+
+        def explain(lines: list[Line]) -> list[Any]:
+            return explain_jobs(self.model, self.tokenizer, [jobs[line.index] for line in lines], self.method)
 
         indices, records = [], []
-        for text in batch["lines"]:
-            chunk = [Line(**line) for line in json.loads(text)]
-            results = explain_jobs(self.model, self.tokenizer, [spec_job(line.spec) for line in chunk], self.method)
-            for line, result in zip(chunk, results):
+        for chunk in chunks:
+            for line, result in zip(chunk, explain_lines(explain, chunk)):
                 indices.append(line.index)
-                records.append(_record(line, result))
+                records.append(_record(line, result, dtype_name(self.model)))
         return {"index": np.array(indices, dtype=np.int64), "record": np.array(records, dtype=object)}
 
 
@@ -131,9 +131,9 @@ def explain_ray(
     lines = lines_of(dataset.iter_rows())
     if not lines:
         raise InputError("The Ray Dataset has no rows to explain.")
-    lengths = [len(encode(tokenizer, spec_job(line.spec)[0]).ids) for line in lines]
+    lengths = [len(encode(tokenizer, placed(line.place, spec_job, line.spec)[0]).ids) for line in lines]
     batches = [
-        {"lines": json.dumps([{"index": lines[i].index, "spec": lines[i].spec, "key": lines[i].key} for i in batch])}
+        {"lines": json.dumps([vars(lines[i]) for i in batch])}
         for batch in plan(lengths, batch_size, TOKEN_BUDGET, by_length=True)
     ]
     return ray.data.from_items(batches, override_num_blocks=len(batches)).map_batches(

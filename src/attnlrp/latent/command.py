@@ -89,7 +89,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="RANK/WORLD: this process's share (default: from torchrun or accelerate launch, else 0/1); each "
         "shard writes OUTPUT.shard-RANK-of-WORLD, merged into OUTPUT at the end of a launched run",
     )
-    co.add_argument("--quiet", action="store_true", help="no progress bar")
     _model_options(co)
     ca = commands.add_parser(
         "card",

@@ -122,6 +122,8 @@ class Task:
     options: ClassVar[tuple[str, ...]] = ()
     #: The method used where none is given.
     default_method: ClassVar[str] = "attnlrp"
+    #: Whether the model predicts labels (classes): a ``label`` names the one explained.
+    labelled: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -127,6 +127,7 @@ class SequenceClassification(Task):
     """
 
     name = "sequence-classification"
+    labelled = True
     description = "one label (or a score) for a text or a text pair (…ForSequenceClassification)"
     options = ("pair",)
     per_token: ClassVar[bool] = False
@@ -213,6 +214,7 @@ class TokenClassification(SequenceClassification):
     """The label of one token (NER): ``target=attnlrp.TokenLabel(position_or_word, label=None)``."""
 
     name = "token-classification"
+    labelled = True
     description = "the label of one token, e.g. NER (…ForTokenClassification)"
     options = ()
     per_token = True

@@ -163,6 +163,7 @@ class ImageClassification(Task):
     """An image model's class (or output vector) over its pixels."""
 
     name = "image"
+    labelled = True
     description = "an image model's class or output vector over its pixels (ViT, DeiT, CLIP's vision tower, ...)"
     options = ()
     default_method = "cp-lrp"  # as usual for vision transformers
