@@ -108,12 +108,14 @@ def _x():
 
 
 @pytest.mark.parametrize(
-    ("middle", "path", "kind"), [(CustomGelu(), "act", "CustomGelu"), (DataScale(), "act", "DataScale")]
+    ("middle", "path", "kind", "audited"),
+    [(CustomGelu(), "act", "CustomGelu", [("act", "autograd.Function _Gelu", 1)]), (DataScale(), "act", "DataScale", [])],
 )
-def test_finds_the_module_the_audit_cannot_see_into(middle, path, kind):
+def test_finds_the_module_the_audit_cannot_see_into(middle, path, kind, audited):
     torch.manual_seed(0)
     report = attnlrp.check(Net(middle), _x())
-    assert report.audit.ok  # the op audit says clean
+    assert report.audit.unruled == audited  # the audit names a custom function, and can't see a write through .data
+    assert attnlrp.audit(Net(middle), _x()).unruled == audited
     assert not report.ok
     assert [(m.path, m.kind) for m in report.leaks] == [(path, kind)]
     assert {m.path for m in report.flow.violations()} == {"", path}  # the root only contains the leak
@@ -129,7 +131,10 @@ def test_bloom_gelu_custom_function_is_found_without_its_rule_and_conserves_with
     assert fam.model.training  # the copy ran as the model is; the model itself is untouched
     monkeypatch.delitem(binding_module.INLINE_ACTIVATIONS, "BloomGelu")
     report = attnlrp.check(fam.model, fam.inputs)
-    assert report.audit.ok and not report.ok
+    assert not report.ok
+    assert report.audit.unruled == [
+        (f"transformer.h.{i}.mlp.gelu_impl", "autograd.Function GeLUFunction", 1) for i in range(2)
+    ]
     assert [m.path for m in report.leaks] == ["transformer.h.0.mlp.gelu_impl", "transformer.h.1.mlp.gelu_impl"]
     assert {m.kind for m in report.leaks} == {"BloomGelu"}
     assert report.end_to_end.error > 1e-4
@@ -210,7 +215,8 @@ def test_custom_target_and_tolerance():
     assert zero_constants(twin) == ["up.bias", "down.bias"]
     assert report.ok and report.target == pytest.approx(float(twin(_x().double())[1, 2].detach()), rel=1e-12)
     loose = attnlrp.check(Net(CustomGelu()), _x(), rtol=0.5)
-    assert loose.ok  # the GELU's leak is far below half of what passes through
+    assert not loose.leaks  # the GELU's leak is far below half of what passes through
+    assert not loose.ok and not loose.audit.ok  # but its function has no rule under AttnLRP either
 
 
 def test_relevance_changed_in_place_after_a_module_returns_is_counted_as_returned():

@@ -115,6 +115,13 @@ def attention_factors(q: Tensor, k: Tensor, v: Tensor, method: str) -> tuple[Ten
     return scale_grads((q, k, v), (0.25, 0.25, 0.5))
 
 
+def attention_mask_factor(mask: Tensor, method: str) -> Tensor:
+    """A float attention mask that depends on the input, added to the scores inside the kernel: constant with the
+    attention weights (CP-LRP), or (AttnLRP) half the relevance of the weights' side, as q.k^T gets (A.V's
+    uniform rule halves it; the addition passes it on)."""
+    return mask.detach() if method == "cp-lrp" else scale_grads((mask,), (0.5,))[0]
+
+
 class _Credit(torch.autograd.Function):
     @staticmethod
     def forward(ctx, p: Tensor, x: Tensor) -> Tensor:
@@ -197,6 +204,21 @@ def group_norm(
         grouped = grouped.float()
     var = torch.var(grouped.detach(), dim=-1, correction=0, keepdim=True)
     y = ((grouped - grouped.mean(dim=-1, keepdim=True)) * torch.rsqrt(var + eps)).reshape(shape).to(x.dtype)
+    view = (1, -1) + (1,) * (x.dim() - 2)
+    if weight is not None:
+        y = y * weight.reshape(view)
+    if bias is not None:
+        y = y + bias.reshape(view)
+    return y
+
+
+def batch_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    """BatchNorm with the batch's statistics (train mode): per channel over the batch and positions, sigma held
+    constant, the centring linear (as in layer_norm)."""
+    dims = [0, *range(2, x.dim())]
+    xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    var = torch.var(xf.detach(), dim=dims, correction=0, keepdim=True)
+    y = ((xf - xf.mean(dim=dims, keepdim=True)) * torch.rsqrt(var + eps)).to(x.dtype)
     view = (1, -1) + (1,) * (x.dim() - 2)
     if weight is not None:
         y = y * weight.reshape(view)

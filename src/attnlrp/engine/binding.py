@@ -120,6 +120,7 @@ class Binding:
         self._forwards: dict[nn.Module, Any] = {}
         self._checkpoint_funcs: dict[nn.Module, Any] = {}
         self._param_slots: list[tuple[nn.Module, str, bool]] = []
+        self._buffers_kept: list[tuple[Tensor, Tensor]] = []
         self._paths: dict[nn.Module, str] = {}
         self._norms: set[nn.Module] = set()
         self._sites: dict[nn.Module, list[Site]] = {}
@@ -224,6 +225,9 @@ class Binding:
             for name, param in module._parameters.items():
                 if param is not None:
                     self._param_slots.append((module, name, param.requires_grad))
+            if isinstance(module, nn.modules.batchnorm._NormBase) and module.training:
+                # a batch norm in train mode counts its forwards; the rules leave its statistics as they are
+                self._buffers_kept += [(b, b.clone()) for b in module.buffers(recurse=False)]
         for module, name, _ in self._param_slots:
             module._parameters[name].requires_grad_(False)
         for site in input_sites(self.model):
@@ -297,6 +301,9 @@ class Binding:
                 module.forward = previous
         for module, previous in self._checkpoint_funcs.items():
             module._gradient_checkpointing_func = previous
+        with torch.no_grad():
+            for buffer, value in self._buffers_kept:
+                buffer.copy_(value)
         for module, name, flag in self._param_slots:
             # the parameter in the slot now: accelerate's offloading hooks swap in a new Parameter
             # (inheriting requires_grad) at every forward
@@ -395,26 +402,39 @@ class Binding:
     def _new_forward(self, module: nn.Module, args: tuple) -> None:
         self._local.fresh = True  # the next input seen starts this forward's ``inputs``
 
-    def _keep(self, module: nn.Module, x: Tensor) -> bool:
+    def _keep(self, module: nn.Module, x: Tensor, replace: bool = False) -> Tensor | None:
         """Keep ``x`` as the input of the kind ``module`` serves here (where one module serves several kinds,
-        the one whose owner, the encoder or the decoder, is running); False where that can't be told."""
+        the one whose owner, the encoder or the decoder, is running), and return the tensor the model goes on
+        with; None where the kind can't be told. Run again in the same forward on the same tokens, ``module``
+        gives the tensor it kept the first time, so that the relevance of both uses adds up in it; on other
+        tokens, relevance could not be read from one input, and that is an error. ``replace``: ``x`` takes the
+        place of the kept tensor (see ``replaced``)."""
         sites = self._sites[module]
         stack = self._stack()
         owned = [site for site in sites if any(m is site.owner for m in stack)]
         site = sites[0] if len(sites) == 1 else (owned[-1] if owned else None)
         if site is None:
-            return False
+            return None
         if getattr(self._local, "fresh", True) or not hasattr(self._local, "inputs"):
             self._local.inputs, self._local.fresh = {}, False
+        kept = self._local.inputs.get(site.kind)
+        if kept is not None and kept is not x and not replace:
+            if kept.shape == x.shape and torch.equal(kept, x):
+                return kept
+            raise BindingError(
+                f"{self._paths.get(module) or type(module).__name__} ran twice in one forward pass on different "
+                f"inputs, and the relevance of the {site.kind!r} input is read from one tensor: explain a model that "
+                "embeds its input once (or passes inputs_embeds)."
+            )
         self._local.inputs[site.kind] = x
-        return True
+        return x
 
     def replaced(self, module: nn.Module, x: Tensor) -> None:
         """The model goes on with ``x`` in place of what ``module`` computed (an ``InputTap`` put it there, after
         the capture hook ran): where ``module`` is an input site, ``x`` is this forward's input of its kind, the
         tensor whose relevance is read and to which per-layer token embeddings are credited."""
         if module in self._sites:
-            self._keep(module, x)
+            self._keep(module, x, replace=True)
 
     def _capture_output(self, module: nn.Module, args: tuple, output: Any) -> Any:
         if not isinstance(output, Tensor) or not torch.is_grad_enabled():
@@ -423,7 +443,7 @@ class Binding:
             output = output.detach().requires_grad_()
         else:  # computed from inputs that require grad (pixels of a ViT): keep its grad readable too
             output.retain_grad()
-        return output if self._keep(module, output) else None
+        return self._keep(module, output)
 
     def _capture_input(self, module: nn.Module, args: tuple) -> Any:
         if not args or not isinstance(args[0], Tensor) or not torch.is_grad_enabled():
@@ -434,8 +454,8 @@ class Binding:
             # of different sizes would accumulate into it); the caller reads the grad of its leaves
             self._keep(module, x)
             return None
-        x = x.detach().requires_grad_()
-        return (x, *args[1:]) if self._keep(module, x) else None
+        kept = self._keep(module, x.detach().requires_grad_())
+        return None if kept is None else (kept, *args[1:])
 
 
 def binding_of(model: nn.Module) -> Binding | None:

@@ -1,9 +1,9 @@
 """``attnlrp.check``: measure, module by module, whether relevance is conserved through a model.
 
-The op audit (``audit.py``) lists the torch ops the engine routes without a rule. It cannot see what
-the torch-function mode never sees: the forward of a custom ``torch.autograd.Function`` (it runs with
-gradients off, and its backward is its own), writes through ``.data`` or under ``no_grad``, or ops
-that each have a rule but together still leak. The check measures instead. It runs a float64 copy of
+The op audit (``audit.py``) lists the torch ops the engine routes without a rule, and names each custom
+``torch.autograd.Function`` without seeing into it (its forward runs with gradients off, and its backward is its
+own). It cannot see writes through ``.data`` or under ``no_grad``, or ops that each have a rule but together
+still leak. The check measures instead. It runs a float64 copy of
 the model once under CP-LRP, which conserves relevance exactly once the additive constants are gone,
 with every bias and learned input-independent constant (position and token-type embeddings, class
 tokens) zeroed, and compares the relevance entering each module with the relevance leaving it.
@@ -27,9 +27,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves, tree_map
 
-from ..errors import BindingError, UnruledOpWarning
-from . import layer_map
-from .audit import AuditReport, example_arguments
+from ..errors import BindingError, InputError, UnruledOpWarning
+from . import layer_map, quantized
+from .audit import AuditReport, custom_functions, example_arguments
 from .binding import binding_of, lrp
 
 #: Reads the relevance of tensor t from its gradient: t * grad (efficient mode) or grad (explicit mode).
@@ -328,6 +328,12 @@ def check(
     """
     if binding_of(model) is not None:
         raise BindingError(f"{type(model).__name__} is bound by an attnlrp.lrp(...) block: check it outside the block.")
+    if getattr(model, "is_quantized", False) or any(quantized.backend_of(m) is not None for m in model.modules()):
+        raise InputError(
+            f"{type(model).__name__} is quantized, and the check runs a float64 copy, which a quantized model can't be "
+            "cast to: check the same architecture unquantized (a small config, or the model loaded without its "
+            "quantization_config); attnlrp.audit(model) works on the quantized model."
+        )
     twin = copy.deepcopy(model).to(torch.float64)
     notes = _float64_experts(twin)
     zeroed = zero_constants(twin)
@@ -336,6 +342,7 @@ def check(
     with (
         lrp(twin, method="cp-lrp", layer_rules=layer_rules) as binding,
         relevance_flow(twin, lambda t, grad: t * grad, rtol) as flow,
+        custom_functions(twin) as functions,
         warnings.catch_warnings(),
     ):
         warnings.simplefilter("ignore", UnruledOpWarning)
@@ -348,7 +355,7 @@ def check(
         rtol=rtol,
         target=float(y.detach()),
         flow=flow,
-        audit=AuditReport.of(binding),
+        audit=AuditReport.of(binding, functions),
         zeroed=zeroed,
         notes=notes,
     )

@@ -36,7 +36,7 @@ LINEAR = frozenset(
     flipud rot90 pad constant_pad_nd diagonal diag_embed tril triu unfold as_strided
     take_along_dim take topk sort max min amax amin max_pool1d max_pool2d avg_pool1d avg_pool2d
     adaptive_avg_pool1d adaptive_avg_pool2d adaptive_max_pool1d adaptive_max_pool2d interpolate
-    pixel_shuffle pixel_unshuffle batch_norm instance_norm copy detach zero fill align_as
+    pixel_shuffle pixel_unshuffle copy detach zero fill align_as
     embedding embedding_bag one_hot sum_to_size new_tensor view_as_real view_as_complex
     """.split()
 )
@@ -265,10 +265,14 @@ def _sdpa(binding: Binding, func, args, kwargs):
     if len(rest) >= 2:  # dropout_p given positionally
         rest = rest[:1] + (0.0,) + rest[2:]
         kwargs.pop("dropout_p")
-    if not any(_requires_grad(t) for t in (q, k, v)):
+    mask = rest[0] if rest else kwargs.get("attn_mask")
+    if not any(_requires_grad(t) for t in (q, k, v, mask)):
         return func(q, k, v, *rest, **kwargs)
     binding.note(func, "attention kernel")
     q, k, v = rules.attention_factors(q, k, v, binding.method)
+    if _requires_grad(mask):
+        mask = rules.attention_mask_factor(mask, binding.method)
+        rest, kwargs = ((mask, *rest[1:]), kwargs) if rest else (rest, {**kwargs, "attn_mask": mask})
     return func(q, k, v, *rest, **kwargs)
 
 
@@ -280,10 +284,12 @@ def _multi_head_attention(binding: Binding, func, args, kwargs):
     projections are linear, so scaling or detaching there is the rule at q, k and v), then the function as written."""
     call = dict(zip(_MHA_PARAMETERS, args), **kwargs)
     q, k, v = call["query"], call["key"], call["value"]
-    if not any(_requires_grad(t) for t in (q, k, v)):
+    if not any(_requires_grad(t) for t in (q, k, v, call.get("attn_mask"))):
         return func(*args, **kwargs)
     binding.note(func, "attention kernel")
     call["query"], call["key"], call["value"] = rules.attention_factors(q, k, v, binding.method)
+    if _requires_grad(call.get("attn_mask")):
+        call["attn_mask"] = rules.attention_mask_factor(call["attn_mask"], binding.method)
     call["dropout_p"] = 0.0
     return func(**call)
 
@@ -324,6 +330,34 @@ def _group_norm(binding: Binding, func, args, kwargs):
         _arg(args, kwargs, 3, "bias"),
         _arg(args, kwargs, 4, "eps", 1e-5),
     )
+
+
+def _batch_norm(binding: Binding, func, args, kwargs):
+    """With running statistics (eval mode): an affine map, linear. With the batch's own (train mode): the norm
+    rule, the variance held constant and the centring linear, as for a layer norm; the running statistics are
+    left as they are (a bound model comes out unchanged)."""
+    x = args[0]
+    training = _arg(args, kwargs, 5, "training", False)
+    mean, var = _arg(args, kwargs, 1, "running_mean"), _arg(args, kwargs, 2, "running_var")
+    if not training and mean is not None and var is not None:
+        return func(*args, **kwargs)
+    if _requires_grad(x):
+        binding.note(func, "norm")
+    return rules.batch_norm(
+        x, _arg(args, kwargs, 3, "weight"), _arg(args, kwargs, 4, "bias"), _arg(args, kwargs, 7, "eps", 1e-5)
+    )
+
+
+def _instance_norm(binding: Binding, func, args, kwargs):
+    """Each example's own statistics per channel: the group norm with a group per channel (statistics constant);
+    with running statistics instead (``use_input_stats=False``), an affine map."""
+    x = args[0]
+    if not _arg(args, kwargs, 5, "use_input_stats", True):
+        return func(*args, **kwargs)
+    if _requires_grad(x):
+        binding.note(func, "norm")
+    eps = _arg(args, kwargs, 7, "eps", 1e-5)
+    return rules.group_norm(x, x.shape[1], _arg(args, kwargs, 3, "weight"), _arg(args, kwargs, 4, "bias"), eps)
 
 
 def _normalize(binding: Binding, func, args, kwargs):
@@ -415,6 +449,8 @@ _SPECIAL: dict[str, Handler] = {
         "layer_norm": _layer_norm,
         "rms_norm": _rms_norm,
         "group_norm": _group_norm,
+        "batch_norm": _batch_norm,
+        "instance_norm": _instance_norm,
         "normalize": _normalize,
         **{name: _activation(ratio) for name, ratio in ACTIVATIONS.items()},
         **{name: _products(factors) for name, factors in PRODUCTS.items()},
@@ -443,11 +479,55 @@ PASSIVE_PREFIXES = (
 )
 
 
+def _out_of_place(func: Callable) -> Callable | None:
+    """The out-of-place form of an op that writes into its first argument (``Tensor.mul_``, ``__imul__``)."""
+    raw = getattr(func, "__name__", "") or ""
+    if raw.startswith("__i") and raw.endswith("__"):
+        return getattr(Tensor, f"__{raw[3:-2]}__", None)
+    if raw.endswith("_") and not raw.endswith("__"):
+        return getattr(Tensor, raw[:-1], None)
+    return None
+
+
+#: Marks a handler's result carries for the handlers of the ops that use it (see _mul).
+_TAGS = ("_attnlrp_gate", "_attnlrp_gate_input")
+
+
+def _in_place(handler: Handler, out_of_place: Callable | None) -> Handler:
+    """The handler for an op that may write into its first argument (``h.mul_(u)``, ``h *= u``, ``F.relu(h,
+    inplace=True)``): the op out of place under its rule, on a copy of that argument, and the result copied into
+    it. Run in place, the rule's own tensors (views that scale the backward, detached factors) would be written
+    instead, cutting the argument from the graph the rule builds."""
+
+    def handle(binding: Binding, func, args, kwargs):
+        target = args[0] if args else None
+        writes = out_of_place is not None or kwargs.get("inplace") is True
+        if not (writes and isinstance(target, Tensor) and torch.is_grad_enabled()):
+            return handler(binding, func, args, kwargs)
+        if not any(_requires_grad(a) for a in (*args, *kwargs.values())):
+            return func(*args, **kwargs)
+        copy = target.clone()
+        for tag in _TAGS:  # a gate stays a gate (see _mul)
+            if hasattr(target, tag):
+                setattr(copy, tag, getattr(target, tag))
+        args = tuple(copy if a is target else a for a in args)
+        result = handler(
+            binding, out_of_place or func, args, {**kwargs, "inplace": False} if "inplace" in kwargs else kwargs
+        )
+        target.copy_(result)
+        for tag in _TAGS:
+            if hasattr(result, tag):
+                setattr(target, tag, getattr(result, tag))
+        return target
+
+    return handle
+
+
 def handler_for(func: Callable) -> Handler | None:
     """The handler for ``func``; None for ops that are linear (plain autograd is their rule)."""
     name = op_name(func)
     if name in _SPECIAL:
-        return _SPECIAL[name]
+        return _in_place(_SPECIAL[name], _out_of_place(func))
     if name in LINEAR or name.startswith(PASSIVE_PREFIXES):
         return None
     return _unruled
