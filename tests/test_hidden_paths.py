@@ -162,7 +162,9 @@ def test_an_input_embedded_twice_gets_the_relevance_of_both_uses_or_an_error():
         y = model(ids)[0, -1, 3]
         y.backward()
         x = binding.embeddings
-    assert float((x * x.grad).sum().detach()) == pytest.approx(float(y.detach()), rel=1e-10)  # the first use was dropped
+    assert float((x * x.grad).sum().detach()) == pytest.approx(
+        float(y.detach()), rel=1e-10
+    )  # the first use was dropped
     model.other_tokens = True
     with attnlrp.lrp(model), pytest.raises(BindingError, match="embed ran twice in one forward pass on different"):
         model(ids)
@@ -173,3 +175,42 @@ def test_a_quantized_model_is_refused_by_the_check_with_the_fix():
     model.is_quantized = True  # as transformers marks a model loaded with a quantization_config
     with pytest.raises(attnlrp.InputError, match="quantized, and the check runs a float64 copy"):
         attnlrp.check(model, torch.randn(1, 4))
+
+
+class _FusedNormFunction(torch.autograd.Function):
+    """An RMS norm with its exact gradient, as fused kernels ship it: correct for training, no rule for LRP."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        with torch.enable_grad():
+            leaf = x.detach().requires_grad_()
+            (out,) = torch.autograd.grad(leaf * torch.rsqrt(leaf.pow(2).mean(-1, keepdim=True) + 1e-6), leaf, grad)
+        return out
+
+
+class _FusedNorm(nn.Module):
+    def forward(self, x):
+        return _FusedNormFunction.apply(x)
+
+
+def test_a_custom_function_where_cp_lrp_holds_all_constant_is_still_named_by_lrp_audit_and_check():
+    # On the queries and keys, CP-LRP holds everything constant: a conservation check of CP-LRP can't see
+    # what such a function does to AttnLRP's relevance, so it is named wherever it runs.
+    fam = build("qwen3")
+    for layer in fam.model.model.layers:
+        layer.self_attn.q_norm = _FusedNorm()
+    expected = [(f"model.layers.{i}.self_attn.q_norm", "autograd.Function _FusedNormFunction", 1) for i in range(2)]
+    assert attnlrp.audit(fam.model, fam.inputs["input_ids"]).unruled == expected
+    report = attnlrp.check(fam.model, fam.inputs["input_ids"])
+    assert not report.leaks and not report.ok and report.audit.unruled == expected
+    with pytest.warns(attnlrp.UnruledOpWarning, match=r"autograd.Function _FusedNormFunction at model.layers.0"):
+        with attnlrp.lrp(fam.model):  # as explain() runs it
+            fam.model(**fam.inputs)
+    with attnlrp.lrp(fam.model, strict=True), pytest.raises(attnlrp.UnruledOpError, match="_FusedNormFunction"):
+        fam.model(**fam.inputs)

@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils._pytree import tree_leaves
 
 from ..errors import UnruledOpWarning
 from .binding import Binding, lrp
@@ -50,59 +47,13 @@ class AuditReport:
     __repr__ = __str__
 
     @classmethod
-    def of(cls, binding: Binding, functions: Counter | None = None) -> AuditReport:
-        """The report of what ran in ``binding`` while it was counting, and of the custom autograd functions
-        ``functions`` (from ``custom_functions``) found in the same run."""
+    def of(cls, binding: Binding) -> AuditReport:
+        """The report of what ran in ``binding`` while it was counting."""
         report = cls(method=binding.method)
-        found = binding.unruled_ops + (functions or Counter())
-        report.unruled = [(path, op, n) for (path, op), n in found.items()]
+        report.unruled = [(path, op, n) for (path, op), n in binding.unruled_ops.items()]
         for (_, rule), n in binding.ruled_ops.items():
             report.rules[rule] += n
         return report
-
-
-@contextmanager
-def custom_functions(model: nn.Module) -> Iterator[Counter]:
-    """Counts, by module path and name, the custom ``torch.autograd.Function`` s (other than attnlrp's and torch's
-    own) that run in ``model``'s forward passes inside the block.
-
-    Each module claims the nodes of the autograd graph it built: those reachable from its outputs without
-    passing through its inputs, and not claimed already by a module that finished earlier (one it called).
-    """
-    found: Counter = Counter()
-    claimed: set = set()
-    bounds: list[set] = []
-
-    def nodes(tree: Any) -> list:
-        return [t.grad_fn for t in tree_leaves(tree) if isinstance(t, Tensor) and t.grad_fn is not None]
-
-    def before(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        bounds.append(set(nodes((args, kwargs))))
-
-    def after(path: str):
-        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            stop, todo = bounds.pop() if bounds else set(), nodes(output)
-            while todo:
-                node = todo.pop()
-                if node in stop or node in claimed:
-                    continue
-                claimed.add(node)
-                cls = getattr(node, "_forward_cls", None)
-                if cls is not None and not cls.__module__.startswith(("attnlrp.", "torch.")):
-                    found[(path, f"autograd.Function {cls.__qualname__}")] += 1
-                todo.extend(child for child, _ in node.next_functions if child is not None)
-
-        return hook
-
-    handles = []
-    try:
-        for path, module in model.named_modules():
-            handles.append(module.register_forward_pre_hook(before, with_kwargs=True))
-            handles.append(module.register_forward_hook(after(path), with_kwargs=True))
-        yield found
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def example_arguments(model: nn.Module, example_inputs: Any) -> tuple[tuple, dict]:
@@ -140,9 +91,9 @@ def audit(model: nn.Module, example_inputs: Any = None, method: str = "attnlrp")
     arguments; by default eight token ids. Float inputs are made to require grad.
     """
     args, kwargs = example_arguments(model, example_inputs)
-    with lrp(model, method=method) as binding, custom_functions(model) as functions, warnings.catch_warnings():
+    with lrp(model, method=method) as binding, warnings.catch_warnings():
         warnings.simplefilter("ignore", UnruledOpWarning)
         binding.counting = True
         with torch.enable_grad():
             model(*args, **kwargs)
-    return AuditReport.of(binding, functions)
+    return AuditReport.of(binding)

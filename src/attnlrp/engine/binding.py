@@ -156,6 +156,7 @@ class Binding:
         stack = self._stack()
         if not stack:
             self._mode.__enter__()
+            self._local.bounds, self._local.claimed = {}, set()
         stack.append(module)
 
     def _exit(self, module: nn.Module) -> None:
@@ -166,6 +167,7 @@ class Binding:
             pass
         if not stack:
             self._mode.__exit__(None, None, None)
+            self._local.bounds, self._local.claimed = {}, set()  # no graph node is held after the forward
             self._warn_new_unruled()
 
     def in_norm(self) -> bool:
@@ -183,7 +185,10 @@ class Binding:
             self.ruled_ops[(self.path(), f"{ops.op_name(func)} [{rule}]")] += 1
 
     def unruled(self, func: Callable) -> None:
-        key = (self.path(), ops.op_name(func))
+        self._unruled((self.path(), ops.op_name(func)))
+
+    def _unruled(self, key: tuple[str, str]) -> None:
+        """Count ``(module path, op)`` as run without a rule (in strict mode: raise)."""
         self.unruled_ops[key] += 1
         if self.strict:
             self._warned.add(key)  # the error says it all: no UnruledOpWarning as the scope unwinds
@@ -219,8 +224,8 @@ class Binding:
             if isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or _NORM_CLASS.search(type(module).__name__):
                 self._norms.add(module)
             if module is self.model or type(module) not in _LINEAR_LEAVES:  # a linear leaf needs no scope
-                self._handles.append(module.register_forward_pre_hook(self._pre_hook))
-                self._handles.append(module.register_forward_hook(self._post_hook, always_call=True))
+                self._handles.append(module.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
+                self._handles.append(module.register_forward_hook(self._post_hook, with_kwargs=True, always_call=True))
             self._bind_module(path, module)
             for name, param in module._parameters.items():
                 if param is not None:
@@ -377,15 +382,38 @@ class Binding:
         self._forwards[module] = previous
         module.forward = forward
 
-    def _pre_hook(self, module: nn.Module, args: tuple) -> None:
+    def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self._enter(module)
+        if torch.is_grad_enabled():
+            self._local.bounds.setdefault(module, []).append({*_grad_nodes(args), *_grad_nodes(kwargs)})
         checkpoint = module.__dict__.get("_gradient_checkpointing_func")
         if checkpoint is not None and module not in self._checkpoint_funcs:
             self._checkpoint_funcs[module] = checkpoint
             module._gradient_checkpointing_func = functools.partial(self._checkpointed, checkpoint, module)
 
-    def _post_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
-        self._exit(module)
+    def _post_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        try:
+            bounds = getattr(self._local, "bounds", {}).get(module)
+            if bounds:
+                self._find_functions(module, bounds.pop(), output)
+        finally:
+            self._exit(module)
+
+    def _find_functions(self, module: nn.Module, inputs: set, output: Any) -> None:
+        """Count the custom ``torch.autograd.Function`` s (not attnlrp's or torch's own) that ``module`` ran as
+        unruled: the mode can't see into their forward (it runs with gradients off), and their backward is their
+        own. ``module`` owns the nodes of the autograd graph reachable from its output without passing through
+        its inputs, except those a module it called (which finished first) owns."""
+        claimed, todo = self._local.claimed, _grad_nodes(output)
+        while todo:
+            node = todo.pop()
+            if node in inputs or node in claimed:
+                continue
+            claimed.add(node)
+            cls = getattr(node, "_forward_cls", None)
+            if cls is not None and not cls.__module__.startswith(("attnlrp.", "torch.")):
+                self._unruled((self._paths.get(module, "?"), f"autograd.Function {cls.__qualname__}"))
+            todo.extend(child for child, _ in node.next_functions if child is not None)
 
     def _checkpointed(self, checkpoint: Callable, module: nn.Module, function: Callable, *args, **kwargs):
         """Run the checkpointed function, and its recomputation in the backward pass, in scope."""
@@ -456,6 +484,18 @@ class Binding:
             return None
         kept = self._keep(module, x.detach().requires_grad_())
         return None if kept is None else (kept, *args[1:])
+
+
+def _grad_nodes(value: Any, depth: int = 2) -> list:
+    """The autograd nodes that made the tensors in ``value``: a tensor, or one in a tuple, list or dict (a model
+    output) up to ``depth`` levels down; caches and other objects are not searched (a full pytree walk of every
+    module's arguments would cost more than the rules)."""
+    if isinstance(value, Tensor):
+        return [value.grad_fn] if value.grad_fn is not None else []
+    if depth and isinstance(value, (tuple, list, dict)):
+        items = value.values() if isinstance(value, dict) else value
+        return [node for item in items for node in _grad_nodes(item, depth - 1)]
+    return []
 
 
 def binding_of(model: nn.Module) -> Binding | None:

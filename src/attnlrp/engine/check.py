@@ -29,7 +29,7 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 from ..errors import BindingError, InputError, UnruledOpWarning
 from . import layer_map, quantized
-from .audit import AuditReport, custom_functions, example_arguments
+from .audit import AuditReport, example_arguments
 from .binding import binding_of, lrp
 
 #: Reads the relevance of tensor t from its gradient: t * grad (efficient mode) or grad (explicit mode).
@@ -342,7 +342,6 @@ def check(
     with (
         lrp(twin, method="cp-lrp", layer_rules=layer_rules) as binding,
         relevance_flow(twin, lambda t, grad: t * grad, rtol) as flow,
-        custom_functions(twin) as functions,
         warnings.catch_warnings(),
     ):
         warnings.simplefilter("ignore", UnruledOpWarning)
@@ -355,7 +354,7 @@ def check(
         rtol=rtol,
         target=float(y.detach()),
         flow=flow,
-        audit=AuditReport.of(binding, functions),
+        audit=AuditReport.of(binding),
         zeroed=zeroed,
         notes=notes,
     )
