@@ -190,6 +190,14 @@ def test_chat_messages_use_the_template_and_segments_add_up(tiny_lm, tokenizer):
         assert words[name] == pytest.approx(parts[name], rel=1e-4, abs=1e-6)
 
 
+def test_a_system_prompt_the_template_adds_is_its_own_segment_not_the_users(tiny_lm, tokenizer):
+    exp = attnlrp.explain(tiny_lm, tokenizer, [{"role": "user", "content": "Where is the Eiffel Tower?"}])
+    assert [name for name, _, _ in exp.segments] == ["template", "0:user", "generation prompt"]
+    text = {name: tokenizer.decode(exp.token_ids[a:b]) for name, a, b in exp.segments}
+    assert "You are a helpful AI assistant" in text["template"]  # SmolLM2's default system prompt
+    assert text["0:user"] == "<|im_start|>user\nWhere is the Eiffel Tower?<|im_end|>\n"
+
+
 @pytest.mark.parametrize("prompt", [PROMPT, "Hi", "1 + 1 =\n2\n\n2 + 2 ="])
 def test_cp_lrp_conserves_through_explain(tiny_lm, tokenizer, prompt):
     exp = attnlrp.explain(tiny_lm, tokenizer, prompt, method="cp-lrp")

@@ -34,6 +34,21 @@ def _chat_ids(tokenizer, messages, add_generation_prompt: bool = True) -> list[i
     return list(out["input_ids"] if isinstance(out, Mapping) else out)
 
 
+def _preamble(tokenizer, first: Mapping) -> int:
+    """How many tokens the template puts before the first message's own turn (a BOS; a default system prompt
+    where the messages have none): the first message's rendering, less one turn, which a second copy of the
+    message measures. 0 where the template refuses two turns of one role in a row."""
+    try:
+        once = _chat_ids(tokenizer, [first], add_generation_prompt=False)
+        twice = _chat_ids(tokenizer, [first, first], add_generation_prompt=False)
+    except Exception:  # templates raise what they like (jinja's TemplateError, ValueError)
+        return 0
+    turn = len(twice) - len(once)
+    if not 0 < turn <= len(once) or once[len(once) - turn :] != twice[len(twice) - turn :]:
+        return 0
+    return len(once) - turn
+
+
 def _encode_chat(tokenizer, messages) -> Item:
     if not getattr(tokenizer, "chat_template", None):
         raise InputError(
@@ -44,7 +59,8 @@ def _encode_chat(tokenizer, messages) -> Item:
         if "role" not in m or "content" not in m:
             raise InputError(f"Each chat message needs 'role' and 'content' keys, got {dict(m)!r}.")
     ids = _chat_ids(tokenizer, messages)
-    segments, start = [], 0
+    start = _preamble(tokenizer, messages[0])
+    segments = [("template", 0, start)] if start else []
     for i in range(len(messages)):
         prefix = _chat_ids(tokenizer, messages[: i + 1], add_generation_prompt=False)
         end = len(prefix) if ids[: len(prefix)] == prefix else start
