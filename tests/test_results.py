@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from attnlrp import Explanation, GenerationExplanation, ResultFileError
-from attnlrp.results.tokens import clean_tokens
+from attnlrp.results.tokens import clean_tokens, group_words
 
 ANSI = "\x1b["
 
@@ -215,6 +215,28 @@ def test_words_never_cross_a_segment_or_the_answer():
 def test_byte_fallback_tokens_display_as_text():
     display = clean_tokens(["▁a", "<0x0A>", "<0x21>", "▁b"])
     assert display == [" a", "\n", "!", " b"]
+    # a character over several byte tokens is shown by its first; a byte left unfinished is a replacement mark
+    assert clean_tokens(["▁a", "<0xE6>", "<0x97>", "<0xA5>", "▁b", "<0xE6>"]) == [" a", "日", "", "", " b", "\ufffd"]
+
+
+@pytest.mark.parametrize("text", ["I ❤️ 🐍 and 日本語", "東京は日本の首都です。" * 4, "Family: 👨‍👩‍👧 ok", "café naïve"])
+def test_characters_split_over_byte_level_tokens_join_into_the_text_and_into_words(tokenizer, text):
+    from attnlrp.tasks.text import display_tokens
+
+    ids = tokenizer(text).input_ids
+    _, display, special = display_tokens(tokenizer, ids)
+    assert "".join(display) == text  # nothing dropped, no escapes, at any length (the 76-token prompt too)
+    words, _, summed, _ = group_words(display, special, np.ones(len(display)))
+    assert "".join(words) == text and summed.sum() == len(display)
+    assert all(word.strip() for word in words)  # no word is only the rest of a character
+
+
+def test_words_keep_emoji_and_scripts_without_spaces_whole(tokenizer):
+    from attnlrp.tasks.text import display_tokens
+
+    _, display, special = display_tokens(tokenizer, tokenizer("I ❤️ 🐍 and 日本語, Family: 👨‍👩‍👧").input_ids)
+    words = group_words(display, special, np.ones(len(display)))[0]
+    assert words == ["I", " ❤️", " 🐍", " and", " 日本語", ",", " Family", ":", " 👨‍👩‍👧"]
 
 
 def test_generation_words_merge_the_prompt_and_keep_one_row_per_generated_token():
@@ -231,6 +253,15 @@ def test_generation_words_merge_the_prompt_and_keep_one_row_per_generated_token(
     assert [words.step(i).target for i in range(3)] == [gen.step(i).target for i in range(3)]
     assert [s.total for s in map(words.step, range(3))] == pytest.approx([s.total for s in map(gen.step, range(3))])
     assert len(words.top(2)) == 3
+
+
+def test_generation_step_counts_from_the_end_like_a_list_and_refuses_other_steps():
+    gen = generation()
+    last = gen.step(-1)
+    assert last.to_dict() == gen.step(2).to_dict() and last.target_id == gen.token_ids[-1]
+    for bad in (3, -4, 1.0, True):
+        with pytest.raises(IndexError, match=r"give 0\.\.2, or -1 for the last"):
+            gen.step(bad)
 
 
 # --- normalised, top, repr ----------------------------------------------------------------------

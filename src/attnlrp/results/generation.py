@@ -58,7 +58,14 @@ class GenerationExplanation(Result):
         return self.matrix.shape[0]
 
     def step(self, i: int) -> Explanation:
-        """The explanation of generated token i over all tokens before it (and the image, where there is one)."""
+        """The explanation of generated token i over all tokens before it (and the image, where there is one);
+        negative i counts from the last, as in a list."""
+        count = len(self.generated)
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not -count <= i < count:
+            raise IndexError(
+                f"step {i!r} of a generation of {count} token(s): give 0..{count - 1}, or -1 for the last."
+            )
+        i = int(i) % count
         end = self.prompt_length + i
         image = None
         if self.image_matrix is not None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import codecs
 import itertools
 import re
+import unicodedata
 from collections.abc import Iterable
 from functools import lru_cache
 
 import numpy as np
 
 _BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
+_JOINER = "\u200d"  # zero-width joiner: one emoji of several
 
 
 @lru_cache(maxsize=1)
@@ -38,42 +41,58 @@ def scheme_of(tokens: list[str]) -> str:
     return "plain"
 
 
-def _from_bytelevel(token: str) -> str:
-    table = _byte_decoder()
-    if not all(ch in table for ch in token):
-        return token
-    raw = bytes(table[ch] for ch in token)
-    text = raw.decode("utf-8", errors="ignore")
-    return text if text or not raw else "".join(f"\\x{b:02x}" for b in raw)
-
-
-def _byte_fallback(token: str) -> str | None:
+def _bytes_of(token: str, scheme: str) -> bytes | None:
+    """The raw bytes a token stands for (a byte-level BPE token, a ``<0xE6>`` byte fallback), None for text."""
     match = _BYTE_FALLBACK.match(token)
-    if match is None:
-        return None
-    value = int(match.group(1), 16)
-    return chr(value) if value < 0x80 else f"\\x{value:02x}"
+    if match is not None:
+        return bytes([int(match.group(1), 16)])
+    table = _byte_decoder()
+    if scheme == "bytelevel" and all(ch in table for ch in token):
+        return bytes(table[ch] for ch in token)
+    return None
+
+
+def _text_of(token: str, scheme: str, first: bool) -> str:
+    if scheme == "sentencepiece":
+        return token.replace("▁", " ")
+    if scheme == "wordpiece":
+        return token[2:] if token.startswith("##") else (token if first else " " + token)
+    return token
 
 
 def clean_tokens(tokens: list[str], special: frozenset[str] = frozenset(), scheme: str | None = None) -> list[str]:
-    """Display strings for raw tokens: leading spaces and newlines restored, markers removed."""
+    """Display strings for raw tokens: leading spaces and newlines restored, markers removed.
+
+    Bytes (byte-level BPE, SentencePiece's byte fallback) are decoded across tokens: a character whose bytes
+    several tokens carry (an emoji, most CJK characters) is shown by the token that holds its first byte, and the
+    tokens after it that hold only the rest of it show nothing, so that the display strings join into the text.
+    """
     scheme = scheme or scheme_of(tokens)
-    shown = []
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    shown: list[str] = []
+    owner = None  # the token holding the first byte of a character not finished yet
+
+    def flush() -> None:
+        nonlocal owner
+        rest = decoder.decode(b"", final=True)  # an unfinished character: "\ufffd"
+        if rest and owner is not None:
+            shown[owner] += rest
+        owner = None
+
     for i, token in enumerate(tokens):
-        if token in special:
-            shown.append(token)
+        data = None if token in special else _bytes_of(token, scheme)
+        if data is None:
+            flush()
+            shown.append(token if token in special else _text_of(token, scheme, first=i == 0))
             continue
-        fallback = _byte_fallback(token)
-        if fallback is not None:
-            shown.append(fallback)
-        elif scheme == "sentencepiece":
-            shown.append(token.replace("▁", " "))
-        elif scheme == "bytelevel":
-            shown.append(_from_bytelevel(token))
-        elif scheme == "wordpiece":
-            shown.append(token[2:] if token.startswith("##") else (token if i == 0 else " " + token))
-        else:
-            shown.append(token)
+        shown.append("")
+        for byte in data:
+            owner = i if owner is None else owner
+            text = decoder.decode(bytes([byte]))
+            if text:
+                shown[owner] += text
+                owner = None
+    flush()
     return shown
 
 
@@ -84,12 +103,17 @@ def _is_punctuation(text: str) -> bool:
 
 def word_starts(display: list[str], special: list[bool]) -> list[bool]:
     """Where a new word begins: at or after whitespace, punctuation and special tokens."""
-    starts = []
+    starts, previous = [], ""
     for i, text in enumerate(display):
         if i == 0:
             starts.append(True)
+            previous = text
             continue
-        previous = display[i - 1]
+        joined = not text or unicodedata.category(text[0])[0] == "M" or text[0] == _JOINER or previous[-1:] == _JOINER
+        if joined and not (special[i] or special[i - 1]):
+            starts.append(False)  # the rest of a character, a mark or a variation selector, a joined emoji
+            previous = text or previous
+            continue
         starts.append(
             special[i]
             or special[i - 1]
@@ -99,6 +123,7 @@ def word_starts(display: list[str], special: list[bool]) -> list[bool]:
             or _is_punctuation(text)
             or _is_punctuation(previous)
         )
+        previous = text or previous
     return starts
 
 

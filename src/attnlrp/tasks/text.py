@@ -141,8 +141,7 @@ def display_tokens(tokenizer, ids: list[int]) -> tuple[list[str], list[str], lis
     """(raw tokens, display strings, which are special tokens) for token ids."""
     raw = tokenizer.convert_ids_to_tokens(ids)
     specials = frozenset(getattr(tokenizer, "all_special_tokens", []))
-    vocab_sample = (
-        raw if len(raw) > 40 else raw + tokenizer.convert_ids_to_tokens(list(range(min(len(tokenizer), 500))))
-    )
-    display = clean_tokens(raw, specials, scheme=scheme_of(vocab_sample))
+    # the scheme is the tokenizer's: its first 500 tokens tell it (a prompt's own tokens may not: CJK text has no Ġ)
+    vocab_sample = tokenizer.convert_ids_to_tokens(list(range(min(len(tokenizer), 500))))
+    display = clean_tokens(raw, specials, scheme=scheme_of(raw + vocab_sample))
     return raw, display, [t in specials for t in raw]
