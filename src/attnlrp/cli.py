@@ -130,8 +130,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="K",
         help="also print the K most relevant tokens (words with --words; of the prompt, with --answer)",
     )
-    ex.add_argument("--words", action="store_true", help="merge sub-word tokens into words")
-    ex.add_argument("--json", metavar="PATH", help="save the explanation as JSON")
+    ex.add_argument(
+        "--words", action="store_true", help="merge sub-word tokens into words in what is shown (--top, --html)"
+    )
+    ex.add_argument(
+        "--json",
+        metavar="PATH",
+        help="save the explanation as JSON, token by token (with --words too: .words() of the loaded file is "
+        "the word view, with the positions --top prints)",
+    )
     ex.add_argument("--html", metavar="PATH", help="save a self-contained HTML heatmap")
     ex.add_argument("--input", metavar="JSONL", help="many prompts, one per line (see below)")
     ex.add_argument("--output", metavar="JSONL", help="results for --input, one line each; rerunning resumes")
