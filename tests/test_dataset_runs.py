@@ -224,6 +224,11 @@ def test_one_line_errors(run, tmp_path, tiny_lm, tokenizer, monkeypatch):
         _write(lines, ["a b", bad, "c d"])  # one batch
         fails("explain", "--input", str(lines), "--output", str(tmp_path / "p.jsonl"), says=says)
     fails("explain", "Hi", "--label", "positive", says="this is a causal-lm model: give a target instead")
+    fails("explain", "Hi", "--answer", "", says="answer")  # an empty answer or contrast is refused, not ignored
+    fails("explain", "Hi", "--target", " a", "--contrast", "", says="non-empty")
+    assert run("explain", "Hi", "--target-id", "5", "--json", str(tmp_path / "id.json"))[0] == 0
+    assert Explanation.load(tmp_path / "id.json").target_id == 5
+    fails("explain", "The capital", "--target", " Lutetia", says="(--target-id ")
     fails("merge", str(out), "--world", "0", says="1 or more, not 0")
     with pytest.raises(attnlrp.TargetError, match="Unsupported target True"):
         attnlrp.explain(tiny_lm, tokenizer, "Hi", target=True)

@@ -116,7 +116,9 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("prompt", nargs="?", help="the text to explain (or use --input for many prompts)")
     common(ex)
     conversation(ex)
-    ex.add_argument("--target", help="the next token to explain (default: the model's top prediction)")
+    token = ex.add_mutually_exclusive_group()
+    token.add_argument("--target", help="the next token to explain (default: the model's top prediction)")
+    token.add_argument("--target-id", type=int, metavar="ID", help="the next token to explain, by its id")
     what = ex.add_mutually_exclusive_group()
     what.add_argument("--contrast", help="explain target minus this token's (or label's) logit; 'mean' for the mean")
     what.add_argument("--answer", help="explain this whole answer, teacher-forced after the prompt (not with --target)")
@@ -265,7 +267,8 @@ def _explain_one(args, model, tokenizer) -> None:
         return _explain_image(args, model, tokenizer)
     if task.name in _NEEDS and getattr(args, _NEEDS[task.name][0]) is None:
         raise InputError(f"{type(model).__name__} is a {task.name} model: give {_NEEDS[task.name][1]}.")
-    inputs, target, options = spec_job(vars(args), task)
+    spec = vars(args) if args.target_id is None else {**vars(args), "target": args.target_id}
+    inputs, target, options = spec_job(spec, task)
     exp = attnlrp.explain(model, tokenizer, inputs, target=target, **_method(args), **options)
     shown = exp.words() if args.words else exp
     shown.show(color=False if args.no_color else None)
@@ -294,6 +297,7 @@ def _explain_image(args, model, processor) -> None:
 #: Options of one prompt: with --input, each line gives its own
 _ONE_PROMPT = (
     "target",
+    "target_id",
     "contrast",
     "answer",
     "label",
@@ -315,7 +319,7 @@ def _explain_many(args, model, tokenizer) -> None:
 
     if not args.output:
         raise InputError("--input needs --output: the file the results are written to (one JSON line each).")
-    one_prompt = [f"--{name.replace('_', '-')}" for name in _ONE_PROMPT if getattr(args, name)]
+    one_prompt = [f"--{name.replace('_', '-')}" for name in _ONE_PROMPT if getattr(args, name) not in (None, False)]
     if one_prompt:
         raise InputError(
             f'{", ".join(one_prompt)} with --input: give what to explain as fields of each input line ("target", '

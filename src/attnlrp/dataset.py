@@ -318,7 +318,7 @@ def spec_job(spec: dict, task: type[Task] | None = None) -> tuple[Any, Any, dict
 
     if spec.get("label") is not None and spec.get("target") is not None:
         raise InputError("Give --target (a next token) or --label (a classifier's label), not both.")
-    if spec.get("answer") and (spec.get("target") is not None or spec.get("contrast")):
+    if spec.get("answer") is not None and (spec.get("target") is not None or spec.get("contrast") is not None):
         raise InputError("An answer is the whole target: give --answer without --target or --contrast.")
     if not isinstance(spec.get("chat", False), bool):
         raise InputError(f'"chat" is true or false, not {spec["chat"]!r}.')
@@ -331,9 +331,9 @@ def spec_job(spec: dict, task: type[Task] | None = None) -> tuple[Any, Any, dict
     if spec.get("at") is not None:
         at = spec["at"]
         target = attnlrp.TokenLabel(int(at) if str(at).lstrip("-").isdigit() else at, label=target)
-    if spec.get("answer"):
+    if spec.get("answer") is not None:  # an empty one is refused by Answer, not ignored
         target = attnlrp.Answer(spec["answer"])
-    elif spec.get("contrast"):
+    elif spec.get("contrast") is not None:
         target = attnlrp.Contrast(target, spec["contrast"])
     options = {"pair": spec["pair"]} if spec.get("pair") is not None else {}
     if spec.get("image") is not None:

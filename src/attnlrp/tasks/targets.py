@@ -36,8 +36,8 @@ def token_id(tokenizer, token: str | int) -> int:
     pieces = tokenizer.convert_ids_to_tokens(ids)
     raise TargetError(
         f"Target {token!r} is {len(ids)} tokens {pieces}, but one next token is expected. Explain the first "
-        f"({pieces[0]!r}, id {ids[0]}) by passing target={ids[0]}, or the whole span with "
-        f"target=attnlrp.Answer({token!r})."
+        f"({pieces[0]!r}, id {ids[0]}) by passing target={ids[0]} (--target-id {ids[0]} on the command line), or "
+        f"the whole span with target=attnlrp.Answer({token!r}) (--answer)."
     )
 
 
