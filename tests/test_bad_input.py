@@ -69,6 +69,12 @@ def test_target_of_several_tokens_suggests_the_first_token_or_answer(tiny_lm, to
         attnlrp.explain(tiny_lm, tokenizer, ["a", "b", "c"], target=[" a", " b", " Paris is lovely"], batch_size=1)
 
 
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_backward_batch_of_a_generation_is_checked_before_generating(tiny_lm, tokenizer, bad):
+    with pytest.raises(attnlrp.InputError, match=rf"backward_batch must be a whole number, 1 or more, not {bad!r}"):
+        attnlrp.explain_generation(tiny_lm, tokenizer, "Hi", max_new_tokens=2, backward_batch=bad)
+
+
 @pytest.mark.parametrize("bad_id", [-1, 49152, 10**9])
 def test_target_id_outside_the_vocabulary(tiny_lm, tokenizer, bad_id):
     with pytest.raises(TargetError, match=rf"Token id {bad_id} is outside the vocabulary \(0\.\.49151\)"):

@@ -109,7 +109,10 @@ def _x():
 
 @pytest.mark.parametrize(
     ("middle", "path", "kind", "audited"),
-    [(CustomGelu(), "act", "CustomGelu", [("act", "autograd.Function _Gelu", 1)]), (DataScale(), "act", "DataScale", [])],
+    [
+        (CustomGelu(), "act", "CustomGelu", [("act", "autograd.Function _Gelu", 1)]),
+        (DataScale(), "act", "DataScale", []),
+    ],
 )
 def test_finds_the_module_the_audit_cannot_see_into(middle, path, kind, audited):
     torch.manual_seed(0)

@@ -98,6 +98,12 @@ def test_latex_compiles(tmp_path, backend):
     assert path.read_bytes().startswith(b"%PDF") and (tmp_path / "heat.tex").exists()
 
 
+@pytest.mark.tex
+def test_characters_the_pdf_font_lacks_are_named_not_dropped_silently(tmp_path):
+    with pytest.warns(UserWarning, match=r"the PDF's font has no .*東.*edit the \.tex"):
+        latex.pdf_heatmap(["▁東京", "▁is", "▁big"], np.array([0.5, -0.2, 0.1]), tmp_path / "cjk.pdf", backend="xelatex")
+
+
 def test_pdf_heatmap_falls_back_to_matplotlib_without_tex(tmp_path, monkeypatch):
     monkeypatch.setattr(latex.shutil, "which", lambda name: None)
     with pytest.warns(UserWarning, match="not installed; drawing"):

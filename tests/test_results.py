@@ -399,3 +399,38 @@ def test_gzip_file_is_plain_json_inside(tmp_path):
         payload = json.load(f)
     assert payload["format"] == "attnlrp" and payload["kind"] == "explanation"
     assert payload["display"][-1] == "日本"
+
+
+def test_save_html_takes_a_batch_list_and_refuses_other_results_with_the_fix(tmp_path):
+    import attnlrp
+
+    first, second = explanation(), explanation(method="cp-lrp")
+    from_list = attnlrp.save_html(tmp_path / "list.html", [first, second]).read_text(encoding="utf-8")
+    assert from_list == attnlrp.save_html(tmp_path / "args.html", first, second).read_text(encoding="utf-8")
+    with pytest.raises(TypeError, match=r"\(got GenerationExplanation\): call its own \.save_html\(path\)"):
+        attnlrp.save_html(tmp_path / "g.html", generation())
+    with pytest.raises(TypeError, match=r"save_image_grid lays out ImageExplanations \(got Explanation\)"):
+        attnlrp.save_image_grid(tmp_path / "x.png", [first])
+
+
+def test_a_damaged_file_or_lengths_that_dont_fit_are_refused_and_nan_renders(tmp_path):
+    exp = explanation()
+    data = exp.to_dict()
+    for broken, says in [
+        ({k: v for k, v in data.items() if k != "display"}, "missing 1 required positional argument: 'display'"),
+        ({**data, "scores": data["scores"][:-2]}, "got lengths"),
+    ]:
+        (tmp_path / "x.json").write_text(json.dumps(broken), encoding="utf-8")
+        with pytest.raises(
+            ResultFileError, match=rf"x\.json is a damaged attnlrp explanation file: .*{re.escape(says)}"
+        ):
+            Explanation.load(tmp_path / "x.json")
+    with pytest.raises(ValueError, match="one score, display string and special flag per token"):
+        Explanation(tokens=["a", "b"], display=["a"], scores=[1.0, 2.0], target="x", value=1.0, method="m", model="m")
+    nan = explanation()
+    nan.scores[1] = np.nan
+    out = io.StringIO()
+    nan.show(color=True, file=out)
+    assert nan.display[1] in out.getvalue()
+    page = nan.html_view()
+    assert "NaN" not in page and "null" in page  # JSON has no NaN: a page with one would be blank

@@ -166,6 +166,8 @@ def explain_generation(
     forward over the whole generation, shared by every token.
     """
     method = get_method(method)  # fail before generating; results carry the canonical name
+    if isinstance(backward_batch, bool) or not isinstance(backward_batch, int) or backward_batch < 1:
+        raise InputError(f"backward_batch must be a whole number, 1 or more, not {backward_batch!r}.")
     if not callable(getattr(model, "generate", None)):
         raise InputError(
             f"{type(model).__name__} doesn't generate text (it has no generate()): explain_generation takes causal "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 from pathlib import Path
 
 from .palette import gradient_css, javascript
@@ -124,11 +125,22 @@ def style() -> str:
     return _STYLE.replace("GRADIENT", gradient_css())
 
 
+def _json_ready(value):
+    """``value`` with NaN and infinities as null: JSON has no such numbers, and a page whose data has them is blank."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    return value
+
+
 def view(data: dict, title: str, meta: str) -> str:
     """One self-contained view (a ``<div>`` with its style, data and script) of an explanation set or a generation."""
     scope_label = "per target" if data["kind"] == "generation" else "per method"
     # no "<" at all inside the script element: "</script" would end it, "<!--<script" would swallow the page
-    payload = json.dumps(data, ensure_ascii=False).replace("<", "\\u003c")
+    payload = json.dumps(_json_ready(data), ensure_ascii=False).replace("<", "\\u003c")
     style = _STYLE.replace("GRADIENT", gradient_css())
     return f"""<div class="attnlrp-view"><style>{style}</style>
 <h1>{html.escape(title)}</h1><div class="meta">{html.escape(meta)}</div>

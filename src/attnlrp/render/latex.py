@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
@@ -129,4 +130,12 @@ def _compile(engine: str, tex: Path, pdf: Path) -> None:
         if done.returncode != 0 or not produced.exists():
             log = "\n".join(done.stdout.splitlines()[-15:])
             raise RuntimeError(f"{Path(engine).name} failed on {tex}:\n{log}")
+        missing = sorted(set(re.findall(r"Missing character: There is no (\S+)", done.stdout)))
+        if missing:
+            warnings.warn(
+                f"{pdf}: the PDF's font has no {' '.join(missing[:12])}{' ...' if len(missing) > 12 else ''}, so those "
+                "boxes have no text: edit the .tex (written beside it) to load a font that has them, e.g. "
+                "\\setmainfont{Noto Sans CJK SC}, and compile it again.",
+                stacklevel=3,
+            )
         shutil.copyfile(produced, pdf)

@@ -16,6 +16,8 @@ NEGATIVE = (38, 110, 210)
 
 def rgb(weight: float) -> tuple[int, int, int]:
     """The colour of a weight in [-1, 1] (clipped), as 0..255 integers."""
+    if weight != weight:  # NaN: no colour (white), as for zero
+        weight = 0.0
     base = POSITIVE if weight >= 0 else NEGATIVE
     w = min(abs(weight), 1.0)
     return tuple(round(255 + (c - 255) * w) for c in base)

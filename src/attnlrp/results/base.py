@@ -105,7 +105,10 @@ class Result:
             raise ResultFileError(
                 f"{path} was written by a newer attnlrp (format version {payload['version']}); upgrade attnlrp."
             )
-        return kind.from_dict(payload)
+        try:
+            return kind.from_dict(payload)
+        except (TypeError, ValueError) as error:  # fields missing, or that don't fit together
+            raise ResultFileError(f"{path} is a damaged attnlrp {payload['kind']} file: {error}") from error
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,14 @@ class Explanation(Result):
         self.scores = np.asarray(self.scores, dtype=np.float32)
         if not self.special:
             self.special = [False] * len(self.tokens)
+        lengths = {"tokens": len(self.tokens), "display": len(self.display), "scores": len(self.scores)}
+        lengths["special"] = len(self.special)
+        if len(set(lengths.values())) > 1 or self.scores.ndim != 1:
+            raise ValueError(
+                f"An Explanation has one score, display string and special flag per token; got lengths {lengths}"
+                + (f" and scores of shape {self.scores.shape}" if self.scores.ndim != 1 else "")
+                + "."
+            )
         self.segments = [tuple(s) for s in self.segments]
         self.spans = [tuple(s) for s in self.spans]
 
@@ -261,12 +270,19 @@ def explanations_view(explanations: list[Explanation]) -> str:
     )
 
 
-def save_html(path: str | Path, *explanations: Explanation) -> Path:
-    """Write one self-contained page showing the given explanations side by side."""
+def save_html(path: str | Path, *explanations: Explanation | Sequence[Explanation]) -> Path:
+    """Write one self-contained page showing the given explanations side by side (given one by one, or as the
+    list a batched ``explain`` returns)."""
     from ..render.html import page, write
 
+    if len(explanations) == 1 and isinstance(explanations[0], (list, tuple)):
+        explanations = tuple(explanations[0])
     if not explanations:
         raise ValueError("save_html needs at least one Explanation.")
+    other = next((e for e in explanations if not isinstance(e, Explanation)), None)
+    if other is not None:
+        own = " call its own .save_html(path)" if hasattr(other, "save_html") else " give Explanations only"
+        raise TypeError(f"attnlrp.save_html shows token Explanations side by side (got {type(other).__name__}):{own}.")
     return write(path, page(explanations_view(list(explanations)), _set_title(list(explanations))))
 
 

@@ -108,6 +108,12 @@ def save_image_grid(
 
     if not explanations:
         raise ValueError("save_image_grid needs at least one ImageExplanation.")
+    other = next((e for e in explanations if not isinstance(e, ImageExplanation)), None)
+    if other is not None:
+        raise TypeError(
+            f"save_image_grid lays out ImageExplanations (got {type(other).__name__}): show a token explanation with "
+            "attnlrp.save_html or its .save_figure(path)."
+        )
     titles = list(titles) if titles is not None else [e.title() for e in explanations]
     if len(titles) != len(explanations):
         raise ValueError(f"{len(titles)} titles for {len(explanations)} explanations.")
