@@ -389,6 +389,8 @@ def test_bad_input_gets_one_clear_error(vlms, tiny_lm, tokenizer):
         attnlrp.explain(model, proc, PROMPTS["llava"], images=IMAGES[:2])
     with pytest.raises(InputError, match="its processor"):
         attnlrp.explain(model, proc.tokenizer, PROMPTS["llava"][0], images=IMAGES[0])
+    with pytest.raises(InputError, match=r"Can't read the image missing\.png: No such file"):
+        attnlrp.explain(model, proc, PROMPTS["llava"][0], images="missing.png")
 
 
 # --- CLIP --------------------------------------------------------------------------------------------------------
@@ -454,6 +456,15 @@ def test_clip_similarity_conserves_and_splits_between_image_and_text(vl_tokenize
         assert exp.image.total == pytest.approx(exp.value / 2, rel=1e-6), "the image holds half (uniform rule)"
         assert float(exp.scores.sum()) == pytest.approx(exp.value / 2, rel=1e-6), "and the text the other half"
         assert exp.image.scores.shape == (16, 16) and exp.tokens[-1] == END
+
+
+def test_clip_reads_image_paths_and_names_a_missing_one(vl_tokenizer, clip_processor, tmp_path):
+    model = tiny_clip(vl_tokenizer)
+    IMAGES[0].save(tmp_path / "cat.png")
+    from_path = attnlrp.explain(model, clip_processor, TEXTS[0], images=str(tmp_path / "cat.png"))
+    assert from_path.total == pytest.approx(attnlrp.explain(model, clip_processor, TEXTS[0], images=IMAGES[0]).total)
+    with pytest.raises(InputError, match=r"Can't read the image .*nope\.png"):
+        attnlrp.explain(model, clip_processor, TEXTS[0], images=tmp_path / "nope.png")
 
 
 def test_clip_eager_sdpa_batch_and_methods(vl_tokenizer, clip_processor):

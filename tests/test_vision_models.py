@@ -224,3 +224,12 @@ def test_the_command_line_explains_an_image_as_explain_image_does(tmp_path, monk
         attnlrp.explain_image(model, "a cat", processor=processor)
     assert cli.main(["explain", "a cat"]) == 2
     assert "(--image PATH on the command line)" in capsys.readouterr().err
+
+
+def test_a_label_name_on_a_model_without_names_asks_for_a_class_index():
+    from attnlrp.tasks.image import _resolve
+
+    model, vector = torch.nn.Linear(2, 3), torch.tensor([0.1, 0.9, 0.3])  # a torchvision model has no config
+    with pytest.raises(attnlrp.InputError, match=r"Linear has no label names .* give a class index, 0\.\.2\."):
+        _resolve(model, "cat", vector)
+    assert _resolve(model, "2", vector)[2] == 2  # --label 2 on the command line

@@ -363,12 +363,9 @@ def explain_jobs(model, tokenizer, jobs: list[tuple[Any, Any, dict]], method: st
 
 def read_image(path: str | Path):
     """The RGB image at ``path`` (PIL), or an InputError naming the file."""
-    from PIL import Image
+    from .tasks.image import as_rgb
 
-    try:
-        return Image.open(path).convert("RGB")
-    except OSError as error:
-        raise InputError(f"Can't read the image {path}: {error}.") from error
+    return as_rgb(Path(path))
 
 
 def explain_dataset(

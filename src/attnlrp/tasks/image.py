@@ -6,6 +6,7 @@ Covers Hugging Face ViT, DeiT and CLIP's vision tower, torchvision and timm ViTs
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,16 +48,24 @@ def _pixels(images: Any, processor: Any) -> Tensor:
             f"Got {type(images).__name__} images: pass processor= (the model's image processor) to turn them into "
             "pixel values, or pass pixel values as a tensor."
         )
-    batch = [_rgb(image) for image in (images if isinstance(images, (list, tuple)) else [images])]
+    batch = [as_rgb(image) for image in (images if isinstance(images, (list, tuple)) else [images])]
     if "images" in inspect.signature(processor).parameters:  # a Hugging Face image processor
         return processor(images=batch, return_tensors="pt")["pixel_values"]
     return torch.stack([processor(image) for image in batch])  # a torchvision transform, one image at a time
 
 
-def _rgb(image: Any) -> Any:
-    """A PIL image in RGB (grayscale, palette and RGBA images converted), as image models take them."""
+def as_rgb(image: Any) -> Any:
+    """A PIL image in RGB (grayscale, palette and RGBA images converted), as image models take them; a path (not
+    a URL) is opened, and a file that is missing or no image is an InputError naming it. Arrays pass as they are."""
     from PIL import Image
 
+    if isinstance(image, os.PathLike) or (
+        isinstance(image, str) and not image.startswith(("http:", "https:", "data:"))
+    ):
+        try:
+            image = Image.open(image)
+        except OSError as error:
+            raise InputError(f"Can't read the image {image}: {error.strerror or error}.") from error
     return image.convert("RGB") if isinstance(image, Image.Image) and image.mode != "RGB" else image
 
 
@@ -101,9 +110,17 @@ def _resolve(
         index = int(vector.detach().argmax()) if target is None else target
         if isinstance(index, str):
             label2id = getattr(getattr(model, "config", None), "label2id", None) or {}
-            if index not in label2id:
+            if not label2id and index.strip().isdigit():
+                index = int(index)  # a class index given as text (the command line's --label 281)
+            elif not label2id:
+                raise InputError(
+                    f"{type(model).__name__} has no label names (config.id2label), so the label {index!r} can't be "
+                    f"found: give a class index, 0..{vector.shape[-1] - 1}."
+                )
+            elif index not in label2id:
                 raise InputError(f"Unknown label {index!r}; the model's labels are {sorted(label2id)[:20]}.")
-            index = int(label2id[index])
+            else:
+                index = int(label2id[index])
         if not 0 <= index < vector.shape[-1]:
             raise InputError(f"Class index {index} is outside the model's {vector.shape[-1]} outputs.")
         return (lambda v: v[index]), _label(model, index), index
