@@ -475,3 +475,15 @@ def test_bad_audio_gets_one_clear_error(tokenizer, processor):
         attnlrp.explain_generation(model, processor, AUDIO[:2], max_new_tokens=2)
     with pytest.raises(attnlrp.InputError, match="padding_side"):
         attnlrp.explain(text_model("t5", tokenizer), tokenizer, TEXT, padding_side="left")
+
+
+def test_audio_at_another_rate_or_in_stereo_is_refused_with_the_fix(tokenizer, processor):
+    whisper = whisper_model(processor)
+    with pytest.raises(attnlrp.InputError, match=r"at 44100 Hz, but WhisperForConditionalGeneration hears 16000 Hz"):
+        attnlrp.explain(whisper, processor, AUDIO[0], sampling_rate=44100)
+    same = attnlrp.explain(whisper, processor, AUDIO[0], sampling_rate=16000, method="cp-lrp")
+    assert same == attnlrp.explain(whisper, processor, AUDIO[0], method="cp-lrp")
+    with pytest.raises(attnlrp.InputError, match=r"2 channel\(s\) was given; the model hears one"):
+        attnlrp.explain(whisper, processor, np.stack([AUDIO[0], AUDIO[0]]))
+    with pytest.raises(attnlrp.InputError, match="sampling_rate= is for audio models; T5ForConditionalGeneration"):
+        attnlrp.explain(text_model("t5", tokenizer), tokenizer, TEXT, sampling_rate=16000)

@@ -86,6 +86,7 @@ def explain(
     pooling: str | None = None,
     similarity: str | None = None,
     images: Any = None,
+    sampling_rate: int | None = None,
     latent: Any = None,
     atlas: Any = None,
 ) -> Explanation | list[Explanation]:
@@ -111,6 +112,7 @@ def explain(
     ("mean" or "cls") and similarity ("cosine" or "dot"): sentence similarity; CLIP takes "cosine" or "logit".
     images: vision-language and CLIP models (pass their processor as ``tokenizer``), one image (PIL or array) for
     every input or a list with one per input; the result's ``image`` holds the pixels' relevance.
+    sampling_rate: audio models (Whisper), the rate of the waveforms given; one the model doesn't hear is refused.
     latent: LRP methods, sites of latent units (``"model.layers.*.mlp.down_proj"``, an ``attnlrp.latent.SAE``,
     or a list): each result's ``units`` lists each site's most relevant units for the prediction, labelled from
     ``atlas`` (an ``attnlrp.latent.FeatureAtlas``) when one is given.
@@ -128,6 +130,7 @@ def explain(
         pooling=pooling,
         similarity=similarity,
         images=images,
+        sampling_rate=sampling_rate,
     )
     readout = None
     if latent is not None or atlas is not None:

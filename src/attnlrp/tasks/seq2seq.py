@@ -195,6 +195,7 @@ class Seq2Seq(Task):
 
     name = "seq2seq"
     description = "the next token or an answer of an encoder-decoder (T5, BART, Marian; Whisper over its audio)"
+    options = ("sampling_rate",)
 
     @classmethod
     def accepts(cls, model: nn.Module) -> bool:
@@ -207,9 +208,12 @@ class Seq2Seq(Task):
             head = None
         return isinstance(head, nn.Module)  # a language-model head over the decoder
 
-    def __init__(self, model: nn.Module, tokenizer):
+    def __init__(self, model: nn.Module, tokenizer, sampling_rate: int | None = None):
         super().__init__(model)
         self.sites = {site.kind: site.module for site in input_sites(model)}
+        if sampling_rate is not None and AUDIO not in self.sites:
+            raise InputError(f"sampling_rate= is for audio models; {type(model).__name__} reads text: leave it out.")
+        self.sampling_rate = sampling_rate
         if TARGET not in self.sites or not {SOURCE, AUDIO} & set(self.sites):
             raise InputError(
                 f"{type(model).__name__} names no input embeddings for its encoder and decoder (get_encoder() and "
@@ -258,6 +262,11 @@ class Seq2Seq(Task):
                 f"[{mels}, {frames}], not {found}."
             )
         if x.dim() == 2:
+            if x.shape[0] in (1, 2) and x.shape[1] > frames:
+                raise InputError(
+                    f"A waveform of {x.shape[0]} channel(s) was given; the model hears one: pass it 1-D (x.mean(0) "
+                    "mixes stereo down)."
+                )
             if tuple(x.shape) != (mels, frames):
                 raise InputError(
                     f"Log-mel features of shape {tuple(x.shape)} were given, but the model takes [{mels}, {frames}]; "
@@ -270,6 +279,11 @@ class Seq2Seq(Task):
                 "(AutoProcessor.from_pretrained(...)) as the tokenizer, or log-mel features."
             )
         rate, limit = self.features.sampling_rate, self.features.n_samples
+        if self.sampling_rate is not None and self.sampling_rate != rate:
+            raise InputError(
+                f"The audio is at {self.sampling_rate} Hz, but {type(self.model).__name__} hears {rate} Hz: resample "
+                f"it first (torchaudio.functional.resample(x, {self.sampling_rate}, {rate}), or librosa.resample)."
+            )
         if x.numel() == 0:
             raise InputError("The waveform is empty: give some audio to explain.")
         if x.numel() > limit:
