@@ -138,3 +138,29 @@ def test_latent_collect_under_torchrun_merges_its_shards(folder, tmp_path):
     assert multi.returncode == 0, multi.stderr
     assert "merged 2 shards" in multi.stdout and (tmp_path / "two.shard-1-of-2").is_dir()
     _same_atlas(FeatureAtlas.load(tmp_path / "two"), FeatureAtlas.load(tmp_path / "one"))
+
+
+def test_a_line_added_before_a_rerun_moves_results_between_shards_without_calling_them_deleted(
+    tiny_lm, tokenizer, tmp_path
+):
+    prompts, output = tmp_path / "p.jsonl", tmp_path / "out.jsonl"
+
+    def run_shards(lines: list[str]) -> list[str]:
+        prompts.write_text("".join(json.dumps(p) + "\n" for p in lines), encoding="utf-8")
+        texts = [
+            str(explain_dataset(tiny_lm, tokenizer, prompts, output, batch_size=2, shard=(rank, 2), progress=False))
+            for rank in (0, 1)
+        ]
+        merge(output)
+        return texts
+
+    run_shards(PROMPTS)
+    texts = run_shards(["A new first line, longer than the others by far", *PROMPTS])
+    assert not any("deleted" in t or "edited" in t for t in texts), texts
+    assert any("now in another shard's batches" in t for t in texts), texts
+    assert all(
+        t.startswith(f"shard {r} of 2: ") and f" of {len(PROMPTS) + 1} lines in " in t for r, t in enumerate(texts)
+    )
+    alone = tmp_path / "alone.jsonl"
+    explain_dataset(tiny_lm, tokenizer, prompts, alone, batch_size=2, progress=False)
+    assert output.read_bytes() == alone.read_bytes()

@@ -72,18 +72,23 @@ class Summary:
     shard: tuple[int, int] = (0, 1)
     tokens: int = 0  # padded tokens (rows x width) of the batches computed now
     seconds: float = 0.0
+    moved: int = 0  # results of lines another shard's batches now hold (after lines were added or deleted)
+    merged: Path | None = None  # where the shards were merged, at the end of a run under a process group
+    lines: int = 0  # the lines of the whole input
 
     def __str__(self) -> str:
-        text = f"{self.total} results in {self.output} ({self.new} new, {self.kept} already there"
         changes = [f"{self.edited} edited line(s) recomputed"] if self.edited else []
         changes += [f"{self.dropped} result(s) of deleted lines dropped"] if self.dropped else []
+        changes += [f"{self.moved} now in another shard's batches"] if self.moved else []
         changes += ["reordered to the input's order"] if self.reordered else []
-        text += (f"; {', '.join(changes)}" if changes else "") + ")"
-        text += f"; padding {self.padding:.0%} of the tokens" if self.tokens else ""
+        counts = f"({self.new} new, {self.kept} already there" + (f"; {', '.join(changes)}" if changes else "") + ")"
+        padding = f"; padding {self.padding:.0%} of the tokens" if self.tokens else ""
         rank, world = self.shard
-        if world > 1:
-            text = f"shard {rank} of {world}: {text}; {self.tokens} token rows in {self.seconds:.1f} s"
-        return text
+        if world == 1:
+            return f"{self.total} results in {self.output} {counts}{padding}"
+        text = f"shard {rank} of {world}: {self.total} of {self.lines} lines in {self.output} {counts}{padding}"
+        text += f"; {self.tokens} token rows in {self.seconds:.1f} s"
+        return text + (f"; all {self.lines} merged into {self.merged}" if self.merged else "")
 
 
 def read_lines(path: str | Path) -> list[Line]:
@@ -206,8 +211,8 @@ def run_file(
     own = sorted(i for batch in mine for i in batch)
     stored = _stored(path)
     _check_stored(path, stored, settings or {})
-    summary = _compare(path, [lines[i] for i in own], stored)
-    summary.shard = (rank, world)
+    summary = _compare(path, [lines[i] for i in own], stored, {line.key for line in lines})
+    summary.shard, summary.lines = (rank, world), len(lines)
     todo = [batch for batch in mine if any(lines[i].key not in stored for i in batch)]
     done = len(own) - sum(len(b) for b in todo)
     padded = sum(len(b) * max(lengths[i] for i in b) for b in todo)
@@ -234,7 +239,7 @@ def run_file(
     kept = [_reindexed(stored[lines[i].key], lines[i]) for i in own]
     _rewrite(path, kept if world == 1 else [sharding.header(rank, world, settings or {}), *kept])
     if world > 1 and sharding.finish(output, world):
-        summary.output, summary.total = Path(output), len(lines)
+        summary.merged = Path(output)
     summary.kept = len(own) - summary.new
     return summary
 
@@ -265,14 +270,18 @@ def _check_stored(path: Path, stored: dict[str, tuple[dict, str]], settings: dic
                 )
 
 
-def _compare(path: Path, lines: list[Line], stored: dict[str, tuple[dict, str]]) -> Summary:
-    """A summary of what changed since the stored results were written: edited, deleted and reordered lines."""
+def _compare(path: Path, lines: list[Line], stored: dict[str, tuple[dict, str]], every: set[str]) -> Summary:
+    """A summary of what changed since the stored results were written: edited, deleted and reordered lines of
+    ``lines`` (a shard's share of the input, whose keys are ``every``), and results of lines another shard's
+    batches now hold."""
     summary = Summary(path, len(lines))
     keys = {line.key for line in lines}
     ids = {line.spec["id"] for line in lines if "id" in line.spec}
     new_places = {line.index for line in lines if line.key not in stored and "id" not in line.spec}
     for key, (record, _) in stored.items():
-        if key not in keys:  # an edited line (same id, or, without ids, a new line in its place) or a deleted one
+        if key in every and key not in keys:
+            summary.moved += 1
+        elif key not in keys:  # an edited line (same id, or, without ids, a new line in its place) or a deleted one
             edited = record.get("id") in ids if "id" in record else record.get("index") in new_places
             summary.edited += edited
             summary.dropped += not edited
