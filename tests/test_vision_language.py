@@ -389,6 +389,11 @@ def test_bad_input_gets_one_clear_error(vlms, tiny_lm, tokenizer):
         attnlrp.explain(model, proc, PROMPTS["llava"], images=IMAGES[:2])
     with pytest.raises(InputError, match="its processor"):
         attnlrp.explain(model, proc.tokenizer, PROMPTS["llava"][0], images=IMAGES[0])
+    qwen, qwen_processor = vlms["qwen2_vl"]
+    with pytest.raises(InputError, match=r"LlavaProcessor\) marks images with '<image>'.*pass the model's own"):
+        attnlrp.explain(qwen, proc, PROMPTS["llava"][0], images=IMAGES[0])
+    with pytest.raises(InputError, match=r"but LlavaForConditionalGeneration reads id"):
+        attnlrp.explain(model, qwen_processor, PROMPTS["qwen2_vl"][0], images=IMAGES[0])
     with pytest.raises(InputError, match=r"Can't read the image missing\.png: No such file"):
         attnlrp.explain(model, proc, PROMPTS["llava"][0], images="missing.png")
 

@@ -268,6 +268,14 @@ class VisionLanguage(CausalLM):
         self.images = images
         self.image_token_id = image_token_id(model)
         self.layout: PixelLayout | None = None
+        token = getattr(processor, "image_token", None)
+        given = processor.tokenizer.convert_tokens_to_ids(token) if isinstance(token, str) else None
+        if given is not None and self.image_token_id is not None and given != self.image_token_id:
+            raise InputError(
+                f"The processor ({type(processor).__name__}) marks images with {token!r} (id {given}), but "
+                f"{type(model).__name__} reads id {self.image_token_id}: pass the model's own processor "
+                "(AutoProcessor.from_pretrained of the model's folder)."
+            )
 
     def encode(self, inputs: Any) -> tuple[list[Prompt], bool]:
         single = isinstance(inputs, str) or is_chat(inputs)
