@@ -282,3 +282,14 @@ def test_an_error_in_a_batch_names_the_line_that_raises_it(tiny_lm, tokenizer, t
     _write(prompts, ["a b", {"prompt": "c d", "target": " two tokens"}, "e f"])
     with pytest.raises(attnlrp.TargetError, match=r"in\.jsonl:2: .*two tokens"):
         explain_dataset(tiny_lm, tokenizer, prompts, tmp_path / "out.jsonl", progress=False)
+
+
+def test_gradient_checkpointing_on_the_command_line_gives_the_same_results(run, tmp_path):
+    prompts, plain, checkpointed = tmp_path / "in.jsonl", tmp_path / "plain.jsonl", tmp_path / "ckpt.jsonl"
+    _write(prompts, ["a b c d", "e f"])
+    assert run("explain", "--input", str(prompts), "--output", str(plain))[0] == 0
+    assert run("explain", "--input", str(prompts), "--output", str(checkpointed), "--gradient-checkpointing")[0] == 0
+    for a, b in zip(_records(plain), _records(checkpointed)):
+        np.testing.assert_allclose(a["scores"], b["scores"], rtol=1e-9, atol=1e-12)
+    code, out, _ = run("explain", "a b c", "--gradient-checkpointing", "--top", "2", "--no-color")
+    assert code == 0 and "top 2" in out

@@ -127,6 +127,11 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--at", help="token classifiers: the word (or token position) whose label is explained")
     ex.add_argument("--image", metavar="PATH", help="image models, vision-language models and CLIP: the image")
     ex.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="LRP methods: recompute each layer in the backward pass (the same relevance, less memory: long prompts)",
+    )
+    ex.add_argument(
         "--top",
         type=_count,
         metavar="K",
@@ -269,7 +274,15 @@ def _explain_one(args, model, tokenizer) -> None:
         raise InputError(f"{type(model).__name__} is a {task.name} model: give {_NEEDS[task.name][1]}.")
     spec = vars(args) if args.target_id is None else {**vars(args), "target": args.target_id}
     inputs, target, options = spec_job(spec, task)
-    exp = attnlrp.explain(model, tokenizer, inputs, target=target, **_method(args), **options)
+    exp = attnlrp.explain(
+        model,
+        tokenizer,
+        inputs,
+        target=target,
+        gradient_checkpointing=args.gradient_checkpointing,
+        **_method(args),
+        **options,
+    )
     shown = exp.words() if args.words else exp
     shown.show(color=False if args.no_color else None)
     if args.top:
@@ -333,6 +346,7 @@ def _explain_many(args, model, tokenizer) -> None:
             args.output,
             batch_size=args.batch_size,
             progress=not args.quiet,
+            gradient_checkpointing=args.gradient_checkpointing,
             **_method(args),
         )
     )

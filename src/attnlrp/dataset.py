@@ -350,7 +350,9 @@ def spec_job(spec: dict, task: type[Task] | None = None) -> tuple[Any, Any, dict
     return chat_messages(spec["prompt"], spec.get("system"), bool(spec.get("chat"))), target, options
 
 
-def explain_jobs(model, tokenizer, jobs: list[tuple[Any, Any, dict]], method: str) -> list[Any]:
+def explain_jobs(
+    model, tokenizer, jobs: list[tuple[Any, Any, dict]], method: str, gradient_checkpointing: bool = False
+) -> list[Any]:
     """One batch of ``spec_job`` jobs explained in one call: their inputs, targets and options (pairs, images)."""
     import attnlrp
 
@@ -366,6 +368,7 @@ def explain_jobs(model, tokenizer, jobs: list[tuple[Any, Any, dict]], method: st
         target=[target for _, target, _ in jobs],
         method=method,
         batch_size=len(jobs),
+        gradient_checkpointing=gradient_checkpointing,
         **options,
     )
 
@@ -386,11 +389,13 @@ def explain_dataset(
     batch_size: int = 8,
     shard: tuple[int, int] | None = None,
     progress: bool = True,
+    gradient_checkpointing: bool = False,
 ) -> Summary:
     """Explain every line of the JSONL file ``input`` into ``output`` (see the module's docstring for the fields),
     resumably, in batches of similar length; ``shard=(rank, world)`` (default: from torchrun's or accelerate's
     environment) takes one process's share and writes its shard file (merged with ``attnlrp merge``, or at the
-    end of a run under a process group)."""
+    end of a run under a process group). ``gradient_checkpointing``: as for ``attnlrp.explain`` (the same
+    relevance, less memory)."""
 
     from .tasks.base import dtype_name, model_name, task_for
     from .tasks.text import encode
@@ -402,7 +407,7 @@ def explain_dataset(
     lengths = [len(encode(text_tokenizer, inputs).ids) for inputs, _, _ in jobs]
 
     def explain(chunk: list[Line]) -> list[Any]:
-        return explain_jobs(model, tokenizer, [jobs[line.index] for line in chunk], method)
+        return explain_jobs(model, tokenizer, [jobs[line.index] for line in chunk], method, gradient_checkpointing)
 
     settings = {
         "model": model_name(model),
