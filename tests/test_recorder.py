@@ -51,3 +51,61 @@ def test_recorder_names_what_it_cannot_find():
         attnlrp.Recorder(build("llama").model, "model.blocks.*")
     with pytest.raises(ValueError, match="at must be"):
         attnlrp.Recorder(build("llama").model, "model.layers.*", at="middle")
+
+
+def test_inside_a_recorder_explain_takes_one_input_and_a_one_backward_method(tiny_lm, tokenizer):
+    with attnlrp.Recorder(tiny_lm, "model.layers.*") as rec:
+        with pytest.raises(attnlrp.InputError, match="A Recorder holds one forward pass, and 2 inputs were given"):
+            attnlrp.explain(tiny_lm, tokenizer, ["The capital of France is", "Rivers flow"])
+        with pytest.raises(attnlrp.InputError, match="the 'integrated_gradients' method runs other passes"):
+            attnlrp.explain(tiny_lm, tokenizer, "Rivers flow", method="integrated_gradients")
+        with pytest.raises(attnlrp.InputError, match="a generation explains each token in a backward of its own"):
+            attnlrp.explain_generation(tiny_lm, tokenizer, "Rivers flow", max_new_tokens=2)
+        first = attnlrp.explain(tiny_lm, tokenizer, "The capital of France is", method="cp-lrp")
+        assert rec.totals()["model.layers.1"] == pytest.approx(first.value, rel=1e-5)
+        second = attnlrp.explain(tiny_lm, tokenizer, "Hello there my good friend, how are", method="cp-lrp")
+        assert rec.relevance["model.layers.1"].shape[1] == len(second) != len(first), "no stale values"
+        tiny_lm(torch.tensor([[1, 2, 3]]))  # a forward with no backward: nothing recorded, and it says so
+        with pytest.raises(KeyError, match="No relevance was recorded at 'model.layers.1'"):
+            rec.relevance["model.layers.1"]
+    attnlrp.explain(tiny_lm, tokenizer, ["a b", "c"])  # after the block: batches again
+
+
+def test_a_recorder_frees_what_it_recorded_and_names_patterns_that_match_nothing(tiny_lm, tokenizer):
+    import gc
+    import weakref
+
+    seen = []
+    handle = tiny_lm.model.layers[0].register_forward_hook(lambda m, a, out: seen.append(weakref.ref(out[0])))
+    try:
+        with attnlrp.Recorder(tiny_lm, "model.layers.*"), attnlrp.lrp(tiny_lm, method="cp-lrp"):
+            tiny_lm(torch.tensor([[1, 2, 3]])).logits[0, -1].max().backward()
+    finally:
+        handle.remove()
+    gc.collect()
+    assert seen and seen[0]() is None, "the recorded output was kept alive by a reference cycle"
+    with pytest.raises(ValueError, match=r"matches \['model.layer.\*.mlp'\]"):
+        attnlrp.Recorder(tiny_lm, ["model.layers.*", "model.layer.*.mlp"])
+
+
+def test_inputs_passed_by_keyword_and_model_outputs_are_recorded(tiny_lm, tokenizer):
+    with attnlrp.Recorder(tiny_lm, "model.layers.*.self_attn", at="input") as at_input:
+        with attnlrp.Recorder(tiny_lm, ["model", "model.norm"]) as at_output:
+            exp = attnlrp.explain(tiny_lm, tokenizer, "The capital of France is", method="cp-lrp")
+    assert set(at_input.relevance) == {"model.layers.0.self_attn", "model.layers.1.self_attn"}
+    totals = at_output.totals()
+    assert totals["model"] == pytest.approx(totals["model.norm"], rel=1e-6)  # the base model's hidden states
+    assert totals["model.norm"] == pytest.approx(exp.value, rel=1e-5)
+
+
+def test_gradient_checkpointing_leaves_the_users_own_settings(tiny_lm, tokenizer):
+    tiny_lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
+    try:
+        before = tiny_lm.model.layers[0]._gradient_checkpointing_func
+        attnlrp.explain(tiny_lm, tokenizer, "The capital", method="cp-lrp", gradient_checkpointing=True)
+        assert (
+            tiny_lm.model.layers[0]._gradient_checkpointing_func.keywords == before.keywords == {"use_reentrant": True}
+        )
+        assert tiny_lm.is_activation_checkpointing
+    finally:
+        tiny_lm.activation_checkpointing_disable()

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .engine.layer_map import LayerRules
+from .engine.recorder import recorders
 from .errors import InputError
 from .methods import Method, get_method
 from .methods.batch import TOKEN_BUDGET, plan
@@ -34,6 +35,8 @@ def run(
     and at most ``TOKEN_BUDGET`` padded tokens (long prompts share a batch with fewer others): one result per
     item, in the items' order. ``readout`` (``attnlrp.latent.readout.LatentReadout``) also gives each result the
     most relevant units of its sites, from the same backward."""
+    for recorder in recorders(task.model):
+        recorder.check_run(method, len(items))
     results: list[Any] = [None] * len(items)
     for group in plan(task.lengths(items), batch_size, TOKEN_BUDGET, by_length=True):
         batch = task.prepare([items[i] for i in group], [targets[i] for i in group])
@@ -169,6 +172,11 @@ def explain_generation(
     forward over the whole generation, shared by every token.
     """
     method = get_method(method)  # fail before generating; results carry the canonical name
+    if recorders(model):
+        raise InputError(
+            "A Recorder holds one forward pass, and a generation explains each token in a backward of its own: "
+            "inside the block, explain one prefix per call with attnlrp.explain."
+        )
     if isinstance(backward_batch, bool) or not isinstance(backward_batch, int) or backward_batch < 1:
         raise InputError(f"backward_batch must be a whole number, 1 or more, not {backward_batch!r}.")
     if not callable(getattr(model, "generate", None)):

@@ -25,10 +25,11 @@ def gradient_checkpointing(model: nn.Module, enabled: bool = True) -> Iterator[N
     was_training = model.training
     # enabling also hooks the input embeddings to require grad (transformers >= 5), and disabling leaves that hook
     had_grad_hook = _has_input_grad_hook(model)
-    if new_api:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if not was_on:  # on already: the user's own settings stay (a reentrant checkpoint too: the binding scopes both)
+        if new_api:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     try:
         # With offloaded weights, a recomputation stopped early would skip accelerate's post-forward hook and leave

@@ -25,13 +25,14 @@ class Method:
 
     Capabilities, stated on the class: ``is_lrp`` (it runs the engine's rules, so it takes
     ``gradient_checkpointing`` and ``layer_rules``), ``token_inputs_only`` (it needs positions of tokens,
-    not pixels).
+    not pixels), ``single_backward`` (one forward and one backward pass, which a ``Recorder`` can read).
     """
 
     name: ClassVar[str]
     description: ClassVar[str]
     is_lrp: ClassVar[bool] = False
     token_inputs_only: ClassVar[bool] = False
+    single_backward: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -25,6 +25,7 @@ class Gradient(Method):
 
     name = "gradient"
     description = "Saliency: the norm of the plain gradient at each input (unsigned)"
+    single_backward = True
 
     def attribute(self, batch: Batch) -> dict[str, Tensor]:
         _, grads = input_gradients(batch)
@@ -37,6 +38,7 @@ class InputXGradient(Method):
 
     name = "input_x_gradient"
     description = "Input x Gradient with the plain gradient (what LRP's rules improve on)"
+    single_backward = True
 
     def attribute(self, batch: Batch) -> dict[str, Tensor]:
         inputs, grads = input_gradients(batch)

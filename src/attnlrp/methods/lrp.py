@@ -24,6 +24,7 @@ class LRPMethod(Method):
     """
 
     rules: ClassVar[str]
+    single_backward = True
     is_lrp: ClassVar[bool] = True
     layer_rules: LayerRules | None = None
     gradient_checkpointing: bool = False
