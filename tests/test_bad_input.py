@@ -194,3 +194,14 @@ def test_non_finite_logits(short_lm, tokenizer):
         broken.lm_head.weight[:, 0] = float("nan")
     with pytest.raises(FloatingPointError, match=r"not finite .* Check the dtype \(try float32\)"):
         attnlrp.explain(broken, tokenizer, "Hi", target=5)
+
+
+def test_a_compiled_model_is_refused_with_the_fix(tiny_lm, tokenizer):
+    class OptimizedModule(torch.nn.Module):  # what torch.compile(model) returns: the model as _orig_mod
+        def __init__(self, model):
+            super().__init__()
+            self._orig_mod = model
+
+    compiled = OptimizedModule(tiny_lm)
+    with pytest.raises(attnlrp.InputError, match=r"LlamaForCausalLM was given compiled .*compiled\._orig_mod"):
+        attnlrp.explain(compiled, tokenizer, "Hi")

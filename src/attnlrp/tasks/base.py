@@ -171,6 +171,12 @@ def one_per_item(target: Any, count: int, what: str = "prompts") -> list[Any]:
 def task_for(model: nn.Module, name: str | None = None) -> type[Task]:
     """The task adapter for ``model``: the one named (``"sequence-classification"``, ...), else the first that
     accepts the model."""
+    original = getattr(model, "_orig_mod", None)
+    if isinstance(original, nn.Module):  # torch.compile's wrapper
+        raise InputError(
+            f"{type(original).__name__} was given compiled (torch.compile): explain the model itself "
+            "(compiled._orig_mod); the rules run op by op, where a compiled graph would skip them."
+        )
     if name is not None:
         key = str(name).lower().replace("_", "-")
         if key not in TASKS:
