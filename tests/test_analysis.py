@@ -55,6 +55,10 @@ def test_frames_and_the_mean_over_a_dataset():
     assert table.loc[4, "token"] == " France" and table.loc[4, "token_id"] == 14
     both = frame([first, second])
     assert len(both) == 12 and set(both["explanation"]) == {0, 1} and set(both["method"]) == {"attnlrp"}
+    with pytest.raises(ValueError, match="at least one explanation"):
+        frame([])
+    with pytest.raises(ValueError, match=r"mix tokens and words: give each as a word view"):
+        frame([first, second.words()])
     means = mean_relevance([first, second])
     assert means.index[0] == "france" and means.loc["france", "mean"] == pytest.approx(((1.0 / 1.5) + 1.0) / 2)
     assert means.loc["france", "count"] == 2 and means.loc["capital", "count"] == 2

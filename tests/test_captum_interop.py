@@ -269,3 +269,36 @@ def test_errors_name_the_problem_and_the_fix(tiny_lm, tokenizer):
     llm = LLMLRPAttribution(LayerAttnLRP(tiny_lm, tiny_lm.get_input_embeddings()), tokenizer)
     with pytest.raises(InputError, match=r"template changes the values .* use a format string"):
         llm.attribute(shouting, target=" Paris")
+
+
+def test_noise_tunnel_grad_kwargs_and_two_models_in_one_forward(tiny_lm, tokenizer):
+    from captum.attr import NoiseTunnel
+
+    from conftest import build_tiny_lm
+
+    ids = torch.tensor([tokenizer.encode(PROMPT)])
+    with torch.no_grad():
+        embeds = tiny_lm.get_input_embeddings()(ids)
+    forward = lambda e: tiny_lm(inputs_embeds=e).logits[:, -1]  # noqa: E731
+    smooth = NoiseTunnel(AttnLRP(forward, model=tiny_lm)).attribute(
+        embeds, nt_type="smoothgrad", nt_samples=2, stdevs=0.0, target=5
+    )
+    close(smooth.sum(-1)[0], AttnLRP(forward, model=tiny_lm).attribute(embeds, target=5).sum(-1)[0].numpy())
+    layer = LayerAttnLRP(lambda x: tiny_lm(x).logits[:, -1], tiny_lm.get_input_embeddings(), model=tiny_lm)
+    assert layer.attribute(ids, target=5, grad_kwargs={}).shape == embeds.shape
+
+    class Ensemble(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = tiny_lm, build_tiny_lm(tokenizer, seed=1)
+
+        def forward(self, e):
+            return self.a(inputs_embeds=e).logits[:, -1] + self.b(inputs_embeds=e).logits[:, -1]
+
+    ensemble = Ensemble()
+    with pytest.raises(InputError, match=r"runs 2 transformers models .* model=module"):
+        AttnLRP(ensemble).attribute(embeds, target=5)
+    both = AttnLRP(ensemble, model=ensemble).attribute(embeds, target=5)
+    each = sum(AttnLRP(lambda e, m=m: m(inputs_embeds=e).logits[:, -1], model=m).attribute(embeds, target=5)
+               for m in (ensemble.a, ensemble.b))  # fmt: skip
+    close(both.sum(-1)[0], each.sum(-1)[0].numpy())

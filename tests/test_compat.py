@@ -154,3 +154,36 @@ def test_real_transformers_module_is_refused():
 
     with pytest.raises(TypeError, match="from attnlrp.compat import modeling_llama"):
         compat.monkey_patch(modeling_llama)
+
+
+def test_a_model_built_with_the_class_is_bound_freed_when_dropped_and_named_when_bound_twice():
+    import gc
+    import weakref
+
+    from attnlrp.compat import cp_LRP, modeling_gpt2, monkey_patch
+    from attnlrp.engine import binding_of
+
+    monkey_patch(modeling_gpt2, patch_map=cp_LRP)  # LXT's keyword
+    config = transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=50, bos_token_id=0, eos_token_id=0)
+    model = modeling_gpt2.GPT2LMHeadModel(config)
+    assert binding_of(model) is not None and binding_of(model).method == "cp-lrp"
+    with pytest.raises(attnlrp.BindingError, match=r"bound by attnlrp\.compat .*attnlrp\.compat\.unpatch\(model\)"):
+        attnlrp.explain(model, _IdTokenizer(), [1, 2, 3])
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None, "a bound model no one holds is freed"
+    monkey_patch(modeling_gpt2)
+
+
+@pytest.mark.tex
+def test_pdf_heatmap_takes_lxts_colormap_and_aux_file_options(tmp_path):
+    from attnlrp.compat import pdf_heatmap
+
+    path = pdf_heatmap([" a", " b"], [1.0, -1.0], path=tmp_path / "h.pdf", backend="pdflatex", cmap="bwr",
+                       delete_aux_files=True)  # fmt: skip
+    assert path.read_bytes().startswith(b"%PDF") and not (tmp_path / "h.tex").exists()
+    source = attnlrp.render.latex.source([" a", " b"], [1.0, -1.0], cmap="bwr")
+    assert "\\colorbox[RGB]{255,0,0}" in source and "\\colorbox[RGB]{0,0,255}" in source  # bwr's ends
+    with pytest.raises(ValueError, match="Unknown colormap 'nope'"):
+        pdf_heatmap([" a"], [1.0], path=tmp_path / "x.pdf", cmap="nope")

@@ -53,7 +53,14 @@ _NORM_CLASS = re.compile(r"Norm$|RMSNorm|LayerNorm")
 _LINEAR_LEAVES = frozenset({nn.Linear, nn.Embedding, nn.Dropout, nn.Identity, nn.Conv1d, nn.Conv2d, nn.Conv3d})
 
 #: Each module of a bound model -> its binding (our own bookkeeping; weak, so models can be freed).
-_BOUND: weakref.WeakKeyDictionary[nn.Module, Binding] = weakref.WeakKeyDictionary()
+#: The binding of each bound module, held weakly both ways: a model its binding holds (the binding's hooks keep the
+#: binding alive as long as the model) is freed with it, even one that stays bound (``attnlrp.compat``).
+_BOUND: weakref.WeakKeyDictionary[nn.Module, weakref.ref[Binding]] = weakref.WeakKeyDictionary()
+
+
+def _bound(module: nn.Module) -> Binding | None:
+    ref = _BOUND.get(module)
+    return ref() if ref is not None else None
 
 
 def rule_set(method: str) -> str:
@@ -113,6 +120,9 @@ class Binding:
         self.unruled_ops: Counter[tuple[str, str]] = Counter()
         self.ruled_ops: Counter[tuple[str, str]] = Counter()
         self.counting = False
+        #: Who bound the model, and how to release it (for the error of binding it twice).
+        self.owner = "an enclosing attnlrp.lrp(...) block"
+        self.release = "leave that block first, or reuse its binding."
         self._warned: set[tuple[str, str]] = set()
         self._local = threading.local()
         self._mode = _Mode(self)
@@ -220,7 +230,7 @@ class Binding:
         self._layer_rules = layer_rules or {}
         for path, module in modules:
             self._paths[module] = path
-            _BOUND[module] = self
+            _BOUND[module] = weakref.ref(self)
             if isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or _NORM_CLASS.search(type(module).__name__):
                 self._norms.add(module)
             if module is self.model or type(module) not in _LINEAR_LEAVES:  # a linear leaf needs no scope
@@ -316,7 +326,7 @@ class Binding:
             if param is not None and param.is_leaf:
                 param.requires_grad_(flag)
         for module in self._paths:
-            if _BOUND.get(module) is self:
+            if _bound(module) is self:
                 del _BOUND[module]
         self._close_scope()  # an exception escaped mid-forward with hooks that did not unwind
         self._handles.clear()
@@ -500,7 +510,7 @@ def _grad_nodes(value: Any, depth: int = 2) -> list:
 
 def binding_of(model: nn.Module) -> Binding | None:
     """The binding (an ``lrp`` block or a registered explicit composite) that holds ``model`` or one of its modules."""
-    return next((_BOUND[m] for m in model.modules() if m in _BOUND), None)
+    return next((b for b in map(_bound, model.modules()) if b is not None), None)
 
 
 @contextmanager
@@ -525,11 +535,11 @@ def lrp(
     method = rule_set(method)
     modules = list(model.named_modules())
     refuse_unsupported(model, modules)
-    already = next((_BOUND[m] for _, m in modules if m in _BOUND), None)
+    already = next((b for b in (_bound(m) for _, m in modules) if b is not None), None)
     if already is not None:
         raise BindingError(
-            f"{type(model).__name__} is already bound by an enclosing attnlrp.lrp(...) block "
-            f"(method={already.method!r}); leave that block first, or reuse its binding."
+            f"{type(model).__name__} is already bound by {already.owner} (method={already.method!r}); "
+            + already.release
         )
     chosen = layer_map.resolve(layer_rules, modules)
     quantized.check(modules, chosen)

@@ -20,6 +20,7 @@ on a model without biases).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -58,7 +59,26 @@ def bound_module(forward_func: Callable, model: nn.Module | None, owner: str) ->
             f"{getattr(forward_func, '__name__', type(forward_func).__name__)!r} is a plain function: "
             f"pass the model too, {owner}(forward_func, ..., model=model)."
         )
-    return next((m for m in module.modules() if isinstance(m, PreTrainedModel)), module)
+    outermost = [m for m in module.modules() if isinstance(m, PreTrainedModel)]
+    outermost = [m for m in outermost if not any(m is not o and m in set(o.modules()) for o in outermost)]
+    if len(outermost) > 1:
+        names = ", ".join(type(m).__name__ for m in outermost)
+        raise InputError(
+            f"The forward function runs {len(outermost)} transformers models ({names}), and the rules would bind only "
+            f"one: pass the module that holds them all, {owner}(forward_func, ..., model=module)."
+        )
+    return outermost[0] if outermost else module
+
+
+def _logged_like_captum(method: Callable) -> Callable:
+    """``method`` with ``__wrapped__``, as Captum's own ``attribute`` methods have under their usage-logging
+    decorator: ``NoiseTunnel`` (SmoothGrad, VarGrad) calls ``attribute.__wrapped__(self, ...)``."""
+
+    @functools.wraps(method)
+    def attribute(*args: Any, **kwargs: Any) -> Any:
+        return method(*args, **kwargs)
+
+    return attribute
 
 
 def _rows(x: Tensor) -> Tensor:
@@ -120,6 +140,7 @@ class InputRelevance(_Rules, InputXGradient):
         super().__init__(forward_func)
         self.model = model
 
+    @_logged_like_captum
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor, ...],
@@ -146,6 +167,7 @@ class LayerRelevance(_Rules, LayerGradientXActivation):
         super().__init__(forward_func, layer)
         self.model = model
 
+    @_logged_like_captum
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor, ...],
@@ -153,16 +175,19 @@ class LayerRelevance(_Rules, LayerGradientXActivation):
         additional_forward_args: Any = None,
         attribute_to_layer_input: bool = False,
         return_convergence_delta: bool = False,
+        grad_kwargs: dict[str, Any] | None = None,
     ) -> Tensor | tuple[Tensor, ...] | tuple[Tensor | tuple[Tensor, ...], Tensor]:
         """Relevance of each element of the layer's output (its input with ``attribute_to_layer_input``); with
-        ``return_convergence_delta`` also y - Σ R."""
+        ``return_convergence_delta`` also y - Σ R. ``grad_kwargs`` go to ``torch.autograd.grad``, as in Captum."""
         if return_convergence_delta and not isinstance(self.layer, nn.Module):
             raise InputError(
                 "The convergence delta compares the output with the relevance at one layer: give one layer, not a "
                 "list, or leave return_convergence_delta out."
             )
         with self.bound():
-            attributions = super().attribute(inputs, target, additional_forward_args, attribute_to_layer_input)
+            attributions = super().attribute(
+                inputs, target, additional_forward_args, attribute_to_layer_input, grad_kwargs=grad_kwargs
+            )
             return self.finish(attributions, inputs, target, additional_forward_args, return_convergence_delta)
 
 

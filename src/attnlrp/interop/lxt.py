@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib
 import types
-import weakref
 from typing import Any
 
 from torch import nn
@@ -27,8 +26,9 @@ from ..results.tokens import clean_tokens as _clean_tokens
 attnlrp = "attnlrp"
 cp_LRP = "cp-lrp"
 
-#: Models bound by monkey_patch -> the open lrp() block that binds them.
-_OPEN: weakref.WeakKeyDictionary[nn.Module, Any] = weakref.WeakKeyDictionary()
+#: The attribute of a model bound by monkey_patch that holds the open lrp() block binding it (on the model
+#: itself, not in a registry: a model no one holds any more is freed with its binding).
+_BLOCK = "_attnlrp_compat_block"
 
 
 def clean_tokens(tokens: list[str]) -> list[str]:
@@ -39,8 +39,10 @@ def clean_tokens(tokens: list[str]) -> list[str]:
 def _bind(model: nn.Module, method: str, verbose: bool) -> nn.Module:
     unpatch(model)
     block = lrp(model, method=method)
-    block.__enter__()
-    _OPEN[model] = block
+    binding = block.__enter__()
+    binding.owner = "attnlrp.compat (monkey_patch, or a model loaded from a compat module)"
+    binding.release = "release it first with attnlrp.compat.unpatch(model)."
+    model.__dict__[_BLOCK] = block
     if verbose:
         print(f"attnlrp: {type(model).__name__} bound with {method} (undo with attnlrp.compat.unpatch(model))")
     return model
@@ -48,7 +50,7 @@ def _bind(model: nn.Module, method: str, verbose: bool) -> nn.Module:
 
 def unpatch(model: nn.Module) -> None:
     """Release a model bound by ``monkey_patch`` or loaded from a compat module."""
-    block = _OPEN.pop(model, None)
+    block = model.__dict__.pop(_BLOCK, None)
     if block is not None:
         block.__exit__(None, None, None)
 
@@ -75,6 +77,11 @@ class _CompatModule(types.ModuleType):
 
 
 def _binding_subclass(cls: type, owner: _CompatModule) -> type:
+    def __init__(self, *args, **kwargs):  # a model built with the class itself is bound too, as LXT's are
+        cls.__init__(self, *args, **kwargs)
+        if type(self) is subclass:
+            _bind(self, owner._method, owner._verbose)
+
     def from_pretrained(klass, *args, **kwargs):
         return _bind(super(subclass, klass).from_pretrained(*args, **kwargs), owner._method, owner._verbose)
 
@@ -87,6 +94,7 @@ def _binding_subclass(cls: type, owner: _CompatModule) -> type:
         {
             "__module__": cls.__module__,
             "__qualname__": cls.__qualname__,
+            "__init__": __init__,
             "from_pretrained": classmethod(from_pretrained),
             "_from_config": classmethod(_from_config),
         },
@@ -94,13 +102,13 @@ def _binding_subclass(cls: type, owner: _CompatModule) -> type:
     return subclass
 
 
-def monkey_patch(target: Any, method: str = "attnlrp", verbose: bool = False) -> Any:
+def monkey_patch(target: Any, patch_map: str = "attnlrp", verbose: bool = False) -> Any:
     """Bind LRP rules, LXT-style.
 
-    target: a module from ``attnlrp.compat`` (e.g. ``modeling_llama``): models it loads afterwards are
-    bound; or a model instance, bound at once. method: ``attnlrp`` (default) or ``cp_LRP``.
+    target: a module from ``attnlrp.compat`` (e.g. ``modeling_llama``): models it loads or builds afterwards
+    are bound; or a model instance, bound at once. patch_map (LXT's name): ``attnlrp`` (default) or ``cp_LRP``.
     """
-    method = rule_set(method)
+    method = rule_set(patch_map)
     if isinstance(target, nn.Module):
         return _bind(target, method, verbose)
     if isinstance(target, _CompatModule):

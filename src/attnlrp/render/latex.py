@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -53,16 +53,30 @@ def escape(text: str, unicode: bool = True) -> str:
 _SPACE = "\\hspace{0.33em plus 0.1em minus 0.05em}"
 
 
-def _box(weight: float, text: str) -> str:
-    return f"\\colorbox[RGB]{{{','.join(map(str, rgb(weight)))}}}{{\\strut{{}}{text}}}"
+def _colours(cmap: str | None) -> Callable[[float], tuple[int, ...]]:
+    """The colour of a weight in [-1, 1]: attnlrp's palette, or a matplotlib colormap's (``"bwr"``, as LXT)."""
+    if cmap is None:
+        return rgb
+    import matplotlib
+
+    try:
+        colormap = matplotlib.colormaps[cmap]
+    except KeyError:
+        raise ValueError(f"Unknown colormap {cmap!r}: give a matplotlib colormap name, e.g. 'bwr'.") from None
+    return lambda weight: tuple(round(255 * c) for c in colormap((min(max(weight, -1.0), 1.0) + 1) / 2)[:3])
 
 
-def source(tokens: Sequence[str], scores: Sequence[float], backend: str = "xelatex") -> str:
-    """The complete .tex document of a token heatmap.
+def source(tokens: Sequence[str], scores: Sequence[float], backend: str = "xelatex", cmap: str | None = None) -> str:
+    """The complete .tex document of a token heatmap (``cmap``: a matplotlib colormap instead of the palette).
 
     Lines break only between words, at the spaces that tokens carry: a number or a word made of several tokens
     stays on one line, and no line starts with a token's leading space (the space is glue, dropped at a break).
     """
+    colour = _colours(cmap)
+
+    def _box(weight: float, text: str) -> str:
+        return f"\\colorbox[RGB]{{{','.join(map(str, colour(weight)))}}}{{\\strut{{}}{text}}}"
+
     scores = np.asarray(scores, dtype=np.float64)
     scale = color_scale(scores)
     unicode = backend == "xelatex"
@@ -93,19 +107,28 @@ def source(tokens: Sequence[str], scores: Sequence[float], backend: str = "xelat
 
 
 def pdf_heatmap(
-    tokens: Sequence[str], scores: Sequence[float], path: str | Path = "heatmap.pdf", backend: str = "xelatex"
+    tokens: Sequence[str],
+    scores: Sequence[float],
+    path: str | Path = "heatmap.pdf",
+    backend: str = "xelatex",
+    cmap: str | None = None,
+    delete_aux_files: bool = False,
 ) -> Path:
-    """Write a PDF heatmap. ``backend``: "xelatex" or "pdflatex" (the .tex is written beside the PDF),
-    or "matplotlib". Where the LaTeX engine is not installed, matplotlib draws the PDF instead (with a warning)."""
+    """Write a PDF heatmap. ``backend``: "xelatex" or "pdflatex" (the .tex is written beside the PDF, and removed
+    after compiling with ``delete_aux_files``), or "matplotlib". Where the LaTeX engine is not installed,
+    matplotlib draws the PDF instead (with a warning). ``cmap``: a matplotlib colormap for the LaTeX backends
+    (default: attnlrp's red-blue palette)."""
     path = Path(path)
     if backend not in ("xelatex", "pdflatex", "matplotlib"):
         raise ValueError(f"backend must be 'xelatex', 'pdflatex' or 'matplotlib', not {backend!r}.")
     if backend != "matplotlib":
         tex = path.with_suffix(".tex")
-        tex.write_text(source(tokens, scores, backend), encoding="utf-8")
+        tex.write_text(source(tokens, scores, backend, cmap), encoding="utf-8")
         engine = shutil.which(backend)
         if engine is not None:
             _compile(engine, tex, path)
+            if delete_aux_files:
+                tex.unlink()
             return path
         warnings.warn(
             f"{backend} is not installed; drawing {path} with matplotlib instead ({tex} was written). "

@@ -299,6 +299,15 @@ def _pandas():
 def frame(explanations: list[Explanation]):
     """One pandas DataFrame over many explanations: ``to_frame()`` of each, with its index, target and method."""
     pd = _pandas()
+    explanations = list(explanations)
+    if not explanations:
+        raise ValueError("frame needs at least one explanation.")
+    units = {e.unit for e in explanations}
+    if len(units) > 1:
+        raise ValueError(
+            "frame stacks explanations of one unit, and these mix tokens and words: give each as a word view "
+            "(e.words()), or each as tokens."
+        )
     parts = [e.to_frame().assign(explanation=i, target=e.target, method=e.method) for i, e in enumerate(explanations)]
     return pd.concat(parts, ignore_index=True)
 
