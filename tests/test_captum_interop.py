@@ -273,13 +273,12 @@ def test_errors_name_the_problem_and_the_fix(tiny_lm, tokenizer):
 
 def test_noise_tunnel_grad_kwargs_and_two_models_in_one_forward(tiny_lm, tokenizer):
     from captum.attr import NoiseTunnel
-
     from conftest import build_tiny_lm
 
     ids = torch.tensor([tokenizer.encode(PROMPT)])
     with torch.no_grad():
         embeds = tiny_lm.get_input_embeddings()(ids)
-    forward = lambda e: tiny_lm(inputs_embeds=e).logits[:, -1]  # noqa: E731
+    forward = lambda e: tiny_lm(inputs_embeds=e).logits[:, -1]
     smooth = NoiseTunnel(AttnLRP(forward, model=tiny_lm)).attribute(
         embeds, nt_type="smoothgrad", nt_samples=2, stdevs=0.0, target=5
     )
