@@ -2,7 +2,7 @@
 
 LXT patches a transformers module process-wide. attnlrp never does: here the transformers module
 is imported *from this package* instead, e.g. ``from attnlrp.compat import modeling_llama``. Its model
-classes are the transformers classes, except that every model they load is bound to the engine
+classes are the transformers classes, except that every model they load or build is bound to the engine
 (instance hooks only); models created elsewhere are untouched. ``monkey_patch`` also accepts a model
 instance directly.
 
