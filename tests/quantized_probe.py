@@ -3,7 +3,8 @@
 ``models``: for each backend configuration, load the bundled SmolLM2-135M-Instruct quantized
 (``attnlrp.load_model(quantization_config=...)``, or a GPTQ/AWQ checkpoint GPTQModel makes once), build its float
 twin (the float model with every quantized layer's weight replaced by that layer's dequantized weight), and compare
-their AttnLRP relevance on a few prompts, before and after one ``model.generate``. ``layers``: each backend on one
+their AttnLRP relevance on a few prompts, before and after one ``model.generate`` (and, after it, their Input x
+Gradient). ``layers``: each backend on one
 small layer, its input gradient inside ``lrp()`` against the one its kernel implies.
 
 Runs in .venv-quant, which holds the backends (made by `make test`): tests/test_quantized.py and
@@ -175,6 +176,9 @@ def measure(name: str, original: torch.nn.Module | None = None) -> dict:
     with torch.no_grad():
         model.generate(**ids, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.eos_token_id)
     after = relevance(model, tokenizer, targets)
+    gradients = [  # a gradient method after generate: the kernels' own backward may be gone by now
+        attnlrp.explain(m, tokenizer, list(PROMPTS), target=targets, method="input_x_gradient") for m in (model, twin)
+    ]
     out = {
         "backend": backend,
         "bits": bits,
@@ -183,6 +187,7 @@ def measure(name: str, original: torch.nn.Module | None = None) -> dict:
         "quantized_layers": len(layers),
         "before": compare(before, reference),
         "after": compare(after, reference),
+        "gradient_after": compare(*gradients),
         "nonzero": bool(all(np.abs(e.scores).max() > 0 for e in before + after)),
     }
     if original is not None:  # the float32 model it was quantized from: what quantization itself changes

@@ -9,10 +9,12 @@ quantized by each backend against its float twin, before and after ``generate``.
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -230,3 +232,34 @@ def test_relevance_equals_the_float_twins_before_and_after_generate(models, name
         # LLM.int8() rounds every activation to int8 as well, so its forward itself moves off the float twin
         assert figures[stage]["correlation"] >= (0.995 if name == "bnb-int8" else 0.999), (stage, figures[stage])
         assert figures[stage]["max_error"] < (0.15 if name == "bnb-int8" else 0.05), (stage, figures[stage])
+    # a gradient method too gets the linear map's gradient: near zero before, where the kernel had none
+    assert figures["gradient_after"]["correlation"] >= 0.99, figures["gradient_after"]
+
+
+def test_gradient_methods_get_the_gradient_of_the_linear_map_through_quantized_layers(stand_in_backend):
+    model = small_model()
+    x = torch.randn(5, 8, dtype=torch.float64)
+    with quantized.linear_gradients(model):
+        leaf = x.clone().requires_grad_()
+        model(leaf).sum().backward()
+    first, second = model[0].dequantized(), model[2].dequantized()
+    expected = (((x @ first.T + model[0].bias) > 0) * second.sum(0)) @ first
+    torch.testing.assert_close(leaf.grad, expected, rtol=1e-12, atol=1e-12)
+    assert "forward" not in model[0].__dict__, "the layers are restored"
+
+
+def test_torch_dynamic_quantization_is_a_backend_for_the_rules_and_the_gradient_methods(tokenizer):
+    from conftest import build_tiny_lm
+
+    float_model = build_tiny_lm(tokenizer, dtype=torch.float32)
+    model = copy.deepcopy(float_model)
+    for layer in model.model.layers:
+        layer.mlp = torch.ao.quantization.quantize_dynamic(layer.mlp, {nn.Linear}, dtype=torch.qint8)
+    prompt = "The Eiffel Tower is located in the city of"
+    for method in ("cp-lrp", "input_x_gradient"):
+        ours, reference = (attnlrp.explain(m, tokenizer, prompt, method=method) for m in (model, float_model))
+        assert np.corrcoef(ours.scores, reference.scores)[0, 1] > 0.95, method  # the kernel's gradient is none
+    assert ours.total == pytest.approx(reference.total, rel=0.05)
+    assert "[linear, torch dynamic quantization]" in str(attnlrp.audit(model))
+    with pytest.raises(attnlrp.InputError, match="is quantized, and the check runs a float64 copy"):
+        attnlrp.check(model)

@@ -13,7 +13,8 @@ refused when the model is bound, never run with a gradient that may be zero.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -109,6 +110,8 @@ _LAYER_CLASSES = {
 
 #: torchao keeps nn.Linear and swaps its weight for a tensor subclass.
 _TORCHAO = Backend("torchao", _tensor_dequantize)
+#: torch's own dynamic quantization (torch.ao.quantization.quantize_dynamic): int8 W packed, read by weight().
+_TORCH_DYNAMIC = Backend("torch dynamic quantization", lambda module: module.weight().dequantize())
 
 
 def _package(cls: type) -> str:
@@ -123,6 +126,8 @@ def backend_of(module: nn.Module) -> Backend | None:
             return backend
     if isinstance(module, nn.Linear) and _package(type(module.weight)) == "torchao":
         return _TORCHAO
+    if type(module).__module__.startswith("torch.ao.nn.quantized.dynamic") and type(module).__name__ == "Linear":
+        return _TORCH_DYNAMIC
     return None
 
 
@@ -130,14 +135,20 @@ def _stores_integers(module: nn.Module) -> bool:
     """Whether the module holds an integer matrix of its own (packed weights), not just index vectors."""
     tensors = [*module._parameters.values(), *module._buffers.values()]
     integer = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
-    return any(t is not None and t.dim() >= 2 and t.dtype in integer for t in tensors)
+    packed = hasattr(module, "_packed_params")  # torch.ao's quantized layers keep W in a packed object
+    return packed or any(t is not None and t.dim() >= 2 and t.dtype in integer for t in tensors)
 
 
 def check(modules: list[tuple[str, nn.Module]], layer_rules: dict[nn.Module, object]) -> None:
     """Refuse, before anything is bound, what the linear rule can't cover: a linear layer with integer weights
     from a backend not listed here, and a layer rule (ε, γ, …) mapped onto a quantized layer."""
+    inside: list[str] = []  # paths of the quantized layers found: their own parts are theirs to run
     for path, module in modules:
         backend = backend_of(module)
+        if backend is not None:
+            inside.append(path + ".")
+        if any(path.startswith(prefix) for prefix in inside):
+            continue
         if backend is None and "linear" in type(module).__name__.lower() and _stores_integers(module):
             raise QuantizedLayerError(
                 f"{path} is a quantized linear layer of an unsupported backend ({type(module).__module__}."
@@ -151,6 +162,28 @@ def check(modules: list[tuple[str, nn.Module]], layer_rules: dict[nn.Module, obj
                 f"{type(module).__name__}; layer rules need a float weight. Leave quantized layers out of layer_rules "
                 "(they get the LRP-0 rule of a linear map), or dequantize the model first (model.dequantize())."
             )
+
+
+@contextmanager
+def linear_gradients(model: nn.Module) -> Iterator[None]:
+    """For the duration, each quantized linear layer of ``model`` computes with its kernel and passes back the
+    gradient of its dequantized linear map: the plain gradient that gradient methods need, which a backend's CPU
+    kernel may not give at all (bitsandbytes and GPTQModel after a no-grad call). ``lrp()`` does the same for the
+    rules."""
+    saved = []
+    try:
+        for path, module in model.named_modules():
+            backend = backend_of(module)
+            if backend is not None:
+                saved.append((module, module.__dict__.get("forward")))
+                module.forward = linear_forward(module, module.forward, backend, path or "<root>", lambda: None)
+        yield
+    finally:
+        for module, previous in reversed(saved):
+            if previous is None:
+                del module.forward
+            else:
+                module.forward = previous
 
 
 def linear_forward(
@@ -193,6 +226,7 @@ def _check_kernel(ctx, weight: Tensor, x: Tensor, y: Tensor) -> None:
     """The dequantized W must reproduce the kernel's own output on the first rows of the input: a backend version
     that stores W in a layout read wrongly here is an error, not a wrong explanation."""
     bias = getattr(ctx.module, "bias", None)
+    bias = bias() if callable(bias) else bias  # torch.ao's quantized layers read it with bias()
     expected = y - bias.to(y.dtype) if isinstance(bias, Tensor) else y
     errors = (x @ weight.T - expected).norm(dim=-1) / expected.norm(dim=-1).clamp_min(1e-12)
     error = float(errors.median())

@@ -7,14 +7,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..engine.quantized import linear_gradients
 from .base import Method
 from .batch import Batch
 
 
 def input_gradients(batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """The inputs and the plain gradient ∂y/∂x at each of them."""
+    """The inputs and the plain gradient ∂y/∂x at each of them (through quantized layers too)."""
     leaves = batch.leaves()
-    with torch.enable_grad():
+    with torch.enable_grad(), linear_gradients(batch.model):
         grads = torch.autograd.grad(batch.evaluate(leaves).sum(), list(leaves.values()))
     return {k: x.detach() for k, x in leaves.items()}, dict(zip(leaves, grads))
 
@@ -68,7 +69,7 @@ class IntegratedGradients(Method):
         for chunk in batch.chunks(n * self.steps, grad=True):
             index = torch.arange(chunk.start, chunk.stop, device=some.device)
             rows, alpha = index % n, alphas[index // n]
-            with torch.enable_grad():
+            with torch.enable_grad(), linear_gradients(batch.model):
                 scaled = {
                     kind: (x[rows] * alpha.view(-1, *[1] * (x.dim() - 1))).requires_grad_()
                     for kind, x in batch.inputs.items()
