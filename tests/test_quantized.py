@@ -232,8 +232,9 @@ def test_relevance_equals_the_float_twins_before_and_after_generate(models, name
         # LLM.int8() rounds every activation to int8 as well, so its forward itself moves off the float twin
         assert figures[stage]["correlation"] >= (0.995 if name == "bnb-int8" else 0.999), (stage, figures[stage])
         assert figures[stage]["max_error"] < (0.15 if name == "bnb-int8" else 0.05), (stage, figures[stage])
-    # a gradient method too gets the linear map's gradient: near zero before, where the kernel had none
-    assert figures["gradient_after"]["correlation"] >= 0.99, figures["gradient_after"]
+    # a gradient method too gets the linear map's gradient (before, where the kernel had none, the scores were
+    # near zero: correlations of 0.12 and -0.17 for bnb-nf4); LLM.int8()'s rounded activations move it more
+    assert figures["gradient_after"]["correlation"] >= (0.8 if name == "bnb-int8" else 0.99), figures["gradient_after"]
 
 
 def test_gradient_methods_get_the_gradient_of_the_linear_map_through_quantized_layers(stand_in_backend):
