@@ -261,6 +261,13 @@ def test_a_resumed_batch_is_computed_whole_so_results_are_byte_identical(run, tm
     assert "(3 new, 1 already there); padding" in out
 
 
+def test_fields_that_extend_a_known_one_are_metadata_carried_along(tmp_path):
+    prompts = tmp_path / "in.jsonl"
+    meta = {"answers": ["Paris"], "prompt_id": 7, "target_id": 3, "labels": [1], "images": [], "chats": 2, "cat": 1}
+    _write(prompts, [{"prompt": "x", **meta}])
+    assert read_lines(prompts)[0].spec == {"prompt": "x", **meta}
+
+
 def test_a_rerun_in_another_dtype_is_refused_not_mixed_in(tiny_lm, tokenizer, tmp_path):
     from attnlrp.dataset import explain_dataset
 

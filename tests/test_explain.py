@@ -6,6 +6,7 @@ value (up to the float32 in which Explanation stores scores).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 
 import numpy as np
@@ -188,6 +189,23 @@ def test_chat_messages_use_the_template_and_segments_add_up(tiny_lm, tokenizer):
     assert words.keys() == parts.keys()
     for name in parts:
         assert words[name] == pytest.approx(parts[name], rel=1e-4, abs=1e-6)
+
+
+def test_segments_of_a_template_that_ends_a_conversation_without_the_generation_prompt(tokenizer):
+    from attnlrp.tasks.text import encode
+
+    suffixed = copy.deepcopy(tokenizer)  # Phi-3's way: the end of text after a last turn, where no prompt follows
+    suffixed.chat_template = (
+        "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>\n{% else %}{{ eos_token }}{% endif %}"
+    )
+    item = encode(suffixed, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}])
+    text = {name: suffixed.decode(item.ids[a:b]) for name, a, b in item.segments}
+    assert text == {
+        "0:system": "<|system|>\nBe brief.<|im_end|>\n",
+        "1:user": "<|user|>\nHello there<|im_end|>\n",
+        "generation prompt": "<|assistant|>\n",
+    }
 
 
 def test_a_system_prompt_the_template_adds_is_its_own_segment_not_the_users(tiny_lm, tokenizer):

@@ -699,3 +699,27 @@ def test_docs_code_blocks_run():
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, "docs/explicit.md", "exec"), namespace)
+
+
+class _HalfGradient(torch.autograd.Function):
+    """A user's own rule for tanh, written as an autograd function (as LXT-style rules are)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return torch.tanh(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad / 2
+
+
+def test_a_composites_rule_written_as_an_autograd_function_is_not_called_unruled():
+    class Tanh(torch.nn.Module):
+        def forward(self, x):
+            return torch.tanh(x)
+
+    comp = Composite({torch.tanh: lambda x: _HalfGradient.apply(x)})
+    model = Tanh()
+    with comp.context(model) as binding:
+        model(torch.randn(3, requires_grad=True))
+    assert not any("autograd.Function" in op for _, op in binding.unruled_ops), binding.unruled_ops

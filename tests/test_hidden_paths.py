@@ -214,3 +214,66 @@ def test_a_custom_function_where_cp_lrp_holds_all_constant_is_still_named_by_lrp
             fam.model(**fam.inputs)
     with attnlrp.lrp(fam.model, strict=True), pytest.raises(attnlrp.UnruledOpError, match="_FusedNormFunction"):
         fam.model(**fam.inputs)
+
+
+def test_a_bound_batch_norm_keeps_what_the_user_writes_and_counts_only_the_users_forwards():
+    torch.manual_seed(0)
+    model = _Normed(nn.BatchNorm1d(8)).double().train()
+    loaded = {"running_mean": torch.arange(8.0, dtype=torch.float64), "num_batches_tracked": torch.tensor(5)}
+    x = torch.randn(4, 3, 6, dtype=torch.float64)
+    with attnlrp.lrp(model):
+        model.norm.load_state_dict({**model.norm.state_dict(), **loaded})  # e.g. weights loaded into a bound model
+        model(x.clone().requires_grad_())[1, 2, 0].backward()
+    assert torch.equal(model.norm.running_mean, loaded["running_mean"]) and int(model.norm.num_batches_tracked) == 5
+    model(x)  # the user's own forward counts, as ever
+    assert int(model.norm.num_batches_tracked) == 6
+
+
+class _GatedTwice(nn.Module):
+    def __init__(self, in_place: bool):
+        super().__init__()
+        self.in_place = in_place
+        self.a, self.b, self.c = (nn.Linear(4, 4, bias=False) for _ in range(3))
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        if self.in_place:
+            h *= self.b(x)
+        else:
+            h = h * self.b(x)
+        return h * self.c(x)  # h is no activation's output now: no gate
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_tensor_written_in_place_loses_the_gate_mark_of_what_it_was(method):
+    torch.manual_seed(0)
+    plain = _GatedTwice(in_place=False).double()
+    in_place = copy.deepcopy(plain)
+    in_place.in_place = True
+    x = torch.randn(2, 4, dtype=torch.float64)
+    grads = []
+    for model in (plain, in_place):
+        leaf = x.clone().requires_grad_()
+        with attnlrp.lrp(model, method=method):
+            model(leaf).sum().backward()
+        grads.append(leaf.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=1e-12)
+
+
+class _TorchBatchNorm(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.rand(3) + 0.5), nn.Parameter(torch.randn(3))
+
+    def forward(self, x):  # torch's own form: (input, weight, bias, running_mean, running_var, training, ...)
+        return torch.batch_norm(x, self.weight, self.bias, None, None, True, 0.1, 1e-5, False)
+
+
+def test_torch_batch_norm_takes_its_own_argument_order():
+    torch.manual_seed(0)
+    model = _TorchBatchNorm().double()
+    x = torch.randn(4, 3, 5, dtype=torch.float64)
+    expected = F.batch_norm(x, None, None, model.weight, model.bias, training=True)
+    with attnlrp.lrp(model):
+        got = model(x.clone().requires_grad_())
+    torch.testing.assert_close(got, expected)

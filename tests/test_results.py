@@ -217,9 +217,14 @@ def test_byte_fallback_tokens_display_as_text():
     assert display == [" a", "\n", "!", " b"]
     # a character over several byte tokens is shown by its first; a byte left unfinished is a replacement mark
     assert clean_tokens(["▁a", "<0xE6>", "<0x97>", "<0xA5>", "▁b", "<0xE6>"]) == [" a", "日", "", "", " b", "\ufffd"]
+    # an unfinished character before another byte token: its mark stays with it, the next token keeps its own text
+    assert clean_tokens(["Ã", "Ġhi"], scheme="bytelevel") == ["\ufffd", " hi"]
 
 
-@pytest.mark.parametrize("text", ["I ❤️ 🐍 and 日本語", "東京は日本の首都です。" * 4, "Family: 👨‍👩‍👧 ok", "café naïve"])
+@pytest.mark.parametrize(
+    "text",
+    ["I ❤️ 🐍 and 日本語", "東京は日本の首都です。" * 4, "Family: 👨‍👩‍👧 ok", "café naïve", "x\u0301y", "देवनागरी लिपि"],
+)
 def test_characters_split_over_byte_level_tokens_join_into_the_text_and_into_words(tokenizer, text):
     from attnlrp.tasks.text import display_tokens
 
@@ -237,6 +242,8 @@ def test_words_keep_emoji_and_scripts_without_spaces_whole(tokenizer):
     _, display, special = display_tokens(tokenizer, tokenizer("I ❤️ 🐍 and 日本語, Family: 👨‍👩‍👧").input_ids)
     words = group_words(display, special, np.ones(len(display)))[0]
     assert words == ["I", " ❤️", " 🐍", " and", " 日本語", ",", " Family", ":", " 👨‍👩‍👧"]
+    _, display, special = display_tokens(tokenizer, tokenizer("देवनागरी लिपि, x\u0301y").input_ids)
+    assert group_words(display, special, np.ones(len(display)))[0] == ["देवनागरी", " लिपि", ",", " x\u0301y"]
 
 
 def test_generation_words_merge_the_prompt_and_keep_one_row_per_generated_token():

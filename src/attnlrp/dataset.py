@@ -134,11 +134,11 @@ def keyed_lines(values: Iterable[tuple[str, Any]]) -> list[Line]:
 
 def _check_fields(place: str, spec: dict[str, Any]) -> None:
     """A field that looks like a misspelt one of ``FIELDS`` (``"traget"``, ``"Label"``) is refused: carried along
-    as it is, it would leave the line explained as if it were absent."""
+    as it is, it would leave the line explained as if it were absent. Names that extend a field's are metadata."""
     for field in spec:
         name = str(field).lower()
-        if field in FIELDS or (name not in FIELDS and len(name) < 5):
-            continue
+        if field in FIELDS or (name not in FIELDS and (len(name) < 5 or name.startswith(FIELDS))):
+            continue  # short names, and names built on a field's ("answers", "prompt_id", "labels"), are metadata
         close = [name] if name in FIELDS else difflib.get_close_matches(name, FIELDS, n=1, cutoff=0.8)
         if close:
             raise InputError(

@@ -112,6 +112,8 @@ class Binding:
     #: The warning about ops without a rule: what their relevance is, and what to do.
     unruled_meaning = "ran without an LRP rule (plain gradient used)"
     unruled_advice = "attnlrp.audit(model) lists them all; lrp(..., strict=True) raises instead."
+    #: Whether a custom autograd.Function counts as unruled (the explicit mode's own rules are such functions).
+    names_functions = True
 
     def __init__(self, model: nn.Module, method: str, strict: bool):
         self.model = model
@@ -130,7 +132,6 @@ class Binding:
         self._forwards: dict[nn.Module, Any] = {}
         self._checkpoint_funcs: dict[nn.Module, Any] = {}
         self._param_slots: list[tuple[nn.Module, str, bool]] = []
-        self._buffers_kept: list[tuple[Tensor, Tensor]] = []
         self._paths: dict[nn.Module, str] = {}
         self._norms: set[nn.Module] = set()
         self._sites: dict[nn.Module, list[Site]] = {}
@@ -166,7 +167,7 @@ class Binding:
         stack = self._stack()
         if not stack:
             self._mode.__enter__()
-            self._local.bounds, self._local.claimed = {}, set()
+            self._local.frames = {}
         stack.append(module)
 
     def _exit(self, module: nn.Module) -> None:
@@ -177,7 +178,7 @@ class Binding:
             pass
         if not stack:
             self._mode.__exit__(None, None, None)
-            self._local.bounds, self._local.claimed = {}, set()  # no graph node is held after the forward
+            self._local.frames = {}  # no graph node is held after the forward
             self._warn_new_unruled()
 
     def in_norm(self) -> bool:
@@ -240,9 +241,8 @@ class Binding:
             for name, param in module._parameters.items():
                 if param is not None:
                     self._param_slots.append((module, name, param.requires_grad))
-            if isinstance(module, nn.modules.batchnorm._NormBase) and module.training:
-                # a batch norm in train mode counts its forwards; the rules leave its statistics as they are
-                self._buffers_kept += [(b, b.clone()) for b in module.buffers(recurse=False)]
+            if isinstance(module, nn.modules.batchnorm._NormBase):
+                self._handles += _forward_count_kept(module)
         for module, name, _ in self._param_slots:
             module._parameters[name].requires_grad_(False)
         for site in input_sites(self.model):
@@ -316,9 +316,6 @@ class Binding:
                 module.forward = previous
         for module, previous in self._checkpoint_funcs.items():
             module._gradient_checkpointing_func = previous
-        with torch.no_grad():
-            for buffer, value in self._buffers_kept:
-                buffer.copy_(value)
         for module, name, flag in self._param_slots:
             # the parameter in the slot now: accelerate's offloading hooks swap in a new Parameter
             # (inheriting requires_grad) at every forward
@@ -394,8 +391,9 @@ class Binding:
 
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self._enter(module)
-        if torch.is_grad_enabled():
-            self._local.bounds.setdefault(module, []).append({*_grad_nodes(args), *_grad_nodes(kwargs)})
+        if self.names_functions and torch.is_grad_enabled():
+            # the nodes this module's walk stops at: its inputs' (below), and its finished children's outputs
+            self._local.frames.setdefault(module, []).append(({*_grad_nodes(args), *_grad_nodes(kwargs)}, set()))
         checkpoint = module.__dict__.get("_gradient_checkpointing_func")
         if checkpoint is not None and module not in self._checkpoint_funcs:
             self._checkpoint_funcs[module] = checkpoint
@@ -403,27 +401,32 @@ class Binding:
 
     def _post_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         try:
-            bounds = getattr(self._local, "bounds", {}).get(module)
-            if bounds:
-                self._find_functions(module, bounds.pop(), output)
+            frames = getattr(self._local, "frames", {}).get(module)
+            if frames:
+                self._find_functions(module, *frames.pop(), _grad_nodes(output))
         finally:
             self._exit(module)
 
-    def _find_functions(self, module: nn.Module, inputs: set, output: Any) -> None:
+    def _find_functions(self, module: nn.Module, inputs: set, covered: set, outputs: list) -> None:
         """Count the custom ``torch.autograd.Function`` s (not attnlrp's or torch's own) that ``module`` ran as
         unruled: the mode can't see into their forward (it runs with gradients off), and their backward is their
-        own. ``module`` owns the nodes of the autograd graph reachable from its output without passing through
-        its inputs, except those a module it called (which finished first) owns."""
-        claimed, todo = self._local.claimed, _grad_nodes(output)
+        own. ``module``'s own nodes are those reachable from its outputs before its inputs' nodes and before the
+        outputs of the modules it called (``covered``: they walked their own). Only the nodes of modules still
+        running are held, so a branch the rules cut off (a gate held constant) is freed as it was."""
+        seen, todo = set(), list(outputs)
         while todo:
             node = todo.pop()
-            if node in inputs or node in claimed:
+            if node in seen or node in inputs or node in covered:
                 continue
-            claimed.add(node)
+            seen.add(node)
             cls = getattr(node, "_forward_cls", None)
             if cls is not None and not cls.__module__.startswith(("attnlrp.", "torch.")):
                 self._unruled((self._paths.get(module, "?"), f"autograd.Function {cls.__qualname__}"))
             todo.extend(child for child, _ in node.next_functions if child is not None)
+        stack = self._stack()
+        parent = stack[-2] if len(stack) > 1 and stack[-1] is module else None
+        if parent is not None and self._local.frames.get(parent):
+            self._local.frames[parent][-1][1].update(outputs)
 
     def _checkpointed(self, checkpoint: Callable, module: nn.Module, function: Callable, *args, **kwargs):
         """Run the checkpointed function, and its recomputation in the backward pass, in scope."""
@@ -494,6 +497,23 @@ class Binding:
             return None
         kept = self._keep(module, x.detach().requires_grad_())
         return None if kept is None else (kept, *args[1:])
+
+
+def _forward_count_kept(norm: nn.Module) -> list[Any]:
+    """Hooks that undo what a forward of a batch norm in train mode adds to its count of batches (its running
+    statistics the rules leave as they are: see ``ops._batch_norm``), so that only the user's own forwards count."""
+    count: list[Tensor] = []
+
+    def before(module: nn.Module, args: tuple) -> None:
+        tracked = getattr(module, "num_batches_tracked", None)
+        count[:] = [tracked.clone()] if module.training and isinstance(tracked, Tensor) else []
+
+    def after(module: nn.Module, args: tuple, output: Any) -> None:
+        if count:
+            with torch.no_grad():
+                module.num_batches_tracked.copy_(count.pop())
+
+    return [norm.register_forward_pre_hook(before), norm.register_forward_hook(after, always_call=True)]
 
 
 def _grad_nodes(value: Any, depth: int = 2) -> list:

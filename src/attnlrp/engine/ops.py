@@ -332,20 +332,29 @@ def _group_norm(binding: Binding, func, args, kwargs):
     )
 
 
+#: ``torch.batch_norm`` and ``torch.instance_norm`` take (input, weight, bias, running_mean, running_var, ...);
+#: their ``torch.nn.functional`` forms take (input, running_mean, running_var, weight, bias, ...).
+_NORM_POSITIONS = {"functional": (1, 2, 3, 4), "torch": (3, 4, 1, 2)}
+
+
+def _norm_arguments(func, args: tuple, kwargs: dict) -> tuple:
+    """(running_mean, running_var, weight, bias) of a batch or instance norm call, in either form."""
+    form = "functional" if getattr(func, "__module__", "") == "torch.nn.functional" else "torch"
+    names = ("running_mean", "running_var", "weight", "bias")
+    return tuple(_arg(args, kwargs, p, n) for p, n in zip(_NORM_POSITIONS[form], names))
+
+
 def _batch_norm(binding: Binding, func, args, kwargs):
     """With running statistics (eval mode): an affine map, linear. With the batch's own (train mode): the norm
     rule, the variance held constant and the centring linear, as for a layer norm; the running statistics are
     left as they are (a bound model comes out unchanged)."""
     x = args[0]
-    training = _arg(args, kwargs, 5, "training", False)
-    mean, var = _arg(args, kwargs, 1, "running_mean"), _arg(args, kwargs, 2, "running_var")
-    if not training and mean is not None and var is not None:
-        return func(*args, **kwargs)
+    if not _arg(args, kwargs, 5, "training", False):
+        return func(*args, **kwargs)  # running statistics (torch says so where they are missing)
     if _requires_grad(x):
         binding.note(func, "norm")
-    return rules.batch_norm(
-        x, _arg(args, kwargs, 3, "weight"), _arg(args, kwargs, 4, "bias"), _arg(args, kwargs, 7, "eps", 1e-5)
-    )
+    _, _, weight, bias = _norm_arguments(func, args, kwargs)
+    return rules.batch_norm(x, weight, bias, _arg(args, kwargs, 7, "eps", 1e-5))
 
 
 def _instance_norm(binding: Binding, func, args, kwargs):
@@ -356,8 +365,8 @@ def _instance_norm(binding: Binding, func, args, kwargs):
         return func(*args, **kwargs)
     if _requires_grad(x):
         binding.note(func, "norm")
-    eps = _arg(args, kwargs, 7, "eps", 1e-5)
-    return rules.group_norm(x, x.shape[1], _arg(args, kwargs, 3, "weight"), _arg(args, kwargs, 4, "bias"), eps)
+    _, _, weight, bias = _norm_arguments(func, args, kwargs)
+    return rules.group_norm(x, x.shape[1], weight, bias, _arg(args, kwargs, 7, "eps", 1e-5))
 
 
 def _normalize(binding: Binding, func, args, kwargs):
@@ -515,9 +524,11 @@ def _in_place(handler: Handler, out_of_place: Callable | None) -> Handler:
             binding, out_of_place or func, args, {**kwargs, "inplace": False} if "inplace" in kwargs else kwargs
         )
         target.copy_(result)
-        for tag in _TAGS:
+        for tag in _TAGS:  # the target is what the result is now: its tags, and none of its own old ones
             if hasattr(result, tag):
                 setattr(target, tag, getattr(result, tag))
+            elif hasattr(target, tag):
+                delattr(target, tag)
         return target
 
     return handle

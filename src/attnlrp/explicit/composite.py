@@ -228,6 +228,7 @@ class ExplicitBinding(Binding):
 
     unruled_meaning = "carried relevance without a rule of the composite (their plain backward is no relevance rule)"
     unruled_advice = "print(composite) lists them; give each op, or the module that calls it, a rule in the composite."
+    names_functions = False  # a composite's rules are autograd functions of the user's own
 
     def __init__(self, model: nn.Module, composite: Composite):
         super().__init__(model, method="explicit", strict=False)

@@ -89,16 +89,17 @@ def clean_tokens(tokens: list[str], special: frozenset[str] = frozenset(), schem
         for byte in data:
             owner = i if owner is None else owner
             text = decoder.decode(bytes([byte]))
-            if text:
-                shown[owner] += text
-                owner = None
+            if text:  # a finished character; after an unfinished one's mark, this byte's own character
+                shown[owner] += text[0]
+                shown[i] += text[1:]
+                owner = i if decoder.getstate()[0] else None
     flush()
     return shown
 
 
 def _is_punctuation(text: str) -> bool:
     stripped = text.strip()
-    return bool(stripped) and not any(ch.isalnum() for ch in stripped)
+    return bool(stripped) and not any(ch.isalnum() or unicodedata.category(ch)[0] == "M" for ch in stripped)
 
 
 def word_starts(display: list[str], special: list[bool]) -> list[bool]:

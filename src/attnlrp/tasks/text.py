@@ -34,19 +34,27 @@ def _chat_ids(tokenizer, messages, add_generation_prompt: bool = True) -> list[i
     return list(out["input_ids"] if isinstance(out, Mapping) else out)
 
 
+def _common_length(a: list[int], b: list[int]) -> int:
+    """How many tokens ``a`` and ``b`` share from the start."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 def _preamble(tokenizer, first: Mapping) -> int:
     """How many tokens the template puts before the first message's own turn (a BOS; a default system prompt
-    where the messages have none): the first message's rendering, less one turn, which a second copy of the
-    message measures. 0 where the template refuses two turns of one role in a row."""
+    where the messages have none): where the rendering of the first message with the generation prompt parts
+    from the one without it (the end of the turn, whatever the template adds after a last turn), less one turn,
+    which a second copy of the message measures. 0 where the template refuses two turns of one role in a row."""
     try:
-        once = _chat_ids(tokenizer, [first], add_generation_prompt=False)
-        twice = _chat_ids(tokenizer, [first, first], add_generation_prompt=False)
+        closed = _chat_ids(tokenizer, [first], add_generation_prompt=False)
+        once = _chat_ids(tokenizer, [first])
+        twice = _chat_ids(tokenizer, [first, first])
     except Exception:  # templates raise what they like (jinja's TemplateError, ValueError)
         return 0
-    turn = len(twice) - len(once)
-    if not 0 < turn <= len(once) or once[len(once) - turn :] != twice[len(twice) - turn :]:
+    turn, end = len(twice) - len(once), _common_length(closed, once)
+    start = end - turn
+    if turn <= 0 or start < 0 or once[start:end] != twice[end : end + turn]:
         return 0
-    return len(once) - turn
+    return start
 
 
 def _encode_chat(tokenizer, messages) -> Item:
@@ -63,7 +71,7 @@ def _encode_chat(tokenizer, messages) -> Item:
     segments = [("template", 0, start)] if start else []
     for i in range(len(messages)):
         prefix = _chat_ids(tokenizer, messages[: i + 1], add_generation_prompt=False)
-        end = len(prefix) if ids[: len(prefix)] == prefix else start
+        end = max(start, _common_length(prefix, ids))  # what a template adds after a last turn is not the turn's
         segments.append((f"{i}:{messages[i]['role']}", start, end))
         start = end
     if start < len(ids):
