@@ -258,6 +258,7 @@ def test_generation_words_merge_the_prompt_and_keep_one_row_per_generated_token(
     np.testing.assert_allclose(words.matrix.sum(1), gen.matrix.sum(1), rtol=1e-6)
     assert words.generated == gen.generated
     assert [words.step(i).target for i in range(3)] == [gen.step(i).target for i in range(3)]
+    assert [words.step(i).target_id for i in range(3)] == gen.token_ids[-3:] and words.token_ids == gen.token_ids
     assert [s.total for s in map(words.step, range(3))] == pytest.approx([s.total for s in map(gen.step, range(3))])
     assert len(words.top(2)) == 3
 

@@ -80,9 +80,9 @@ class GenerationExplanation(Result):
             value=self.values[i],
             method=self.method,
             model=self.model,
-            token_ids=self.token_ids[:end],
+            token_ids=self.token_ids[:end] if self.unit == "token" else [],
             special=self.special[:end],
-            target_id=self.token_ids[end] if self.token_ids else None,
+            target_id=self.token_ids[len(self.token_ids) - count + i] if self.token_ids else None,
             logit=self.values[i],
             prob=self.probs[i] if self.probs else None,
             unit=self.unit,
@@ -96,7 +96,7 @@ class GenerationExplanation(Result):
 
     def words(self) -> GenerationExplanation:
         """The prompt's columns merged into words. The generated tokens stay one each: each is a row, and a
-        column of the rows after it."""
+        column of the rows after it. ``token_ids`` stays the tokens' ids."""
         if self.unit == "word":
             return self
         p = self.prompt_length
@@ -109,7 +109,6 @@ class GenerationExplanation(Result):
             display=words + self.display[p:],
             matrix=np.concatenate([matrix, self.matrix[:, p:]], axis=1),
             special=special + self.special[p:],
-            token_ids=[],
             prompt_length=len(words),
             unit="word",
             segments=[(name, *map(int, np.searchsorted(firsts, [a, b]))) for name, a, b in self.segments],
