@@ -60,7 +60,7 @@ def _assert_pristine(model, before_state, flags, own_forwards=0):
     assert _module_state(model) == before_state
     assert sum("forward" in m.__dict__ for m in model.modules()) == own_forwards
     assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
-    assert binding_module._BOUND.get(model) is None
+    assert binding_module._bound(model) is None
     assert not any(m in binding_module._BOUND for m in model.modules())
     assert torch._C._len_torch_function_stack() == 0
 
@@ -395,7 +395,7 @@ def test_nested_binding_raises_and_outer_binding_survives(inner):
         with pytest.raises(attnlrp.BindingError, match="already bound"):
             with attnlrp.lrp(inner_target, method="cp-lrp"):
                 pass
-        assert all(binding_module._BOUND.get(m) is outer for m in outer_target.modules())
+        assert all(binding_module._bound(m) is outer for m in outer_target.modules())
         if inner != "parent":
             logits = model(input_ids=x).logits[0, -1]
             logits[logits.argmax()].backward()

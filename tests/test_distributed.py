@@ -113,7 +113,7 @@ def test_latent_collect_under_torchrun_merges_its_shards(folder, tmp_path):
     from attnlrp.latent import FeatureAtlas
 
     corpus = tmp_path / "corpus.jsonl"
-    texts = [f"{p} {word}" for word in ("again", "today", "now") for p in PROMPTS]  # distinct: no ties to break
+    texts = [f"{p} {word}" for word in ("again", "today", "now") for p in PROMPTS]  # shared prefixes: near-ties
     corpus.write_text("".join(json.dumps(t) + "\n" for t in texts), encoding="utf-8")
     common = (
         "latent",

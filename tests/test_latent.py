@@ -213,6 +213,10 @@ def test_merge_gives_what_one_pass_over_both_corpora_gives(tiny_lm, tokenizer, c
     _same_atlas(shards[0].merge(shards[2]).merge(shards[1]), atlas)
     with pytest.raises(LatentError, match="same corpus"):
         shards[0].merge(shards[0])
+    # a shard takes whole batches of the one-process run: shards of another batch size hold other contexts
+    other_plan = collect(tiny_lm, tokenizer, corpus, NEURONS, shard=(1, 3), **{**options, "batch_size": 4})
+    with pytest.raises(LatentError, match="batch sizes"):
+        shards[0].merge(other_plan)
     other = collect(tiny_lm, tokenizer, corpus[:8], NEURONS, **{**options, "top_k": 3})
     with pytest.raises(LatentError, match="top_k"):
         atlas.merge(other)

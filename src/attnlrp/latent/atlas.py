@@ -199,13 +199,15 @@ class SiteState:
 @dataclass
 class Part:
     """A corpus the atlas covers, at ``offset`` among the atlas's context ids: its digest and size (known once a
-    pass over it ends), and which shards (ranks of ``world``) of it were collected."""
+    pass over it ends), and which shards (ranks of ``world``, taking batches of ``batch`` contexts) of it were
+    collected."""
 
     digest: str
     size: int
     world: int
     ranks: list[int]
     offset: int = 0
+    batch: int = 0  # 0: one shard, the whole corpus
 
 
 class FeatureAtlas:
@@ -447,16 +449,16 @@ class FeatureAtlas:
         for p in other.parts:
             same = next((q for q in parts if q.digest == p.digest and q.size == p.size), None)
             if same is not None:
-                if same.world != p.world or set(same.ranks) & set(p.ranks):
+                if (same.world, same.batch) != (p.world, p.batch) or set(same.ranks) & set(p.ranks):
                     raise LatentError(
                         f"Both atlases hold shards {sorted(set(same.ranks) & set(p.ranks))} of the same corpus (or "
-                        "shards of different worlds): merge disjoint shards of one world."
+                        "shards of different worlds or batch sizes): merge disjoint shards of one run."
                     )
                 same.ranks = sorted(same.ranks + p.ranks)
                 moves.append((p.offset, p.offset + p.size, same.offset - p.offset))
             else:
                 offset = sum(q.size for q in parts)
-                parts.append(Part(p.digest, p.size, p.world, list(p.ranks), offset))
+                parts.append(Part(p.digest, p.size, p.world, list(p.ranks), offset, p.batch))
                 moves.append((p.offset, p.offset + p.size, offset - p.offset))
 
         def shift(ids: Tensor) -> Tensor:

@@ -5,7 +5,8 @@ Each context (one text, cut to ``max_tokens``) is run through the model once, an
 records each unit's activation at every token and its relevance for that prediction; the atlas keeps the top-k
 contexts of each unit by peak activation and by summed relevance.
 
-Shards (``shard=(rank, world)``) take every world-th context; with ``checkpoint=folder`` the atlas is saved
+Shards (``shard=(rank, world)``) take every world-th batch of the one-process run's batches, so each context is
+computed in the same batch, to the same numbers, as in one process; with ``checkpoint=folder`` the atlas is saved
 every ``every`` batches and a rerun resumes where the folder stands (after checking that the corpus read so
 far is the same).
 """
@@ -111,9 +112,9 @@ def _fold(atlas: FeatureAtlas, task, method, sites: list[Site], pending: list[tu
     )
 
 
-def _finish(atlas: FeatureAtlas, digest: str, size: int, shard: tuple[int, int]) -> None:
+def _finish(atlas: FeatureAtlas, digest: str, size: int, shard: tuple[int, int], batch_size: int) -> None:
     rank, world = shard
-    atlas.parts = [Part(digest, size, world, [rank], 0)]
+    atlas.parts = [Part(digest, size, world, [rank], 0, batch_size if world > 1 else 0)]
     atlas.complete = True
 
 
@@ -138,7 +139,8 @@ def collect(
 
     target: None (the model's own top next token), or a token (string or id) explained in every context; a
     corpus entry's own "target" wins. method: "attnlrp" or "cp-lrp". Contexts are cut to ``max_tokens``
-    tokens. shard: (rank, world), this process's share of the corpus (merge the shards' atlases).
+    tokens. shard: (rank, world), this process's share of the corpus: every world-th batch (merge the shards'
+    atlases).
     checkpoint: a folder; the atlas is saved there every ``every`` batches and at the end, and a rerun resumes.
     """
     chosen = resolve(model, sites)
@@ -166,7 +168,7 @@ def collect(
         "target": target,
         "sites": [s.name for s in chosen],
         "saes": {s.name: s.sae.source for s in chosen if s.sae is not None},
-        "shard": [rank, world],
+        "shard": [rank, world, batch_size] if world > 1 else [rank, world],  # a shard's batches depend on the size
     }
     atlas = _resume(checkpoint, settings) or FeatureAtlas.empty(settings, chosen)
     if atlas.complete:
@@ -193,9 +195,9 @@ def collect(
                         "texts changed): give another checkpoint folder, or the same corpus."
                     )
                 continue
-            if (position - 1) % world == rank:
+            if (position - 1) // batch_size % world == rank:
                 pending.append((position - 1, record))
-            if len(pending) == batch_size:
+            if pending and position % batch_size == 0:
                 _fold(atlas, task, lrp_method, chosen, pending, target)
                 bar.advance(task_bar, position - atlas.position)
                 atlas.position, atlas.prefix_digest = position, digest.hexdigest()
@@ -212,7 +214,7 @@ def collect(
             _fold(atlas, task, lrp_method, chosen, pending, target)
         bar.update(task_bar, completed=position)
     atlas.position, atlas.prefix_digest = position, digest.hexdigest()
-    _finish(atlas, digest.hexdigest(), position, (rank, world))
+    _finish(atlas, digest.hexdigest(), position, (rank, world), batch_size)
     if checkpoint is not None:
         atlas.save(checkpoint)
     atlas.model, atlas.tokenizer, atlas.bound_sites = model, tokenizer, {s.name: s for s in chosen}
