@@ -108,8 +108,9 @@ def test_gradient_and_input_x_gradient_by_hand(tiny_lm, tokenizer):
     assert ixg.method == "input_x_gradient" and ixg.target == saliency.target
 
 
-def test_baselines_in_a_padded_batch_match_one_by_one(make_tiny_lm, tokenizer):
-    model = make_tiny_lm(dtype=torch.float32)  # HF's eager attention gives NaN for left padding in float64
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # float64: eager attention's NaN at padding
+def test_baselines_in_a_padded_batch_match_one_by_one(make_tiny_lm, tokenizer, dtype):
+    model = make_tiny_lm(dtype=dtype)
     for method in ("input_x_gradient", "occlusion", "attention", "attention_rollout"):
         for side in ("left", "right"):
             together = attnlrp.explain(model, tokenizer, PROMPTS, method=method, padding_side=side)
@@ -399,3 +400,12 @@ def test_attnlrp_beats_random_on_the_needle(smollm):
 def test_attnlrp_beats_random_on_abpc(smollm):
     means = _means(smollm, "perturbation", 4, "abpc", curves=True, steps=5)
     assert means["attnlrp"] > means["random"] + 2.0, f"ABPC {means}"
+
+
+def test_a_model_that_gets_no_item_right_is_refused_after_a_bounded_search(tiny_lm, tokenizer, tmp_path):
+    # the ioi stream never ends: a random model, right on few or none of its items, used to search it forever
+    options = {"suite": "ioi", "methods": ["attnlrp"], "limit": 2, "output": tmp_path / "run.json"}
+    with pytest.raises(attnlrp.InputError, match=r"got none of the 100 ioi items tried right"):
+        runner.run_suite(tiny_lm, tokenizer, **options)
+    assert not list(tmp_path.iterdir()), "nothing written: the corrected run starts afresh"
+    assert runner.Journal(tmp_path / "new" / "run.jsonl", {"suite": "facts"}).path.is_file(), "its folder is made"

@@ -299,8 +299,14 @@ def test_task_errors_name_the_problem_and_the_fix(wordpiece, tiny_lm, tokenizer)
         attnlrp.explain(tagger, wordpiece, "From New York to New Orleans", target=TokenLabel("New"))
     with pytest.raises(attnlrp.TargetError, match="pass target=attnlrp.TokenLabel"):
         attnlrp.explain(tagger, wordpiece, "Ada lived in London", target="positive")
+    encoder = tiny("bert", AutoModel, wordpiece)
     with pytest.raises(attnlrp.InputError, match="A similarity needs two texts: give pair="):
-        attnlrp.explain(tiny("bert", AutoModel, wordpiece), wordpiece, TEXTS[0])
+        attnlrp.explain(encoder, wordpiece, TEXTS[0])
+    direction = attnlrp.Direction(torch.ones(encoder.config.hidden_size))
+    with pytest.raises(attnlrp.TargetError, match="A Direction explains one text's embedding, which the pair doesn't"):
+        attnlrp.explain(encoder, wordpiece, TEXTS[0], pair=TEXTS[1], target=direction)  # the pair was left at zero
+    with pytest.raises(attnlrp.InputError, match="1 pairs were given for 2 texts"):
+        attnlrp.explain(encoder, wordpiece, TEXTS[:2], pair=[TEXTS[2]])
     for model, tok in ((tiny_lm, tokenizer), (classifier, wordpiece)):
         with pytest.raises(
             attnlrp.TargetError, match="TokenLabel is for token classifiers .* and this model is not one"

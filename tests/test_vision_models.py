@@ -7,6 +7,8 @@ embedding is a module, so its share is read with the Recorder and accounted for.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -219,6 +221,22 @@ def test_the_command_line_explains_an_image_as_explain_image_does(tmp_path, monk
     assert shown.method == direct.method == "cp-lrp"
     assert shown.value == pytest.approx(direct.value) and shown.scores == pytest.approx(direct.scores)
     assert f"saved {tmp_path / 'e.json'}" in capsys.readouterr().out
+    # a class by index, as explain_image takes it; options of text are refused, not ignored
+    assert cli.main(["explain", "--image", str(path), "--target-id", "2", "--json", str(tmp_path / "i.json")]) == 0
+    assert attnlrp.ImageExplanation.load(tmp_path / "i.json").scores == pytest.approx(shown.scores)
+    prompts = tmp_path / "images.jsonl"
+    prompts.write_text(json.dumps({"prompt": "x", "image": str(path)}) + "\n", encoding="utf-8")
+    assert cli.main(["explain", "--input", str(prompts), "--output", str(tmp_path / "out.jsonl")]) == 2
+    assert "is an image classifier, and a dataset run explains text" in capsys.readouterr().err
+    for extra, says in (
+        (["--contrast", "LABEL_1"], "--contrast would be ignored"),
+        (["--top", "3", "--words"], "--top, --words would be ignored"),
+        (["some text"], "a prompt would be ignored"),
+        (["--label", "LABEL_1"], "Give the class once"),
+    ):
+        capsys.readouterr()
+        assert cli.main(["explain", "--image", str(path), "--target-id", "2", *extra]) == 2
+        assert says in capsys.readouterr().err
     # text where an image goes: one line that says what to give instead
     with pytest.raises(attnlrp.InputError, match="ViTForImageClassification is an image model, and 'a cat' is text"):
         attnlrp.explain_image(model, "a cat", processor=processor)

@@ -293,12 +293,29 @@ def _explain_one(args, model, tokenizer) -> None:
         print(f"saved {shown.save_html(args.html)}")
 
 
+#: What an image classifier's explanation reads on the command line; the other one-prompt options are text's
+_IMAGE_OPTIONS = ("target", "target_id", "label", "image", "json", "html")
+
+
 def _explain_image(args, model, processor) -> None:
     import attnlrp
 
     from .dataset import read_image
+    from .errors import InputError
 
-    target = args.label if args.label is not None else args.target
+    text_only = [f"--{name.replace('_', '-')}" for name in _ONE_PROMPT if name not in _IMAGE_OPTIONS]
+    ignored = [option for option in text_only if getattr(args, option[2:].replace("-", "_")) not in (None, False)]
+    ignored += ["a prompt"] if args.prompt is not None else []
+    ignored += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
+    if ignored:
+        raise InputError(
+            f"{type(model).__name__} explains an image's class: {', '.join(ignored)} would be ignored; leave "
+            "it out (give the class with --label NAME or --target-id INDEX)."
+        )
+    given = [v for v in (args.label, args.target, args.target_id) if v is not None]
+    if len(given) > 1:
+        raise InputError("Give the class once: --label NAME (or --target NAME) or --target-id INDEX.")
+    target = given[0] if given else None
     exp = attnlrp.explain_image(model, [read_image(args.image)], target=target, processor=processor, **_method(args))[0]
     print(repr(exp))
     if args.json:

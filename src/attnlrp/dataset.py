@@ -400,8 +400,14 @@ def explain_dataset(
     from .tasks.base import dtype_name, model_name, task_for
     from .tasks.text import encode
 
-    lines = read_lines(input)
     task = task_for(model)
+    if task.name == "image":
+        raise InputError(
+            f"{type(model).__name__} is an image classifier, and a dataset run explains text: explain images with "
+            "attnlrp.explain_image(model, images, processor=processor) (a batch of them in one call), or one with "
+            "attnlrp explain --image PATH."
+        )
+    lines = read_lines(input)
     jobs = [placed(line.place, spec_job, line.spec, task) for line in lines]
     text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor's own tokenizer
     lengths = [len(encode(text_tokenizer, inputs).ids) for inputs, _, _ in jobs]

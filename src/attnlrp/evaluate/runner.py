@@ -83,6 +83,7 @@ class Journal:
         if path.exists():
             self._read(settings)
         else:
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"settings": settings}) + "\n", encoding="utf-8")
 
     def _read(self, settings: dict) -> None:
@@ -168,9 +169,14 @@ def run_suite(
         "centered": centered,
         "lengths": list(lengths) if suite == "needle" else None,
     }
-    journal = Journal(output.with_suffix(".jsonl"), settings)
     started = time.perf_counter()
     items, tried = kept_items(model, tokenizer, suite, limit, seed, lengths, centered)
+    if not items:
+        raise InputError(
+            f"{model_name(model)} got none of the {tried} {suite} items tried right, so there is nothing to explain: "
+            "evaluate a model that solves this suite (a trained one, not a random one)."
+        )
+    journal = Journal(output.with_suffix(".jsonl"), settings)
     lengths_of = [len(tokenizer(item.prompt).input_ids) for item in items]
     pairs = [(batch, name) for batch in plan(lengths_of, BATCH_ITEMS, TOKEN_BUDGET, by_length=True) for name in names]
     todo = [(batch, name) for batch, name in pairs if any((items[i].id, name) not in journal.records for i in batch)]

@@ -38,11 +38,18 @@ def head_means(batch: Batch, rows: range, reduce: Callable[[Tensor], Tensor]) ->
     maps: list[Tensor] = []
     last: list[Tensor] = []
 
-    def hook(module: nn.Module, args: tuple, output) -> None:
+    def hook(module: nn.Module, args: tuple, output) -> tuple | None:
         weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
-        if isinstance(weights, Tensor) and weights.dim() == 4 and not any(weights is w for w in last):
-            last[:] = [weights]  # an outer attention module passing the same weights on is not a new layer
-            maps.append(reduce(weights.detach().float().mean(1)))
+        if not (isinstance(weights, Tensor) and weights.dim() == 4):
+            return None
+        if not any(weights is w for w in last):  # an outer attention module passing the same weights on is no layer
+            last[:] = [weights]
+            maps.append(reduce(weights.detach().float().nan_to_num(0.0).mean(1)))
+        if isinstance(output[0], Tensor) and output[0].isnan().any():
+            # eager attention in float64 gives NaN at queries whose keys are all masked (left padding); no real
+            # token reads them but through 0 x NaN, which would make every later row NaN
+            return (output[0].nan_to_num(0.0), *output[1:])
+        return None
 
     model = batch.model
     batch.resolve()  # before the hooks: resolving may run a forward of its own

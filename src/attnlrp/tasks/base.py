@@ -160,11 +160,11 @@ class Task:
         return [len(getattr(item, "ids", ())) or 1 for item in items]
 
 
-def one_per_item(target: Any, count: int, what: str = "prompts") -> list[Any]:
-    """``target`` repeated for every item, or the given list of one target per item."""
+def one_per_item(target: Any, count: int, what: str = "prompts", given: str = "targets") -> list[Any]:
+    """``target`` repeated for every item, or the given list of one target (or pair: ``given``) per item."""
     targets = list(target) if isinstance(target, (list, tuple)) else [target] * count
     if len(targets) != count:
-        raise InputError(f"{len(targets)} targets were given for {count} {what}; give one each, or one for all.")
+        raise InputError(f"{len(targets)} {given} were given for {count} {what}; give one each, or one for all.")
     return targets
 
 

@@ -148,7 +148,7 @@ class SequenceClassification(Task):
             raise InputError(
                 f"{type(self).__name__} explains texts: pass a string or a list of strings, not {inputs!r}."
             )
-        pairs = one_per_item(self.pair, len(texts), "texts") if self.pair is not None else [None] * len(texts)
+        pairs = one_per_item(self.pair, len(texts), "texts", "pairs") if self.pair is not None else [None] * len(texts)
         items = [self._encode(text, pair) for text, pair in zip(texts, pairs)]
         for item in items:
             check_length(self.model, self.tokenizer, len(item.ids))

@@ -164,7 +164,7 @@ class SentenceSimilarity(Task):
         texts = [inputs] if single else list(inputs)
         if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
             raise InputError(f"Sentence similarity explains non-empty texts: pass a string or a list, not {inputs!r}.")
-        pairs = one_per_item(self.pair, len(texts), "texts") if self.pair is not None else [None] * len(texts)
+        pairs = one_per_item(self.pair, len(texts), "texts", "pairs") if self.pair is not None else [None] * len(texts)
         items = [(self._item(t), self._item(p) if p is not None else None) for t, p in zip(texts, pairs)]
         return items, single
 
@@ -180,6 +180,11 @@ class SentenceSimilarity(Task):
                 raise TargetError(
                     f"A similarity is explained as it is (target=None) or projected onto a direction "
                     f"(target=attnlrp.Direction(vector)); {t!r} is neither."
+                )
+            if isinstance(t, Direction) and self.pair is not None:
+                raise TargetError(
+                    "A Direction explains one text's embedding, which the pair doesn't reach: leave out pair=, or "
+                    "explain the similarity of the two (target=None)."
                 )
             if t is None and self.pair is None:
                 raise InputError("A similarity needs two texts: give pair=..., or target=attnlrp.Direction(vector).")

@@ -73,6 +73,10 @@ def _distinct(stream: Iterator[Item]) -> Iterator[Item]:
             yield item
 
 
+#: How many candidates ``kept_items`` tries per item asked for before it stops with fewer.
+MAX_TRIES_PER_ITEM = 50
+
+
 def kept_items(
     model,
     tokenizer,
@@ -82,12 +86,14 @@ def kept_items(
     lengths: Sequence[int] = needle.LENGTHS,
     centered: bool = True,
 ) -> tuple[list[Item], int]:
-    """The first ``limit`` distinct candidates the model gets right, and how many candidates were tried."""
+    """The first ``limit`` distinct candidates the model gets right, and how many candidates were tried: at most
+    ``MAX_TRIES_PER_ITEM`` per item asked for (some suites' streams never end)."""
     kept: list[Item] = []
     tried = 0
     stream = _distinct(candidates(suite, tokenizer, seed, lengths, centered))
     while len(kept) < limit:
-        pending = list(itertools.islice(stream, limit - len(kept)))  # as many as still needed
+        wanted = min(limit - len(kept), MAX_TRIES_PER_ITEM * limit - tried)  # as many as still needed
+        pending = list(itertools.islice(stream, max(wanted, 0)))
         if not pending:
             break
         tried += len(pending)
