@@ -73,6 +73,8 @@ def test_target_of_several_tokens_suggests_the_first_token_or_answer(tiny_lm, to
 def test_backward_batch_of_a_generation_is_checked_before_generating(tiny_lm, tokenizer, bad):
     with pytest.raises(attnlrp.InputError, match=rf"backward_batch must be a whole number, 1 or more, not {bad!r}"):
         attnlrp.explain_generation(tiny_lm, tokenizer, "Hi", max_new_tokens=2, backward_batch=bad)
+    with pytest.raises(attnlrp.InputError, match=rf"max_new_tokens must be a whole number, 1 or more, not {bad!r}"):
+        attnlrp.explain_generation(tiny_lm, tokenizer, "Hi", max_new_tokens=bad)
 
 
 @pytest.mark.parametrize("bad_id", [-1, 49152, 10**9])

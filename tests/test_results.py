@@ -301,8 +301,10 @@ def test_top_k_orders_by_score():
     exp = explanation()
     top = exp.top(3, by="positive")
     assert top == [(" Fr", 2.0, 5), (" cap", 1.25, 2), ("The", 0.5, 1)]
-    assert len(exp.top(100, by="positive")) == len(exp)
-    assert exp.top(100, by="positive")[-1][1] == pytest.approx(-0.75)
+    # a sign's ranking holds only tokens of that sign: fewer than k where fewer have it
+    positive, negative = exp.top(100, by="positive"), exp.top(100, by="negative")
+    assert len(positive) == int((exp.scores > 0).sum()) and all(score > 0 for _, score, _ in positive)
+    assert [s for _, s, _ in negative] == sorted(exp.scores[exp.scores < 0].tolist())
     gen_top = generation().top(2)
     assert [row[0][2] for row in gen_top] == [3, 4, 5]
     assert exp.top(0) == []

@@ -275,6 +275,8 @@ def test_task_errors_name_the_problem_and_the_fix(wordpiece, tiny_lm, tokenizer)
         attnlrp.explain(classifier, wordpiece, TEXTS[0], target="happy")
     with pytest.raises(attnlrp.TargetError, match="Label id 7 is not one of the model's labels"):
         attnlrp.explain(classifier, wordpiece, TEXTS[0], target=Contrast("positive", 7))
+    with pytest.raises(attnlrp.InputError, match="The pair is empty: give some text to explain"):
+        attnlrp.explain(classifier, wordpiece, TEXTS[0], pair=" ")
     with pytest.raises(
         attnlrp.InputError,
         match=r"pair= was given, but LlamaForCausalLM is explained as the "

@@ -177,8 +177,9 @@ def explain_generation(
             "A Recorder holds one forward pass, and a generation explains each token in a backward of its own: "
             "inside the block, explain one prefix per call with attnlrp.explain."
         )
-    if isinstance(backward_batch, bool) or not isinstance(backward_batch, int) or backward_batch < 1:
-        raise InputError(f"backward_batch must be a whole number, 1 or more, not {backward_batch!r}.")
+    for name, value in (("backward_batch", backward_batch), ("max_new_tokens", max_new_tokens)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{name} must be a whole number, 1 or more, not {value!r}.")
     if not callable(getattr(model, "generate", None)):
         raise InputError(
             f"{type(model).__name__} doesn't generate text (it has no generate()): explain_generation takes causal "

@@ -106,8 +106,8 @@ class Explanation(Result):
         """The k most relevant tokens (words, in a word view) as (display string, score, position).
 
         by: "abs" (largest |score|: what matters most either way), "positive" (most in favour) or "negative" (most
-        against). scope: "context" (the prompt before a teacher-forced answer; everything where there is none) or
-        "all".
+        against; these two rank only the tokens of their sign, so fewer than k come back where fewer have it).
+        scope: "context" (the prompt before a teacher-forced answer; everything where there is none) or "all".
         """
         keys = {"abs": lambda x: -np.abs(x), "positive": lambda x: -x, "negative": lambda x: x}
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
@@ -116,6 +116,8 @@ class Explanation(Result):
             raise ValueError(f"by must be 'abs', 'positive' or 'negative', not {by!r}.")
         scores = self.scores[self.in_scope(scope)]
         order = np.argsort(keys[by](scores), kind="stable")[:k]
+        if by != "abs":
+            order = order[keys[by](scores[order]) < 0]  # of the sign asked for
         return [(self.display[i], float(self.scores[i]), int(i)) for i in order]
 
     def to_frame(self):

@@ -155,8 +155,8 @@ class SequenceClassification(Task):
         return items, single
 
     def _encode(self, text: str, pair: str | None) -> Item:
-        if not text.strip():
-            raise InputError("The text is empty: give some text to explain.")
+        if not text.strip() or (isinstance(pair, str) and not pair.strip()):
+            raise InputError(f"The {'text' if not text.strip() else 'pair'} is empty: give some text to explain.")
         encoding = self.tokenizer(text, pair) if pair is not None else self.tokenizer(text)
         ids = list(encoding["input_ids"])
         segments = []
