@@ -303,8 +303,11 @@ def _explain_image(args, model, processor) -> None:
     from .dataset import read_image
     from .errors import InputError
 
-    text_only = [f"--{name.replace('_', '-')}" for name in _ONE_PROMPT if name not in _IMAGE_OPTIONS]
-    ignored = [option for option in text_only if getattr(args, option[2:].replace("-", "_")) not in (None, False)]
+    ignored = [
+        f"--{name.replace('_', '-')}"
+        for name in _ONE_PROMPT
+        if name not in _IMAGE_OPTIONS and getattr(args, name) not in (None, False)
+    ]
     ignored += ["a prompt"] if args.prompt is not None else []
     ignored += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
     if ignored:
