@@ -30,6 +30,14 @@ def _relevance(model, inputs, method):
     return relevance, float(y.detach())
 
 
+def _input_gradient(model, x, method, pick=torch.sum):
+    """The gradient the rules give at the input ``x`` for the value ``pick(model(x))``."""
+    leaf = x.clone().requires_grad_()
+    with attnlrp.lrp(model, method=method):
+        pick(model(leaf)).backward()
+    return leaf.grad
+
+
 def _in_place_swiglu(self, x):
     h = F.silu(self.gate_proj(x))
     h.mul_(self.up_proj(x))
@@ -66,12 +74,7 @@ def test_an_activation_in_place_gets_the_rule_of_the_activation(method):
     in_place = copy.deepcopy(plain)
     in_place[1] = _InPlaceActivation()
     x = torch.randn(2, 6, dtype=torch.float64)
-    grads = []
-    for model in (plain, in_place):
-        leaf = x.clone().requires_grad_()
-        with attnlrp.lrp(model, method=method):
-            model(leaf)[1, 2].backward()
-        grads.append(leaf.grad)
+    grads = [_input_gradient(model, x, method, lambda out: out[1, 2]) for model in (plain, in_place)]
     torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)
 
 
@@ -131,12 +134,7 @@ def test_a_mask_computed_from_the_input_gets_the_same_relevance_in_the_kernel_as
     fused = copy.deepcopy(eager)
     fused.fused = True
     x = torch.randn(1, 5, 8, dtype=torch.float64)
-    relevance = []
-    for model in (eager, fused):
-        leaf = x.clone().requires_grad_()
-        with attnlrp.lrp(model, method=method):
-            model(leaf)[0, -1, 1].backward()
-        relevance.append((leaf * leaf.grad).sum(-1))
+    relevance = [(x * _input_gradient(model, x, method, lambda out: out[0, -1, 1])).sum(-1) for model in (eager, fused)]
     torch.testing.assert_close(relevance[1], relevance[0], rtol=1e-10, atol=1e-12)
 
 
@@ -251,12 +249,7 @@ def test_a_tensor_written_in_place_loses_the_gate_mark_of_what_it_was(method):
     in_place = copy.deepcopy(plain)
     in_place.in_place = True
     x = torch.randn(2, 4, dtype=torch.float64)
-    grads = []
-    for model in (plain, in_place):
-        leaf = x.clone().requires_grad_()
-        with attnlrp.lrp(model, method=method):
-            model(leaf).sum().backward()
-        grads.append(leaf.grad)
+    grads = [_input_gradient(model, x, method) for model in (plain, in_place)]
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=1e-12)
 
 

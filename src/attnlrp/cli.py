@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 EXAMPLES = """examples:
@@ -293,6 +293,11 @@ def _explain_one(args, model, tokenizer) -> None:
         print(f"saved {shown.save_html(args.html)}")
 
 
+def _options_given(args, names: Sequence[str]) -> list[str]:
+    """The options of ``names`` given on the command line, as they are spelt there."""
+    return [f"--{name.replace('_', '-')}" for name in names if getattr(args, name) not in (None, False)]
+
+
 #: What an image classifier's explanation reads on the command line; the other one-prompt options are text's
 _IMAGE_OPTIONS = ("target", "target_id", "label", "image", "json", "html")
 
@@ -303,11 +308,7 @@ def _explain_image(args, model, processor) -> None:
     from .dataset import read_image
     from .errors import InputError
 
-    ignored = [
-        f"--{name.replace('_', '-')}"
-        for name in _ONE_PROMPT
-        if name not in _IMAGE_OPTIONS and getattr(args, name) not in (None, False)
-    ]
+    ignored = _options_given(args, [name for name in _ONE_PROMPT if name not in _IMAGE_OPTIONS])
     ignored += ["a prompt"] if args.prompt is not None else []
     ignored += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
     if ignored:
@@ -352,7 +353,7 @@ def _explain_many(args, model, tokenizer) -> None:
 
     if not args.output:
         raise InputError("--input needs --output: the file the results are written to (one JSON line each).")
-    one_prompt = [f"--{name.replace('_', '-')}" for name in _ONE_PROMPT if getattr(args, name) not in (None, False)]
+    one_prompt = _options_given(args, _ONE_PROMPT)
     if one_prompt:
         raise InputError(
             f'{", ".join(one_prompt)} with --input: give what to explain as fields of each input line ("target", '
