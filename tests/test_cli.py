@@ -321,7 +321,6 @@ LOADING_COMMANDS = [
     ["evaluate", "--suite", "facts"],
     ["latent", "collect", "--corpus", "labelled", "--sites", "model.layers.*.mlp", "--output", "atlas"],
     ["latent", "card", "--atlas", "atlas", "--unit", "model.layers.0.mlp:3", "--html", "card.html"],
-    ["latent", "browse", "--atlas", "atlas", "--html", "atlas.html"],
     ["latent", "steer", "hello", "--unit", "model.layers.0.mlp:3"],
 ]
 
@@ -339,6 +338,13 @@ def test_every_command_passes_dtype_and_device_to_load_model(argv, monkeypatch, 
     assert cli.main([*argv, "--model", "m", "--dtype", "bfloat16", "--device", "cpu"]) == 2
     assert seen == [("m", {"dtype": "bfloat16", "device_map": "cpu"})]
     assert capsys.readouterr().err == "attnlrp: error: no model at m\n"
+
+
+def test_latent_browse_reads_the_atlas_without_loading_a_model(monkeypatch, tmp_path, capsys):
+    # It loaded the bundled model (seconds, or minutes for a big --model) and never used it.
+    monkeypatch.setattr(attnlrp, "load_model", lambda *a, **k: pytest.fail("browse loaded a model"))
+    assert cli.main(["latent", "browse", "--atlas", str(tmp_path / "none"), "--html", "a.html"]) == 2
+    assert "holds no readable atlas" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv", LOADING_COMMANDS, ids=lambda argv: " ".join(argv[:2]))

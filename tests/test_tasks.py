@@ -321,6 +321,29 @@ def test_task_errors_name_the_problem_and_the_fix(wordpiece, tiny_lm, tokenizer)
 
 
 @pytest.mark.parametrize(
+    "head,argv,says",
+    [
+        (AutoModelForTokenClassification, ["--at", "Ada", "--contrast", "O"], "--contrast is not for it (it takes"),
+        (AutoModelForTokenClassification, ["--at", "Ada", "--image", "x.png"], "--image is not for it"),
+        (AutoModelForSequenceClassification, ["--at", "Ada", "--chat"], "--at, --chat are not for it"),
+        (AutoModelForSequenceClassification, ["--answer", "yes"], "--answer is not for it"),
+        (AutoModelForSequenceClassification, ["--label", "positive", "--target-id", "1"], "--target-id and --label"),
+        (AutoModel, ["--pair", "Bo", "--target", "x"], "--target is not for it (it takes --pair)"),
+    ],
+)
+def test_the_command_line_refuses_options_a_task_does_not_take_by_their_names(
+    head, argv, says, wordpiece, monkeypatch, capsys
+):
+    # They reached the Python API and came back in its words ("pass target=attnlrp.TokenLabel(...)"), or, for
+    # --image on a text model, as "explains an image's class".
+    model = tiny("bert", head, wordpiece)
+    monkeypatch.setattr(cli, "_load", lambda args: (model, wordpiece))
+    assert cli.main(["explain", "Ada lived in London", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("attnlrp: error: ") and says in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
     "head,says",
     [
         (AutoModelForTokenClassification, "BertForTokenClassification is a token-classification model: give --at WORD"),

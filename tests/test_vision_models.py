@@ -241,7 +241,17 @@ def test_the_command_line_explains_an_image_as_explain_image_does(tmp_path, monk
     with pytest.raises(attnlrp.InputError, match="ViTForImageClassification is an image model, and 'a cat' is text"):
         attnlrp.explain_image(model, "a cat", processor=processor)
     assert cli.main(["explain", "a cat"]) == 2
-    assert "(--image PATH on the command line)" in capsys.readouterr().err
+    assert "explains an image's class: give the image (--image PATH)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 32), (1, 16, 16)])
+def test_pixel_values_of_another_size_name_the_size_the_model_takes(shape):
+    # transformers' own check, deep in the embeddings, said what was wrong but not what to do
+    model = build("vit", constants=True)
+    with pytest.raises(
+        attnlrp.InputError, match=r"takes pixel values of 3 x 16 x 16 .* pass the images with processor="
+    ):
+        attnlrp.explain_image(model, torch.rand(shape, dtype=torch.float64))
 
 
 def test_a_label_name_on_a_model_without_names_asks_for_a_class_index():

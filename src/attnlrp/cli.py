@@ -254,9 +254,21 @@ def _print_top(exp, k: int) -> None:
 
 
 #: What a task can't do without, on the command line: (the option's attribute, what to give)
+#: The options saying what to explain, and those each task takes (an image classifier's: ``_IMAGE_OPTIONS``)
+_WHAT_TO_EXPLAIN = ("target", "target_id", "contrast", "answer", "label", "pair", "at", "image", "chat", "system")
+_TAKES = {
+    "causal-lm": ("target", "target_id", "contrast", "answer", "chat", "system"),
+    "sequence-classification": ("target", "target_id", "contrast", "label", "pair"),
+    "token-classification": ("target", "target_id", "label", "at"),
+    "sentence-similarity": ("pair",),
+    "seq2seq": ("target", "target_id", "contrast", "answer", "chat", "system"),
+    "vision-language": ("target", "target_id", "contrast", "answer", "image", "chat", "system"),
+    "clip": ("image",),
+}
 _NEEDS = {
     "token-classification": ("at", "--at WORD (or a token position), the token whose label is explained"),
     "sentence-similarity": ("pair", "--pair TEXT, the text to compare with"),
+    "clip": ("image", "--image PATH, the image the text is compared with"),
 }
 
 
@@ -268,10 +280,20 @@ def _explain_one(args, model, tokenizer) -> None:
     from .tasks import task_for
 
     task = task_for(model)
-    if args.image and "images" not in task.options:
+    if task.name == "image":
         return _explain_image(args, model, tokenizer)
+    if task.name in _TAKES:
+        refused = _options_given(args, [name for name in _WHAT_TO_EXPLAIN if name not in _TAKES[task.name]])
+        if refused:
+            takes = ", ".join(f"--{name.replace('_', '-')}" for name in _WHAT_TO_EXPLAIN if name in _TAKES[task.name])
+            raise InputError(
+                f"{type(model).__name__} is a {task.name} model: {', '.join(refused)} "
+                f"{'is' if len(refused) == 1 else 'are'} not for it (it takes {takes})."
+            )
     if task.name in _NEEDS and getattr(args, _NEEDS[task.name][0]) is None:
         raise InputError(f"{type(model).__name__} is a {task.name} model: give {_NEEDS[task.name][1]}.")
+    if args.target_id is not None and (clash := _options_given(args, ["label", "answer"])):
+        raise InputError(f"--target-id and {clash[0]} both say what to explain: give one of them.")
     spec = vars(args) if args.target_id is None else {**vars(args), "target": args.target_id}
     inputs, target, options = spec_job(spec, task)
     exp = attnlrp.explain(
@@ -308,6 +330,8 @@ def _explain_image(args, model, processor) -> None:
     from .dataset import read_image
     from .errors import InputError
 
+    if args.image is None:
+        raise InputError(f"{type(model).__name__} explains an image's class: give the image (--image PATH).")
     ignored = _options_given(args, [name for name in _ONE_PROMPT if name not in _IMAGE_OPTIONS])
     ignored += ["a prompt"] if args.prompt is not None else []
     ignored += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
@@ -437,7 +461,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> int:
     """Load the model and run the command (inside the launcher's process group, where there is one)."""
-    model, tokenizer = _load(args)
+    browsing = args.command == "latent" and args.latent_command == "browse"  # reads an atlas, needs no model
+    model, tokenizer = (None, None) if browsing else _load(args)
     run = {"generate": _generate, "audit": _audit, "evaluate": _evaluate, "latent": _latent}.get(
         args.command, _explain_many if getattr(args, "input", None) else _explain_one
     )

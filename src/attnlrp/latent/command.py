@@ -110,7 +110,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     br.add_argument("--atlas", required=True, help="the atlas folder")
     br.add_argument("--html", required=True, help="where to write the page")
     br.add_argument("--sites", action="append", help="only these sites of the atlas (repeatable)")
-    _model_options(br)
     st = commands.add_parser(
         "steer",
         help="a prompt continued at several strengths, side by side",
@@ -147,6 +146,10 @@ def run(args: argparse.Namespace, model, tokenizer) -> None:
     from .corpus import labelled_corpus
     from .steer import generate_steered
 
+    if args.latent_command == "browse":  # the atlas alone: no model is loaded
+        atlas = FeatureAtlas.load(args.atlas)
+        print(f"{atlas!r}\nsaved {atlas.to_html(args.html, sites=args.sites)}")
+        return
     saes = _saes(args.sae)
     if args.latent_command == "collect":
         corpus = (
@@ -177,9 +180,6 @@ def run(args: argparse.Namespace, model, tokenizer) -> None:
         atlas = FeatureAtlas.load(args.atlas, model, tokenizer, list(saes.values()))
         card = atlas.card(*args.unit, conditional=args.conditional)
         print(f"{card!r}\nsaved {card.save_html(args.html)}")
-    elif args.latent_command == "browse":
-        atlas = FeatureAtlas.load(args.atlas)
-        print(f"{atlas!r}\nsaved {atlas.to_html(args.html, sites=args.sites)}")
     else:
         units = [(_site(site, saes), index) for site, index in args.unit]
         width = max(len(f"{s:g}") for s in args.strengths)

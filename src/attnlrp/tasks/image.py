@@ -147,6 +147,15 @@ class Outcome:
     value: float
 
 
+def _configured_shape(model: nn.Module) -> tuple[int, int, int] | None:
+    """The (channels, height, width) a model's config names, where it names them."""
+    config = getattr(model, "config", None)
+    size, channels = getattr(config, "image_size", None), getattr(config, "num_channels", None)
+    if not isinstance(channels, int) or not isinstance(size, (int, list, tuple)):
+        return None
+    return (channels, size, size) if isinstance(size, int) else (channels, *size)
+
+
 class ImageBatch(Batch):
     """Pixels [B, C, H, W] of an image model; each target reads the model's output vector of its image."""
 
@@ -157,7 +166,18 @@ class ImageBatch(Batch):
         super().__init__(model, {"pixels": pixels}, {}, {})
 
     def _vectors(self, pixels: Tensor) -> Tensor:
-        return _output_vectors(self.model, self.model(pixel_values=pixels) if self.keyword else self.model(pixels))
+        try:
+            output = self.model(pixel_values=pixels) if self.keyword else self.model(pixels)
+        except ValueError as error:  # transformers' check of the size and channels, deep in the embeddings
+            expected = _configured_shape(self.model)
+            if expected is None or tuple(pixels.shape[1:]) == expected:
+                raise
+            raise InputError(
+                f"{type(self.model).__name__} takes pixel values of {' x '.join(map(str, expected))} (channels, "
+                f"height, width), not {' x '.join(map(str, pixels.shape[1:]))}: pass the images with processor= (the "
+                "model's image processor resizes them), or resize the pixel values."
+            ) from error
+        return _output_vectors(self.model, output)
 
     def values(self, inputs: dict[str, Tensor], rows: Sequence[int]) -> Tensor:
         vectors = self._vectors(inputs["pixels"])
