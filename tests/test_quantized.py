@@ -249,6 +249,21 @@ def test_gradient_methods_get_the_gradient_of_the_linear_map_through_quantized_l
     assert "forward" not in model[0].__dict__, "the layers are restored"
 
 
+def test_a_kernel_that_rounds_activations_is_checked_on_unit_vectors_not_on_the_input():
+    # One large input row (SmolLM2's massive activations; Integrated Gradients' full-scale copy beside its
+    # scaled-down ones) makes int8 rounding per tensor zero the other rows: the kernel's output then differed from
+    # x Wᵀ by 100%, and the check read that as a weight layout it doesn't know (relative errors of 1 and inf).
+    torch.manual_seed(0)
+    layer = torch.ao.quantization.quantize_dynamic(nn.Sequential(nn.Linear(64, 32)), {nn.Linear}, dtype=torch.qint8)
+    x = torch.randn(20, 64) * 0.01
+    x[19] *= 10_000
+    with quantized.linear_gradients(layer):
+        leaf = x.clone().requires_grad_()
+        layer(leaf).sum().backward()
+    weight = layer[0].weight().dequantize()
+    torch.testing.assert_close(leaf.grad, weight.sum(0).expand(20, -1))
+
+
 def test_torch_dynamic_quantization_is_a_backend_for_the_rules_and_the_gradient_methods(tokenizer):
     from conftest import build_tiny_lm
 
@@ -264,3 +279,9 @@ def test_torch_dynamic_quantization_is_a_backend_for_the_rules_and_the_gradient_
     assert "[linear, torch dynamic quantization]" in str(attnlrp.audit(model))
     with pytest.raises(attnlrp.InputError, match="is quantized, and the check runs a float64 copy"):
         attnlrp.check(model)
+    # a layer rule for every linear layer covers the quantized ones too: refused by name, as for bitsandbytes (they
+    # were left at LRP-0 without a word), and so is the quantized class mapped itself (a TypeError of nn.Linear)
+    for key in (nn.Linear, torch.ao.nn.quantized.dynamic.Linear):
+        with pytest.raises(attnlrp.QuantizedLayerError, match=r"model.layers.0.mlp.gate_proj, a torch dynamic"):
+            with attnlrp.lrp(model, layer_rules={key: attnlrp.Epsilon()}):
+                pass

@@ -12,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from ..core.layer_rules import LayerRule
+from .quantized import backend_of
 
 LayerRules = Mapping[Any, LayerRule] | Sequence[tuple[Any, LayerRule]] | Any
 
@@ -50,8 +51,15 @@ def resolve(spec: LayerRules | None, modules: list[tuple[str, nn.Module]]) -> di
     pairs = _pairs(spec)
     chosen = {}
     for _, module in modules:
-        rule = next((r for types, r in pairs if isinstance(module, types)), None)
+        # A quantized linear layer is a linear layer, whether or not its class is nn.Linear's (torch's dynamic
+        # quantization's isn't): a rule for every nn.Linear selects it, and quantized.check refuses it by name.
+        quantized = backend_of(module) is not None
+        rule = next(
+            (r for types, r in pairs if isinstance(module, types) or (quantized and issubclass(nn.Linear, types))),
+            None,
+        )
         if rule is not None:
-            rule.check(module)
+            if not quantized:
+                rule.check(module)
             chosen[module] = rule
     return chosen

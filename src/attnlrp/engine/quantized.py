@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..errors import QuantizedLayerError
 
-#: Rows of each input kept to compare the kernel with the dequantized weight in the backward.
+#: Rows compared between the kernel and the dequantized weight in the backward.
 _CHECKED_ROWS = 16
 
 
@@ -35,6 +35,9 @@ class Backend:
     name: str
     weight: Callable[[nn.Module], Tensor]  # the layer's W, [out_features, in_features], in floating point
     tolerance: float = 0.05  # kernels that compute in bfloat16 are off by about 3e-3
+    #: Whether the kernel rounds its input too (to int8, per tensor or row). Such a kernel is checked on unit
+    #: vectors, which it rounds exactly: on real inputs one large activation can round every other row to zero.
+    rounds_activations: bool = False
 
 
 def _bnb_4bit(module: nn.Module) -> Tensor:
@@ -100,8 +103,7 @@ def _hqq(module: nn.Module) -> Tensor:
 #: Backends whose layers have a class of their own: (the top-level package, the class name) -> backend.
 _LAYER_CLASSES = {
     ("bitsandbytes", "Linear4bit"): Backend("bitsandbytes", _bnb_4bit),
-    # LLM.int8() rounds each input row to int8 too: up to 8e-2 on SmolLM2's layers
-    ("bitsandbytes", "Linear8bitLt"): Backend("bitsandbytes", _bnb_8bit, tolerance=0.25),
+    ("bitsandbytes", "Linear8bitLt"): Backend("bitsandbytes", _bnb_8bit, rounds_activations=True),  # LLM.int8()
     ("optimum", "QLinear"): Backend("optimum-quanto", _tensor_dequantize),
     ("hqq", "HQQLinear"): Backend("hqq", _hqq),
     # GPTQ and AWQ: some thirty kernels, each with its own layout, which the CPU ones change at the first no-grad call
@@ -111,7 +113,9 @@ _LAYER_CLASSES = {
 #: torchao keeps nn.Linear and swaps its weight for a tensor subclass.
 _TORCHAO = Backend("torchao", _tensor_dequantize)
 #: torch's own dynamic quantization (torch.ao.quantization.quantize_dynamic): int8 W packed, read by weight().
-_TORCH_DYNAMIC = Backend("torch dynamic quantization", lambda module: module.weight().dequantize())
+_TORCH_DYNAMIC = Backend(
+    "torch dynamic quantization", lambda module: module.weight().dequantize(), rounds_activations=True
+)
 
 
 def _package(cls: type) -> str:
@@ -206,8 +210,17 @@ class _QuantizedLinear(torch.autograd.Function):
     def forward(ctx, x: Tensor, run: Callable[[Tensor], Tensor], module: nn.Module, backend: Backend, where: str):
         y = run(x)
         ctx.module, ctx.backend, ctx.where, ctx.x_dtype = module, backend, where, x.dtype
-        rows = x.reshape(-1, x.shape[-1])[:_CHECKED_ROWS].clone(), y.reshape(-1, y.shape[-1])[:_CHECKED_ROWS].clone()
-        ctx.save_for_backward(*rows)  # copies: the views would keep the whole input alive
+        if backend.rounds_activations:
+            columns = torch.linspace(0, x.shape[-1] - 1, _CHECKED_ROWS, device=x.device).long().unique()
+            x_rows = torch.zeros(len(columns), x.shape[-1], dtype=x.dtype, device=x.device)
+            x_rows[torch.arange(len(columns)), columns] = 1.0
+            y_rows = run(x_rows)
+        else:  # copies: views would keep the whole input alive
+            x_rows, y_rows = (
+                x.reshape(-1, x.shape[-1])[:_CHECKED_ROWS].clone(),
+                y.reshape(-1, y.shape[-1])[:_CHECKED_ROWS].clone(),
+            )
+        ctx.save_for_backward(x_rows, y_rows)
         return y
 
     @staticmethod
