@@ -183,9 +183,9 @@ def test_one_line_errors(run, tmp_path, tiny_lm, tokenizer, monkeypatch):
         code, _, err = run(*argv)
         assert code == 2 and err.count("\n") == 1 and says in err, err
 
-    fails("explain", "Hi", "--target", " a", "--label", "b", says="not both")
+    fails("explain", "Hi", "--target", " a", "--label", "b", says="causal-lm model: --label is not for it")
     fails("explain", "Hi", "--target", " a", "--answer", " b c", says="give --answer without --target or --contrast")
-    fails("explain", "Hi", "--pair", "there", says="pair= was given, but LlamaForCausalLM is explained as the")
+    fails("explain", "Hi", "--pair", "there", says="LlamaForCausalLM is a causal-lm model: --pair is not for it")
     fails(
         "explain",
         "--input",
@@ -223,7 +223,7 @@ def test_one_line_errors(run, tmp_path, tiny_lm, tokenizer, monkeypatch):
     ]:
         _write(lines, ["a b", bad, "c d"])  # one batch
         fails("explain", "--input", str(lines), "--output", str(tmp_path / "p.jsonl"), says=says)
-    fails("explain", "Hi", "--label", "positive", says="this is a causal-lm model: give a target instead")
+    fails("explain", "Hi", "--label", "positive", says="--label is not for it (it takes --target")
     fails("explain", "Hi", "--answer", "", says="answer")  # an empty answer or contrast is refused, not ignored
     fails("explain", "Hi", "--target", " a", "--contrast", "", says="non-empty")
     assert run("explain", "Hi", "--target-id", "5", "--json", str(tmp_path / "id.json"))[0] == 0

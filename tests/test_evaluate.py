@@ -266,6 +266,40 @@ def test_perturbation_curves_by_hand(tiny_lm, tokenizer):
         perturbation_curves(tiny_lm, tokenizer, [exp.token_ids], [None], [exp.scores])
 
 
+@pytest.mark.parametrize(
+    "target",
+    [attnlrp.Contrast(" the", "mean"), attnlrp.Contrast(" the", " a"), attnlrp.LogProb(" the"), " the"],
+    ids=["contrast-mean", "contrast", "log-prob", "token"],
+)
+def test_an_explanation_writes_down_what_it_explained_and_perturbation_measures_that(
+    tiny_lm, tokenizer, target, tmp_path
+):
+    # target_id is the plain logit's token: curves of a Contrast explanation measured the logit, not the contrast
+    exp = attnlrp.explain(tiny_lm, tokenizer, PROMPTS[0], target=target)
+    exp.save(tmp_path / "e.json")
+    explained = attnlrp.Explanation.load(tmp_path / "e.json").explained
+    assert explained == exp.explained and explained["token"] == exp.target_id
+    (curves,) = perturbation_curves(tiny_lm, tokenizer, [exp.token_ids], [explained], [exp.scores], steps=4)
+    assert curves.clean == pytest.approx(exp.value)
+    again = attnlrp.explain(tiny_lm, tokenizer, PROMPTS[0], target=explained)
+    assert again.value == pytest.approx(exp.value) and again.scores == pytest.approx(exp.scores)
+    if not isinstance(target, str):
+        (logit,) = perturbation_curves(tiny_lm, tokenizer, [exp.token_ids], [exp.target_id], [exp.scores], steps=4)
+        assert logit.clean != pytest.approx(exp.value)
+
+
+def test_an_explained_answer_and_a_callable_read_back_or_say_why_not(tiny_lm, tokenizer):
+    exp = attnlrp.explain(tiny_lm, tokenizer, PROMPTS[0], target=attnlrp.Answer(" the city"))
+    again = attnlrp.explain(tiny_lm, tokenizer, PROMPTS[0], target=exp.explained)
+    assert again.target == exp.target and again.scores == pytest.approx(exp.scores)
+    custom = attnlrp.explain(tiny_lm, tokenizer, PROMPTS[0], target=lambda logits: logits[-1, 5])
+    assert custom.explained == {}
+    with pytest.raises(attnlrp.TargetError, match="was a callable, which its file can't hold"):
+        attnlrp.explain(tiny_lm, tokenizer, PROMPTS[0], target=custom.explained)
+    with pytest.raises(attnlrp.TargetError, match="is not a target an explanation wrote"):
+        attnlrp.explain(tiny_lm, tokenizer, PROMPTS[0], target={"kind": "logit", "token": 5})
+
+
 # --- the CLI: results, report, resume ---------------------------------------------------------------
 
 

@@ -115,8 +115,8 @@ def perturbation_curves(
     """MoRF / LeRF curves, ABPC and AOPC comprehensiveness and sufficiency for explained prompts.
 
     ids: each prompt's token ids (``Explanation.token_ids``); targets: each prompt's explained target, fixed
-    (a token id or ``Contrast`` with both tokens given, not None, so that perturbation can't change what is
-    explained); scores: each prompt's relevance. exclude_first keeps the first token out of the ranking and
+    (``Explanation.explained``, a token id, or a ``Contrast`` with both tokens given; not None, so that
+    perturbation can't change what is explained); scores: each prompt's relevance. exclude_first keeps the first token out of the ranking and
     unperturbed (an attention sink). All variants of all prompts run as batches of forwards.
     """
     if mode not in MODES:
@@ -124,9 +124,7 @@ def perturbation_curves(
     if steps < 1:
         raise ValueError(f"steps must be at least 1, not {steps}.")
     if any(t is None for t in targets):
-        raise ValueError(
-            "Perturbation needs fixed targets (the explained token id, e.g. Explanation.target_id), not None."
-        )
+        raise ValueError("Perturbation needs fixed targets (what was explained, Explanation.explained), not None.")
     scores = [np.asarray(s, dtype=np.float64) for s in scores]
     for row, (s, i) in enumerate(zip(scores, ids)):
         if len(s) != len(i):

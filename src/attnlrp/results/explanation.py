@@ -27,6 +27,10 @@ class Explanation(Result):
     ``explain(..., latent=sites)`` adds ``units``: per site, its most relevant latent units and the sum of the
     rest (see ``attnlrp.latent.readout``).
 
+    Language models' ``explained`` writes down the explained scalar with its tokens fixed (``{"kind": "contrast",
+    "token": 12, "against": "mean"}``): as ``target=`` of ``explain`` or ``perturbation_curves`` it explains or
+    measures the same scalar again, where ``target_id`` would be the plain logit of the token.
+
     Where the target is a teacher-forced answer, ``context`` is the number of tokens before it (the prompt the
     answer rests on). Rankings (``top``), colours and the words' rankings then cover the context only: that is
     what "which part of the context did the model use?" asks, while an answer's own tokens mostly show that it
@@ -44,6 +48,7 @@ class Explanation(Result):
     token_ids: list[int] = field(default_factory=list)
     special: list[bool] = field(default_factory=list)
     target_id: int | None = None
+    explained: dict[str, Any] = field(default_factory=dict)
     logit: float | None = None
     prob: float | None = None
     segments: list[tuple[str, int, int]] = field(default_factory=list)

@@ -323,6 +323,7 @@ class Seq2Seq(Task):
                 method=method.name,
                 model=model_name(self.model),
                 target_id=r.token_id,
+                explained=r.spec,
                 logit=float(last[r.token_id]) if r.token_id is not None else None,
                 prob=float(torch.softmax(last, -1)[r.token_id]) if r.token_id is not None else None,
             )

@@ -7,7 +7,7 @@ the objects below. Each resolves, for one sequence, to the scalar y whose releva
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -49,6 +49,9 @@ class Resolved:
     token_id: int | None
     answer_ids: tuple[int, ...]
     scalar: Callable[[Tensor], Tensor]  # logits [T, V] of the full sequence -> scalar
+    #: The target with its tokens fixed, as plain data that ``as_target`` reads back (``Explanation.explained``);
+    #: empty for a callable, which can't be written down.
+    spec: dict[str, Any] = field(default_factory=dict)
 
 
 class Target:
@@ -67,7 +70,9 @@ class Token(Target):
 
     def resolve(self, tokenizer, top_id: int | None = None) -> Resolved:
         tid = top_id if self.token is None else token_id(tokenizer, self.token)
-        return Resolved(_label(tokenizer, tid), tid, (), lambda logits: logits[-1, tid])
+        return Resolved(
+            _label(tokenizer, tid), tid, (), lambda logits: logits[-1, tid], {"kind": "token", "token": tid}
+        )
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,11 @@ class Contrast(Target):
         tid = top_id if self.token is None else token_id(tokenizer, self.token)
         if self.against == "mean":
             return Resolved(
-                f"{_label(tokenizer, tid)} vs mean", tid, (), lambda logits: logits[-1, tid] - logits[-1].mean()
+                f"{_label(tokenizer, tid)} vs mean",
+                tid,
+                (),
+                lambda logits: logits[-1, tid] - logits[-1].mean(),
+                {"kind": "contrast", "token": tid, "against": "mean"},
             )
         other = token_id(tokenizer, self.against)
         return Resolved(
@@ -96,6 +105,7 @@ class Contrast(Target):
             tid,
             (),
             lambda logits: logits[-1, tid] - logits[-1, other],
+            {"kind": "contrast", "token": tid, "against": other},
         )
 
 
@@ -116,6 +126,7 @@ class LogProb(Target):
             lambda logits: torch.log_softmax(logits[-1].to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)[
                 tid
             ],
+            {"kind": "log_prob", "token": tid},
         )
 
 
@@ -140,7 +151,7 @@ class Answer(Target):
             rows = logits[-n - 1 : -1]
             return rows.gather(1, index.to(rows.device).unsqueeze(1)).sum()
 
-        return Resolved(tokenizer.decode(list(ids)), None, ids, scalar)
+        return Resolved(tokenizer.decode(list(ids)), None, ids, scalar, {"kind": "answer", "answer": list(ids)})
 
 
 @dataclass(frozen=True)
@@ -160,17 +171,44 @@ def other_task_note(target: Any) -> str:
     return f"{type(target).__name__} is for {made_for}, and this model is not one; " if made_for else ""
 
 
+#: The targets ``Resolved.spec`` writes down, by kind.
+_FROM_SPEC: dict[str, Callable[[dict[str, Any]], Target]] = {
+    "token": lambda spec: Token(spec["token"]),
+    "contrast": lambda spec: Contrast(spec["token"], spec["against"]),
+    "log_prob": lambda spec: LogProb(spec["token"]),
+    "answer": lambda spec: Answer(spec["answer"]),
+}
+
+
+def _from_spec(spec: dict[str, Any]) -> Target:
+    """The target an explanation's ``explained`` writes down."""
+    if not spec:
+        raise TargetError(
+            "This explanation's target was a callable, which its file can't hold (explained is empty): pass the "
+            "callable itself as the target."
+        )
+    try:
+        return _FROM_SPEC[spec["kind"]](spec)
+    except KeyError as error:
+        raise TargetError(
+            f"{spec!r} is not a target an explanation wrote (its explained field): pass Explanation.explained "
+            f"as it is, with kind one of {', '.join(map(repr, _FROM_SPEC))}."
+        ) from error
+
+
 def as_target(target) -> Target:
-    """Normalise the ``target=`` argument of ``explain``."""
+    """Normalise the ``target=`` argument of ``explain``: an explanation's ``explained`` (a dict) is read back."""
     if isinstance(target, Target):
         return target
+    if isinstance(target, dict):
+        return _from_spec(target)
     if target is None or (isinstance(target, (str, int)) and not isinstance(target, bool)):
         return Token(target)
     if callable(target):
         return Custom(target, getattr(target, "__name__", "custom"))
     raise TargetError(
         f"Unsupported target {target!r}: {other_task_note(target)}pass None, a token string or id, attnlrp.Answer(...), "
-        "attnlrp.Contrast(...), attnlrp.LogProb(...), or a callable on the logits."
+        "attnlrp.Contrast(...), attnlrp.LogProb(...), a callable on the logits, or an explanation's explained."
     )
 
 
