@@ -34,6 +34,7 @@ from attnlrp.latent.labels import label_of
 from attnlrp.latent.readout import site_totals
 from attnlrp.latent.sites import SiteRecorder
 from attnlrp.latent.steer import _names_concept
+from attnlrp.tasks.base import model_name
 
 NEURONS = "model.layers.*.mlp.down_proj"
 SITE = "model.layers.1.mlp.down_proj"
@@ -386,18 +387,35 @@ def test_explain_labels_units_from_an_atlas(tiny_lm, tokenizer, atlas, make_tiny
                 assert unit["purity"] == atlas.label(entry["site"], unit["unit"]).purity
     with pytest.raises(LatentError, match="atlas= takes a FeatureAtlas or the folder it was saved in, not int"):
         attnlrp.explain(tiny_lm, tokenizer, "Hi", latent=NEURONS, atlas=3)
-    # another model: its units are not the atlas's, by name or by width
+    # another model: its units are not the atlas's, by its weights (whatever its name), or else by name and width
     other = make_tiny_lm(intermediate_size=64)
-    other.name_or_path = "another-model"
-    with pytest.raises(LatentError, match="The atlas was collected on .*, not on another-model"):
-        attnlrp.explain(other, tokenizer, "Hi", latent=NEURONS, atlas=atlas)
-    with pytest.raises(LatentError, match="This atlas was collected on .*, not on another-model"):
-        FeatureAtlas.load(folder, model=other, tokenizer=tokenizer)
-    other.name_or_path = tiny_lm.name_or_path
+    for name in ("another-model", model_name(tiny_lm)):
+        other.name_or_path = name
+        with pytest.raises(LatentError, match=f"The atlas was collected on .*, and {name} is another model"):
+            attnlrp.explain(other, tokenizer, "Hi", latent=NEURONS, atlas=atlas)
+        with pytest.raises(LatentError, match=f"This atlas was collected on .*, and {name} is another model"):
+            FeatureAtlas.load(folder, model=other, tokenizer=tokenizer)
+    unsampled = FeatureAtlas.load(folder)  # an atlas that holds no sample of weights
+    del unsampled.settings["weights"]
     with pytest.raises(LatentError, match=r"has 64 units here, but 128 in the atlas"):
-        attnlrp.explain(other, tokenizer, "Hi", latent=NEURONS, atlas=atlas)
+        attnlrp.explain(other, tokenizer, "Hi", latent=NEURONS, atlas=unsampled)
     with pytest.raises(LatentError, match=r"has 64 units in .*, but 128 in the atlas"):
-        FeatureAtlas.load(folder, model=other, tokenizer=tokenizer)
+        unsampled.bind(other, tokenizer)
+
+
+def test_an_atlas_knows_its_model_by_its_weights_not_its_folder_name(tiny_lm, tokenizer, atlas, tmp_path):
+    # By the folder's last name alone, a fine-tune saved as .../final was taken for the model, and the same model
+    # under another name was refused.
+    folder = atlas.save(tmp_path / "atlas")
+    renamed = copy.deepcopy(tiny_lm)
+    renamed.name_or_path = "elsewhere/renamed"
+    FeatureAtlas.load(folder, model=renamed, tokenizer=tokenizer)  # the same weights
+    FeatureAtlas.load(folder, model=copy.deepcopy(tiny_lm).to(torch.bfloat16), tokenizer=tokenizer)  # rounded
+    tuned = copy.deepcopy(tiny_lm)
+    with torch.no_grad():
+        tuned.model.layers[1].self_attn.o_proj.weight.mul_(1.01)  # one matrix moved by 1%
+    with pytest.raises(LatentError, match="is another model \\(its name or weights differ\\)"):
+        FeatureAtlas.load(folder, model=tuned, tokenizer=tokenizer)
 
 
 # --- SAE ---------------------------------------------------------------------------------------------------

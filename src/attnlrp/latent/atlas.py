@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from ..errors import LatentError
 from ..tasks.base import model_name
 from .labels import Label, Labeller, label_of
+from .model_identity import same_weights, weight_sample
 from .sites import Site, unit_index
 
 if TYPE_CHECKING:
@@ -558,20 +559,22 @@ class FeatureAtlas:
         return atlas
 
     def collected_on(self, model: nn.Module) -> bool:
-        """Whether ``model`` is the one the atlas was collected on, by name (wherever its folder is)."""
-        return Path(self.settings["model"]).name == Path(model_name(model)).name
+        """Whether ``model`` is the one the atlas was collected on: by a sample of its weights (under any name, in
+        any dtype), or by name (wherever its folder is) where there is none to compare."""
+        same = same_weights(self.settings.get("weights", {}), weight_sample(model))
+        return Path(self.settings["model"]).name == Path(model_name(model)).name if same is None else same
 
     def bind(self, model: nn.Module, tokenizer, saes: Sequence = ()) -> FeatureAtlas:
         """Bind the atlas to its model (and the SAEs of its SAE sites), for the parts that run the model. Another
-        model (by its name, wherever its folder is) is refused, as is a site of another width."""
+        model (``collected_on``) is refused, as is a site of another width."""
         from .sae import load_sae
         from .sites import resolve, sae_site
 
         given_name = model_name(model)
         if not self.collected_on(model):
             raise LatentError(
-                f"This atlas was collected on {self.settings['model']}, not on {given_name}: bind it to that model, "
-                "or collect an atlas on this one."
+                f"This atlas was collected on {self.settings['model']}, and {given_name} is another model (its name "
+                "or weights differ): bind it to that model, or collect an atlas on this one."
             )
         given = {sae.name: sae for sae in saes}
         sites = {}

@@ -31,6 +31,7 @@ from ..tasks.base import dtype_name, model_name
 from ..tasks.text import Item, display_tokens, encode
 from .atlas import FeatureAtlas, Part
 from .corpus import Record, read_corpus
+from .model_identity import weight_sample
 from .sites import Site, SiteRecorder, SiteSpec, resolve
 
 
@@ -161,6 +162,7 @@ def collect(
         )
     settings = {
         "model": model_name(model),
+        "weights": weight_sample(model),
         "dtype": dtype_name(model),
         "method": lrp_method.name,
         "top_k": top_k,

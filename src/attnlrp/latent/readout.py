@@ -36,8 +36,8 @@ def _atlas(atlas: Any, model: nn.Module, sites: list[Site]) -> Any:
         raise LatentError(f"atlas= takes a FeatureAtlas or the folder it was saved in, not {type(atlas).__name__}.")
     if not atlas.collected_on(model):
         raise LatentError(
-            f"The atlas was collected on {atlas.settings['model']}, not on {model_name(model)}: its labels name other "
-            "units."
+            f"The atlas was collected on {atlas.settings['model']}, and {model_name(model)} is another model (its "
+            "name or weights differ): its labels name other units."
         )
     for site in sites:
         state = atlas.states.get(site.name)

@@ -1,0 +1,38 @@
+"""Telling models apart by their weights, not their names: an atlas collected on one checkpoint is refused by
+another saved under the same folder name (a fine-tune), and taken by the same weights under another name."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+#: Values sampled from each weight matrix, evenly spread over it.
+SAMPLES = 4
+#: Relative difference within which two samples are the same weight: bfloat16's rounding is at most 2⁻⁹ (0.2%),
+#: while a fine-tune moves some of the sampled values more than this.
+TOLERANCE = 4e-3
+
+
+def weight_sample(model: nn.Module) -> dict[str, list[float]]:
+    """A few values of each floating-point weight matrix of ``model`` by parameter name (offloaded and quantized
+    matrices are left out: they are not read here)."""
+    sample = {}
+    for name, param in model.named_parameters():
+        if param.dim() < 2 or not param.is_floating_point() or param.device.type == "meta":
+            continue
+        flat = param.detach().reshape(-1)
+        index = torch.linspace(0, flat.numel() - 1, SAMPLES, device=flat.device).long()
+        sample[name] = [float(v) for v in flat[index].float().cpu()]
+    return sample
+
+
+def same_weights(a: dict[str, list[float]], b: dict[str, list[float]]) -> bool | None:
+    """Whether two samples are of the same weights (in any dtype); None where they share no matrix to compare."""
+    common = sorted(a.keys() & b.keys())
+    if not common:
+        return None
+    for name in common:
+        x, y = torch.tensor(a[name], dtype=torch.float64), torch.tensor(b[name], dtype=torch.float64)
+        if x.shape != y.shape or not torch.allclose(x, y, rtol=TOLERANCE, atol=TOLERANCE * float(x.abs().max())):
+            return False
+    return True
