@@ -211,7 +211,9 @@ def test_merge_gives_what_one_pass_over_both_corpora_gives(tiny_lm, tokenizer, c
     second = collect(tiny_lm, tokenizer, corpus[24:], NEURONS, **options)
     _same_atlas(first.merge(second), atlas)
     shards = [collect(tiny_lm, tokenizer, corpus, NEURONS, shard=(r, 3), **options) for r in range(3)]
-    _same_atlas(shards[0].merge(shards[2]).merge(shards[1]), atlas)
+    merged = shards[0].merge(shards[2]).merge(shards[1])
+    _same_atlas(merged, atlas)
+    assert (merged.position, merged.prefix_digest) == (atlas.position, atlas.prefix_digest), "the corpus it covers"
     with pytest.raises(LatentError, match="same corpus"):
         shards[0].merge(shards[0])
     # a shard takes whole batches of the one-process run: shards of another batch size hold other contexts
@@ -290,6 +292,12 @@ def test_bad_corpora_and_settings_are_refused(tiny_lm, tokenizer, tmp_path):
         collect(tiny_lm, tokenizer, ["a text"], SITE, method="gradient", progress=False)
     with pytest.raises(LatentError, match="one next token per context"):
         collect(tiny_lm, tokenizer, ["a text"], SITE, target=attnlrp.Contrast(" a", " b"), progress=False)
+    # a span is one next token's first piece here: collect takes no Answer, so the error doesn't offer one
+    for given, where in ((dict(target=" Paris is"), "target: "), (dict(), "corpus entry 0: ")):
+        entries = [{"text": "a text", "target": " Paris is"}] if not given else ["a text"]
+        with pytest.raises(attnlrp.TargetError, match=f"^{where}Target ' Paris is' is 2 tokens") as info:
+            collect(tiny_lm, tokenizer, entries, SITE, progress=False, **given)
+        assert "Answer" not in str(info.value) and str(info.value).endswith(".")
 
 
 # --- labels and cards -------------------------------------------------------------------------------------
@@ -369,6 +377,8 @@ def test_unit_index_out_of_range_is_a_clear_error(tiny_lm, tokenizer, atlas):
 
 
 def test_atlas_page_is_one_self_contained_view(atlas, tmp_path):
+    one = atlas.to_html(tmp_path / "one.html", sites=SITE).read_text(encoding="utf-8")  # a name, not its letters
+    assert one == atlas.to_html(tmp_path / "list.html", sites=[SITE]).read_text(encoding="utf-8")
     page = atlas.to_html(tmp_path / "atlas.html").read_text(encoding="utf-8")
     assert page.count('class="attnlrp-view"') == 1 and " id=" not in page and "http" not in page.split("<script")[0]
     data = json.loads(page.split('type="application/json">')[1].split("</script>")[0])
@@ -401,6 +411,16 @@ def test_explain_labels_units_from_an_atlas(tiny_lm, tokenizer, atlas, make_tiny
         attnlrp.explain(other, tokenizer, "Hi", latent=NEURONS, atlas=unsampled)
     with pytest.raises(LatentError, match=r"has 64 units in .*, but 128 in the atlas"):
         unsampled.bind(other, tokenizer)
+
+
+def test_the_weight_sample_reaches_the_last_value_of_a_large_matrix():
+    # float32 indices rounded the last one of SmolLM2's embedding (49152 x 576) past its end: an IndexError
+    from attnlrp.latent.model_identity import weight_sample
+
+    layer = torch.nn.Linear(4096, 4099, bias=False, dtype=torch.float16)  # 2^24 + 12291 values
+    with torch.no_grad():
+        layer.weight.view(-1)[-1] = 7.0
+    assert weight_sample(layer)["weight"][-1] == 7.0
 
 
 def test_an_atlas_knows_its_model_by_its_weights_not_its_folder_name(tiny_lm, tokenizer, atlas, tmp_path):
@@ -554,6 +574,17 @@ def test_steering_a_steered_or_bound_model_is_refused(tiny_lm, tokenizer):
             pass
 
 
+def test_prompts_of_steering_are_a_list_of_texts(tiny_lm, tokenizer):
+    # one string was read as a list of one-character prompts (11 continuations); an empty list crashed in max()
+    from attnlrp.latent import generate_steered
+
+    for prompts, says in (("Hello there", "one string, 'Hello there'"), ([], r"not \[\]"), ([""], r"not \[''\]")):
+        with pytest.raises(LatentError, match=f"Prompts are a list of non-empty texts .*{says}"):
+            generate_steered(tiny_lm, tokenizer, prompts, {(SITE, 1): 1.0}, max_new_tokens=2)
+    with pytest.raises(LatentError, match="one string"):
+        sweep(tiny_lm, tokenizer, [(SITE, 7)], [0.0], ["paris"], "The city of", max_new_tokens=2)
+
+
 def test_a_strength_sweep_reports_where_quality_breaks(tiny_lm, tokenizer):
     result = sweep(tiny_lm, tokenizer, [(SITE, 7)], [0.0, 50.0], ["paris"], ["I like", "The city of"], max_new_tokens=4)
     still, pushed = result.rows
@@ -590,6 +621,22 @@ def test_knowledge_units_and_their_effects(tiny_lm, tokenizer):
     assert {(u["site"], u["unit"]) for u in refined.units} != {(u["site"], u["unit"]) for u in found.units}
 
 
+def test_knowledge_units_check_the_atlas_and_take_one_token_answers(tiny_lm, make_tiny_lm, tokenizer, atlas, tmp_path):
+    # another model's atlas labelled the units with its labels; a folder crashed; " Paris is" was cut to " Paris"
+    prompts, answers = ["The capital of France is", "The capital of Spain is"], [" Paris", " Madrid"]
+    options = dict(count=3, draws=1, held_out=0.5)
+    folder = atlas.save(tmp_path / "atlas")
+    found = knowledge_units(tiny_lm, tokenizer, prompts, answers, NEURONS, atlas=folder, **options)
+    assert [u["label"] for u in found.units] == [atlas.label(u["site"], u["unit"]).text for u in found.units]
+    other = make_tiny_lm(seed=1)
+    with pytest.raises(LatentError, match="is another model"):
+        knowledge_units(other, tokenizer, prompts, answers, NEURONS, atlas=atlas, **options)
+    with pytest.raises(attnlrp.TargetError, match="' Paris is' is 2 tokens"):
+        knowledge_units(tiny_lm, tokenizer, prompts, [" Paris is", " Madrid"], NEURONS, **options)
+    with pytest.raises(attnlrp.TargetError, match="non-empty string"):
+        knowledge_units(tiny_lm, tokenizer, prompts, ["", " Madrid"], NEURONS, **options)
+
+
 def test_unit_scores_come_in_prompt_order_from_passes_within_the_token_budget(tiny_lm, tokenizer, monkeypatch):
     from attnlrp.latent import readout
 
@@ -607,6 +654,19 @@ def test_unit_scores_come_in_prompt_order_from_passes_within_the_token_budget(ti
         assert both["value"] == pytest.approx(one["value"], rel=1e-9)
         torch.testing.assert_close(both["relevance"][SITE], one["relevance"][SITE], rtol=1e-7, atol=1e-10)
         torch.testing.assert_close(both["activation"][SITE], one["activation"][SITE], rtol=1e-7, atol=1e-10)
+
+
+def test_ablation_drops_are_measured_from_the_clean_value_whatever_ks_are_given(tiny_lm, tokenizer):
+    # without 0 in ks the drops were measured from the first k; a negative k ablated all units but |k|
+    from attnlrp.evaluate.suites.facts import candidates
+
+    items = list(itertools.islice(candidates(), 2))
+    result = ablation_curves(tiny_lm, tokenizer, items, SITE, ks=(2, 8), progress=False)
+    assert result["settings"]["ks"] == [0, 2, 8]
+    clean = ablation_curves(tiny_lm, tokenizer, items, SITE, ks=(0,), progress=False)["curves"]["relevance"][0]
+    assert result["curves"]["relevance"][0]["mean"] == pytest.approx(clean["mean"])
+    with pytest.raises(LatentError, match=r"0 or more, not \[2, -1\]"):
+        ablation_curves(tiny_lm, tokenizer, items, SITE, ks=(2, -1), progress=False)
 
 
 def test_ablation_curves_start_at_the_clean_value_and_resume(tiny_lm, tokenizer, tmp_path, monkeypatch):

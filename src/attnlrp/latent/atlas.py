@@ -385,15 +385,16 @@ class FeatureAtlas:
     def to_html(
         self,
         path: str | Path,
-        sites: Sequence[str] | None = None,
+        sites: str | Sequence[str] | None = None,
         labeller: Labeller | None = None,
         contexts: int = 8,
         conditional: int = 0,
     ) -> Path:
-        """One self-contained, searchable page with the card of every unit of the atlas (or of ``sites``);
-        ``conditional`` heatmaps per card run the model, so they are off by default."""
+        """One self-contained, searchable page with the card of every unit of the atlas (or of ``sites``: a name or
+        a list of names); ``conditional`` heatmaps per card run the model, so they are off by default."""
         from .page import write_atlas_page
 
+        sites = [sites] if isinstance(sites, str) else sites
         if self.model is not None:
             self.read_outputs(sites)
         cards = [
@@ -477,6 +478,8 @@ class FeatureAtlas:
         merged.tokens, merged.seen = self.tokens + other.tokens, self.seen + other.seen
         merged.topics = {t: self.topics.get(t, 0) + other.topics.get(t, 0) for t in {**self.topics, **other.topics}}
         merged.vocabulary = {**self.vocabulary, **other.vocabulary}
+        if len(parts) == 1:  # shards of one corpus: the corpus the atlas covers, as a one-process pass would say
+            merged.position, merged.prefix_digest = self.position, self.prefix_digest
         merged.complete = True
         merged.model, merged.tokenizer, merged.bound_sites = self.model, self.tokenizer, self.bound_sites
         return merged

@@ -24,10 +24,11 @@ import torch
 from rich.progress import Progress
 from torch import nn
 
-from ..errors import LatentError
+from ..errors import LatentError, TargetError
 from ..frontends import make_task
 from ..methods import get_method
 from ..tasks.base import dtype_name, model_name
+from ..tasks.targets import token_id
 from ..tasks.text import Item, display_tokens, encode
 from .atlas import FeatureAtlas, Part
 from .corpus import Record, read_corpus
@@ -35,12 +36,17 @@ from .model_identity import weight_sample
 from .sites import Site, SiteRecorder, SiteSpec, resolve
 
 
-def _check_target(target: Any, where: str) -> None:
+def _check_target(tokenizer, target: Any, where: str) -> None:
     if target is not None and (isinstance(target, bool) or not isinstance(target, (str, int))):
         raise LatentError(
             f"{where}: collect explains one next token per context: give None (the model's own prediction), a "
             f"token string or a token id, not {type(target).__name__}."
         )
+    if target is not None:
+        try:
+            token_id(tokenizer, target, spans=False)
+        except TargetError as error:
+            raise TargetError(f"{where}: {error}") from None
 
 
 def _shard(shard: Sequence[int]) -> tuple[int, int]:
@@ -146,7 +152,7 @@ def collect(
     """
     chosen = resolve(model, sites)
     rank, world = _shard(shard)
-    _check_target(target, "target")
+    _check_target(tokenizer, target, "target")
     lrp_method = get_method(method)
     if not lrp_method.is_lrp:
         raise LatentError(
@@ -187,7 +193,7 @@ def collect(
     with Progress(disable=not progress) as bar:
         task_bar = bar.add_task(f"collect {len(chosen)} sites", total=total, completed=atlas.position)
         for record in read_corpus(corpus):
-            _check_target(record.target, f"corpus entry {position}")
+            _check_target(tokenizer, record.target, f"corpus entry {position}")
             _fingerprint(digest, record)
             position += 1
             if position <= atlas.position:

@@ -18,6 +18,7 @@ import torch
 from rich.progress import Progress
 from torch import nn
 
+from ..errors import LatentError
 from ..evaluate.metrics import summary
 from ..evaluate.runner import Journal
 from ..tasks.base import model_name
@@ -56,10 +57,13 @@ def ablation_curves(
     ``items`` (``attnlrp.evaluate.Item``: prompt and answer). Returns the settings, each ranking's mean curve
     with 95% bootstrap intervals per k (``curves[ranking]`` = [{"k", "mean", "low", "high", "n"}]), and the
     per-item curves; ``drops`` the same for the value lost (clean minus ablated, per item, so that the items'
-    different values don't widen the intervals). ``journal``: a JSONL file that keeps finished curves (a rerun
-    resumes)."""
+    different values don't widen the intervals). ks: unit counts from 0 up (0, the clean value the drops are
+    measured from, is always included; counts above the site's width ablate it all). ``journal``: a JSONL file
+    that keeps finished curves (a rerun resumes)."""
     site = resolve_one(model, site)
-    ks = sorted({min(int(k), site.width) for k in ks})
+    if any(int(k) < 0 for k in ks):
+        raise LatentError(f"ks are numbers of units to ablate, 0 or more, not {list(ks)}.")
+    ks = sorted({0} | {min(int(k), site.width) for k in ks})
     settings = {"site": site.name, "ks": ks, "method": method, "seed": seed, "model": model_name(model)}
     records: dict[tuple[str, str], dict] = {}
     book = Journal(Path(journal), settings) if journal is not None else None

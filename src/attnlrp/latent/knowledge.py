@@ -27,7 +27,8 @@ from ..errors import LatentError
 from ..evaluate.metrics import summary
 from ..results.base import Result
 from ..tasks.base import model_name
-from .readout import unit_scores
+from ..tasks.targets import token_id
+from .readout import checked_atlas, unit_scores
 from .sites import Site, SiteSpec, resolve
 from .steer import _left_padded, steering
 
@@ -147,7 +148,8 @@ def _shares(model, tokenizer, prompts, answers, sites: list[Site], method: str, 
 
 
 def _answer_ids(tokenizer, answers: Sequence[str | int]) -> list[int]:
-    return [a if isinstance(a, int) else tokenizer.encode(a, add_special_tokens=False)[0] for a in answers]
+    """One token each: a unit's share is of one next token's relevance."""
+    return [token_id(tokenizer, a, spans=False) for a in answers]
 
 
 def knowledge_units(
@@ -165,9 +167,10 @@ def knowledge_units(
     batch_size: int = 8,
     atlas: Any = None,
 ) -> KnowledgeUnits:
-    """The ``count`` units of ``sites`` that carry the relation of ``prompts`` -> ``answers`` (a token string or
-    id each; the first token is explained), found on the first (1 - held_out) of the prompts, and their effects
-    on those and on the held-out rest (see the module docstring); labelled from ``atlas`` when one is given.
+    """The ``count`` units of ``sites`` that carry the relation of ``prompts`` -> ``answers`` (one token each: a
+    string or an id), found on the first (1 - held_out) of the prompts, and their effects
+    on those and on the held-out rest (see the module docstring); labelled from ``atlas`` (a FeatureAtlas of this
+    model, or its folder) when one is given.
 
     contrast: (prompts, answers) of other relations. A unit's score is then its mean share on the relation
     minus its mean share on these, which leaves out units that every prediction leans on (Dai et al. refine
@@ -175,6 +178,7 @@ def knowledge_units(
     if len(prompts) != len(answers) or len(prompts) < 2:
         raise LatentError("knowledge_units needs at least two prompts, with one answer each.")
     chosen_sites = resolve(model, sites)
+    atlas = checked_atlas(atlas, model, chosen_sites)
     ids = _answer_ids(tokenizer, answers)
     split = max(1, min(len(prompts) - 1, round(len(prompts) * (1 - held_out)))) if held_out > 0 else len(prompts)
     shares = _shares(model, tokenizer, prompts[:split], ids[:split], chosen_sites, method, batch_size)

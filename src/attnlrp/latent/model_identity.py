@@ -21,7 +21,7 @@ def weight_sample(model: nn.Module) -> dict[str, list[float]]:
         if param.dim() < 2 or not param.is_floating_point() or param.device.type == "meta":
             continue
         flat = param.detach().reshape(-1)
-        index = torch.linspace(0, flat.numel() - 1, SAMPLES, device=flat.device).long()
+        index = torch.arange(SAMPLES, device=flat.device) * (flat.numel() - 1) // (SAMPLES - 1)  # exact integers
         sample[name] = [float(v) for v in flat[index].float().cpu()]
     return sample
 

@@ -24,7 +24,7 @@ from ..tasks.causal_lm import CausalLM
 from .sites import Site, SiteRecorder, SiteSpec, resolve
 
 
-def _atlas(atlas: Any, model: nn.Module, sites: list[Site]) -> Any:
+def checked_atlas(atlas: Any, model: nn.Module, sites: list[Site]) -> Any:
     """The atlas whose labels name the units: a FeatureAtlas or its folder, of this model."""
     from .atlas import FeatureAtlas
 
@@ -56,7 +56,7 @@ class LatentReadout:
         if sites is None:
             raise LatentError("atlas= labels the units of latent=sites: give the sites too (explain(..., latent=...)).")
         self.sites = resolve(model, sites)
-        self.atlas = _atlas(atlas, model, self.sites)
+        self.atlas = checked_atlas(atlas, model, self.sites)
         self.top = top
 
     def explain(self, task: Any, batch: Any, method: Any) -> list[Any]:

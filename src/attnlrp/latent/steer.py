@@ -181,6 +181,9 @@ NEUTRAL = (
 
 
 def _left_padded(tokenizer, texts: Sequence[str], device) -> tuple[Tensor, Tensor]:
+    if isinstance(texts, str) or not texts or not all(isinstance(t, str) and t for t in texts):
+        shown = f"one string, {texts[:40]!r}" if isinstance(texts, str) else repr(texts)[:80]
+        raise LatentError(f"Prompts are a list of non-empty texts ([text] for one), not {shown}.")
     encoded = [tokenizer(t).input_ids for t in texts]
     width = max(len(e) for e in encoded)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)

@@ -16,8 +16,9 @@ from torch import Tensor
 from ..errors import TargetError
 
 
-def token_id(tokenizer, token: str | int) -> int:
-    """The id of exactly one token, or a TargetError saying what is wrong and what to do."""
+def token_id(tokenizer, token: str | int, spans: bool = True) -> int:
+    """The id of exactly one token, or a TargetError saying what is wrong and what to do (with ``spans``, that a
+    span of several tokens is explained as an ``Answer``: where the caller takes one)."""
     if isinstance(token, int):
         vocab = len(tokenizer)
         if not 0 <= token < vocab:
@@ -34,10 +35,15 @@ def token_id(tokenizer, token: str | int) -> int:
     if not ids:
         raise TargetError(f"Target {token!r} encodes to no token at all.")
     pieces = tokenizer.convert_ids_to_tokens(ids)
+    first = f"({pieces[0]!r}, id {ids[0]})"
     raise TargetError(
-        f"Target {token!r} is {len(ids)} tokens {pieces}, but one next token is expected. Explain the first "
-        f"({pieces[0]!r}, id {ids[0]}) by passing target={ids[0]} (--target-id {ids[0]} on the command line), or "
-        f"the whole span with target=attnlrp.Answer({token!r}) (--answer)."
+        f"Target {token!r} is {len(ids)} tokens {pieces}, but one next token is expected. "
+        + (
+            f"Explain the first {first} by passing target={ids[0]} (--target-id {ids[0]} on the command line), or "
+            f"the whole span with target=attnlrp.Answer({token!r}) (--answer)."
+            if spans
+            else f"Give the first {first} by its id, {ids[0]}."
+        )
     )
 
 
