@@ -176,6 +176,17 @@ def test_a_model_built_with_the_class_is_bound_freed_when_dropped_and_named_when
     monkey_patch(modeling_gpt2)
 
 
+@pytest.mark.parametrize("backend", ["xelatex", "matplotlib"])
+def test_pdf_heatmap_refuses_tokens_and_scores_of_different_counts(tmp_path, backend):
+    # zip() dropped the tokens without a score (or the scores without a token, which still set the colour scale)
+    from attnlrp.compat import pdf_heatmap
+
+    for tokens, scores in ((["a", "b", "c"], [0.5, 1.0]), (["a"], [0.5, 9.0])):
+        with pytest.raises(ValueError, match=f"{len(tokens)} tokens but {len(scores)} scores"):
+            pdf_heatmap(tokens, scores, path=tmp_path / "x.pdf", backend=backend)
+    assert not list(tmp_path.iterdir()), "nothing written"
+
+
 @pytest.mark.tex
 def test_pdf_heatmap_takes_lxts_colormap_and_aux_file_options(tmp_path):
     from attnlrp.compat import pdf_heatmap

@@ -288,6 +288,19 @@ def test_an_explanation_writes_down_what_it_explained_and_perturbation_measures_
         assert logit.clean != pytest.approx(exp.value)
 
 
+def test_the_curves_of_an_explained_answer_perturb_its_prompt(tiny_lm, tokenizer):
+    # the explanation's tokens end with the answer, which the target appended a second time: clean was another value
+    exp = attnlrp.explain(tiny_lm, tokenizer, PROMPTS[0], target=attnlrp.Answer(" the city"))
+    (curves,) = perturbation_curves(tiny_lm, tokenizer, [exp.token_ids], [exp.explained], [exp.scores], steps=4)
+    assert curves.clean == pytest.approx(exp.value)
+    n = exp.context
+    (prompt,) = perturbation_curves(tiny_lm, tokenizer, [exp.token_ids[:n]], [exp.explained], [exp.scores[:n]], steps=4)
+    assert prompt.morf == pytest.approx(curves.morf) and prompt.lerf == pytest.approx(curves.lerf)
+    with pytest.raises(ValueError, match=f"an answer after {n} tokens, but tokens {n}.. are not that answer"):
+        other = exp.token_ids[:n] + exp.token_ids[:2]
+        perturbation_curves(tiny_lm, tokenizer, [other], [exp.explained], [exp.scores], steps=4)
+
+
 def test_an_explained_answer_and_a_callable_read_back_or_say_why_not(tiny_lm, tokenizer):
     exp = attnlrp.explain(tiny_lm, tokenizer, PROMPTS[0], target=attnlrp.Answer(" the city"))
     again = attnlrp.explain(tiny_lm, tokenizer, PROMPTS[0], target=exp.explained)
@@ -387,6 +400,25 @@ def test_a_run_that_cant_be_done_is_refused_before_its_journal_is_written(tiny_l
         runner.run_suite(tiny_lm, tokenizer, **options)
     assert says in str(info.value)
     assert not list(tmp_path.iterdir()), "nothing written: the corrected run starts afresh"
+
+
+def test_configured_methods_run_as_configured_and_are_kept_apart(smollm, tmp_path, monkeypatch):
+    # IntegratedGradients(steps=1) ran the default 32 steps, and a rerun with steps=8 read the journal's numbers
+    from attnlrp.methods import IntegratedGradients
+
+    model, tokenizer = smollm
+    methods = [IntegratedGradients(steps=1), IntegratedGradients(steps=2), "integrated_gradients"]
+    results = runner.run_suite(model, tokenizer, "facts", methods, 1, tmp_path / "run.json", progress=False)
+    labels = ["integrated_gradients(steps=1)", "integrated_gradients(steps=2)", "integrated_gradients"]
+    assert results["methods"] == labels
+    shares = [results["metrics"][label]["first_share"]["mean"] for label in labels]
+    assert len(set(shares)) == 3, shares
+    (item,) = kept_items(model, tokenizer, "facts", 1)[0]
+    (direct,) = score_items(model, tokenizer, [item], IntegratedGradients(steps=1), curves=False)
+    assert shares[0] == pytest.approx(direct["first_share"])
+    monkeypatch.setattr(runner, "score_items", lambda *a, **k: pytest.fail("a finished method was run again"))
+    again = runner.run_suite(model, tokenizer, "facts", methods[1:2], 1, tmp_path / "run.json", progress=False)
+    assert again["metrics"][labels[1]]["first_share"]["mean"] == shares[1]
 
 
 def test_filtering_does_not_depend_on_its_batches(smollm, monkeypatch):

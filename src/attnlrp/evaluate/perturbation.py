@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -101,6 +102,22 @@ def _removal_values(
     return out
 
 
+def _before_answer(row: int, ids: Sequence[int], scores: np.ndarray, target: Any) -> tuple[list[int], np.ndarray]:
+    """The prompt of an explained answer, whose tokens its explanation holds after ``context`` of them: the answer
+    target appends them again, and the curves perturb the context (as rankings cover it)."""
+    if not (isinstance(target, dict) and target.get("kind") == "answer" and "context" in target):
+        return list(ids), scores
+    n = target["context"]
+    if len(ids) == n:  # the prompt alone was given
+        return list(ids), scores
+    if list(ids[n:]) != list(target["answer"]):
+        raise ValueError(
+            f"Prompt {row}: its target is an answer after {n} tokens, but tokens {n}.. are not that answer: pass the "
+            "explanation's token_ids and scores with its explained, as they are."
+        )
+    return list(ids[:n]), scores[:n]
+
+
 def perturbation_curves(
     model,
     tokenizer,
@@ -116,7 +133,8 @@ def perturbation_curves(
 
     ids: each prompt's token ids (``Explanation.token_ids``); targets: each prompt's explained target, fixed
     (``Explanation.explained``, a token id, or a ``Contrast`` with both tokens given; not None, so that
-    perturbation can't change what is explained); scores: each prompt's relevance. exclude_first keeps the first token out of the ranking and
+    perturbation can't change what is explained); scores: each prompt's relevance. An explained answer's tokens
+    are left out of the curves: they are the target, appended again to the perturbed prompt. exclude_first keeps the first token out of the ranking and
     unperturbed (an attention sink). All variants of all prompts run as batches of forwards.
     """
     if mode not in MODES:
@@ -129,6 +147,7 @@ def perturbation_curves(
     for row, (s, i) in enumerate(zip(scores, ids)):
         if len(s) != len(i):
             raise ValueError(f"Prompt {row} has {len(i)} tokens but {len(s)} scores.")
+    ids, scores = zip(*(_before_answer(row, i, s, t) for row, (i, s, t) in enumerate(zip(ids, scores, targets))))
     plans = [_variants(s, steps, exclude_first) for s in scores]
     jobs = [(row, positions) for row, (_, sets) in enumerate(plans) for positions in sets]
     neutral_id = token_id(tokenizer, neutral)

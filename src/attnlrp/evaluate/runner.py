@@ -18,7 +18,7 @@ from rich.progress import Progress
 
 from ..errors import InputError
 from ..frontends import explain
-from ..methods import get_method
+from ..methods import Method, get_method
 from ..methods.batch import TOKEN_BUDGET, plan
 from ..tasks.base import dtype_name, model_name
 from . import metrics
@@ -33,7 +33,7 @@ def score_items(
     model,
     tokenizer,
     items: Sequence[Item],
-    method: str,
+    method: str | Method,
     curves: bool,
     steps: int = 10,
     mode: str = "zero",
@@ -138,7 +138,7 @@ def run_suite(
     model,
     tokenizer,
     suite: str,
-    methods: Sequence[str],
+    methods: Sequence[str | Method],
     limit: int,
     output: str | Path,
     seed: int = 0,
@@ -149,13 +149,18 @@ def run_suite(
     centered: bool = True,
     progress: bool = True,
 ) -> dict:
-    """Evaluate ``methods`` on the first ``limit`` items of ``suite`` the model gets right; write the JSON
+    """Evaluate ``methods`` (names, or configured methods such as ``IntegratedGradients(steps=8)``: results are
+    kept under ``Method.label``) on the first ``limit`` items of ``suite`` the model gets right; write the JSON
     results to ``output`` (resuming from its journal) and return them.
 
     lengths: the needle's context lengths; steps, mode, exclude_first, centered: the perturbation suite's
     curves (``perturbation_curves``) and explained value (the answer's logit minus the mean logit, or not).
     """
-    names = list(dict.fromkeys(get_method(m).name for m in methods))  # each once, in the order given
+    chosen: dict[str, Method] = {}  # each once, in the order given, by name and configuration
+    for m in methods:
+        method = get_method(m)
+        chosen.setdefault(method.label, method)
+    names = list(chosen)
     _check(suite, limit, steps, mode, lengths)
     output = Path(output)
     settings = {
@@ -185,14 +190,16 @@ def run_suite(
             f"{suite}: {len(items)} items x {len(names)} methods", total=len(pairs), completed=len(pairs) - len(todo)
         )
         for batch, name in todo:
-            chosen = [items[i] for i in batch if (items[i].id, name) not in journal.records]
+            pending = [items[i] for i in batch if (items[i].id, name) not in journal.records]
             start = time.perf_counter()
-            records = score_items(model, tokenizer, chosen, name, suite == "perturbation", steps, mode, exclude_first)
-            seconds = (time.perf_counter() - start) / len(chosen)
+            records = score_items(
+                model, tokenizer, pending, chosen[name], suite == "perturbation", steps, mode, exclude_first
+            )
+            seconds = (time.perf_counter() - start) / len(pending)
             journal.add(
                 [
                     {"item": item.id, "method": name, "group": item.group, "seconds": seconds, **record}
-                    for item, record in zip(chosen, records)
+                    for item, record in zip(pending, records)
                 ]
             )
             bar.advance(task)

@@ -43,6 +43,20 @@ class Method:
         """The relevance of each input kind of the batch: {kind: [B, ...]} (padding positions are ignored)."""
         raise NotImplementedError
 
+    @property
+    def label(self) -> str:
+        """The name, with the options set away from their defaults: ``integrated_gradients(steps=8)``. Results
+        of one configuration are kept apart from another's under it (an evaluation's journal)."""
+        if not is_dataclass(self):
+            return self.name
+        default = type(self)()
+        changed = [
+            f"{f.name}={getattr(self, f.name)!r}"
+            for f in fields(self)
+            if getattr(self, f.name) != getattr(default, f.name)
+        ]
+        return f"{self.name}({', '.join(changed)})" if changed else self.name
+
     def check(self, batch: Batch) -> None:
         """Raise a MethodError where this method has no meaning for the batch's inputs."""
         if self.token_inputs_only and any(kind not in batch.token_kinds for kind in batch.inputs):

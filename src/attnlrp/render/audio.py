@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from .palette import colormap, css
+from .palette import colormap, css, token_scores
 from .palette import scale as color_scale
 
 
@@ -73,7 +73,7 @@ def _tokens(ax, tokens: Sequence[str], scores: np.ndarray, fontsize: float) -> N
     """Tokens in a row (wrapped at the axes' width) on boxes coloured by their scores."""
     from matplotlib.font_manager import FontProperties
 
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = token_scores(tokens, scores)
     scale = color_scale(scores)
     renderer = ax.figure.canvas.get_renderer()
     font = FontProperties(family="DejaVu Sans", size=fontsize)

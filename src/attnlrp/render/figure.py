@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 
-from .palette import colormap
+from .palette import colormap, token_scores
 from .palette import scale as color_scale
 
 
@@ -51,7 +51,7 @@ def token_heatmap(
     """Tokens on coloured boxes, wrapped like running text, with a colour bar; ``image`` (RGB [H, W, 3] in [0, 1],
     e.g. an image's relevance drawn over it) goes left of the text. ``scale``: the |score| of the full colour
     (default: the max |score|; larger scores are drawn at the full colour)."""
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = token_scores(tokens, scores)
     scale = scale or color_scale(scores)
     dpi = 100.0
     font = FontProperties(family="DejaVu Sans", size=fontsize)

@@ -10,9 +10,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
-
-from .palette import rgb
+from .palette import rgb, token_scores
 from .palette import scale as color_scale
 
 _SPECIAL = {
@@ -77,7 +75,7 @@ def source(tokens: Sequence[str], scores: Sequence[float], backend: str = "xelat
     def _box(weight: float, text: str) -> str:
         return f"\\colorbox[RGB]{{{','.join(map(str, colour(weight)))}}}{{\\strut{{}}{text}}}"
 
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = token_scores(tokens, scores)
     scale = color_scale(scores)
     unicode = backend == "xelatex"
     body = []

@@ -6,6 +6,7 @@ A weight in [-1, 1] (a score divided by the view's max |score|) blends white tow
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -32,6 +33,16 @@ def ink(weight: float) -> str:
     """A text colour that reads on the weight's background: white on saturated colours, black on pale ones."""
     red, green, blue = rgb(weight)
     return "white" if 0.299 * red + 0.587 * green + 0.114 * blue < 150 else "black"
+
+
+def token_scores(tokens: Sequence[str], scores: Sequence[float]) -> np.ndarray:
+    """The scores as float64, one per token; a ValueError where the counts differ (a heatmap would drop the rest)."""
+    values = np.asarray(scores, dtype=np.float64)
+    if values.ndim != 1 or len(values) != len(tokens):
+        raise ValueError(
+            f"{len(tokens)} tokens but {values.size} scores (shape {values.shape}): give one score per token."
+        )
+    return values
 
 
 def scale(values: np.ndarray) -> float:

@@ -177,7 +177,7 @@ class CausalLM(Task):
                     token_ids=list(seq),
                     special=special,
                     target_id=r.token_id,
-                    explained=r.spec,
+                    explained={**r.spec, "context": len(item.ids)} if r.answer_ids else r.spec,
                     logit=float(last[r.token_id]) if r.token_id is not None else None,
                     prob=float(torch.softmax(last, -1)[r.token_id]) if r.token_id is not None else None,
                     segments=segments,
