@@ -218,7 +218,10 @@ def test_one_line_errors(run, tmp_path, tiny_lm, tokenizer, monkeypatch):
         ({"prompt": "x", "chat": "no"}, "lines.jsonl:2: \"chat\" is true or false, not 'no'"),
         ({"prompt": "x", "traget": " y"}, 'lines.jsonl:2: unknown field "traget"; did you mean "target"?'),
         ({"prompt": "x", "Label": "y"}, 'unknown field "Label"; did you mean "label"?'),
-        ({"prompt": "x", "label": "positive"}, "lines.jsonl:2: A label is a classifier's class, and this is a causal"),
+        (
+            {"prompt": "x", "label": "positive"},
+            'lines.jsonl:2: "label" is not for a causal-lm model (its lines take "target", "contrast", "answer"',
+        ),
         ({"prompt": "x", "target": " not one token"}, "lines.jsonl:2: "),  # found in its batch by itself
     ]:
         _write(lines, ["a b", bad, "c d"])  # one batch

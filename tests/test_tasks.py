@@ -9,6 +9,7 @@ equals each item alone; and every method of the registry runs where it means som
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +145,24 @@ def test_a_padded_batch_equals_each_text_alone(arch, pad, wordpiece):
             assert exp.target == alone.target and exp.value == pytest.approx(alone.value)
 
 
+def test_a_label_id_is_taken_as_numpy_and_torch_integers_and_as_text(wordpiece, monkeypatch, capsys):
+    # logits.argmax() and np.argmax(...) were "Unsupported target"; the command line's --label 2 was "no label '2'"
+    model = tiny("bert", AutoModelForSequenceClassification, wordpiece)
+    by_id = attnlrp.explain(model, wordpiece, TEXTS[0], target=2)
+    for given in (np.int64(2), torch.tensor(2), "2"):
+        assert attnlrp.explain(model, wordpiece, TEXTS[0], target=given).value == by_id.value, given
+    monkeypatch.setattr(cli, "_load", lambda args: (model, wordpiece))
+    assert cli.main(["explain", TEXTS[0], "--label", "2", "--top", "1"]) == 0, capsys.readouterr().err
+
+
+def test_a_decoder_classifier_without_a_pad_id_takes_one_text_at_a_time(wordpiece):
+    model = tiny("llama", AutoModelForSequenceClassification, wordpiece, constants=True, pad_token_id=None)
+    with pytest.raises(attnlrp.InputError, match="set model.config.pad_token_id .* or pass batch_size=1"):
+        attnlrp.explain(model, wordpiece, TEXTS[:2])
+    alone = attnlrp.explain(model, wordpiece, TEXTS[:2], batch_size=1)
+    assert [e.value for e in alone] == [attnlrp.explain(model, wordpiece, t).value for t in TEXTS[:2]]
+
+
 def test_label_targets(wordpiece):
     model = tiny("bert", AutoModelForSequenceClassification, wordpiece)
     by_name = attnlrp.explain(model, wordpiece, TEXTS[0], target="positive", method="cp-lrp")
@@ -169,6 +188,26 @@ def test_regression_head_explains_its_score(wordpiece):
     with torch.no_grad():
         score = float(model(**wordpiece(TEXTS[0], return_tensors="pt")).logits[0, 0])
     assert exp.value == pytest.approx(score) and _relative(exp) < 1e-6 and exp.label_probs == {}
+
+
+def test_a_heads_probabilities_follow_its_problem_type(wordpiece):
+    # LogProb on a multi-label head was a log-softmax while prob was a sigmoid; on a regression head LogProb and
+    # Contrast explained the constant 0, and several regressed scores were reported as a softmax
+    multi = tiny("bert", AutoModelForSequenceClassification, wordpiece, problem_type="multi_label_classification")
+    exp = attnlrp.explain(multi, wordpiece, TEXTS[0], target=LogProb("neutral"))
+    assert np.exp(exp.value) == pytest.approx(exp.prob, rel=1e-6) == exp.label_probs["neutral"]
+    single = tiny("bert", AutoModelForSequenceClassification, wordpiece, num_labels=1, id2label=None, label2id=None)
+    for target in (LogProb(), Contrast(None), Contrast("LABEL_0")):
+        with pytest.raises(attnlrp.TargetError, match="regresses a score, with no probabilities and nothing to"):
+            attnlrp.explain(single, wordpiece, TEXTS[0], target=target)
+    scores = tiny("bert", AutoModelForSequenceClassification, wordpiece, problem_type="regression")
+    with pytest.raises(attnlrp.TargetError, match="regresses scores, with no probabilities: LogProb has no meaning"):
+        attnlrp.explain(scores, wordpiece, TEXTS[0], target=LogProb("neutral"))
+    difference = attnlrp.explain(scores, wordpiece, TEXTS[0], target=Contrast("neutral", "positive"))
+    with torch.no_grad():
+        logits = scores(**wordpiece(TEXTS[0], return_tensors="pt")).logits[0]
+    assert difference.value == pytest.approx(float(logits[1] - logits[2]))
+    assert difference.prob is None and difference.label_probs == {}
 
 
 @pytest.mark.parametrize("arch", ["bert", "roberta", "deberta-v2", "modernbert"])
@@ -221,6 +260,23 @@ def test_similarity_pooling_comes_from_the_sentence_transformers_config(wordpiec
     (cls_folder / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": true}')
     model.name_or_path = str(cls_folder)
     assert pooling_of(model) == "cls"
+    # the last token's embedding (decoder embedders); modes explained nowhere here were read as mean
+    settings = {"pooling_mode_cls_token": False, "pooling_mode_mean_tokens": False, "pooling_mode_lasttoken": True}
+    (cls_folder / "1_Pooling" / "config.json").write_text(json.dumps(settings))
+    assert pooling_of(model) == "last"
+    (cls_folder / "1_Pooling" / "config.json").write_text('{"pooling_mode_max_tokens": true}')
+    with pytest.raises(attnlrp.InputError, match="pools by pooling_mode_max_tokens; attnlrp explains the pooling"):
+        pooling_of(model)
+
+
+def test_last_token_pooling_reads_the_last_token_that_is_not_padding(wordpiece):
+    model = tiny("bert", AutoModel, wordpiece)
+    texts, pairs = [TEXTS[0], TEXTS[2]], [PAIRS[2], PAIRS[0]]  # of different lengths: one row is padded
+    exps = attnlrp.explain(model, wordpiece, texts, pair=pairs, pooling="last", method="cp-lrp")
+    for exp, text, pair in zip(exps, texts, pairs):
+        a, b = (model(**wordpiece(t, return_tensors="pt")).last_hidden_state[0, -1] for t in (text, pair))
+        assert exp.value == pytest.approx(float(torch.nn.functional.cosine_similarity(a, b, dim=0)))
+        assert _relative(exp) < 1e-6
 
 
 @pytest.mark.real
@@ -294,6 +350,9 @@ def test_task_errors_name_the_problem_and_the_fix(wordpiece, tiny_lm, tokenizer)
         attnlrp.explain(masked, wordpiece, TEXTS[0])
     with pytest.raises(attnlrp.InputError, match="Unknown task 'ner'"):
         attnlrp.explain(classifier, wordpiece, TEXTS[0], task="ner")
+    for model, tok, task in ((classifier, wordpiece, "causal-lm"), (tiny_lm, tokenizer, "sentence-similarity")):
+        with pytest.raises(attnlrp.InputError, match=f"is a .* model, and the '{task}' task can't read its outputs"):
+            attnlrp.explain(model, tok, TEXTS[0], task=task)  # a deep IndexError and AttributeError before
     tagger = tiny("bert", AutoModelForTokenClassification, wordpiece)
     with pytest.raises(attnlrp.TargetError, match="The word 'Paris' is not in the text"):
         attnlrp.explain(tagger, wordpiece, "Ada lived in London", target=TokenLabel("Paris"))
@@ -341,6 +400,15 @@ def test_the_command_line_refuses_options_a_task_does_not_take_by_their_names(
     assert cli.main(["explain", "Ada lived in London", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("attnlrp: error: ") and says in err and err.count("\n") == 1
+
+
+def test_an_input_line_with_a_field_its_task_does_not_take_is_refused_by_the_fields_name(wordpiece, tmp_path):
+    # it reached the Python API: "Unsupported target TokenLabel(at='Ada', ...) ... pass None"
+    model = tiny("bert", AutoModelForSequenceClassification, wordpiece)
+    lines = tmp_path / "in.jsonl"
+    lines.write_text(json.dumps({"prompt": "Ada lived in London", "at": "Ada"}) + "\n", encoding="utf-8")
+    with pytest.raises(attnlrp.InputError, match='in.jsonl:1: "at" is not for a sequence-classification model'):
+        attnlrp.explain_dataset(model, wordpiece, lines, tmp_path / "out.jsonl", progress=False)
 
 
 @pytest.mark.parametrize(

@@ -517,3 +517,32 @@ def test_a_dataset_line_takes_an_image_path(vlms, tmp_path):
     )
     assert record["input"]["image"].endswith("cat.png")
     assert Explanation.from_dict(record) == direct and direct.image is not None
+
+
+def test_the_command_line_generates_over_an_image_and_asks_for_what_is_missing(
+    vlms, vl_tokenizer, clip_processor, tmp_path, monkeypatch, capsys
+):
+    # generate had no --image (so no way to run a vision-language model), and explain --image without a prompt
+    # crashed in the processor (a TypeError)
+    from attnlrp import cli
+
+    model, proc = vlms["llava"]
+    path = tmp_path / "cat.png"
+    picture(40, 56, seed=3).save(path)
+    prompt = "<image>\nWhat is in the picture? Answer:"
+    monkeypatch.setattr(cli, "_load", lambda args: (model, proc))
+    argv = ["generate", prompt, "--image", str(path), "--max-new-tokens", "2", "--method", "cp-lrp"]
+    assert cli.main([*argv, "--json", str(tmp_path / "g.json")]) == 0, capsys.readouterr().err
+    direct = attnlrp.explain_generation(model, proc, prompt, images=Image.open(path), max_new_tokens=2, method="cp-lrp")
+    assert GenerationExplanation.load(tmp_path / "g.json").token_ids == direct.token_ids
+    clip = tiny_clip(vl_tokenizer)
+    for loaded, argv, says in (
+        ((model, proc), ["generate", prompt], "vision-language model: give the image, --image PATH"),
+        ((model, proc), ["explain", "--image", str(path)], "explain needs a prompt"),
+        ((clip, clip_processor), ["explain", "--image", str(path)], "explain needs a prompt"),
+    ):
+        monkeypatch.setattr(cli, "_load", lambda args, loaded=loaded: loaded)
+        capsys.readouterr()
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1, err

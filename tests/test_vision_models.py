@@ -244,6 +244,15 @@ def test_the_command_line_explains_an_image_as_explain_image_does(tmp_path, monk
     assert "explains an image's class: give the image (--image PATH)" in capsys.readouterr().err
 
 
+def test_a_class_index_may_be_a_torch_or_numpy_integer():
+    # a 0-d tensor (logits.argmax()) was read as a target vector: "must have the output's size 5, not 1"
+    model = build("vit", constants=True)
+    pixels = torch.rand(3, 16, 16, dtype=torch.float64)
+    by_index = attnlrp.explain_image(model, pixels, target=2)
+    for given in (torch.tensor(2), np.int64(2)):
+        assert attnlrp.explain_image(model, pixels, target=given).value == by_index.value
+
+
 @pytest.mark.parametrize("shape", [(3, 32, 32), (1, 16, 16)])
 def test_pixel_values_of_another_size_name_the_size_the_model_takes(shape):
     # transformers' own check, deep in the embeddings, said what was wrong but not what to do

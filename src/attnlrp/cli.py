@@ -160,6 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt", help="the prompt to continue")
     common(gen)
     conversation(gen)
+    gen.add_argument("--image", metavar="PATH", help="vision-language models: the image the prompt is about")
     gen.add_argument("--max-new-tokens", type=int, default=32, help="how many tokens to generate (default: 32)")
     gen.add_argument("--json", metavar="PATH", help="save the result as JSON")
     gen.add_argument("--html", metavar="PATH", help="save a self-contained interactive HTML page")
@@ -254,41 +255,34 @@ def _print_top(exp, k: int) -> None:
 
 
 #: What a task can't do without, on the command line: (the option's attribute, what to give)
-#: The options saying what to explain, and those each task takes (an image classifier's: ``_IMAGE_OPTIONS``)
-_WHAT_TO_EXPLAIN = ("target", "target_id", "contrast", "answer", "label", "pair", "at", "image", "chat", "system")
-_TAKES = {
-    "causal-lm": ("target", "target_id", "contrast", "answer", "chat", "system"),
-    "sequence-classification": ("target", "target_id", "contrast", "label", "pair"),
-    "token-classification": ("target", "target_id", "label", "at"),
-    "sentence-similarity": ("pair",),
-    "seq2seq": ("target", "target_id", "contrast", "answer", "chat", "system"),
-    "vision-language": ("target", "target_id", "contrast", "answer", "image", "chat", "system"),
-    "clip": ("image",),
-}
 _NEEDS = {
     "token-classification": ("at", "--at WORD (or a token position), the token whose label is explained"),
     "sentence-similarity": ("pair", "--pair TEXT, the text to compare with"),
     "clip": ("image", "--image PATH, the image the text is compared with"),
+    "vision-language": ("image", "--image PATH, the image the prompt is about"),
 }
 
 
 def _explain_one(args, model, tokenizer) -> None:
     import attnlrp
 
-    from .dataset import spec_job
+    from .dataset import TASK_OPTIONS, WHAT_TO_EXPLAIN, spec_job
     from .errors import InputError
     from .tasks import task_for
 
     task = task_for(model)
     if task.name == "image":
         return _explain_image(args, model, tokenizer)
-    if task.name in _TAKES:
-        refused = _options_given(args, [name for name in _WHAT_TO_EXPLAIN if name not in _TAKES[task.name]])
+    if args.prompt is None:
+        raise InputError(f"{type(model).__name__} is a {task.name} model: explain needs a prompt (the text).")
+    if task.name in TASK_OPTIONS:
+        takes = TASK_OPTIONS[task.name]
+        refused = _options_given(args, [name for name in WHAT_TO_EXPLAIN if name not in takes])
         if refused:
-            takes = ", ".join(f"--{name.replace('_', '-')}" for name in _WHAT_TO_EXPLAIN if name in _TAKES[task.name])
+            listing = ", ".join(f"--{name.replace('_', '-')}" for name in WHAT_TO_EXPLAIN if name in takes)
             raise InputError(
                 f"{type(model).__name__} is a {task.name} model: {', '.join(refused)} "
-                f"{'is' if len(refused) == 1 else 'are'} not for it (it takes {takes})."
+                f"{'is' if len(refused) == 1 else 'are'} not for it (it takes {listing})."
             )
     if task.name in _NEEDS and getattr(args, _NEEDS[task.name][0]) is None:
         raise InputError(f"{type(model).__name__} is a {task.name} model: give {_NEEDS[task.name][1]}.")
@@ -400,10 +394,20 @@ def _explain_many(args, model, tokenizer) -> None:
 def _generate(args, model, tokenizer) -> None:
     import attnlrp
 
-    from .dataset import chat_messages
+    from .dataset import chat_messages, read_image
+    from .errors import InputError
+    from .tasks import task_for
 
+    task = task_for(model).name
+    if task == "vision-language" and args.image is None:
+        raise InputError(f"{type(model).__name__} is a vision-language model: give the image, --image PATH.")
+    if task != "vision-language" and args.image is not None:
+        raise InputError(f"{type(model).__name__} is a {task} model: --image is for vision-language models.")
     prompt = chat_messages(args.prompt, args.system, args.chat)
-    gen = attnlrp.explain_generation(model, tokenizer, prompt, max_new_tokens=args.max_new_tokens, **_method(args))
+    images = {"images": read_image(args.image)} if args.image else {}
+    gen = attnlrp.explain_generation(
+        model, tokenizer, prompt, max_new_tokens=args.max_new_tokens, **_method(args), **images
+    )
     print(repr(gen))
     gen.show(color=False if args.no_color else None)
     if args.json:

@@ -320,10 +320,32 @@ def chat_messages(prompt: Any, system: str | None, chat: bool) -> Any:
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
 
 
+#: The options (an input line's fields) saying what to explain, and those each task takes
+WHAT_TO_EXPLAIN = ("target", "target_id", "contrast", "answer", "label", "pair", "at", "image", "chat", "system")
+TASK_OPTIONS = {
+    "causal-lm": ("target", "target_id", "contrast", "answer", "chat", "system"),
+    "sequence-classification": ("target", "target_id", "contrast", "label", "pair"),
+    "token-classification": ("target", "target_id", "label", "at"),
+    "sentence-similarity": ("pair",),
+    "seq2seq": ("target", "target_id", "contrast", "answer", "chat", "system"),
+    "vision-language": ("target", "target_id", "contrast", "answer", "image", "chat", "system"),
+    "clip": ("image",),
+}
+
+
 def spec_job(spec: dict, task: type[Task] | None = None) -> tuple[Any, Any, dict]:
     """What one spec (the command line's options, or an input line) asks for: (inputs, target, options), for a
     model of the task ``task`` where it is known."""
     import attnlrp
+
+    takes = TASK_OPTIONS.get(task.name) if task is not None else None
+    refused = [name for name in WHAT_TO_EXPLAIN if takes and name not in takes and spec.get(name) not in (None, False)]
+    if refused:  # the command line names its options before this; these are an input line's fields
+        fields = ", ".join(json.dumps(name) for name in WHAT_TO_EXPLAIN if name in takes and name in FIELDS)
+        raise InputError(
+            f"{', '.join(map(json.dumps, refused))} {'is' if len(refused) == 1 else 'are'} not for a {task.name} "
+            f"model (its lines take {fields})."
+        )
 
     if spec.get("label") is not None and spec.get("target") is not None:
         raise InputError("Give --target (a next token) or --label (a classifier's label), not both.")
@@ -331,11 +353,6 @@ def spec_job(spec: dict, task: type[Task] | None = None) -> tuple[Any, Any, dict
         raise InputError("An answer is the whole target: give --answer without --target or --contrast.")
     if not isinstance(spec.get("chat", False), bool):
         raise InputError(f'"chat" is true or false, not {spec["chat"]!r}.')
-    if spec.get("label") is not None and task is not None and not task.labelled:
-        raise InputError(
-            f"A label is a classifier's class, and this is a {task.name} model: give a target instead (--target, or "
-            'the "target" field of an input line).'
-        )
     target = spec.get("label") if spec.get("label") is not None else spec.get("target")
     if spec.get("at") is not None:
         at = spec["at"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -161,11 +162,20 @@ class Task:
 
 
 def one_per_item(target: Any, count: int, what: str = "prompts", given: str = "targets") -> list[Any]:
-    """``target`` repeated for every item, or the given list of one target (or pair: ``given``) per item."""
+    """``target`` repeated for every item, or the given list of one target (or pair: ``given``) per item; numpy
+    and 0-d tensor integers (``logits.argmax()``) become ints."""
     targets = list(target) if isinstance(target, (list, tuple)) else [target] * count
     if len(targets) != count:
         raise InputError(f"{len(targets)} {given} were given for {count} {what}; give one each, or one for all.")
-    return targets
+    return [_plain_integer(t) for t in targets]
+
+
+def _plain_integer(value: Any) -> Any:
+    if isinstance(value, np.integer) or (
+        isinstance(value, Tensor) and value.dim() == 0 and not value.is_floating_point() and value.dtype != torch.bool
+    ):
+        return int(value)
+    return value
 
 
 def task_for(model: nn.Module, name: str | None = None) -> type[Task]:
@@ -181,7 +191,14 @@ def task_for(model: nn.Module, name: str | None = None) -> type[Task]:
         key = str(name).lower().replace("_", "-")
         if key not in TASKS:
             raise InputError(f"Unknown task {name!r}: choose one of {', '.join(map(repr, TASKS))}.")
-        return TASKS[key]
+        chosen = TASKS[key]
+        found = next((cls for cls in TASKS.values() if cls.accepts(model)), None)
+        if hasattr(model, "config") and found is not None and not chosen.accepts(model):  # a transformers model
+            raise InputError(
+                f"{type(model).__name__} is a {found.name!r} model, and the {key!r} task can't read its outputs: "
+                f"leave task= out (or give {found.name!r})."
+            )
+        return chosen
     found = next((cls for cls in TASKS.values() if cls.accepts(model)), None)
     if found is None:
         listing = "; ".join(f"{cls.name!r}: {cls.description}" for cls in TASKS.values())

@@ -19,7 +19,7 @@ from ..errors import InputError, TargetError
 from ..methods import Method
 from ..results import Explanation
 from .base import Task, model_name, one_per_item, scalar
-from .labels import LabelTarget, check_label_target, label_names, resolve_label_target
+from .labels import LabelTarget, check_label_target, head_kind, label_names, resolve_label_target
 from .text import Item, check_length, display_tokens
 from .token_batch import TokenBatch
 
@@ -45,11 +45,12 @@ class Outcome:
     position: int | None = None  # the explained token (token classification)
 
 
-def _probabilities(config, logits: Tensor) -> Tensor:
-    """Softmax over the labels, or a sigmoid per label for multi-label heads."""
-    if getattr(config, "problem_type", None) == "multi_label_classification":
-        return torch.sigmoid(logits.float())
-    return torch.softmax(logits.float(), -1)
+def _probabilities(config, logits: Tensor) -> Tensor | None:
+    """Softmax over the labels, a sigmoid per label for multi-label heads, none for a regression's scores."""
+    kind = head_kind(config)
+    if kind == "regression":
+        return None
+    return torch.sigmoid(logits.float()) if kind == "multi_label" else torch.softmax(logits.float(), -1)
 
 
 class LabelBatch(TokenBatch):
@@ -65,6 +66,12 @@ class LabelBatch(TokenBatch):
         type_ids = [item.type_ids for item in items] if all(item.type_ids for item in items) else None
         # a decoder's classifier reads its last token that isn't config.pad_token_id: pad with that one
         pad_id = getattr(model.config, "pad_token_id", None) if last and not per_token else None
+        if last and not per_token and pad_id is None and len(items) > 1:  # transformers' own error is deep
+            raise InputError(
+                f"{type(model).__name__} reads each text's last token, which it finds by config.pad_token_id, and "
+                "its config has none, so it takes one text at a time: set model.config.pad_token_id (the "
+                "tokenizer's pad or end-of-text id), or pass batch_size=1."
+            )
         super().__init__(model, tokenizer, [item.ids for item in items], type_ids=type_ids, query=query, pad_id=pad_id)
 
     @staticmethod
@@ -185,7 +192,6 @@ class SequenceClassification(Task):
             raw, display, special = display_tokens(self.tokenizer, item.ids)
             probs = _probabilities(self.model.config, outcome.logits)
             label_id = outcome.target.label_id
-            known = label_id is not None and outcome.logits.shape[-1] > 1
             out.append(
                 Explanation(
                     tokens=raw,
@@ -199,11 +205,9 @@ class SequenceClassification(Task):
                     special=special,
                     target_id=label_id,
                     logit=float(outcome.logits[label_id]) if label_id is not None else None,
-                    prob=float(probs[label_id]) if known else None,
+                    prob=float(probs[label_id]) if probs is not None and label_id is not None else None,
                     segments=list(item.segments),
-                    label_probs={names[i]: float(p) for i, p in enumerate(probs)}
-                    if outcome.logits.shape[-1] > 1
-                    else {},
+                    label_probs={names[i]: float(p) for i, p in enumerate(probs)} if probs is not None else {},
                     position=outcome.position,
                 )
             )

@@ -1,6 +1,6 @@
 """Sentence embeddings: the similarity of two texts, or one embedding's projection onto a direction.
 
-The pooling (mean over tokens, or the first token) is read from the model's sentence-transformers config
+The pooling (mean over tokens, the first token or the last) is read from the model's sentence-transformers config
 (``1_Pooling/config.json``) where present. Under LRP the similarity follows the rules of ``rules.md``: the
 pooling is linear, the normalisation of a cosine holds the norms constant, and the dot product of the two
 input-dependent embeddings is a product of two factors, so each text gets half of it (uniform rule). Plain
@@ -26,20 +26,28 @@ from .base import Task, check_finite, model_name, one_per_item, similarity
 from .text import Item, check_length, display_tokens
 from .token_batch import TokenBatch, pad, pad_id_of
 
-POOLINGS = ("mean", "cls")
+POOLINGS = ("mean", "cls", "last")
 SIMILARITIES = ("cosine", "dot")
+#: sentence-transformers' pooling modes (``1_Pooling/config.json``) by the pooling they name here
+_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_lasttoken": "last"}
 
 
 def pooling_of(model: nn.Module) -> str:
     """The pooling a sentence-transformers model was trained with: ``1_Pooling/config.json`` beside its weights
-    (mean where the folder says nothing)."""
+    (mean where the folder says nothing); a pooling explained nowhere here (max, weighted mean, ...) is refused."""
     folder = Path(str(getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "")))
     config = folder / "1_Pooling" / "config.json"
-    if config.is_file():
-        settings = json.loads(config.read_text(encoding="utf-8"))
-        if settings.get("pooling_mode_cls_token"):
-            return "cls"
-    return "mean"
+    if not config.is_file():
+        return "mean"
+    settings = json.loads(config.read_text(encoding="utf-8"))
+    on = [mode for mode, value in settings.items() if mode.startswith("pooling_mode_") and value is True]
+    if len(on) == 1 and on[0] in _MODES:
+        return _MODES[on[0]]
+    raise InputError(
+        f"{config} pools by {' + '.join(on) or 'no mode'}; attnlrp explains the pooling modes "
+        f"{', '.join(_MODES)}. Give the pooling the model was trained with, if it is one of them, as pooling= "
+        f"({', '.join(map(repr, POOLINGS))})."
+    )
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,10 @@ class SimilarityBatch(TokenBatch):
             hidden = self.model(**extra, **self.shared).last_hidden_state
         if self.pooling == "cls":
             return hidden[:, 0]
+        if self.pooling == "last":  # the last token that isn't padding, whichever side pads
+            attended = extra["attention_mask"]
+            last = attended.shape[1] - 1 - attended.flip(1).argmax(1)
+            return hidden[torch.arange(len(hidden), device=hidden.device), last]
         mask = extra["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1)
 
@@ -131,7 +143,7 @@ class SentenceSimilarity(Task):
     """The similarity of two texts (cosine or dot product of their pooled embeddings), with relevance on both, or
     one text's embedding projected onto a direction (``target=attnlrp.Direction(vector)``).
 
-    inputs: a text or texts; ``pair``: the other text, or one per text. pooling: "mean" or "cls" (default: the
+    inputs: a text or texts; ``pair``: the other text, or one per text. pooling: "mean", "cls" or "last" (default: the
     model's sentence-transformers config, else mean); similarity: "cosine" (default) or "dot".
     """
 

@@ -41,12 +41,31 @@ def label_id(config, label: str | int) -> int:
     folded = {name.lower(): i for name, i in by_name.items()}
     if label.lower() in folded:
         return folded[label.lower()]
+    if label.strip().isdigit() and int(label) in names:  # an id given as text (the command line's --label 2)
+        return int(label)
     raise TargetError(f"The model has no label {label!r}; its labels are {_listing(names)}.")
 
 
 def _listing(names: dict[int, str]) -> str:
     shown = ", ".join(f"{i}: {name!r}" for i, name in list(names.items())[:20])
     return "{" + shown + (", ..." if len(names) > 20 else "") + "}"
+
+
+def head_kind(config) -> str:
+    """How the head's outputs read, as transformers trains them: "regression" (scores: one output, or
+    ``problem_type="regression"``), "multi_label" (a sigmoid per label) or "single_label" (a softmax)."""
+    problem = getattr(config, "problem_type", None)
+    if problem == "regression" or (problem is None and getattr(config, "num_labels", 2) == 1):
+        return "regression"
+    return "multi_label" if problem == "multi_label_classification" else "single_label"
+
+
+def _log_prob(config, i: int) -> Callable[[Tensor], Tensor]:
+    """log p(label i) of one row's logits: a log-sigmoid of its own logit on a multi-label head, else a
+    log-softmax (at least float32: fp16/bf16 overflow)."""
+    if head_kind(config) == "multi_label":
+        return lambda row: torch.nn.functional.logsigmoid(row[i].to(torch.promote_types(row.dtype, torch.float32)))
+    return lambda row: torch.log_softmax(row.to(torch.promote_types(row.dtype, torch.float32)), -1)[i]
 
 
 @dataclass(frozen=True)
@@ -76,11 +95,7 @@ def resolve_label_target(config, target, logits: Tensor) -> LabelTarget:
         return LabelTarget(f"{names[i]} vs {names[j]}", i, lambda row: row[i] - row[j])
     if isinstance(target, LogProb):
         i = label_id(config, target.token) if target.token is not None else int(logits.detach().argmax())
-        return LabelTarget(
-            f"log p({names[i]})",
-            i,
-            lambda row: torch.log_softmax(row.to(torch.promote_types(row.dtype, torch.float32)), -1)[i],
-        )
+        return LabelTarget(f"log p({names[i]})", i, _log_prob(config, i))
     if callable(target):
         return LabelTarget(getattr(target, "__name__", "custom"), None, target)
     raise _unsupported(target, names)
@@ -98,6 +113,16 @@ def check_label_target(config, target) -> None:
     """Fail now, before any forward pass, on a target a classifier doesn't take or a label the model doesn't have."""
     if not (target is None or isinstance(target, (str, int, Contrast, LogProb)) or callable(target)):
         raise _unsupported(target, label_names(config))
+    one_score = getattr(config, "num_labels", 2) == 1
+    if head_kind(config) == "regression" and (
+        isinstance(target, LogProb) or (one_score and isinstance(target, Contrast))
+    ):
+        raise TargetError(
+            f"This head regresses {'a score' if one_score else 'scores'}, with no probabilities"
+            + (" and nothing to contrast it with" if one_score else "")
+            + f": {type(target).__name__} has no meaning on it. Explain the score itself (target=None"
+            + (")." if one_score else ", or its name or id), or the difference of two with Contrast(a, b).")
+        )
     for label in (getattr(target, "token", target), getattr(target, "against", None)):
         if isinstance(label, (str, int)) and not isinstance(label, bool) and label != "mean":
             label_id(config, label)
