@@ -285,6 +285,27 @@ def test_a_rerun_in_another_dtype_is_refused_not_mixed_in(tiny_lm, tokenizer, tm
     assert len(_records(output)) == 2, "nothing was added"
 
 
+def test_a_rerun_knows_its_model_by_its_weights_not_the_path_it_was_loaded_from(
+    tiny_lm, make_tiny_lm, tokenizer, tmp_path
+):
+    # by the path string: another checkpoint saved as the same folder name was resumed into the same file (results
+    # of two models mixed), and the same model given as ./tiny instead of tiny was refused
+    from attnlrp.dataset import explain_dataset
+
+    prompts, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    _write(prompts, ["a b", "c d"])
+    explain_dataset(tiny_lm, tokenizer, prompts, output, progress=False)
+    _write(prompts, ["a b", "c d", "e f"])
+    tuned = make_tiny_lm(seed=1)
+    tuned.name_or_path = tiny_lm.name_or_path
+    with pytest.raises(attnlrp.InputError, match=r"another run \(model '.*', other weights; this run's is"):
+        explain_dataset(tuned, tokenizer, prompts, output, progress=False)
+    moved = copy.deepcopy(tiny_lm)
+    moved.name_or_path = "./elsewhere/tiny"
+    summary = explain_dataset(moved, tokenizer, prompts, output, progress=False)
+    assert (summary.new, summary.kept) == (1, 2)
+
+
 def test_an_error_in_a_batch_names_the_line_that_raises_it(tiny_lm, tokenizer, tmp_path):
     from attnlrp.dataset import explain_dataset
 

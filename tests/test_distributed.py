@@ -3,12 +3,14 @@ byte the single-process output, with an uneven split and after a killed shard re
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import build_tiny_lm
 
 from attnlrp.dataset import explain_dataset
@@ -96,6 +98,18 @@ def test_the_python_api_takes_a_shard(tiny_lm, tokenizer, tmp_path):
         )
     with pytest.raises(InputError, match=r"other settings than shard 0 \(method differ\)"):
         merge(other)
+    # shards of one model loaded from two paths (machines that mount it elsewhere) merge; of two models, not
+    moved, tuned = copy.deepcopy(tiny_lm), copy.deepcopy(tiny_lm)
+    moved.name_or_path = "/mnt/b/tiny"
+    with torch.no_grad():
+        tuned.lm_head.weight.mul_(1.5)
+    for name, second in (("moved", moved), ("tuned", tuned)):
+        for rank, model in ((0, tiny_lm), (1, second)):
+            explain_dataset(model, tokenizer, prompts, tmp_path / f"{name}.jsonl", batch_size=2, shard=(rank, 2),
+                            progress=False)  # fmt: skip
+    merge(tmp_path / "moved.jsonl")
+    with pytest.raises(InputError, match=r"other settings than shard 0 \(weights differ\)"):
+        merge(tmp_path / "tuned.jsonl")
 
 
 def test_batches_are_balanced_by_padded_tokens():

@@ -415,7 +415,7 @@ def test_explain_labels_units_from_an_atlas(tiny_lm, tokenizer, atlas, make_tiny
 
 def test_the_weight_sample_reaches_the_last_value_of_a_large_matrix():
     # float32 indices rounded the last one of SmolLM2's embedding (49152 x 576) past its end: an IndexError
-    from attnlrp.latent.model_identity import weight_sample
+    from attnlrp.tasks.model_identity import weight_sample
 
     layer = torch.nn.Linear(4096, 4099, bias=False, dtype=torch.float16)  # 2^24 + 12291 values
     with torch.no_grad():

@@ -169,10 +169,15 @@ def _stored(path: Path) -> dict[str, tuple[dict, str]]:
     return stored
 
 
-def _record(line: Line, result: Any, dtype: str | None) -> str:
-    """One output line: the line's key, position and id, the model's dtype, the input fields and the result."""
+#: What a run's settings stamp on each of its output lines, beside the result's own fields
+STAMPS = ("dtype", "weights")
+
+
+def _record(line: Line, result: Any, settings: dict[str, Any]) -> str:
+    """One output line: the line's key, position and id, the run's dtype and weights digest, the input fields and
+    the result."""
     head = {"key": line.key, "index": line.index, **({"id": line.spec["id"]} if "id" in line.spec else {})}
-    head.update({"dtype": dtype} if dtype else {})
+    head.update({name: settings[name] for name in STAMPS if settings.get(name)})
     return json.dumps({**head, "input": line.spec, **result.to_dict()}, ensure_ascii=False)
 
 
@@ -225,7 +230,7 @@ def run_file(
                 chunk = [lines[i] for i in batch]
                 summary.new += sum(line.key not in stored for line in chunk)
                 for line, result in zip(chunk, explain_lines(explain, chunk)):
-                    text = _record(line, result, (settings or {}).get("dtype"))
+                    text = _record(line, result, settings or {})
                     out.write(text + "\n")
                     stored[line.key] = (json.loads(text), text)
                 out.flush()
@@ -260,14 +265,26 @@ def explain_lines(explain: Callable[[list[Line]], Sequence[Any]], chunk: list[Li
 
 def _check_stored(path: Path, stored: dict[str, tuple[dict, str]], settings: dict[str, Any]) -> None:
     """Results of another run (another model, method or dtype) are refused, not resumed as if they were this
-    run's."""
+    run's. The model is told by its weights where both runs sampled them (a fine-tune in a folder of the same
+    name is another model, the same weights under another path are not), else by its name."""
     for record, _ in stored.values():
-        for field in ("model", "method", "dtype"):
+        for field in ("dtype", "method", same_model_field(record, settings)):  # a dtype changes the weights too
             if field in settings and field in record and record[field] != settings[field]:
-                raise InputError(
-                    f"{path} holds results of another run ({field} {record[field]!r}; this run's is "
-                    f"{settings[field]!r}): write to another file (--output), or delete it to start afresh."
+                seen = (
+                    f"model {record.get('model')!r}, other weights"
+                    if field == "weights"
+                    else f"{field} {record[field]!r}"
                 )
+                raise InputError(
+                    f"{path} holds results of another run ({seen}; this run's is "
+                    f"{settings['model' if field == 'weights' else field]!r}): write to another file (--output), "
+                    "or delete it to start afresh."
+                )
+
+
+def same_model_field(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """The field that tells whether two runs' models are the same: their weights digest where both have one."""
+    return "weights" if "weights" in a and "weights" in b else "model"
 
 
 def _compare(path: Path, lines: list[Line], stored: dict[str, tuple[dict, str]], every: set[str]) -> Summary:
@@ -415,6 +432,7 @@ def explain_dataset(
     relevance, less memory)."""
 
     from .tasks.base import dtype_name, model_name, task_for
+    from .tasks.model_identity import weights_digest
     from .tasks.text import encode
 
     task = task_for(model)
@@ -434,6 +452,7 @@ def explain_dataset(
 
     settings = {
         "model": model_name(model),
+        "weights": weights_digest(model),
         "method": get_method(method).name,
         "dtype": dtype_name(model),
         "batch_size": batch_size,

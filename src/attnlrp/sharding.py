@@ -57,6 +57,12 @@ def shard_path(output: str | Path, rank: int, world: int) -> Path:
     return output.with_name(f"{output.name}.shard-{rank}-of-{world}")
 
 
+def _without_path(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings to compare across shards: where the weights' digest tells the model, not the path it was loaded
+    from (shards written on machines that mount it elsewhere)."""
+    return {k: v for k, v in settings.items() if k != "model" or "weights" not in settings}
+
+
 def header(rank: int, world: int, settings: dict[str, Any]) -> str:
     """The first line of a shard file."""
     return json.dumps({HEADER: {"rank": rank, "world": world, "settings": settings}}, sort_keys=True)
@@ -123,7 +129,7 @@ def merge(output: str | Path, world: int | None = None) -> Path:
                 f"{path} has no shard header of a {world}-process run: its run did not finish (run it again; it "
                 "resumes), or attnlrp did not write it."
             )
-        if settings is not None and head["settings"] != settings:
+        if settings is not None and _without_path(head["settings"]) != _without_path(settings):
             different = sorted(
                 k for k in set(settings) | set(head["settings"]) if settings.get(k) != head["settings"].get(k)
             )

@@ -28,6 +28,7 @@ from ..errors import InputError
 from ..methods.batch import TOKEN_BUDGET, plan
 from ..tasks import task_for
 from ..tasks.base import dtype_name
+from ..tasks.model_identity import weights_digest
 
 
 def _plain(value: Any) -> Any:
@@ -78,6 +79,7 @@ class Explainer:
         self.model, self.tokenizer = attnlrp.load_model(model, **options)
         self.task = task_for(self.model)
         self.method = method
+        self.stamps = {"dtype": dtype_name(self.model), "weights": weights_digest(self.model)}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         chunks = [[Line(**line) for line in json.loads(text)] for text in batch["lines"]]
@@ -90,7 +92,7 @@ class Explainer:
         for chunk in chunks:
             for line, result in zip(chunk, explain_lines(explain, chunk)):
                 indices.append(line.index)
-                records.append(_record(line, result, dtype_name(self.model)))
+                records.append(_record(line, result, self.stamps))
         return {"index": np.array(indices, dtype=np.int64), "record": np.array(records, dtype=object)}
 
 

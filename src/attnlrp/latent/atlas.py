@@ -25,8 +25,8 @@ from torch import Tensor, nn
 
 from ..errors import LatentError
 from ..tasks.base import model_name
+from ..tasks.model_identity import same_weights, weight_sample
 from .labels import Label, Labeller, label_of
-from .model_identity import same_weights, weight_sample
 from .sites import Site, unit_index
 
 if TYPE_CHECKING:

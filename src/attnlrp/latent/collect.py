@@ -28,11 +28,11 @@ from ..errors import LatentError, TargetError
 from ..frontends import make_task
 from ..methods import get_method
 from ..tasks.base import dtype_name, model_name
+from ..tasks.model_identity import weight_sample
 from ..tasks.targets import token_id
 from ..tasks.text import Item, display_tokens, encode
 from .atlas import FeatureAtlas, Part
 from .corpus import Record, read_corpus
-from .model_identity import weight_sample
 from .sites import Site, SiteRecorder, SiteSpec, resolve
 
 

@@ -1,7 +1,11 @@
-"""Telling models apart by their weights, not their names: an atlas collected on one checkpoint is refused by
-another saved under the same folder name (a fine-tune), and taken by the same weights under another name."""
+"""Telling models apart by their weights, not their names: an atlas or a dataset run's results of one checkpoint
+are refused by another saved under the same folder name (a fine-tune), and taken by the same weights under
+another name or path."""
 
 from __future__ import annotations
+
+import hashlib
+import json
 
 import torch
 from torch import nn
@@ -36,3 +40,8 @@ def same_weights(a: dict[str, list[float]], b: dict[str, list[float]]) -> bool |
         if x.shape != y.shape or not torch.allclose(x, y, rtol=TOLERANCE, atol=TOLERANCE * float(x.abs().max())):
             return False
     return True
+
+
+def weights_digest(model: nn.Module) -> str:
+    """The sample of ``weight_sample`` as a short digest: equal for the same weights in the same dtype."""
+    return hashlib.sha256(json.dumps(weight_sample(model), sort_keys=True).encode()).hexdigest()[:16]
