@@ -306,6 +306,35 @@ def test_a_rerun_knows_its_model_by_its_weights_not_the_path_it_was_loaded_from(
     assert (summary.new, summary.kept) == (1, 2)
 
 
+def test_lines_that_fail_before_any_batch_are_named_and_an_answer_counts_its_tokens(tiny_lm, tokenizer, tmp_path):
+    from attnlrp.dataset import explain_dataset
+
+    prompts, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    for bad, says in (({"prompt": "   "}, "prompt is empty"), ({"prompt": [1, 2, 99999]}, "outside the vocabulary")):
+        _write(prompts, ["a b", bad])  # measured for the batch plan: the error had no line
+        with pytest.raises(attnlrp.InputError, match=rf"in\.jsonl:2: .*{says}"):
+            explain_dataset(tiny_lm, tokenizer, prompts, output, progress=False)
+    # the padding report and the batch plan counted a teacher-forced answer's tokens as none
+    answer = " and then" * 10
+    _write(prompts, [{"prompt": "Hi", "answer": answer}, "Hello there my good friend"])
+    summary = explain_dataset(tiny_lm, tokenizer, prompts, output, batch_size=2, progress=False)
+    widths = [
+        len(tokenizer("Hi").input_ids) + len(tokenizer.encode(answer)),
+        len(tokenizer("Hello there my good friend").input_ids),
+    ]
+    assert summary.tokens == 2 * max(widths)
+    assert summary.padding == pytest.approx(1 - sum(widths) / (2 * max(widths)))
+    # messages given as the prompt, with "chat": a Jinja trace before
+    messages = [{"role": "user", "content": "Hi"}]
+    _write(prompts, [{"prompt": messages, "chat": True}, {"prompt": messages, "system": "Be brief."}])
+    first, second = _records(
+        explain_dataset(tiny_lm, tokenizer, prompts, tmp_path / "chat.jsonl", progress=False).output
+    )
+    assert first["value"] == pytest.approx(attnlrp.explain(tiny_lm, tokenizer, messages).value)
+    system = [{"role": "system", "content": "Be brief."}, *messages]
+    assert second["value"] == pytest.approx(attnlrp.explain(tiny_lm, tokenizer, system).value)
+
+
 def test_an_error_in_a_batch_names_the_line_that_raises_it(tiny_lm, tokenizer, tmp_path):
     from attnlrp.dataset import explain_dataset
 

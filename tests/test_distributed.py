@@ -112,6 +112,15 @@ def test_the_python_api_takes_a_shard(tiny_lm, tokenizer, tmp_path):
         merge(tmp_path / "tuned.jsonl")
 
 
+@pytest.mark.parametrize("shard", [("0", "2"), (0.5, 2), 2, (1, 2, 3), (True, 2)])
+def test_a_shard_of_the_wrong_kind_is_one_line(shard, tiny_lm, tokenizer, tmp_path):
+    # TypeErrors, or a float rank that passed the range check and failed deep in the batch plan
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('"a b"\n', encoding="utf-8")
+    with pytest.raises(InputError, match=r"is not a \(rank, world\) pair of whole numbers"):
+        explain_dataset(tiny_lm, tokenizer, prompts, tmp_path / "out.jsonl", shard=shard, progress=False)
+
+
 def test_batches_are_balanced_by_padded_tokens():
     lengths = [10, 10, 40, 40, 5, 5, 5, 5]
     batches = [[0, 1], [2, 3], [4, 5], [6, 7]]

@@ -468,6 +468,16 @@ def test_attnlrp_beats_random_on_abpc(smollm):
     assert means["attnlrp"] > means["random"] + 2.0, f"ABPC {means}"
 
 
+def test_evaluate_under_a_launcher_is_refused_in_one_line(tiny_lm, tokenizer, monkeypatch, capsys, tmp_path):
+    # every process ran every item and wrote the same journal: 81 lines where 41 belong
+    monkeypatch.setattr(cli, "_load", lambda args: (tiny_lm, tokenizer))
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert cli.main(["evaluate", "--suite", "facts", "--output", str(tmp_path / "e.json"), "--quiet"]) == 2
+    assert "attnlrp evaluate runs in one process" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_model_that_gets_no_item_right_is_refused_after_a_bounded_search(tiny_lm, tokenizer, tmp_path):
     # the ioi stream never ends: a random model, right on few or none of its items, used to search it forever
     options = {"suite": "ioi", "methods": ["attnlrp"], "limit": 2, "output": tmp_path / "run.json"}

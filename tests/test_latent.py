@@ -218,7 +218,7 @@ def test_merge_gives_what_one_pass_over_both_corpora_gives(tiny_lm, tokenizer, c
         shards[0].merge(shards[0])
     # a shard takes whole batches of the one-process run: shards of another batch size hold other contexts
     other_plan = collect(tiny_lm, tokenizer, corpus, NEURONS, shard=(1, 3), **{**options, "batch_size": 4})
-    with pytest.raises(LatentError, match="batch sizes"):
+    with pytest.raises(LatentError, match="runs of 3 and 3 processes, 8 and 4 contexts per batch"):
         shards[0].merge(other_plan)
     other = collect(tiny_lm, tokenizer, corpus[:8], NEURONS, **{**options, "top_k": 3})
     with pytest.raises(LatentError, match="top_k"):

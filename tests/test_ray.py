@@ -12,7 +12,7 @@ from conftest import build_tiny_lm
 
 import attnlrp
 from attnlrp.dataset import explain_dataset, read_lines
-from attnlrp.errors import InputError
+from attnlrp.errors import InputError, MethodError
 from attnlrp.interop.ray_data import Explainer, explain_ray, lines_of, write_jsonl
 
 pytestmark = pytest.mark.cluster
@@ -99,3 +99,6 @@ def test_a_dataset_without_prompts_is_refused(files, cluster):
         explain_ray(ray.data.from_items([{"text": "hello"}]), files / "model")
     with pytest.raises(InputError, match="batch_size and concurrency"):
         explain_ray(ray.data.from_items([{"prompt": "hello"}]), files / "model", concurrency=0)
+    # an unknown method was found only in the actors, after each loaded the model: a Ray trace of 76 lines
+    with pytest.raises(MethodError, match="Unknown LRP method 'lrp-x'"):
+        explain_ray(ray.data.from_items([{"prompt": "hello"}]), files / "model", method="lrp-x")

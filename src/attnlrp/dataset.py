@@ -330,10 +330,25 @@ def placed(place: str, fn: Callable[..., Any], *args: Any) -> Any:
         raise type(error)(f"{place}: {error}") from error
 
 
+def line_length(tokenizer, inputs: Any, target: Any) -> int:
+    """The tokens a line runs: its prompt's, and a teacher-forced answer's after it (batch plans and padding)."""
+    from .tasks.targets import Answer
+    from .tasks.text import encode
+
+    answer = target.resolve(tokenizer).answer_ids if isinstance(target, Answer) else ()
+    return len(encode(tokenizer, inputs).ids) + len(answer)
+
+
 def chat_messages(prompt: Any, system: str | None, chat: bool) -> Any:
     """The prompt, or chat messages when asked for (a system message makes it a chat)."""
+    from .tasks.text import is_chat
+
     if not (chat or system):
         return prompt
+    if is_chat(prompt):  # messages already: a system message goes first, unless they have one
+        if system and prompt[0].get("role") == "system":
+            raise InputError("The messages begin with a system message already: leave out the system option.")
+        return ([{"role": "system", "content": system}] if system else []) + list(prompt)
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
 
 
@@ -433,7 +448,6 @@ def explain_dataset(
 
     from .tasks.base import dtype_name, model_name, task_for
     from .tasks.model_identity import weights_digest
-    from .tasks.text import encode
 
     task = task_for(model)
     if task.name == "image":
@@ -445,7 +459,7 @@ def explain_dataset(
     lines = read_lines(input)
     jobs = [placed(line.place, spec_job, line.spec, task) for line in lines]
     text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor's own tokenizer
-    lengths = [len(encode(text_tokenizer, inputs).ids) for inputs, _, _ in jobs]
+    lengths = [placed(line.place, line_length, text_tokenizer, *job[:2]) for line, job in zip(lines, jobs)]
 
     def explain(chunk: list[Line]) -> list[Any]:
         return explain_jobs(model, tokenizer, [jobs[line.index] for line in chunk], method, gradient_checkpointing)

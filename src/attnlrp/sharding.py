@@ -33,7 +33,10 @@ def current_shard() -> tuple[int, int]:
 
 def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
     """``shard`` as (rank, world), or an InputError saying what is wrong with it."""
-    rank, world = shard
+    pair = tuple(shard) if isinstance(shard, (tuple, list)) else ()
+    if len(pair) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) for n in pair):
+        raise InputError(f"shard={shard!r} is not a (rank, world) pair of whole numbers, e.g. (0, 2).")
+    rank, world = pair
     if world < 1 or not 0 <= rank < world:
         raise InputError(f"shard={shard} is not a (rank, world) pair with 0 <= rank < world.")
     return rank, world
@@ -174,10 +177,16 @@ def wait_for_all(then: Callable[[], Any]) -> bool:
 
     if not (dist.is_available() and dist.is_initialized()):
         return False
-    dist.barrier()
-    if dist.get_rank() == 0:
-        then()
-    dist.barrier()
+    try:
+        dist.barrier()
+        if dist.get_rank() == 0:
+            then()
+        dist.barrier()
+    except dist.DistBackendError as error:  # a process that failed left the group: its own error says why
+        raise InputError(
+            "Another process of this run stopped (its error is above): this one's results are kept; fix that and run "
+            "the same command again to resume."
+        ) from error
     return True
 
 

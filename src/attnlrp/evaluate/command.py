@@ -6,7 +6,9 @@ import argparse
 from pathlib import Path
 
 from ..cli_options import add_model_arguments
+from ..errors import InputError
 from ..methods import get_method, method_names
+from ..sharding import current_shard
 from .perturbation import MODES
 from .report import COLUMNS, headline, write_report
 from .runner import run_suite
@@ -88,6 +90,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, model, tokenizer) -> None:
     """Run the suite, write the results and report, and print the headline table."""
+    if current_shard()[1] > 1:  # every process would run every item and write the same files
+        raise InputError(
+            "attnlrp evaluate runs in one process: its items are not split across a launcher's processes. Run it "
+            "without torchrun or accelerate launch."
+        )
     output = Path(args.output)
     results = run_suite(
         model,

@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from ..dataset import Line, _record, explain_jobs, explain_lines, keyed_lines, placed, spec_job
+from ..dataset import Line, _record, explain_jobs, explain_lines, keyed_lines, line_length, placed, spec_job
 from ..errors import InputError
+from ..methods import get_method
 from ..methods.batch import TOKEN_BUDGET, plan
 from ..tasks import task_for
 from ..tasks.base import dtype_name
@@ -121,8 +122,8 @@ def explain_ray(
 
     from .. import zoo
     from ..loading import load_model, load_tokenizer
-    from ..tasks.text import encode
 
+    get_method(method)  # an unknown method: one line here, not a trace from every actor after loading the model
     if batch_size < 1 or concurrency < 1:
         raise InputError(f"batch_size and concurrency must be 1 or more, not {batch_size} and {concurrency}.")
     if not num_cpus > 0 or num_gpus < 0:
@@ -133,7 +134,8 @@ def explain_ray(
     lines = lines_of(dataset.iter_rows())
     if not lines:
         raise InputError("The Ray Dataset has no rows to explain.")
-    lengths = [len(encode(tokenizer, placed(line.place, spec_job, line.spec)[0]).ids) for line in lines]
+    jobs = [placed(line.place, spec_job, line.spec) for line in lines]
+    lengths = [placed(line.place, line_length, tokenizer, *job[:2]) for line, job in zip(lines, jobs)]
     batches = [
         {"lines": json.dumps([vars(lines[i]) for i in batch])}
         for batch in plan(lengths, batch_size, TOKEN_BUDGET, by_length=True)

@@ -451,10 +451,16 @@ class FeatureAtlas:
         for p in other.parts:
             same = next((q for q in parts if q.digest == p.digest and q.size == p.size), None)
             if same is not None:
-                if (same.world, same.batch) != (p.world, p.batch) or set(same.ranks) & set(p.ranks):
+                if (same.world, same.batch) != (p.world, p.batch):
                     raise LatentError(
-                        f"Both atlases hold shards {sorted(set(same.ranks) & set(p.ranks))} of the same corpus (or "
-                        "shards of different worlds or batch sizes): merge disjoint shards of one run."
+                        f"These atlases hold shards of the same corpus from runs of {same.world} and {p.world} "
+                        f"processes, {same.batch} and {p.batch} contexts per batch: merge the shards of one run (the "
+                        "same world size and --batch-size)."
+                    )
+                if set(same.ranks) & set(p.ranks):
+                    raise LatentError(
+                        f"Both atlases hold shards {sorted(set(same.ranks) & set(p.ranks))} of the same corpus: "
+                        "merge disjoint shards of one run."
                     )
                 same.ranks = sorted(same.ranks + p.ranks)
                 moves.append((p.offset, p.offset + p.size, same.offset - p.offset))
