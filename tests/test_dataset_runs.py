@@ -183,9 +183,11 @@ def test_one_line_errors(run, tmp_path, tiny_lm, tokenizer, monkeypatch):
         code, _, err = run(*argv)
         assert code == 2 and err.count("\n") == 1 and says in err, err
 
-    fails("explain", "Hi", "--target", " a", "--label", "b", says="causal-lm model: --label is not for it")
+    fails("explain", "Hi", "--target", " a", "--label", "b", says="--label is not for a causal-lm model")
     fails("explain", "Hi", "--target", " a", "--answer", " b c", says="give --answer without --target or --contrast")
-    fails("explain", "Hi", "--pair", "there", says="LlamaForCausalLM is a causal-lm model: --pair is not for it")
+    fails(
+        "explain", "Hi", "--pair", "there", says="--pair is not for a causal-lm model (it takes --target, --target-id"
+    )
     fails(
         "explain",
         "--input",
@@ -220,13 +222,13 @@ def test_one_line_errors(run, tmp_path, tiny_lm, tokenizer, monkeypatch):
         ({"prompt": "x", "Label": "y"}, 'unknown field "Label"; did you mean "label"?'),
         (
             {"prompt": "x", "label": "positive"},
-            'lines.jsonl:2: "label" is not for a causal-lm model (its lines take "target", "contrast", "answer"',
+            'lines.jsonl:2: "label" is not for a causal-lm model (it takes "target", "contrast", "answer"',
         ),
         ({"prompt": "x", "target": " not one token"}, "lines.jsonl:2: "),  # found in its batch by itself
     ]:
         _write(lines, ["a b", bad, "c d"])  # one batch
         fails("explain", "--input", str(lines), "--output", str(tmp_path / "p.jsonl"), says=says)
-    fails("explain", "Hi", "--label", "positive", says="--label is not for it (it takes --target")
+    fails("explain", "Hi", "--label", "positive", says="--label is not for a causal-lm model (it takes --target")
     fails("explain", "Hi", "--answer", "", says="answer")  # an empty answer or contrast is refused, not ignored
     fails("explain", "Hi", "--target", " a", "--contrast", "", says="non-empty")
     assert run("explain", "Hi", "--target-id", "5", "--json", str(tmp_path / "id.json"))[0] == 0

@@ -382,12 +382,32 @@ def test_task_errors_name_the_problem_and_the_fix(wordpiece, tiny_lm, tokenizer)
 @pytest.mark.parametrize(
     "head,argv,says",
     [
-        (AutoModelForTokenClassification, ["--at", "Ada", "--contrast", "O"], "--contrast is not for it (it takes"),
-        (AutoModelForTokenClassification, ["--at", "Ada", "--image", "x.png"], "--image is not for it"),
-        (AutoModelForSequenceClassification, ["--at", "Ada", "--chat"], "--at, --chat are not for it"),
-        (AutoModelForSequenceClassification, ["--answer", "yes"], "--answer is not for it"),
+        (
+            AutoModelForTokenClassification,
+            ["--at", "Ada", "--contrast", "O"],
+            "--contrast is not for a token-classification model (it takes --target",
+        ),
+        (
+            AutoModelForTokenClassification,
+            ["--at", "Ada", "--image", "x.png"],
+            "--image is not for a token-classification model",
+        ),
+        (
+            AutoModelForSequenceClassification,
+            ["--at", "Ada", "--chat"],
+            "--at, --chat are not for a sequence-classification model",
+        ),
+        (
+            AutoModelForSequenceClassification,
+            ["--answer", "yes"],
+            "--answer is not for a sequence-classification model",
+        ),
         (AutoModelForSequenceClassification, ["--label", "positive", "--target-id", "1"], "--target-id and --label"),
-        (AutoModel, ["--pair", "Bo", "--target", "x"], "--target is not for it (it takes --pair)"),
+        (
+            AutoModel,
+            ["--pair", "Bo", "--target", "x"],
+            "--target is not for a sentence-similarity model (it takes --pair)",
+        ),
     ],
 )
 def test_the_command_line_refuses_options_a_task_does_not_take_by_their_names(

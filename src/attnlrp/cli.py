@@ -266,7 +266,7 @@ _NEEDS = {
 def _explain_one(args, model, tokenizer) -> None:
     import attnlrp
 
-    from .dataset import TASK_OPTIONS, WHAT_TO_EXPLAIN, spec_job
+    from .dataset import spec_job
     from .errors import InputError
     from .tasks import task_for
 
@@ -275,21 +275,12 @@ def _explain_one(args, model, tokenizer) -> None:
         return _explain_image(args, model, tokenizer)
     if args.prompt is None:
         raise InputError(f"{type(model).__name__} is a {task.name} model: explain needs a prompt (the text).")
-    if task.name in TASK_OPTIONS:
-        takes = TASK_OPTIONS[task.name]
-        refused = _options_given(args, [name for name in WHAT_TO_EXPLAIN if name not in takes])
-        if refused:
-            listing = ", ".join(f"--{name.replace('_', '-')}" for name in WHAT_TO_EXPLAIN if name in takes)
-            raise InputError(
-                f"{type(model).__name__} is a {task.name} model: {', '.join(refused)} "
-                f"{'is' if len(refused) == 1 else 'are'} not for it (it takes {listing})."
-            )
     if task.name in _NEEDS and getattr(args, _NEEDS[task.name][0]) is None:
         raise InputError(f"{type(model).__name__} is a {task.name} model: give {_NEEDS[task.name][1]}.")
     if args.target_id is not None and (clash := _options_given(args, ["label", "answer"])):
         raise InputError(f"--target-id and {clash[0]} both say what to explain: give one of them.")
     spec = vars(args) if args.target_id is None else {**vars(args), "target": args.target_id}
-    inputs, target, options = spec_job(spec, task)
+    inputs, target, options = spec_job(spec, task, _option)
     exp = attnlrp.explain(
         model,
         tokenizer,
@@ -309,9 +300,14 @@ def _explain_one(args, model, tokenizer) -> None:
         print(f"saved {shown.save_html(args.html)}")
 
 
+def _option(name: str) -> str:
+    """An option as the command line spells it: ``target_id`` -> ``--target-id``."""
+    return f"--{name.replace('_', '-')}"
+
+
 def _options_given(args, names: Sequence[str]) -> list[str]:
     """The options of ``names`` given on the command line, as they are spelt there."""
-    return [f"--{name.replace('_', '-')}" for name in names if getattr(args, name) not in (None, False)]
+    return [_option(name) for name in names if getattr(args, name) not in (None, False)]
 
 
 #: What an image classifier's explanation reads on the command line; the other one-prompt options are text's

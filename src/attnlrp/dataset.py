@@ -365,20 +365,22 @@ TASK_OPTIONS = {
 }
 
 
-def spec_job(spec: dict, task: type[Task] | None = None) -> tuple[Any, Any, dict]:
+def spec_job(
+    spec: dict, task: type[Task] | None = None, name: Callable[[str], str] = json.dumps
+) -> tuple[Any, Any, dict]:
     """What one spec (the command line's options, or an input line) asks for: (inputs, target, options), for a
-    model of the task ``task`` where it is known."""
+    model of the task ``task`` where it is known. ``name`` spells an option in errors (an input line's field by
+    default; the command line passes its --option)."""
     import attnlrp
 
     takes = TASK_OPTIONS.get(task.name) if task is not None else None
-    refused = [name for name in WHAT_TO_EXPLAIN if takes and name not in takes and spec.get(name) not in (None, False)]
-    if refused:  # the command line names its options before this; these are an input line's fields
-        fields = ", ".join(json.dumps(name) for name in WHAT_TO_EXPLAIN if name in takes and name in FIELDS)
+    refused = [n for n in WHAT_TO_EXPLAIN if takes and n not in takes and spec.get(n) not in (None, False)]
+    if refused:
+        listing = ", ".join(name(n) for n in WHAT_TO_EXPLAIN if n in takes and (n in FIELDS or n in spec))
         raise InputError(
-            f"{', '.join(map(json.dumps, refused))} {'is' if len(refused) == 1 else 'are'} not for a {task.name} "
-            f"model (its lines take {fields})."
+            f"{', '.join(map(name, refused))} {'is' if len(refused) == 1 else 'are'} not for a {task.name} model "
+            f"(it takes {listing})."
         )
-
     if spec.get("label") is not None and spec.get("target") is not None:
         raise InputError("Give --target (a next token) or --label (a classifier's label), not both.")
     if spec.get("answer") is not None and (spec.get("target") is not None or spec.get("contrast") is not None):
