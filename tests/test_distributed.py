@@ -74,6 +74,20 @@ def test_two_processes_write_what_one_process_writes(folder, tmp_path):
     assert by_hand.returncode == 0, by_hand.stderr and (tmp_path / "multi.jsonl").read_bytes() == expected
 
 
+def test_a_process_whose_peer_failed_says_so_in_one_line(folder, tmp_path):
+    # the healthy process printed gloo's trace ("Connection closed by peer") from the barrier before the merge
+    prompts = tmp_path / "prompts.jsonl"
+    lines = [*PROMPTS[:3], {"prompt": "abc", "target": " two tokens here"}]
+    prompts.write_text("".join(json.dumps(p) + "\n" for p in lines), encoding="utf-8")
+    common = ("explain", "--model", str(folder), "--input", str(prompts), "--batch-size", "1", "--quiet")
+    failed = _attnlrp(*common, "--output", str(tmp_path / "out.jsonl"), launcher=_torchrun())
+    assert failed.returncode != 0
+    ours = [line for line in failed.stderr.splitlines() if line.startswith("attnlrp: error:")]
+    assert len(ours) == 2 and "prompts.jsonl:4: Target ' two tokens here' is 3 tokens" in ours[0] + ours[1]
+    assert any("Another process of this run stopped" in line for line in ours)
+    assert "[rank0]: Traceback" not in failed.stderr and "[rank1]: Traceback" not in failed.stderr
+
+
 def test_the_python_api_takes_a_shard(tiny_lm, tokenizer, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS), encoding="utf-8")

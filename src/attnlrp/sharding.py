@@ -177,17 +177,23 @@ def wait_for_all(then: Callable[[], Any]) -> bool:
 
     if not (dist.is_available() and dist.is_initialized()):
         return False
+    _barrier()
+    if dist.get_rank() == 0:
+        then()
+    _barrier()
+    return True
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
     try:
         dist.barrier()
-        if dist.get_rank() == 0:
-            then()
-        dist.barrier()
-    except dist.DistBackendError as error:  # a process that failed left the group: its own error says why
+    except RuntimeError as error:  # a process that failed left the group (gloo: "Connection closed by peer")
         raise InputError(
             "Another process of this run stopped (its error is above): this one's results are kept; fix that and run "
             "the same command again to resume."
         ) from error
-    return True
 
 
 def finish(output: str | Path, world: int) -> bool:
