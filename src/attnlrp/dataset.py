@@ -268,7 +268,7 @@ def _check_stored(path: Path, stored: dict[str, tuple[dict, str]], settings: dic
     run's. The model is told by its weights where both runs sampled them (a fine-tune in a folder of the same
     name is another model, the same weights under another path are not), else by its name."""
     for record, _ in stored.values():
-        for field in ("dtype", "method", same_model_field(record, settings)):  # a dtype changes the weights too
+        for field in ("dtype", "method", _same_model_field(record, settings)):  # a dtype changes the weights too
             if field in settings and field in record and record[field] != settings[field]:
                 seen = (
                     f"model {record.get('model')!r}, other weights"
@@ -282,7 +282,7 @@ def _check_stored(path: Path, stored: dict[str, tuple[dict, str]], settings: dic
                 )
 
 
-def same_model_field(a: dict[str, Any], b: dict[str, Any]) -> str:
+def _same_model_field(a: dict[str, Any], b: dict[str, Any]) -> str:
     """The field that tells whether two runs' models are the same: their weights digest where both have one."""
     return "weights" if "weights" in a and "weights" in b else "model"
 

@@ -134,8 +134,9 @@ def perturbation_curves(
     ids: each prompt's token ids (``Explanation.token_ids``); targets: each prompt's explained target, fixed
     (``Explanation.explained``, a token id, or a ``Contrast`` with both tokens given; not None, so that
     perturbation can't change what is explained); scores: each prompt's relevance. An explained answer's tokens
-    are left out of the curves: they are the target, appended again to the perturbed prompt. exclude_first keeps the first token out of the ranking and
-    unperturbed (an attention sink). All variants of all prompts run as batches of forwards.
+    are left out of the curves: they are the target, appended again to the perturbed prompt. exclude_first keeps
+    the first token out of the ranking and unperturbed (an attention sink). All variants of all prompts run as
+    batches of forwards.
     """
     if mode not in MODES:
         raise ValueError(f"Unknown perturbation mode {mode!r}: choose one of {', '.join(map(repr, MODES))}.")

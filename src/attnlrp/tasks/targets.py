@@ -213,8 +213,9 @@ def as_target(target) -> Target:
     if callable(target):
         return Custom(target, getattr(target, "__name__", "custom"))
     raise TargetError(
-        f"Unsupported target {target!r}: {other_task_note(target)}pass None, a token string or id, attnlrp.Answer(...), "
-        "attnlrp.Contrast(...), attnlrp.LogProb(...), a callable on the logits, or an explanation's explained."
+        f"Unsupported target {target!r}: {other_task_note(target)}pass None, a token string or id, "
+        "attnlrp.Answer(...), attnlrp.Contrast(...), attnlrp.LogProb(...), a callable on the logits, or an "
+        "explanation's explained."
     )
 
 
