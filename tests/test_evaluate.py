@@ -322,7 +322,7 @@ def test_cli_evaluate_resumes(smollm, monkeypatch, capsys, tmp_path):
     real = runner.score_items
 
     def counting(model, tokenizer, items, method, *args):
-        scored.append((method, len(items)))
+        scored.append((method.label, len(items)))  # the configured method, under its label
         return real(model, tokenizer, items, method, *args)
 
     monkeypatch.setattr(runner, "score_items", counting)
