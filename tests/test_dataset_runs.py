@@ -90,6 +90,12 @@ def test_edits_deletions_and_reorders_never_misalign(run, tmp_path, explained):
     assert "(1 new, 2 already there; 1 edited line(s) recomputed)" in out
     assert [r["input"] for r in _records(output)][1] == {"prompt": "Two plus two is"}
 
+    # ... also below a line inserted above it, which moves every place (it was reported as deleted)
+    specs4 = ["A new first line", specs3[0], "Three plus three is", specs3[2]]
+    _write(prompts, specs4)
+    code, out, _ = run("explain", "--input", str(prompts), "--output", str(output), "--no-color", "--batch-size", "1")
+    assert "(2 new, 2 already there; 1 edited line(s) recomputed)" in out, out
+
 
 def test_the_same_line_twice_gets_two_results_and_ids_must_be_unique(tmp_path):
     path = tmp_path / "in.jsonl"

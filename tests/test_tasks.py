@@ -356,7 +356,10 @@ def test_task_errors_name_the_problem_and_the_fix(wordpiece, tiny_lm, tokenizer)
     tagger = tiny("bert", AutoModelForTokenClassification, wordpiece)
     with pytest.raises(attnlrp.TargetError, match="The word 'Paris' is not in the text"):
         attnlrp.explain(tagger, wordpiece, "Ada lived in London", target=TokenLabel("Paris"))
-    with pytest.raises(attnlrp.TargetError, match=r"'New' is in the text 2 times, at token positions \[2, 5\]"):
+    with pytest.raises(
+        attnlrp.TargetError,
+        match=r"'New' is in the text 2 times, at token positions \[2, 5\].*TokenLabel\(2\) \(--at 2 on the command",
+    ):
         attnlrp.explain(tagger, wordpiece, "From New York to New Orleans", target=TokenLabel("New"))
     with pytest.raises(attnlrp.TargetError, match="pass target=attnlrp.TokenLabel"):
         attnlrp.explain(tagger, wordpiece, "Ada lived in London", target="positive")

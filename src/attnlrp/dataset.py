@@ -294,12 +294,24 @@ def _compare(path: Path, lines: list[Line], stored: dict[str, tuple[dict, str]],
     summary = Summary(path, len(lines))
     keys = {line.key for line in lines}
     ids = {line.spec["id"] for line in lines if "id" in line.spec}
-    new_places = {line.index for line in lines if line.key not in stored and "id" not in line.spec}
-    for key, (record, _) in stored.items():
+    unclaimed = sorted(line.index for line in lines if line.key not in stored and "id" not in line.spec)
+    # (old index, new index) of the lines kept: a line without id was edited where a new line sits between the same
+    # kept neighbours as its result did (lines inserted above it move both)
+    kept = sorted((stored[line.key][0].get("index", -1), line.index) for line in lines if line.key in stored)
+    for key, (record, _) in sorted(stored.items(), key=lambda item: item[1][0].get("index", -1)):
         if key in every and key not in keys:
             summary.moved += 1
-        elif key not in keys:  # an edited line (same id, or, without ids, a new line in its place) or a deleted one
-            edited = record.get("id") in ids if "id" in record else record.get("index") in new_places
+        elif key not in keys:  # an edited line (same id, or a new line in its place) or a deleted one
+            if "id" in record:
+                edited = record["id"] in ids
+            else:
+                old = record.get("index", -1)
+                low = max((new for before, new in kept if before < old), default=-1)
+                high = min((new for before, new in kept if before > old), default=len(every))
+                place = next((i for i in unclaimed if low < i < high), None)
+                edited = place is not None
+                if edited:
+                    unclaimed.remove(place)
             summary.edited += edited
             summary.dropped += not edited
     before = [stored[line.key][0].get("index", -1) for line in lines if line.key in stored]
