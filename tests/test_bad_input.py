@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -188,6 +189,35 @@ def test_model_without_input_embeddings(tokenizer, model):
         r"relevance can't be read; use attnlrp.lrp\(model\)",
     ):
         attnlrp.explain(model, tokenizer, PROMPT)
+
+
+class _LogitsOnly(nn.Module):
+    """A plain torch language model: token ids in, the logits tensor itself out (``as_tuple``: in a tuple)."""
+
+    def __init__(self, lm, as_tuple=False):
+        super().__init__()
+        self.lm, self.as_tuple = lm, as_tuple
+
+    def get_input_embeddings(self):
+        return self.lm.get_input_embeddings()
+
+    def forward(self, input_ids, attention_mask=None):
+        logits = self.lm(input_ids=input_ids, attention_mask=attention_mask).logits
+        return (logits,) if self.as_tuple else logits
+
+
+def test_plain_module_returning_logits_is_a_language_model(short_lm, tokenizer):
+    plain = attnlrp.explain(_LogitsOnly(short_lm), tokenizer, [PROMPT, "Hi"])
+    wrapped = attnlrp.explain(short_lm, tokenizer, [PROMPT, "Hi"])
+    for a, b in zip(plain, wrapped):  # an AttributeError ('Tensor' object has no attribute 'logits') before
+        assert a.target == b.target
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6, atol=1e-9)
+    with pytest.raises(InputError, match=r"_LogitsOnly returned tuple; a language model is read from its logits"):
+        attnlrp.explain(_LogitsOnly(short_lm, as_tuple=True), tokenizer, PROMPT)
+    with pytest.raises(
+        InputError, match=r"_LogitsOnly is a plain torch module \(no transformers config\), which the 'image' task"
+    ):
+        attnlrp.explain(_LogitsOnly(short_lm), tokenizer, PROMPT, task="image")
 
 
 def test_non_finite_logits(short_lm, tokenizer):

@@ -269,6 +269,30 @@ def test_similarity_pooling_comes_from_the_sentence_transformers_config(wordpiec
         pooling_of(model)
 
 
+def test_pooling_is_found_through_modules_json_also_above_weights_in_a_module_folder(wordpiece, tmp_path):
+    from attnlrp.tasks.embedding import pooling_of
+
+    model = _minilm()
+    root = tmp_path / "old-layout"  # the weights in 0_Transformer/, the pooling in 2_Pooling/
+    modules = [
+        {"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "2_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    (root / "0_Transformer").mkdir(parents=True)
+    (root / "2_Pooling").mkdir()
+    (root / "2_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": true}')
+    (root / "modules.json").write_text(json.dumps(modules))
+    model.name_or_path = str(root / "0_Transformer")
+    assert pooling_of(model) == "cls", "it was read as mean: no 1_Pooling beside the weights"
+    model.name_or_path = str(root)
+    assert pooling_of(model) == "cls"
+    modules.append({"idx": 2, "name": "2", "path": "3_Dense", "type": "sentence_transformers.models.Dense"})
+    (root / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(attnlrp.InputError, match="runs 3_Dense on the pooled embedding; .* Pass pooling="):
+        pooling_of(model)
+    assert attnlrp.explain(model, wordpiece, "A cat.", pair="A dog.", pooling="cls").value
+
+
 def test_last_token_pooling_reads_the_last_token_that_is_not_padding(wordpiece):
     model = tiny("bert", AutoModel, wordpiece)
     texts, pairs = [TEXTS[0], TEXTS[2]], [PAIRS[2], PAIRS[0]]  # of different lengths: one row is padded

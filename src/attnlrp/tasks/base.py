@@ -193,7 +193,13 @@ def task_for(model: nn.Module, name: str | None = None) -> type[Task]:
             raise InputError(f"Unknown task {name!r}: choose one of {', '.join(map(repr, TASKS))}.")
         chosen = TASKS[key]
         found = next((cls for cls in TASKS.values() if cls.accepts(model)), None)
-        if hasattr(model, "config") and found is not None and not chosen.accepts(model):  # a transformers model
+        if found is not None and not chosen.accepts(model):
+            if not hasattr(model, "config"):
+                raise InputError(
+                    f"{type(model).__name__} is a plain torch module (no transformers config), which the {key!r} "
+                    f"task can't read: explain it as a language model (task={found.name!r}, returning logits "
+                    "[batch, tokens, vocabulary]), or with attnlrp.lrp(model) and your own inputs."
+                )
             raise InputError(
                 f"{type(model).__name__} is a {found.name!r} model, and the {key!r} task can't read its outputs: "
                 f"leave task= out (or give {found.name!r})."

@@ -6,6 +6,7 @@ import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -99,7 +100,7 @@ class CausalLMBatch(TokenBatch):
 
     def output(self, inputs: dict[str, Tensor], rows: Sequence[int]) -> Any:
         with self.own_rows_at_head(rows):
-            return super().output(inputs, rows)
+            return with_logits(self.model, super().output(inputs, rows))
 
     def resolve_row(self, output, row: int) -> Outcome:
         own = output.logits[row][self.reads(row)]
@@ -110,6 +111,20 @@ class CausalLMBatch(TokenBatch):
     def read(self, output, m: int, row: int) -> Tensor:
         outcome = self._outcomes[row]
         return scalar(outcome.target.scalar(output.logits[m][self.reads(row)]), outcome.target.label)
+
+
+def with_logits(model: nn.Module, output: Any) -> Any:
+    """``output`` read as a language model's: a plain torch module may return its logits tensor itself."""
+    if isinstance(output, Tensor):
+        output = SimpleNamespace(logits=output)
+    logits = getattr(output, "logits", None)
+    if not isinstance(logits, Tensor) or logits.dim() != 3:
+        got = f"logits of shape {tuple(logits.shape)}" if isinstance(logits, Tensor) else type(output).__name__
+        raise InputError(
+            f"{type(model).__name__} returned {got}; a language model is read from its logits [batch, tokens, "
+            "vocabulary]: return them, or an output with .logits (or pick another task with task=)."
+        )
+    return output
 
 
 class CausalLM(Task):

@@ -32,11 +32,39 @@ SIMILARITIES = ("cosine", "dot")
 _MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_lasttoken": "last"}
 
 
+#: sentence-transformers modules (``modules.json``) that leave the pooled embedding's direction as it is
+_KEPT_MODULES = ("Transformer", "BERT", "RoBERTa", "Pooling", "Normalize")
+
+
+def _pooling_config(folder: Path) -> Path:
+    """Where the pooling config of the sentence-transformers model in ``folder`` lies: the ``Pooling`` module of
+    ``modules.json``, in ``folder`` or, when the weights lie in a module folder (``0_Transformer/``), above it."""
+    for root in (folder, folder.parent):
+        listing = root / "modules.json"
+        if not listing.is_file():
+            continue
+        modules = json.loads(listing.read_text(encoding="utf-8"))
+        paths = {str(Path(module.get("path", ""))) for module in modules}
+        if root != folder and folder.name not in paths:
+            continue
+        changing = [m["path"] for m in modules if m.get("type", "").rsplit(".", 1)[-1] not in _KEPT_MODULES]
+        if changing:
+            raise InputError(
+                f"{listing} runs {', '.join(changing)} on the pooled embedding; attnlrp explains the pooled "
+                f"embedding without them, which is not the one the model gives. Pass pooling= "
+                f"({', '.join(map(repr, POOLINGS))}) to explain the pooled embedding anyway."
+            )
+        pooling = [m["path"] for m in modules if m.get("type", "").endswith(".Pooling")]
+        return root / (pooling[0] if pooling else "1_Pooling") / "config.json"
+    return folder / "1_Pooling" / "config.json"
+
+
 def pooling_of(model: nn.Module) -> str:
-    """The pooling a sentence-transformers model was trained with: ``1_Pooling/config.json`` beside its weights
-    (mean where the folder says nothing); a pooling explained nowhere here (max, weighted mean, ...) is refused."""
+    """The pooling a sentence-transformers model was trained with: its pooling config (``1_Pooling/config.json``,
+    found through ``modules.json`` where there is one), mean where the folder says nothing. A pooling explained
+    nowhere here (max, weighted mean, ...), or a module that changes the pooled embedding (``Dense``), is refused."""
     folder = Path(str(getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "")))
-    config = folder / "1_Pooling" / "config.json"
+    config = _pooling_config(folder)
     if not config.is_file():
         return "mean"
     settings = json.loads(config.read_text(encoding="utf-8"))
