@@ -270,3 +270,55 @@ def test_a_label_name_on_a_model_without_names_asks_for_a_class_index():
     with pytest.raises(attnlrp.InputError, match=r"Linear has no label names .* give a class index, 0\.\.2\."):
         _resolve(model, "cat", vector)
     assert _resolve(model, "2", vector)[2] == 2  # --label 2 on the command line
+
+
+def test_a_tensor_of_class_indices_is_one_class_per_image():
+    # an integer tensor (logits.argmax(-1)) was explained as a direction: output · [0, 1, ...] for every image
+    model = build("vit", constants=True)
+    images, classes = pixels(3), torch.tensor([4, 0, 2])
+    by_list = attnlrp.explain_image(model, images, target=[4, 0, 2])
+    for given in (classes, classes.numpy()):
+        by_tensor = attnlrp.explain_image(model, images, target=given)
+        assert [e.target_index for e in by_tensor] == [4, 0, 2]
+        assert all((a.scores == b.scores).all() for a, b in zip(by_tensor, by_list))
+    with pytest.raises(attnlrp.InputError, match="2 targets were given for 3 images"):
+        attnlrp.explain_image(model, images, target=torch.tensor([1, 2]))
+    with pytest.raises(attnlrp.InputError, match="target=True is no class"):
+        attnlrp.explain_image(model, images[0], target=True)
+    labelled = build("vit", constants=True)
+    labelled.config.id2label, labelled.config.label2id = {i: f"c{i}" for i in range(5)}, {f"c{i}": i for i in range(5)}
+    assert attnlrp.explain_image(labelled, images[0], target="2").target == "c2", "--label 2: a class index"
+
+
+def test_image_batches_in_every_form_give_one_result_per_image():
+    from transformers import ViTImageProcessor
+
+    model = build("vit", constants=True)
+    processor = ViTImageProcessor(size={"height": 16, "width": 16})
+    arrays = (np.arange(2 * 16 * 16 * 3).reshape(2, 16, 16, 3) * 7 % 256).astype(np.uint8)
+    one_by_one = [attnlrp.explain_image(model, a, processor=processor) for a in arrays]
+    # [B, H, W, C] arrays: one result came back (the first image's)
+    stacked = attnlrp.explain_image(model, arrays, processor=processor)
+    features = processor(images=list(arrays), return_tensors="pt")
+    from_features = attnlrp.explain_image(model, features)  # the processor's output (a BatchFeature)
+    from_tensors = attnlrp.explain_image(model, list(features["pixel_values"]))  # a list of [C, H, W] tensors
+    for results in (stacked, from_features, from_tensors):
+        assert len(results) == 2
+        for got, alone in zip(results, one_by_one):
+            np.testing.assert_allclose(got.scores, alone.scores, rtol=1e-6, atol=1e-12)
+    with pytest.raises(attnlrp.InputError, match="the processor given makes another size: give the model's own"):
+        attnlrp.explain_image(model, arrays[0], processor=ViTImageProcessor(size={"height": 32, "width": 32}))
+
+
+def test_a_one_channel_model_takes_pil_images_through_its_processor():
+    from PIL import Image
+    from transformers import ViTImageProcessor
+
+    torch.manual_seed(0)
+    model = ViTForImageClassification(ViTConfig(**SIZE, num_channels=1, num_labels=3)).double().eval()
+    processor = ViTImageProcessor(size={"height": 16, "width": 16}, image_mean=[0.5], image_std=[0.5])
+    picture = Image.fromarray((np.arange(256).reshape(16, 16) % 256).astype(np.uint8), mode="L")
+    for given in (picture, picture.convert("RGB")):  # images were made RGB: "mean must have 3 elements"
+        exp = attnlrp.explain_image(model, given, processor=processor)
+        direct = attnlrp.explain_image(model, processor(images=[picture], return_tensors="pt")["pixel_values"][0])
+        assert exp.scores.shape == (16, 16) and exp.value == pytest.approx(direct.value)

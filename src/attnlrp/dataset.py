@@ -438,9 +438,9 @@ def explain_jobs(
 
 def read_image(path: str | Path):
     """The RGB image at ``path`` (PIL), or an InputError naming the file."""
-    from .tasks.image import as_rgb
+    from .tasks.image import open_image
 
-    return as_rgb(Path(path))
+    return open_image(Path(path))
 
 
 def explain_dataset(

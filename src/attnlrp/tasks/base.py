@@ -163,11 +163,22 @@ class Task:
 
 def one_per_item(target: Any, count: int, what: str = "prompts", given: str = "targets") -> list[Any]:
     """``target`` repeated for every item, or the given list of one target (or pair: ``given``) per item; numpy
-    and 0-d tensor integers (``logits.argmax()``) become ints."""
+    and 0-d tensor integers (``logits.argmax()``) become ints, and a 1-d integer tensor or array
+    (``logits.argmax(-1)``) is one integer per item."""
+    if _integer_vector(target):
+        target = target.tolist()
     targets = list(target) if isinstance(target, (list, tuple)) else [target] * count
     if len(targets) != count:
         raise InputError(f"{len(targets)} {given} were given for {count} {what}; give one each, or one for all.")
     return [_plain_integer(t) for t in targets]
+
+
+def _integer_vector(value: Any) -> bool:
+    if isinstance(value, np.ndarray):
+        return value.ndim == 1 and np.issubdtype(value.dtype, np.integer)
+    return (
+        isinstance(value, Tensor) and value.dim() == 1 and not value.is_floating_point() and value.dtype != torch.bool
+    )
 
 
 def _plain_integer(value: Any) -> Any:

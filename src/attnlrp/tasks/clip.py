@@ -22,7 +22,7 @@ from ..methods import Method
 from ..methods.batch import Batch
 from ..results import Explanation, ImageExplanation
 from .base import Task, check_finite, model_name, one_per_item, similarity
-from .image import as_rgb, display_images, patch_size
+from .image import display_images, open_image, patch_size
 from .text import check_length, display_tokens
 from .token_batch import pad, pad_id_of
 
@@ -114,7 +114,9 @@ class ClipSimilarity(Task):
         images = self.images if isinstance(self.images, (list, tuple)) else [self.images] * len(texts)
         if len(images) != len(texts):
             raise InputError(f"{len(images)} images were given for {len(texts)} texts; give one each, or one for all.")
-        pixels = self.processor.image_processor(images=[as_rgb(i) for i in images], return_tensors="pt")["pixel_values"]
+        pixels = self.processor.image_processor(images=[open_image(i) for i in images], return_tensors="pt")[
+            "pixel_values"
+        ]
         items = []
         for text, image in zip(texts, pixels):
             ids = list(self.tokenizer(text)["input_ids"])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ _OUTPUTS = ("logits", "image_embeds", "pooler_output")
 ImageTarget = int | str | Tensor | Callable[[Tensor], Tensor] | None
 
 
-def _pixels(images: Any, processor: Any) -> Tensor:
+def _pixels(images: Any, processor: Any, channels: int | None) -> Tensor:
     if isinstance(images, Tensor):
         if images.dim() == 3:
             images = images.unsqueeze(0)
@@ -48,15 +48,34 @@ def _pixels(images: Any, processor: Any) -> Tensor:
             f"Got {type(images).__name__} images: pass processor= (the model's image processor) to turn them into "
             "pixel values, or pass pixel values as a tensor."
         )
-    batch = [as_rgb(image) for image in (images if isinstance(images, (list, tuple)) else [images])]
+    mode = "L" if channels == 1 else "RGB"
+    batch = [open_image(image, mode) for image in (images if isinstance(images, list) else [images])]
     if "images" in inspect.signature(processor).parameters:  # a Hugging Face image processor
         return processor(images=batch, return_tensors="pt")["pixel_values"]
     return torch.stack([processor(image) for image in batch])  # a torchvision transform, one image at a time
 
 
-def as_rgb(image: Any) -> Any:
-    """A PIL image in RGB (grayscale, palette and RGBA images converted), as image models take them; a path (not
-    a URL) is opened, and a file that is missing or no image is an InputError naming it. Arrays pass as they are."""
+def _as_batch(images: Any) -> tuple[Any, bool]:
+    """``images`` as one image, pixel values or a list of images, and whether one image was given: a processor's
+    output gives its pixel values, a list of pixel tensors is stacked, and arrays [B, H, W, C] are B images."""
+    if isinstance(images, Mapping) and "pixel_values" in images:  # the processor's output (a BatchFeature)
+        images = images["pixel_values"]
+    if isinstance(images, tuple):
+        images = list(images)
+    if isinstance(images, list) and images and all(isinstance(image, Tensor) for image in images):
+        if not all(image.dim() == 3 for image in images):
+            raise InputError("A list of pixel tensors takes one [channels, height, width] tensor per image.")
+        return torch.stack(images), False
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        return list(images), False
+    single = (isinstance(images, Tensor) and images.dim() == 3) or not isinstance(images, (Tensor, list))
+    return images, single
+
+
+def open_image(image: Any, mode: str = "RGB") -> Any:
+    """A PIL image in ``mode`` (RGB: grayscale, palette and RGBA images converted; "L" for one-channel models), as
+    image models take them; a path (not a URL) is opened, and a file that is missing or no image is an InputError
+    naming it. Arrays pass as they are."""
     from PIL import Image
 
     if isinstance(image, os.PathLike) or (
@@ -66,7 +85,7 @@ def as_rgb(image: Any) -> Any:
             image = Image.open(image)
         except OSError as error:
             raise InputError(f"Can't read the image {image}: {error.strerror or error}.") from error
-    return image.convert("RGB") if isinstance(image, Image.Image) and image.mode != "RGB" else image
+    return image.convert(mode) if isinstance(image, Image.Image) and image.mode != mode else image
 
 
 def display_images(pixels: Tensor, processor: Any) -> np.ndarray:
@@ -106,21 +125,23 @@ def _resolve(
     model: nn.Module, target: ImageTarget, vector: Tensor
 ) -> tuple[Callable[[Tensor], Tensor], str, int | None]:
     """(the explained scalar as a function of one image's output vector, its label, its class index)."""
+    if isinstance(target, bool):
+        raise InputError(f"target={target} is no class: give a class index or label.")
     if target is None or isinstance(target, (int, str)):
         index = int(vector.detach().argmax()) if target is None else target
         if isinstance(index, str):
             label2id = getattr(getattr(model, "config", None), "label2id", None) or {}
-            if not label2id and index.strip().isdigit():
+            if index in label2id:
+                index = int(label2id[index])
+            elif index.strip().isdigit():
                 index = int(index)  # a class index given as text (the command line's --label 281)
             elif not label2id:
                 raise InputError(
                     f"{type(model).__name__} has no label names (config.id2label), so the label {index!r} can't be "
                     f"found: give a class index, 0..{vector.shape[-1] - 1}."
                 )
-            elif index not in label2id:
-                raise InputError(f"Unknown label {index!r}; the model's labels are {sorted(label2id)[:20]}.")
             else:
-                index = int(label2id[index])
+                raise InputError(f"Unknown label {index!r}; the model's labels are {sorted(label2id)[:20]}.")
         if not 0 <= index < vector.shape[-1]:
             raise InputError(f"Class index {index} is outside the model's {vector.shape[-1]} outputs.")
         return (lambda v: v[index]), _label(model, index), index
@@ -159,8 +180,8 @@ def _configured_shape(model: nn.Module) -> tuple[int, int, int] | None:
 class ImageBatch(Batch):
     """Pixels [B, C, H, W] of an image model; each target reads the model's output vector of its image."""
 
-    def __init__(self, model: nn.Module, pixels: Tensor, targets: list[ImageTarget]):
-        self.targets = targets
+    def __init__(self, model: nn.Module, pixels: Tensor, targets: list[ImageTarget], processor: Any = None):
+        self.targets, self.processor = targets, processor
         # Hugging Face image models take ``pixel_values=``; torchvision and timm models take the tensor itself.
         self.keyword = "pixel_values" in inspect.signature(model.forward).parameters
         super().__init__(model, {"pixels": pixels}, {}, {})
@@ -172,10 +193,14 @@ class ImageBatch(Batch):
             expected = _configured_shape(self.model)
             if expected is None or tuple(pixels.shape[1:]) == expected:
                 raise
+            fix = (
+                "the processor given makes another size: give the model's own image processor"
+                if self.processor is not None
+                else "pass the images with processor= (the model's image processor resizes them)"
+            )
             raise InputError(
                 f"{type(self.model).__name__} takes pixel values of {' x '.join(map(str, expected))} (channels, "
-                f"height, width), not {' x '.join(map(str, pixels.shape[1:]))}: pass the images with processor= (the "
-                "model's image processor resizes them), or resize the pixel values."
+                f"height, width), not {' x '.join(map(str, pixels.shape[1:]))}: {fix}, or resize the pixel values."
             ) from error
         return _output_vectors(self.model, output)
 
@@ -216,7 +241,7 @@ class ImageClassification(Task):
         self.processor = processor
 
     def encode(self, images: Any) -> tuple[list[Tensor], bool]:
-        single = (isinstance(images, Tensor) and images.dim() == 3) or not isinstance(images, (Tensor, list, tuple))
+        images, single = _as_batch(images)
         for image in [images] if single else images:
             if isinstance(image, str) and not Path(image).is_file():
                 raise InputError(
@@ -225,14 +250,15 @@ class ImageClassification(Task):
                     "command line)."
                 )
         param = next(self.model.parameters())
-        pixels = _pixels(images, self.processor).to(param.device, param.dtype)
+        channels = getattr(getattr(self.model, "config", None), "num_channels", None)
+        pixels = _pixels(images, self.processor, channels).to(param.device, param.dtype)
         return list(pixels), single
 
     def targets(self, target: Any, count: int) -> list[ImageTarget]:
         return one_per_item(target, count, "images")
 
     def prepare(self, items: Sequence[Tensor], targets: Sequence[ImageTarget]) -> ImageBatch:
-        return ImageBatch(self.model, torch.stack(list(items)), list(targets))
+        return ImageBatch(self.model, torch.stack(list(items)), list(targets), self.processor)
 
     def results(self, batch: ImageBatch, relevance: dict, method: Method) -> list[ImageExplanation]:
         rules = describe(getattr(method, "layer_rules", None))

@@ -27,7 +27,7 @@ from ..methods import Method
 from ..results import Explanation, GenerationExplanation, ImageExplanation
 from .base import model_name
 from .causal_lm import CausalLM, CausalLMBatch
-from .image import as_rgb, display_images, patch_size
+from .image import display_images, open_image, patch_size
 from .targets import Target
 from .text import check_length, display_tokens, is_chat
 
@@ -302,7 +302,7 @@ class VisionLanguage(CausalLM):
                 f"The prompt holds the image placeholder {placeholder!r} {prompt.count(placeholder)} times; put it "
                 f"once where the image goes, e.g. {placeholder + ' What is shown?'!r} (see the model's prompt format)."
             )
-        encoded = self.processor(text=[prompt], images=[as_rgb(image)], return_tensors="pt")
+        encoded = self.processor(text=[prompt], images=[open_image(image)], return_tensors="pt")
         layout = layout_for(self.processor, encoded)
         if self.layout is None:
             self.layout = layout
