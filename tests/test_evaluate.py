@@ -357,7 +357,7 @@ def test_cli_evaluate_resumes(smollm, monkeypatch, capsys, tmp_path):
     assert results["metrics"]["attnlrp"]["pointing"]["n"] == 4
     page = output.with_suffix(".html").read_text()
     assert "data:image/png;base64," in page and "http" not in page
-    assert "<th>suite</th><td>agreement</td>" in page and "<th>exclude_first</th><td>no</td>" in page
+    assert "<th>suite</th><td>agreement</td>" in page and "<th>exclude_first</th><td>–</td>" in page
     assert "{'suite'" not in page, "the settings are a table, not a Python dict"
     assert (tmp_path / "agreement-metrics.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -377,11 +377,29 @@ def test_cli_evaluate_resumes(smollm, monkeypatch, capsys, tmp_path):
     assert cli.main(argv[:-1] + ["--methods", "attnlrp,random,input_x_gradient,attnlrp", "--quiet"]) == 0
     assert scored == [("input_x_gradient", 4)], "a new method: only it runs (and a repeated one, once)"
 
+    assert cli.main(argv[:-1] + ["--steps", "5", "--quiet"]) == 0, "the curves' steps are not this suite's"
     assert cli.main(argv[:-1] + ["--seed", "1", "--quiet"]) == 2
-    assert "holds a run with other settings" in capsys.readouterr().err
+    assert "holds a run with other settings (seed: 0 there, 1 now)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--suite", "facts", "--methods", " , "])
+    assert "give at least one method" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["evaluate", "--suite", "facts", "--methods", "attnlrp,shap"])
     assert "Unknown LRP method 'shap'" in capsys.readouterr().err
+
+
+def test_one_method_name_is_a_list_of_one_and_other_tasks_are_refused(tiny_lm, tokenizer, tmp_path):
+    # the string was read letter by letter ("Unknown LRP method 'a'")
+    one = runner.run_suite(tiny_lm, tokenizer, "agreement", "random", 2, tmp_path / "one.json", progress=False)
+    assert one["methods"] == ["random"]
+    with pytest.raises(attnlrp.InputError, match="Give at least one method"):
+        runner.run_suite(tiny_lm, tokenizer, "agreement", [], 2, tmp_path / "none.json")
+    from transformers import LlamaForSequenceClassification
+
+    classifier = LlamaForSequenceClassification(tiny_lm.config).eval()  # an IndexError deep in the suite before
+    with pytest.raises(attnlrp.InputError, match="is a 'sequence-classification' model, and the evaluation measures"):
+        runner.run_suite(classifier, tokenizer, "facts", ["random"], 2, tmp_path / "classifier.json")
+    assert not (tmp_path / "classifier.jsonl").exists()
 
 
 @pytest.mark.parametrize(

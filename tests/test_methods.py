@@ -171,3 +171,31 @@ def test_one_batch_plan():
     assert plan([5, 1, 3, 1], 8, max_tokens=9, by_length=True) == [[1, 3, 2], [0]], "rows x longest <= budget"
     with pytest.raises(ValueError, match="batch_size must be 1 or more, not 0"):
         plan([1, 2], 0)
+
+
+def test_every_method_explains_a_model_in_training_mode_as_it_predicts(tokenizer):
+    from conftest import build_tiny_lm
+
+    model = build_tiny_lm(tokenizer, attention_dropout=0.5)
+    prompt = "The capital of France is"
+    predicted = {m: attnlrp.explain(model, tokenizer, prompt, method=m).scores for m in ("gradient", "attnlrp")}
+    model.train()  # as a model built from a config starts; dropout made the baselines explain a random function
+    for name, scores in predicted.items():
+        for _ in range(2):
+            np.testing.assert_array_equal(attnlrp.explain(model, tokenizer, prompt, method=name).scores, scores)
+    assert all(module.training for module in model.modules()), "each module's mode is restored"
+    generated = attnlrp.explain_generation(model, tokenizer, prompt, max_new_tokens=2, method="gradient")
+    model.eval()
+    assert (
+        generated.matrix.tolist()
+        == attnlrp.explain_generation(model, tokenizer, prompt, max_new_tokens=2, method="gradient").matrix.tolist()
+    )
+
+
+def test_a_bound_model_or_inference_mode_is_refused_by_name(tiny_lm, tokenizer):
+    with attnlrp.lrp(tiny_lm), pytest.raises(attnlrp.BindingError, match="run gradient methods outside the block"):
+        attnlrp.explain(tiny_lm, tokenizer, "Hi there", method="input_x_gradient")  # it returned LRP relevance
+    with torch.inference_mode(), pytest.raises(attnlrp.InputError, match=r"torch.inference_mode\(\) forbids"):
+        attnlrp.explain(tiny_lm, tokenizer, "Hi there")
+    with torch.no_grad():
+        assert attnlrp.explain(tiny_lm, tokenizer, "Hi there").scores.any()

@@ -302,6 +302,12 @@ def test_generation_explains_each_token_over_image_and_text(arch, vlms):
     )
     np.testing.assert_allclose(gen.step(0).scores, first.scores, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(gen.image_matrix[0], first.image.scores, rtol=1e-5, atol=1e-7)
+    # a step knows its patch size (top_patch asked for one) and what it explained (it was empty)
+    assert gen.step(0).image.top_patch() == first.image.top_patch()
+    again = attnlrp.explain(
+        model, proc, PROMPTS[arch][1], target=gen.step(0).explained, images=IMAGES[1], method="cp-lrp"
+    )
+    np.testing.assert_allclose(again.scores, first.scores, rtol=1e-6, atol=1e-9)
     plain = attnlrp.explain_generation(
         model, proc, PROMPTS[arch][1], images=IMAGES[1], max_new_tokens=2, method="gradient"
     )

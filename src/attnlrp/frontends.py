@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .engine.layer_map import LayerRules
+from .engine.predicting import predicting
 from .engine.recorder import recorders
 from .errors import InputError
 from .methods import Method, get_method
@@ -38,16 +39,17 @@ def run(
     for recorder in recorders(task.model):
         recorder.check_run(method, len(items))
     results: list[Any] = [None] * len(items)
-    for group in plan(task.lengths(items), batch_size, TOKEN_BUDGET, by_length=True):
-        batch = task.prepare([items[i] for i in group], [targets[i] for i in group])
-        method.check(batch)
-        found = (
-            task.results(batch, readable(method.attribute(batch)), method)
-            if readout is None
-            else readout.explain(task, batch, method)
-        )
-        for i, result in zip(group, found):
-            results[i] = result
+    with predicting(task.model, method.is_lrp):
+        for group in plan(task.lengths(items), batch_size, TOKEN_BUDGET, by_length=True):
+            batch = task.prepare([items[i] for i in group], [targets[i] for i in group])
+            method.check(batch)
+            found = (
+                task.results(batch, readable(method.attribute(batch)), method)
+                if readout is None
+                else readout.explain(task, batch, method)
+            )
+            for i, result in zip(group, found):
+                results[i] = result
     return results
 
 
@@ -186,20 +188,21 @@ def explain_generation(
             "LMs, encoder-decoders and vision-language models. Explain its prediction with attnlrp.explain "
             "(`attnlrp explain` on the command line)."
         )
-    if images is not None or VisionLanguage.accepts(model):
-        task = make_task(model, tokenizer, images=images)  # a text-only model refuses the image here
-        if not isinstance(task, VisionLanguage):
-            raise InputError(f"{type(model).__name__} doesn't generate text: explain it with attnlrp.explain.")
-        prefixes, generated = vision_language.generate(task, prompt, max_new_tokens, **generate_kwargs)
-        steps = run(task, method, prefixes, task.targets(generated, len(generated)), backward_batch)
-        return vision_language.generation_result(task, steps, generated)
-    if Seq2Seq.accepts(model):
-        return seq2seq.explain_generation(
+    with predicting(model, method.is_lrp):  # generated as predicted, dropout off
+        if images is not None or VisionLanguage.accepts(model):
+            task = make_task(model, tokenizer, images=images)  # a text-only model refuses the image here
+            if not isinstance(task, VisionLanguage):
+                raise InputError(f"{type(model).__name__} doesn't generate text: explain it with attnlrp.explain.")
+            prefixes, generated = vision_language.generate(task, prompt, max_new_tokens, **generate_kwargs)
+            steps = run(task, method, prefixes, task.targets(generated, len(generated)), backward_batch)
+            return vision_language.generation_result(task, steps, generated)
+        if Seq2Seq.accepts(model):
+            return seq2seq.explain_generation(
+                model, tokenizer, prompt, method, max_new_tokens, backward_batch, **generate_kwargs
+            )
+        return generation.explain_generation(
             model, tokenizer, prompt, method, max_new_tokens, backward_batch, **generate_kwargs
         )
-    return generation.explain_generation(
-        model, tokenizer, prompt, method, max_new_tokens, backward_batch, **generate_kwargs
-    )
 
 
 def explain_image(

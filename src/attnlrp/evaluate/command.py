@@ -27,9 +27,12 @@ A rerun with the same --output resumes from its journal (<output>.jsonl).
 
 def _methods(text: str) -> list[str]:
     try:
-        return [get_method(m.strip()).name for m in text.split(",") if m.strip()]
+        names = [get_method(m.strip()).name for m in text.split(",") if m.strip()]
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one method, e.g. --methods attnlrp,gradient")
+    return names
 
 
 def _lengths(text: str) -> list[int]:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..engine.predicting import predicting
 from ..methods.batch import Batch, chunks
 from ..tasks.causal_lm import prepare_batch
 from ..tasks.targets import token_id
@@ -152,15 +153,16 @@ def perturbation_curves(
     plans = [_variants(s, steps, exclude_first) for s in scores]
     jobs = [(row, positions) for row, (_, sets) in enumerate(plans) for positions in sets]
     neutral_id = token_id(tokenizer, neutral)
-    if mode == "remove":
-        values = _removal_values(model, tokenizer, ids, targets, jobs, neutral_id)
-    else:
-        batch = prepare_batch(model, tokenizer, [list(i) for i in ids], list(targets), padding_side="left")
-        fill = None
-        if mode == "replace":
-            with torch.no_grad():
-                fill = model.get_input_embeddings()(torch.tensor([neutral_id], device=batch.device))[0]
-        values = _embedded_values(batch, jobs, fill)
+    with predicting(model):  # dropout off, as when the scores were explained
+        if mode == "remove":
+            values = _removal_values(model, tokenizer, ids, targets, jobs, neutral_id)
+        else:
+            batch = prepare_batch(model, tokenizer, [list(i) for i in ids], list(targets), padding_side="left")
+            fill = None
+            if mode == "replace":
+                with torch.no_grad():
+                    fill = model.get_input_embeddings()(torch.tensor([neutral_id], device=batch.device))[0]
+            values = _embedded_values(batch, jobs, fill)
     out, start = [], 0
     for s, (index, sets) in zip(scores, plans):
         out.append(_curves(s, steps, exclude_first, index, values[start : start + len(sets)]))

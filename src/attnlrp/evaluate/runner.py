@@ -21,6 +21,7 @@ from ..frontends import explain
 from ..methods import Method, get_method
 from ..methods.batch import TOKEN_BUDGET, plan
 from ..tasks.base import dtype_name, model_name
+from ..tasks.causal_lm import check_causal_lm
 from . import metrics
 from .perturbation import MODES, perturbation_curves
 from .suites import SUITES, Item, kept_items, needle
@@ -93,8 +94,17 @@ class Journal:
         except (json.JSONDecodeError, KeyError, TypeError):
             header = None
         if header != settings:
+            differ = (
+                "; ".join(
+                    f"{key}: {header.get(key)!r} there, {settings.get(key)!r} now"
+                    for key in sorted(set(header) | set(settings))
+                    if header.get(key) != settings.get(key)
+                )
+                if isinstance(header, dict)
+                else f"its settings can't be read ({header!r})"
+            )
             raise InputError(
-                f"{self.path} holds a run with other settings ({header}); write to another file (output=, or "
+                f"{self.path} holds a run with other settings ({differ}); write to another file (output=, or "
                 "--output on the command line), or delete it to start afresh."
             )
         kept = [lines[0]]
@@ -156,6 +166,11 @@ def run_suite(
     lengths: the needle's context lengths; steps, mode, exclude_first, centered: the perturbation suite's
     curves (``perturbation_curves``) and explained value (the answer's logit minus the mean logit, or not).
     """
+    check_causal_lm(model)
+    if isinstance(methods, (str, Method)):
+        methods = [methods]
+    if not methods:
+        raise InputError("Give at least one method to evaluate (methods=, or --methods on the command line).")
     chosen: dict[str, Method] = {}  # each once, in the order given, by name and configuration
     for m in methods:
         method = get_method(m)
@@ -163,15 +178,16 @@ def run_suite(
     names = list(chosen)
     _check(suite, limit, steps, mode, lengths)
     output = Path(output)
+    perturbation = suite == "perturbation"  # the curves' settings are the perturbation suite's only
     settings = {
         "suite": suite,
         "model": model_name(model),
         "dtype": dtype_name(model),
         "seed": seed,
-        "steps": steps,
-        "mode": mode,
-        "exclude_first": exclude_first,
-        "centered": centered,
+        "steps": steps if perturbation else None,
+        "mode": mode if perturbation else None,
+        "exclude_first": exclude_first if perturbation else None,
+        "centered": centered if perturbation else None,
         "lengths": list(lengths) if suite == "needle" else None,
     }
     started = time.perf_counter()

@@ -18,8 +18,8 @@ class GenerationExplanation(Result):
     """Relevance of every token for each generated token: ``matrix[i, j]`` is token j's share in step i.
 
     Where an image is an input too (vision-language models), ``image_matrix[i]`` is the relevance of its pixels in
-    step i, and ``image_rgb`` the image drawn (uint8 [H, W, 3]). ``segments`` name parts of the tokens (an
-    encoder-decoder's source and target).
+    step i, ``image_rgb`` the image drawn (uint8 [H, W, 3]) and ``patch_size`` the vision tower's. ``segments`` name
+    parts of the tokens (an encoder-decoder's source and target).
     """
 
     tokens: list[str]
@@ -36,6 +36,7 @@ class GenerationExplanation(Result):
     image_matrix: np.ndarray | None = None
     image_rgb: np.ndarray | None = None
     segments: list[tuple[str, int, int]] = field(default_factory=list)
+    patch_size: int | None = None
 
     kind = "generation"
 
@@ -70,8 +71,15 @@ class GenerationExplanation(Result):
         image = None
         if self.image_matrix is not None:
             image = ImageExplanation(
-                self.image_matrix[i], self.generated[i], self.values[i], self.method, self.model, image=self.image_rgb
+                self.image_matrix[i],
+                self.generated[i],
+                self.values[i],
+                self.method,
+                self.model,
+                image=self.image_rgb,
+                patch_size=self.patch_size,
             )
+        target_id = self.token_ids[len(self.token_ids) - count + i] if self.token_ids else None
         return Explanation(
             tokens=self.tokens[:end],
             display=self.display[:end],
@@ -82,12 +90,13 @@ class GenerationExplanation(Result):
             model=self.model,
             token_ids=self.token_ids[:end] if self.unit == "token" else [],
             special=self.special[:end],
-            target_id=self.token_ids[len(self.token_ids) - count + i] if self.token_ids else None,
+            target_id=target_id,
             logit=self.values[i],
             prob=self.probs[i] if self.probs else None,
             unit=self.unit,
             image=image,
             segments=[(name, a, min(b, end)) for name, a, b in self.segments if a < end],
+            explained={"kind": "token", "token": target_id} if target_id is not None else {},
         )
 
     def top(self, k: int = 5) -> list[list[tuple[str, float, int]]]:

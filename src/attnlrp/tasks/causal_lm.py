@@ -16,7 +16,7 @@ from ..engine.inputs import input_embeddings
 from ..errors import InputError
 from ..methods import Method
 from ..results import Explanation
-from .base import Task, first_token, model_name, one_per_item, scalar
+from .base import Task, first_token, model_name, one_per_item, scalar, task_for
 from .targets import Answer, Custom, Resolved, Target, as_target
 from .text import Item, check_length, display_tokens, encode_all
 from .token_batch import TokenBatch
@@ -202,9 +202,20 @@ class CausalLM(Task):
         return out
 
 
+def check_causal_lm(model: nn.Module) -> None:
+    """Refuse a model of another task where a causal LM's next token is what is measured (the evaluation)."""
+    found = task_for(model)
+    if found is not CausalLM:
+        raise InputError(
+            f"{type(model).__name__} is a {found.name!r} model, and the evaluation measures a causal LM's next "
+            "token (its suites are prompts and their answers): evaluate a causal LM (…ForCausalLM)."
+        )
+
+
 def prepare_batch(model: nn.Module, tokenizer, inputs, target=None, padding_side: str = "right") -> CausalLMBatch:
     """One padded batch of prompts and their targets, for evaluation: ``batch.clean`` holds the targets' values
     (one forward without gradients, which also resolves them), ``batch.values`` runs variants of the embeddings."""
+    check_causal_lm(model)
     task = CausalLM(model, tokenizer, padding_side)
     items, _ = task.encode(inputs)
     return task.prepare(items, task.targets(target, len(items)))

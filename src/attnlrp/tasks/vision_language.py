@@ -379,4 +379,5 @@ def generation_result(
         probs=[step.prob for step in steps],
         image_matrix=np.stack([step.image.scores for step in steps]),
         image_rgb=steps[0].image.image,
+        patch_size=steps[0].image.patch_size,
     )

@@ -6,6 +6,7 @@ import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
+from ...engine.predicting import predicting
 from ...methods.batch import TOKEN_BUDGET, plan
 from ...tasks.causal_lm import prepare_batch
 from . import agreement, facts, ioi, needle
@@ -97,7 +98,8 @@ def kept_items(
         if not pending:
             break
         tried += len(pending)
-        kept += [item for item, ok in zip(pending, _correct(model, tokenizer, pending)) if ok]
+        with predicting(model):  # dropout off: the items the model gets right as it predicts
+            kept += [item for item, ok in zip(pending, _correct(model, tokenizer, pending)) if ok]
     return kept, tried
 
 
