@@ -228,7 +228,7 @@ def test_one_line_errors(run, tmp_path, tiny_lm, tokenizer, monkeypatch):
         ({"prompt": "x", "Label": "y"}, 'unknown field "Label"; did you mean "label"?'),
         (
             {"prompt": "x", "label": "positive"},
-            'lines.jsonl:2: "label" is not for a causal-lm model (it takes "target", "contrast", "answer"',
+            'lines.jsonl:2: "label" is not for a causal-lm model (it takes "target", "target_id", "contrast", "answer"',
         ),
         ({"prompt": "x", "target": " not one token"}, "lines.jsonl:2: "),  # found in its batch by itself
     ]:
@@ -274,9 +274,42 @@ def test_a_resumed_batch_is_computed_whole_so_results_are_byte_identical(run, tm
 
 def test_fields_that_extend_a_known_one_are_metadata_carried_along(tmp_path):
     prompts = tmp_path / "in.jsonl"
-    meta = {"answers": ["Paris"], "prompt_id": 7, "target_id": 3, "labels": [1], "images": [], "chats": 2, "cat": 1}
+    meta = {"answers": ["Paris"], "prompt_id": 7, "target_ids": [3], "labels": [1], "images": [], "chats": 2, "cat": 1}
     _write(prompts, [{"prompt": "x", **meta}])
     assert read_lines(prompts)[0].spec == {"prompt": "x", **meta}
+
+
+def test_a_line_says_its_target_by_id(tiny_lm, tokenizer, tmp_path):
+    # "target_id" was carried along as metadata, and the top token explained instead
+    from attnlrp.dataset import explain_dataset
+
+    prompts, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    _write(prompts, [{"prompt": "a b", "target_id": 42}, {"prompt": "c d", "target_id": "7"}])
+    explain_dataset(tiny_lm, tokenizer, prompts, output, progress=False)
+    assert [r["target_id"] for r in _records(output)] == [42, 7]
+    _write(prompts, [{"prompt": "a b", "target_id": 42, "target": " x"}])
+    with pytest.raises(attnlrp.InputError, match=r'"target_id" and "target" both say what to explain'):
+        explain_dataset(tiny_lm, tokenizer, prompts, tmp_path / "clash.jsonl", progress=False)
+    _write(prompts, [{"prompt": "a b", "target_id": 4.5}])
+    with pytest.raises(attnlrp.InputError, match=r'"target_id" is a token or label id \(a whole number\), not 4.5'):
+        explain_dataset(tiny_lm, tokenizer, prompts, tmp_path / "float.jsonl", progress=False)
+
+
+def test_a_rerun_with_other_method_options_or_another_input_is_refused(tiny_lm, tokenizer, tmp_path):
+    from attnlrp.dataset import explain_dataset
+    from attnlrp.methods import IntegratedGradients
+
+    prompts, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    _write(prompts, ["a b", "c d"])
+    explain_dataset(tiny_lm, tokenizer, prompts, output, method=IntegratedGradients(steps=2), progress=False)
+    _write(prompts, ["a b", "c d", "e f"])  # steps=2's results were kept beside steps=4's, both "integrated_gradients"
+    with pytest.raises(attnlrp.InputError, match=r"another run \(method 'integrated_gradients\(steps=2\)'"):
+        explain_dataset(tiny_lm, tokenizer, prompts, output, method=IntegratedGradients(steps=4), progress=False)
+    other = tmp_path / "other.jsonl"
+    _write(other, ["g h", "i j"])  # another input into the same output: its results were dropped without a word
+    with pytest.raises(attnlrp.InputError, match=r"holds 2 result\(s\), none of them of a line of this input"):
+        explain_dataset(tiny_lm, tokenizer, other, output, method=IntegratedGradients(steps=2), progress=False)
+    assert len(_records(output)) == 2
 
 
 def test_a_rerun_in_another_dtype_is_refused_not_mixed_in(tiny_lm, tokenizer, tmp_path):
@@ -308,6 +341,13 @@ def test_a_rerun_knows_its_model_by_its_weights_not_the_path_it_was_loaded_from(
     tuned.name_or_path = tiny_lm.name_or_path
     with pytest.raises(attnlrp.InputError, match=r"another run \(model '.*', other weights; this run's is"):
         explain_dataset(tuned, tokenizer, prompts, output, progress=False)
+    norms = copy.deepcopy(tiny_lm)  # a fine-tune of the norms alone was the same model: no matrix changed
+    with torch.no_grad():
+        for param in norms.parameters():
+            if param.dim() == 1:
+                param.mul_(3)
+    with pytest.raises(attnlrp.InputError, match=r"another run \(model '.*', other weights; this run's is"):
+        explain_dataset(norms, tokenizer, prompts, output, progress=False)
     moved = copy.deepcopy(tiny_lm)
     moved.name_or_path = "./elsewhere/tiny"
     summary = explain_dataset(moved, tokenizer, prompts, output, progress=False)

@@ -277,10 +277,7 @@ def _explain_one(args, model, tokenizer) -> None:
         raise InputError(f"{type(model).__name__} is a {task.name} model: explain needs a prompt (the text).")
     if task.name in _NEEDS and getattr(args, _NEEDS[task.name][0]) is None:
         raise InputError(f"{type(model).__name__} is a {task.name} model: give {_NEEDS[task.name][1]}.")
-    if args.target_id is not None and (clash := _options_given(args, ["label", "answer"])):
-        raise InputError(f"--target-id and {clash[0]} both say what to explain: give one of them.")
-    spec = vars(args) if args.target_id is None else {**vars(args), "target": args.target_id}
-    inputs, target, options = spec_job(spec, task, _option)
+    inputs, target, options = spec_job(vars(args), task, _option)
     exp = attnlrp.explain(
         model,
         tokenizer,

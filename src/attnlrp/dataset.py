@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from .tasks.base import Task
 
 #: Input fields that say what to explain; the others are carried along.
-FIELDS = ("prompt", "target", "contrast", "answer", "pair", "label", "at", "image", "system", "chat", "id")
+FIELDS = ("prompt", "target", "target_id", "contrast", "answer", "pair", "label", "at", "image", "system", "chat", "id")
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -178,7 +178,10 @@ def _record(line: Line, result: Any, settings: dict[str, Any]) -> str:
     the result."""
     head = {"key": line.key, "index": line.index, **({"id": line.spec["id"]} if "id" in line.spec else {})}
     head.update({name: settings[name] for name in STAMPS if settings.get(name)})
-    return json.dumps({**head, "input": line.spec, **result.to_dict()}, ensure_ascii=False)
+    body = result.to_dict()
+    if settings.get("method") not in (None, body.get("method")):  # a configured method: integrated_gradients(steps=8)
+        head["method_label"] = settings["method"]
+    return json.dumps({**head, "input": line.spec, **body}, ensure_ascii=False)
 
 
 def run_file(
@@ -216,6 +219,11 @@ def run_file(
     own = sorted(i for batch in mine for i in batch)
     stored = _stored(path)
     _check_stored(path, stored, settings or {})
+    if stored and not stored.keys() & {line.key for line in lines}:
+        raise InputError(
+            f"{path} holds {len(stored)} result(s), none of them of a line of this input (the results of another "
+            "input file?): write to another file (--output), or delete it to start afresh."
+        )
     summary = _compare(path, [lines[i] for i in own], stored, {line.key for line in lines})
     summary.shard, summary.lines = (rank, world), len(lines)
     todo = [batch for batch in mine if any(lines[i].key not in stored for i in batch)]
@@ -268,8 +276,9 @@ def _check_stored(path: Path, stored: dict[str, tuple[dict, str]], settings: dic
     run's. The model is told by its weights where both runs sampled them (a fine-tune in a folder of the same
     name is another model, the same weights under another path are not), else by its name."""
     for record, _ in stored.values():
+        record = {**record, "method": record.get("method_label", record.get("method"))}  # with its options
         for field in ("dtype", "method", _same_model_field(record, settings)):  # a dtype changes the weights too
-            if field in settings and field in record and record[field] != settings[field]:
+            if field in settings and record.get(field) is not None and record[field] != settings[field]:
                 seen = (
                     f"model {record.get('model')!r}, other weights"
                     if field == "weights"
@@ -393,6 +402,14 @@ def spec_job(
             f"{', '.join(map(name, refused))} {'is' if len(refused) == 1 else 'are'} not for a {task.name} model "
             f"(it takes {listing})."
         )
+    if spec.get("target_id") is not None:
+        clash = [n for n in ("target", "label", "answer") if spec.get(n) is not None]
+        if clash:
+            raise InputError(f"{name('target_id')} and {name(clash[0])} both say what to explain: give one of them.")
+        given = spec["target_id"]
+        if isinstance(given, bool) or not (isinstance(given, int) or str(given).isdigit()):
+            raise InputError(f"{name('target_id')} is a token or label id (a whole number), not {given!r}.")
+        spec = {**spec, "target": int(given)}
     if spec.get("label") is not None and spec.get("target") is not None:
         raise InputError("Give --target (a next token) or --label (a classifier's label), not both.")
     if spec.get("answer") is not None and (spec.get("target") is not None or spec.get("contrast") is not None):
@@ -481,7 +498,7 @@ def explain_dataset(
     settings = {
         "model": model_name(model),
         "weights": weights_digest(model),
-        "method": get_method(method).name,
+        "method": get_method(method).label,  # its options too: steps=8 is another run than steps=64
         "dtype": dtype_name(model),
         "batch_size": batch_size,
         "input": hashlib.sha256("".join(line.key for line in lines).encode()).hexdigest()[:16],

@@ -10,7 +10,7 @@ import json
 import torch
 from torch import nn
 
-#: Values sampled from each weight matrix, evenly spread over it.
+#: Values sampled from each parameter, evenly spread over it.
 SAMPLES = 4
 #: Relative difference within which two samples are the same weight: bfloat16's rounding is at most 2⁻⁹ (0.2%),
 #: while a fine-tune moves some of the sampled values more than this.
@@ -18,11 +18,12 @@ TOLERANCE = 4e-3
 
 
 def weight_sample(model: nn.Module) -> dict[str, list[float]]:
-    """A few values of each floating-point weight matrix of ``model`` by parameter name (offloaded and quantized
-    matrices are left out: they are not read here)."""
+    """A few values of each floating-point parameter of ``model`` (matrices, and the vectors of biases and norms,
+    which a fine-tune may change alone) by parameter name; offloaded and quantized ones are left out: they are
+    not read here."""
     sample = {}
     for name, param in model.named_parameters():
-        if param.dim() < 2 or not param.is_floating_point() or param.device.type == "meta":
+        if param.dim() < 1 or not param.is_floating_point() or param.device.type == "meta":
             continue
         flat = param.detach().reshape(-1)
         index = torch.arange(SAMPLES, device=flat.device) * (flat.numel() - 1) // (SAMPLES - 1)  # exact integers
