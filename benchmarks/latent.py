@@ -135,12 +135,17 @@ def step_atlas(model, tokenizer) -> None:
             f"{_context(card.top_activation[0])} | {promotes} |"
         )
     units = len(purities)
+    collected = (
+        f"collected in {seconds / 60:.0f} min (a resumed run counts only its own part)"
+        if seconds >= 60
+        else "read from the atlas a run before collected (the collection takes about an hour here)"
+    )
     body = "\n".join(
         [
             f"Atlas: every MLP neuron of the 30 layers ({units} units) and the {atlas.state(f'model.layers.{SAE_LAYER}@sae').width} "
             f"latents of the layer-{SAE_LAYER} SAE, over {atlas.seen} sentences of the labelled corpus "
-            f"({atlas.tokens} tokens), top-16 by activation and by AttnLRP relevance; collected in {seconds / 60:.0f} min "
-            f"(a resumed run counts only its own part). {topical} neurons ({100 * topical / units:.1f}%) carry a topic "
+            f"({atlas.tokens} tokens), top-16 by activation and by AttnLRP relevance; {collected}. "
+            f"{topical} neurons ({100 * topical / units:.1f}%) carry a topic "
             f"label with purity >= 0.5 (chance: one topic in 15, 0.07). The ten below are the purest, one per topic:",
             "",
             *lines,

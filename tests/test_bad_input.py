@@ -40,7 +40,7 @@ def test_a_contrast_with_itself():
 
 
 def test_no_token_ids(tiny_lm, tokenizer):
-    with pytest.raises(InputError, match="no tokens"):
+    with pytest.raises(InputError, match="The list of prompts is empty"):  # it said "The prompt has no tokens"
         attnlrp.explain(tiny_lm, tokenizer, [])
 
 
@@ -237,3 +237,40 @@ def test_a_compiled_model_is_refused_with_the_fix(tiny_lm, tokenizer):
     compiled = OptimizedModule(tiny_lm)
     with pytest.raises(attnlrp.InputError, match=r"LlamaForCausalLM was given compiled .*compiled\._orig_mod"):
         attnlrp.explain(compiled, tokenizer, "Hi")
+
+
+def test_padded_token_ids_and_answer_ids_outside_the_vocabulary(tiny_lm, tokenizer):
+    padded = tokenizer(["The capital of France is", "Hi"], padding=True, return_tensors="pt").input_ids
+    with pytest.raises(InputError, match=r"These token ids look padded \(row 1 has \d+ padding tokens"):
+        attnlrp.explain(tiny_lm, tokenizer, padded)  # the padding was explained as prompt tokens
+    same_length = tokenizer(["a b c", "d e f"], return_tensors="pt").input_ids
+    assert len(attnlrp.explain(tiny_lm, tokenizer, same_length)) == 2
+    for bad in ([10**7], [-1]):  # a raw IndexError and OverflowError
+        with pytest.raises(TargetError, match=r"Token id -?\d+ is outside the vocabulary"):
+            attnlrp.explain(tiny_lm, tokenizer, PROMPT, target=Answer(bad))
+
+
+def test_a_contrast_whose_sides_are_one_token_and_a_target_that_returns_a_number(tiny_lm, tokenizer):
+    (paris,) = tokenizer.encode(" Paris", add_special_tokens=False)
+    with pytest.raises(TargetError, match=rf"compares ' Paris' \(id {paris}\) with itself"):
+        attnlrp.explain(tiny_lm, tokenizer, PROMPT, target=Contrast(paris, " Paris"))  # explained 0 before
+    top = attnlrp.explain(tiny_lm, tokenizer, PROMPT).target_id
+    with pytest.raises(TargetError, match="with itself"):
+        attnlrp.explain(tiny_lm, tokenizer, PROMPT, target=Contrast(None, top))
+    with pytest.raises(TargetError, match=r"returned a float, not a tensor: compute it from the logits"):
+        attnlrp.explain(tiny_lm, tokenizer, PROMPT, target=lambda logits: 1.0)
+
+
+def test_left_padding_that_gives_nan_says_how_to_pad(tokenizer):
+    from conftest import build_tiny_lm
+
+    eager = build_tiny_lm(tokenizer, attn_implementation="eager")  # float64: padding attending to nothing is NaN
+    with pytest.raises(FloatingPointError, match=r"with left padding: .* Pad on the right"):
+        attnlrp.explain(eager, tokenizer, ["The capital of France is a nice", "Hi"], padding_side="left")
+    assert len(attnlrp.explain(eager, tokenizer, ["The capital of France is a nice", "Hi"])) == 2
+
+
+def test_a_generation_of_several_sequences_is_refused(tiny_lm, tokenizer):
+    # only the first sequence was explained, the others dropped without a word
+    with pytest.raises(InputError, match=r"num_return_sequences=3 asks for more \(the others were dropped\)"):
+        attnlrp.explain_generation(tiny_lm, tokenizer, PROMPT, max_new_tokens=2, num_return_sequences=3, num_beams=3)

@@ -25,6 +25,15 @@ def test_token_heatmap_formats(tmp_path, suffix, magic):
         assert "iffel" in path.read_text() and "Tower" in path.read_text()
 
 
+def test_a_figure_file_name_must_say_its_format(tmp_path):
+    # matplotlib wrote heat.png for "heat", and save_figure returned "heat", a file that does not exist
+    exp = attnlrp.Explanation(tokens=TOKENS, display=TOKENS, scores=SCORES, target=" Paris", value=3.0, method="x")
+    for name in ("heat", "heat.jpg"):
+        with pytest.raises(attnlrp.InputError, match=rf"end '{name}' in .png, .svg, .pdf \(heat.png, say\)"):
+            exp.save_figure(tmp_path / name)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_token_heatmap_wraps_like_text():
     short = figure.token_heatmap(TOKENS, SCORES, width=6.0)
     long = figure.token_heatmap(TOKENS * 12, np.tile(SCORES, 12), width=6.0)

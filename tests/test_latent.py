@@ -133,6 +133,14 @@ def test_explain_latent_batched_equals_alone_and_needs_an_lrp_method(tiny_lm, to
         attnlrp.explain(tiny_lm, tokenizer, prompts[0], atlas=object())
 
 
+def test_explain_latent_reads_a_bfloat16_model_as_plain_explain_does(tiny_lm, tokenizer):
+    # "Got unsupported ScalarType BFloat16": the readout built results from the half-precision relevance
+    half = copy.deepcopy(tiny_lm).to(torch.bfloat16)
+    exp = attnlrp.explain(half, tokenizer, "The capital of France is", latent=SITE)
+    plain = attnlrp.explain(half, tokenizer, "The capital of France is")
+    assert (exp.scores == plain.scores).all() and exp.units[0]["top"]
+
+
 def test_unit_relevance_is_the_same_with_eager_and_sdpa_attention(tokenizer):
     from tiny_models import build
 

@@ -250,6 +250,14 @@ def test_similarity_gives_both_texts_relevance_and_conserves(wordpiece):
     assert _relative(projected) < 1e-6 and [s[0] for s in projected.segments] == ["text"]
 
 
+def test_an_attention_method_on_a_similarity_names_the_methods_that_work(wordpiece):
+    model = tiny("bert", AutoModel, wordpiece)
+    with pytest.raises(
+        attnlrp.MethodError, match=r"choose a method that works on it: 'gradient', .*'attnlrp', 'cp-lrp'"
+    ):
+        attnlrp.explain(model, wordpiece, TEXTS[0], pair=PAIRS[0], method="attention")
+
+
 def test_similarity_pooling_comes_from_the_sentence_transformers_config(wordpiece, tmp_path):
     from attnlrp.tasks.embedding import pooling_of
 
@@ -435,6 +443,11 @@ def test_task_errors_name_the_problem_and_the_fix(wordpiece, tiny_lm, tokenizer)
             ["--pair", "Bo", "--target", "x"],
             "--target is not for a sentence-similarity model (it takes --pair)",
         ),
+        (
+            AutoModelForSequenceClassification,
+            ["--similarity", "dot"],
+            "--similarity is not for a sequence-classification model (it is for clip and sentence-similarity)",
+        ),
     ],
 )
 def test_the_command_line_refuses_options_a_task_does_not_take_by_their_names(
@@ -447,6 +460,17 @@ def test_the_command_line_refuses_options_a_task_does_not_take_by_their_names(
     assert cli.main(["explain", "Ada lived in London", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("attnlrp: error: ") and says in err and err.count("\n") == 1
+
+
+def test_the_command_line_chooses_the_pooling_and_similarity(wordpiece, monkeypatch, capsys, tmp_path):
+    # no option said them: the command line explained the cosine of mean-pooled embeddings only
+    model = tiny("bert", AutoModel, wordpiece)
+    monkeypatch.setattr(cli, "_load", lambda args: (model, wordpiece))
+    argv = ["explain", TEXTS[0], "--pair", PAIRS[0], "--pooling", "cls", "--similarity", "dot"]
+    assert cli.main([*argv, "--json", str(tmp_path / "e.json")]) == 0, capsys.readouterr().err
+    by_api = attnlrp.explain(model, wordpiece, TEXTS[0], pair=PAIRS[0], pooling="cls", similarity="dot")
+    saved = attnlrp.Explanation.load(tmp_path / "e.json")
+    assert saved.target == "dot similarity" and saved.value == pytest.approx(by_api.value)
 
 
 def test_an_input_line_with_a_field_its_task_does_not_take_is_refused_by_the_fields_name(wordpiece, tmp_path):

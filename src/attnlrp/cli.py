@@ -124,6 +124,14 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--answer", help="explain this whole answer, teacher-forced after the prompt (not with --target)")
     ex.add_argument("--label", help="classifiers: the label to explain (default: the predicted one)")
     ex.add_argument("--pair", help="classifiers and sentence similarity: the second text (NLI hypothesis, ...)")
+    ex.add_argument(
+        "--pooling", choices=("mean", "cls", "last"), help="sentence similarity: the pooling (default: the model's)"
+    )
+    ex.add_argument(
+        "--similarity",
+        choices=("cosine", "dot", "logit"),
+        help="sentence similarity: cosine (default) or dot; CLIP: cosine (default) or logit (cosine x logit scale)",
+    )
     ex.add_argument("--at", help="token classifiers: the word (or token position) whose label is explained")
     ex.add_argument("--image", metavar="PATH", help="image models, vision-language models and CLIP: the image")
     ex.add_argument(
@@ -268,7 +276,7 @@ def _explain_one(args, model, tokenizer) -> None:
 
     from .dataset import spec_job
     from .errors import InputError
-    from .tasks import task_for
+    from .tasks import TASKS, task_for
 
     task = task_for(model)
     if task.name == "image":
@@ -278,6 +286,12 @@ def _explain_one(args, model, tokenizer) -> None:
     if task.name in _NEEDS and getattr(args, _NEEDS[task.name][0]) is None:
         raise InputError(f"{type(model).__name__} is a {task.name} model: give {_NEEDS[task.name][1]}.")
     inputs, target, options = spec_job(vars(args), task, _option)
+    for option in ("pooling", "similarity"):  # how the model's output is read: one choice for the whole model
+        if getattr(args, option) is not None:
+            if option not in task.options:
+                takers = [name for name, other in TASKS.items() if option in other.options]
+                raise InputError(f"--{option} is not for a {task.name} model (it is for {' and '.join(takers)}).")
+            options[option] = getattr(args, option)
     exp = attnlrp.explain(
         model,
         tokenizer,
@@ -347,6 +361,8 @@ _ONE_PROMPT = (
     "answer",
     "label",
     "pair",
+    "pooling",
+    "similarity",
     "at",
     "image",
     "chat",

@@ -5,15 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from .engine.layer_map import LayerRules
 from .engine.predicting import predicting
 from .engine.recorder import recorders
 from .errors import InputError
 from .methods import Method, get_method
-from .methods.batch import TOKEN_BUDGET, plan
+from .methods.batch import TOKEN_BUDGET, plan, readable
 from .results import Explanation, GenerationExplanation, ImageExplanation
 from .tasks import (
     TASKS,
@@ -51,13 +50,6 @@ def run(
             for i, result in zip(group, found):
                 results[i] = result
     return results
-
-
-def readable(relevance: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Relevance where results read it: on the CPU (from any device of a device map), half precision as float32."""
-    return {
-        kind: (r.float() if r.dtype in (torch.float16, torch.bfloat16) else r).cpu() for kind, r in relevance.items()
-    }
 
 
 def make_task(model: nn.Module, tokenizer, task: str | None = None, **options: Any) -> Task:
@@ -178,6 +170,12 @@ def explain_generation(
         raise InputError(
             "A Recorder holds one forward pass, and a generation explains each token in a backward of its own: "
             "inside the block, explain one prefix per call with attnlrp.explain."
+        )
+    if generate_kwargs.get("num_return_sequences", 1) != 1:
+        raise InputError(
+            "explain_generation explains one generated sequence, and num_return_sequences="
+            f"{generate_kwargs['num_return_sequences']!r} asks for more (the others were dropped): leave it out, and "
+            "call explain_generation once for each sequence (with do_sample=True, each call samples its own)."
         )
     for name, value in (("backward_batch", backward_batch), ("max_new_tokens", max_new_tokens)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -174,7 +174,7 @@ def run(args: argparse.Namespace, model, tokenizer) -> None:
         )
         atlas.read_outputs().save(folder)
         print(f"{atlas!r}\nsaved {folder}")
-        if world > 1 and wait_for_all(lambda: merge(args.output, world)):
+        if world > 1 and wait_for_all(lambda: merge(args.output, world)) and rank == 0:  # rank 0 merged them
             print(f"merged {world} shards into {args.output}")
     elif args.latent_command == "card":
         atlas = FeatureAtlas.load(args.atlas, model, tokenizer, list(saes.values()))

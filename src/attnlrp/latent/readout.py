@@ -18,7 +18,7 @@ from torch import nn
 
 from ..errors import LatentError, MethodError
 from ..methods import get_method
-from ..methods.batch import TOKEN_BUDGET, plan
+from ..methods.batch import TOKEN_BUDGET, plan, readable
 from ..tasks.base import model_name
 from ..tasks.causal_lm import CausalLM
 from .sites import Site, SiteRecorder, SiteSpec, resolve
@@ -68,7 +68,7 @@ class LatentReadout:
             )
         with SiteRecorder(batch.model, self.sites) as recorder:
             relevance = method.attribute(batch)
-        results = task.results(batch, relevance, method)
+        results = task.results(batch, readable(relevance), method)  # half precision read as float32
         spans = batch.spans.get("tokens")
         for row, result in enumerate(results):
             span = spans[row] if spans is not None else slice(None)

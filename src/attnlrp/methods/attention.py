@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import MethodError
-from .base import Method
+from .base import REGISTRY, Method
 from .batch import Batch
 
 
@@ -76,9 +76,10 @@ class AttentionMethod(Method):
     def check(self, batch: Batch) -> None:
         super().check(batch)
         if batch.query is None or len(batch.inputs) != 1:
+            others = [c.name for c in REGISTRY.values() if not issubclass(c, AttentionMethod)]
             raise MethodError(
                 f"The {self.name!r} method needs one token input and a position the target is read "
-                "from; this task has neither, so choose another method."
+                f"from; this task has neither, so choose a method that works on it: {', '.join(map(repr, others))}."
             )
 
 

@@ -133,3 +133,10 @@ def plan(
         groups[-1].append(i)
         longest = width
     return groups
+
+
+def readable(relevance: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Relevance where results read it: on the CPU (from any device of a device map), half precision as float32."""
+    return {
+        kind: (r.float() if r.dtype in (torch.float16, torch.bfloat16) else r).cpu() for kind, r in relevance.items()
+    }

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from .figure import figure_path
 from .palette import colormap, css, token_scores
 from .palette import scale as color_scale
 
@@ -124,7 +125,7 @@ def audio_figure(
     fig.tight_layout()
     _tokens(bottom, list(tokens), np.asarray(scores), fontsize)
     if path is not None:
-        fig.savefig(path, bbox_inches="tight", dpi=200)
+        fig.savefig(figure_path(path), bbox_inches="tight", dpi=200)
     return fig
 
 
@@ -160,7 +161,7 @@ def alignment_figure(
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, bbox_inches="tight", dpi=200)
+        fig.savefig(figure_path(path), bbox_inches="tight", dpi=200)
     return fig
 
 

@@ -10,14 +10,30 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 
+from ..errors import InputError
 from .palette import colormap, token_scores
 from .palette import scale as color_scale
+
+#: The file formats figures are saved in, by the file name's ending.
+FORMATS = (".png", ".svg", ".pdf")
+
+
+def figure_path(path: str | Path) -> Path:
+    """``path`` checked to end in a format of ``FORMATS`` (matplotlib adds ".png" to a name without one, so the
+    file written would not be the one named), with its folder made."""
+    path = Path(path)
+    if path.suffix.lower() not in FORMATS:
+        raise InputError(
+            f"Figures are saved as PNG, SVG or PDF, told by the file name's ending: end {path.name!r} in "
+            f"{', '.join(FORMATS)} ({path.stem or 'figure'}.png, say)."
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _save(fig: Figure, path: str | Path | None) -> Figure:
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, bbox_inches="tight", dpi=SAVE_DPI)
+        fig.savefig(figure_path(path), bbox_inches="tight", dpi=SAVE_DPI)
     return fig
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.image import imsave
 
+from .figure import figure_path
 from .palette import colormap, scale
 
 
@@ -44,14 +45,16 @@ def png(rgb: np.ndarray, size: int = 256) -> bytes:
 
 def heatmap(scores: np.ndarray, path: str | Path, size: int = 256) -> Path:
     """The relevance map alone, enlarged (nearest neighbour) to about ``size`` pixels."""
+    path = figure_path(path)
     imsave(path, _upscale(colours(scores), size))
-    return Path(path)
+    return path
 
 
 def overlay(image: np.ndarray, scores: np.ndarray, path: str | Path, alpha: float = 0.8, size: int = 256) -> Path:
     """The relevance blended over the image, enlarged to about ``size`` pixels."""
+    path = figure_path(path)
     imsave(path, _upscale(blend(image, scores, alpha), size))
-    return Path(path)
+    return path
 
 
 def grid(
@@ -80,5 +83,6 @@ def grid(
         ax.set_title(title, fontsize=8)
         ax.axis("off")
     fig.tight_layout()
+    path = figure_path(path)
     fig.savefig(path, dpi=150)
-    return Path(path)
+    return path

@@ -49,10 +49,15 @@ def by_row(output: Any) -> Any:
 
 def scalar(value: Tensor, label: str) -> Tensor:
     """The explained value, checked to be one number (a target callable may return anything)."""
-    if not isinstance(value, Tensor) or value.numel() != 1:
-        found = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, Tensor) else f"a {type(value).__name__}"
+    if not isinstance(value, Tensor):
         raise TargetError(
-            f"The target {label!r} returned {found}, not one number: make it reduce to a scalar (e.g. with .sum())."
+            f"The target {label!r} returned a {type(value).__name__}, not a tensor: compute it from the logits with "
+            "torch operations (a Python number has no gradient to explain)."
+        )
+    if value.numel() != 1:
+        raise TargetError(
+            f"The target {label!r} returned a tensor of shape {tuple(value.shape)}, not one number: make it reduce "
+            "to a scalar (e.g. with .sum())."
         )
     return value.reshape(())
 

@@ -106,6 +106,11 @@ class Contrast(Target):
                 {"kind": "contrast", "token": tid, "against": "mean"},
             )
         other = token_id(tokenizer, self.against)
+        if other == tid:
+            raise TargetError(
+                f"Contrast({self.token!r}, {self.against!r}) compares {_label(tokenizer, tid)!r} (id {tid}) with "
+                "itself: its value is 0. Contrast with another token (or label), or with 'mean'."
+            )
         return Resolved(
             f"{_label(tokenizer, tid)} vs {_label(tokenizer, other).lstrip()}",
             tid,
@@ -150,6 +155,8 @@ class Answer(Target):
         )
         if not ids:
             raise TargetError(f"Answer {self.answer!r} encodes to no token; give a non-empty answer.")
+        for i in ids:
+            token_id(tokenizer, i)  # an id outside the vocabulary is named
         n = len(ids)
         index = torch.tensor(ids)
 

@@ -113,7 +113,10 @@ def _known_ids(tokenizer, ids: list[int]) -> list[int]:
 def encode_all(tokenizer, inputs) -> tuple[list[Item], bool]:
     """The prompts as items, and whether a single prompt (not a list) was given."""
     if isinstance(inputs, Tensor) and inputs.dim() == 2:
+        _check_unpadded(tokenizer, inputs)
         return [encode(tokenizer, row) for row in inputs], False
+    if isinstance(inputs, (list, tuple)) and not inputs:
+        raise InputError("The list of prompts is empty: give at least one prompt.")
     if (
         isinstance(inputs, (list, tuple))
         and inputs
@@ -122,6 +125,26 @@ def encode_all(tokenizer, inputs) -> tuple[list[Item], bool]:
     ):
         return [encode(tokenizer, p) for p in inputs], False
     return [encode(tokenizer, inputs)], True
+
+
+def _check_unpadded(tokenizer, ids: Tensor) -> None:
+    """Refuse rows of token ids that were padded to one length: each row is explained whole, its padding too (the
+    attention mask that says where padding is was left behind)."""
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is None or len(ids) < 2:
+        return
+    is_pad = ids == pad
+    runs = [
+        (int(row.flip(0).cumprod(0).sum()), int(row.cumprod(0).sum())) for row in is_pad.long()
+    ]  # (trailing, leading) pad tokens of each row
+    trailing, leading = {r[0] for r in runs}, {r[1] for r in runs}
+    if len(trailing) > 1 or len(leading) > 1:
+        row = max(range(len(runs)), key=lambda r: max(runs[r]))
+        raise InputError(
+            f"These token ids look padded (row {row} has {max(runs[row])} padding tokens at one end), and a tensor's "
+            "rows are explained whole, padding too: pass a list of unpadded id lists, or the texts (attnlrp pads "
+            "them itself)."
+        )
 
 
 def context_length(model: nn.Module, tokenizer=None) -> int | None:
