@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["docs/tasks.md"]
+PAGES = ["docs/tasks.md", "docs/latent.md"]
 BLOCK = re.compile(r"(<!-- not run -->\s*)?```python\n(.*?)```", re.S)
 
 
