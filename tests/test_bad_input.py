@@ -237,6 +237,12 @@ def test_a_compiled_model_is_refused_with_the_fix(tiny_lm, tokenizer):
     compiled = OptimizedModule(tiny_lm)
     with pytest.raises(attnlrp.InputError, match=r"LlamaForCausalLM was given compiled .*compiled\._orig_mod"):
         attnlrp.explain(compiled, tokenizer, "Hi")
+    tiny_lm.compile(backend="eager")  # in place: the model's own calls run the compiled graph
+    try:
+        with pytest.raises(attnlrp.InputError, match=r"compiled in place \(model\.compile\(\)\): undo it with"):
+            attnlrp.explain(tiny_lm, tokenizer, "Hi")
+    finally:
+        tiny_lm._compiled_call_impl = None
 
 
 def test_padded_token_ids_and_answer_ids_outside_the_vocabulary(tiny_lm, tokenizer):

@@ -507,3 +507,39 @@ def test_threads_sharing_a_binding_each_read_their_own_embeddings(llama):
     assert not errors, errors
     for i in range(2):
         torch.testing.assert_close(got[i], expected[i], rtol=1e-12, atol=1e-12)
+
+
+# --- compiled models --------------------------------------------------------------------------
+
+
+def _bind(model):
+    with attnlrp.lrp(model):
+        pass
+
+
+def test_a_compiled_model_is_refused_by_lrp_audit_and_check_with_the_way_back():
+    model = tiny("llama")
+    compiled = torch.compile(model, backend="eager")
+    for run in (_bind, attnlrp.audit, attnlrp.check):
+        with pytest.raises(attnlrp.InputError, match=r"LlamaForCausalLM was given compiled .*compiled\._orig_mod"):
+            run(compiled)
+    x = ids(6)
+    _, expected = _explain(model, x)
+    model.model.layers[1].compile(backend="eager")  # in place: a compiled submodule
+    where = r"LlamaDecoderLayer at model\.layers\.1 of LlamaForCausalLM was compiled in place"
+    fix = r"model\.model\.layers\.1\._compiled_call_impl = None"
+    for run in (_bind, attnlrp.audit, attnlrp.check):
+        with pytest.raises(attnlrp.InputError, match=f"{where} .*{fix}"):
+            run(model)
+    model.model.layers[1]._compiled_call_impl = None  # the way back the message names
+    assert torch.equal(_explain(model, x)[1], expected)
+
+
+def test_calling_the_compiled_wrapper_of_a_bound_model_is_refused():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1)).double()
+    compiled = torch.compile(model, backend="eager")
+    with attnlrp.lrp(model, method="cp-lrp"):
+        with pytest.raises(attnlrp.InputError, match="A bound model ran inside torch.compile"):
+            compiled(torch.randn(2, 4, dtype=torch.float64, requires_grad=True))
+        assert torch._C._len_torch_function_stack() == 0
+    assert torch._C._len_torch_function_stack() == 0

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from ..errors import UnruledOpWarning
 from .binding import Binding, lrp
 from .inputs import input_embeddings
+from .unsupported import refuse_compiled
 
 
 @dataclass
@@ -90,6 +91,7 @@ def audit(model: nn.Module, example_inputs: Any = None, method: str = "attnlrp")
     example_inputs: token ids, a float input tensor, a tuple of them, or a dict of forward
     arguments; by default eight token ids. Float inputs are made to require grad.
     """
+    refuse_compiled(model)
     args, kwargs = example_arguments(model, example_inputs)
     with lrp(model, method=method) as binding, warnings.catch_warnings():
         warnings.simplefilter("ignore", UnruledOpWarning)

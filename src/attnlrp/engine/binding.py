@@ -28,7 +28,7 @@ from ..core.naming import method_key
 from ..errors import BindingError, MethodError, UnruledOpError, UnruledOpWarning
 from . import layer_map, module_rules, ops, quantized
 from .sites import Site, input_sites
-from .unsupported import refuse_unsupported
+from .unsupported import refuse_compiled, refuse_compiling, refuse_unsupported
 
 #: The rule sets the engine binds.
 RULE_SETS = ("attnlrp", "cp-lrp")
@@ -166,6 +166,7 @@ class Binding:
     def _enter(self, module: nn.Module) -> None:
         stack = self._stack()
         if not stack:
+            refuse_compiling()
             self._mode.__enter__()
             self._local.frames = {}
         stack.append(module)
@@ -553,6 +554,7 @@ def lrp(
             f"attnlrp.lrp expects a torch.nn.Module (for example a transformers model), got {type(model).__name__}."
         )
     method = rule_set(method)
+    refuse_compiled(model)
     modules = list(model.named_modules())
     refuse_unsupported(model, modules)
     already = next((b for b in (_bound(m) for _, m in modules) if b is not None), None)

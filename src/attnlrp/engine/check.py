@@ -31,6 +31,7 @@ from ..errors import BindingError, InputError, UnruledOpWarning
 from . import layer_map, quantized
 from .audit import AuditReport, example_arguments
 from .binding import binding_of, lrp
+from .unsupported import refuse_compiled
 
 #: Reads the relevance of tensor t from its gradient: t * grad (efficient mode) or grad (explicit mode).
 RelevanceOf = Callable[[Tensor, Tensor], Tensor]
@@ -326,6 +327,7 @@ def check(
     check a layer rule given to a module the check flagged. The copy costs the model's size in float64:
     check a small instance of an architecture (a config with two layers).
     """
+    refuse_compiled(model)
     if binding_of(model) is not None:
         raise BindingError(f"{type(model).__name__} is bound by an attnlrp.lrp(...) block: check it outside the block.")
     if getattr(model, "is_quantized", False) or any(quantized.backend_of(m) is not None for m in model.modules()):

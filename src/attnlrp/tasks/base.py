@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..engine.devices import check_placement
+from ..engine.unsupported import refuse_compiled
 from ..errors import InputError, TargetError
 from ..methods import Method
 from ..methods.batch import Batch
@@ -197,12 +198,7 @@ def _plain_integer(value: Any) -> Any:
 def task_for(model: nn.Module, name: str | None = None) -> type[Task]:
     """The task adapter for ``model``: the one named (``"sequence-classification"``, ...), else the first that
     accepts the model."""
-    original = getattr(model, "_orig_mod", None)
-    if isinstance(original, nn.Module):  # torch.compile's wrapper
-        raise InputError(
-            f"{type(original).__name__} was given compiled (torch.compile): explain the model itself "
-            "(compiled._orig_mod); the rules run op by op, where a compiled graph would skip them."
-        )
+    refuse_compiled(model)
     if name is not None:
         key = str(name).lower().replace("_", "-")
         if key not in TASKS:
