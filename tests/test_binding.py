@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import warnings
 
@@ -260,6 +261,49 @@ def test_two_models_bound_at_once_are_independent():
         ra = (ba.embeddings * ba.embeddings.grad).sum(-1)
         rb = (bb.embeddings * bb.embeddings.grad).sum(-1)
     assert torch.equal(ra.detach(), expected_a) and torch.equal(rb.detach(), expected_b)
+
+
+class _Product(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4, bias=False), nn.Linear(4, 4, bias=False)
+
+    def forward(self, x):
+        return self.a(x) * self.b(x)
+
+
+class _Caller(nn.Module):
+    """Calls a model it holds outside its modules (in a plain list): the two can be bound each on its own."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.held, self.out = [inner], nn.Linear(4, 1, bias=False)
+
+    def forward(self, x):
+        return self.out(self.held[0](x))
+
+
+@pytest.mark.parametrize("order", ["outer first", "inner first"])
+def test_a_bound_model_calling_another_bound_model_gets_each_rule_once(order):
+    torch.manual_seed(0)
+    inner = _Product().double()
+    outer = _Caller(inner).double()
+    x = torch.randn(1, 4, dtype=torch.float64)
+
+    def relevance(*models):
+        xi = x.clone().requires_grad_()
+        with contextlib.ExitStack() as stack:
+            for model in models:
+                stack.enter_context(attnlrp.lrp(model, method="cp-lrp"))
+            y = outer(xi).sum()
+            y.backward()
+        return y.detach(), (xi * xi.grad).detach()
+
+    y, expected = relevance(inner)  # the uniform rule at the product, once: CP-LRP conserves
+    assert torch.allclose(expected.sum(), y)
+    _, both = relevance(*((outer, inner) if order == "outer first" else (inner, outer)))
+    assert torch.allclose(both, expected)  # not the rule twice (a quarter to each factor: half of y)
+    assert torch._C._len_torch_function_stack() == 0
 
 
 # --- (iv) nothing process-wide changes --------------------------------------------------------

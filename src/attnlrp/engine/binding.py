@@ -75,6 +75,12 @@ def rule_set(method: str) -> str:
 _DROPOUT_OPS = ops.DROPOUT | {"scaled_dot_product_attention"}
 
 
+#: Per thread: whether a binding's mode is handling an op. Torch hands an op, and each op its rule runs, on to the
+#: modes below the one handling it: those of other bindings whose scope is open too (a bound model that calls another
+#: bound model) pass them through, so that each op gets one rule, the innermost binding's.
+_handling = threading.local()
+
+
 class _Mode(TorchFunctionMode):
     def __init__(self, binding: Binding):
         super().__init__()
@@ -83,6 +89,15 @@ class _Mode(TorchFunctionMode):
         self.dropout_ops: dict[Callable, bool] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(_handling, "active", False):
+            return func(*args, **kwargs) if kwargs else func(*args)
+        _handling.active = True
+        try:
+            return self._handle(func, args, kwargs)
+        finally:
+            _handling.active = False
+
+    def _handle(self, func, args, kwargs):
         try:
             handler = self.handlers[func]
         except KeyError:
