@@ -306,6 +306,36 @@ def test_a_bound_model_calling_another_bound_model_gets_each_rule_once(order):
     assert torch._C._len_torch_function_stack() == 0
 
 
+class _ListedExperts(nn.Module):
+    """Experts in a plain Python list: their weights are parameters the model does not register."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.out = nn.Linear(4, 8, bias=False), nn.Linear(8, 1, bias=False)
+        self.experts = [nn.Linear(8, 8, bias=False).double() for _ in range(2)]
+
+    def forward(self, x):
+        h = self.inp(x)
+        return self.out(sum(expert(h) for expert in self.experts))
+
+
+def test_weights_held_outside_the_modules_are_constants_and_get_their_flag_back():
+    torch.manual_seed(0)
+    net = _ListedExperts().double()
+    for x in (torch.randn(1, 4, dtype=torch.float64).requires_grad_(), nn.Parameter(torch.randn(1, 4).double())):
+        with attnlrp.lrp(net, method="cp-lrp", strict=True):
+            y = net(x).sum()
+            assert not any(e.weight.requires_grad for e in net.experts)  # constants, as the registered weights are
+            y.backward()
+        # a linear net: every weight a constant, relevance is conserved (the uniform rule gave the weights half)
+        assert torch.allclose((x * x.grad).sum(), y.detach())
+        assert all(e.weight.requires_grad and e.weight.grad is None for e in net.experts)
+    report = attnlrp.audit(net, torch.randn(1, 4, dtype=torch.float64), method="cp-lrp")
+    assert report.ok and report.rules["nn.Parameter outside the model's modules [constant]"] == 2
+    assert report.rules["linear [uniform]"] == 0
+    assert attnlrp.check(net, torch.randn(1, 4, dtype=torch.float64)).ok
+
+
 # --- (iv) nothing process-wide changes --------------------------------------------------------
 
 

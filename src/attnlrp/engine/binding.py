@@ -98,6 +98,8 @@ class _Mode(TorchFunctionMode):
             _handling.active = False
 
     def _handle(self, func, args, kwargs):
+        if torch.is_grad_enabled():
+            self.binding.hold_weights(args, kwargs)
         try:
             handler = self.handlers[func]
         except KeyError:
@@ -147,6 +149,7 @@ class Binding:
         self._forwards: dict[nn.Module, Any] = {}
         self._checkpoint_funcs: dict[nn.Module, Any] = {}
         self._param_slots: list[tuple[nn.Module, str, bool]] = []
+        self._held: list[tuple[nn.Parameter, bool]] = []  # parameters held outside the model's modules, frozen
         self._paths: dict[nn.Module, str] = {}
         self._norms: set[nn.Module] = set()
         self._sites: dict[nn.Module, list[Site]] = {}
@@ -245,6 +248,8 @@ class Binding:
         self, modules: list[tuple[str, nn.Module]], layer_rules: dict[nn.Module, LayerRule] | None = None
     ) -> None:
         self._layer_rules = layer_rules or {}
+        # before the scope opens: its ops would see a parameter given as input before it is known as one
+        self._handles.append(self.model.register_forward_pre_hook(self._new_forward, with_kwargs=True))
         for path, module in modules:
             self._paths[module] = path
             _BOUND[module] = weakref.ref(self)
@@ -268,7 +273,6 @@ class Binding:
                 self._handles.append(module.register_forward_pre_hook(self._capture_input))
             else:
                 self._handles.append(module.register_forward_hook(self._capture_output))
-        self._handles.append(self.model.register_forward_pre_hook(self._new_forward))
         self._bind_module_rules(modules)
         self._guard_root()
 
@@ -338,6 +342,9 @@ class Binding:
             param = module._parameters.get(name)
             if param is not None and param.is_leaf:
                 param.requires_grad_(flag)
+        for param, flag in self._held:
+            param.requires_grad_(flag)
+        self._held.clear()
         for module in self._paths:
             if _bound(module) is self:
                 del _BOUND[module]
@@ -346,6 +353,22 @@ class Binding:
         # No reference cycle is left: a detached binding (and the inputs it holds for reading) is freed as soon
         # as nobody holds it, not at the next full garbage collection, which grows rarer as a process lives on.
         self._mode.binding = None
+
+    def hold_weights(self, args: tuple, kwargs: dict | None) -> None:
+        """Freeze the parameters among an op's arguments (one level into lists) that the model holds outside its
+        modules (experts in a plain list, a model called through a list), as ``attach`` froze its own, until the
+        binding ends: weights are constants under LRP, and one that requires grad would count as a factor that
+        depends on the input (the uniform rule would give it half of each product). Parameters passed to the model's
+        forward are inputs, and keep their gradient."""
+        for value in (*args, *kwargs.values()) if kwargs else args:
+            for t in value if isinstance(value, (list, tuple)) else (value,):
+                if isinstance(t, Tensor) and t.requires_grad and t.is_leaf and isinstance(t, nn.Parameter):
+                    if any(t is given for given in getattr(self._local, "given", ())):
+                        continue
+                    self._held.append((t, True))
+                    t.requires_grad_(False)
+                    if self.counting:
+                        self.ruled_ops[(self.path(), "nn.Parameter outside the model's modules [constant]")] += 1
 
     def handler_for(self, func: Callable) -> ops.Handler | None:
         """The handler of ``func`` in this binding's op table (None: plain autograd is its rule)."""
@@ -456,8 +479,9 @@ class Binding:
 
         return checkpoint(scoped, *args, **kwargs)
 
-    def _new_forward(self, module: nn.Module, args: tuple) -> None:
+    def _new_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self._local.fresh = True  # the next input seen starts this forward's ``inputs``
+        self._local.given = [v for v in (*args, *kwargs.values()) if isinstance(v, nn.Parameter)]
 
     def _keep(self, module: nn.Module, x: Tensor, replace: bool = False) -> Tensor | None:
         """Keep ``x`` as the input of the kind ``module`` serves here (where one module serves several kinds,
