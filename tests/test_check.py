@@ -328,12 +328,36 @@ def test_sigmoid_routing_weights_are_constants_in_cp_lrp():
     torch.manual_seed(0)
     report = attnlrp.check(SigmoidMoE(), _x())
     assert report.ok, str(report)
-    assert report.audit.rules["sigmoid [weights constant (cp-lrp)]"] == 1
+    # the weights stay weights through gather, normalisation and scaling: held constant where they multiply
+    assert report.audit.rules["mul [gate (cp-lrp)]"] == 1 and report.audit.rules["mul [uniform]"] == 0
+    model = SigmoidMoE().double()
+    with attnlrp.lrp(model, method="cp-lrp"), attnlrp.Recorder(model, "gate") as rec:
+        model(_x().double().requires_grad_()).max().backward()
+    assert "gate" not in rec.relevance  # no backward pass reached the router
     # AttnLRP keeps the softmax rule at the sigmoid: relevance reaches the gate, and is not conserved
     model = SigmoidMoE().double()
     with attnlrp.lrp(model, method="attnlrp"), attnlrp.Recorder(model, "gate") as rec:
         model(_x().double()).max().backward()
     assert float(rec.relevance["gate"].abs().sum()) > 0
+
+
+@pytest.mark.parametrize("sigmoid", [nn.Sigmoid(), nn.SiLU()], ids=["sigmoid", "silu"])
+def test_a_sigmoid_activation_passes_its_relevance_in_cp_lrp(sigmoid):
+    """A sigmoid between two linear layers is an activation, not a gate: CP-LRP gives it the identity rule (it was
+    held constant, which cut the branch off: no relevance reached the input, and strict raised torch's own error)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8, bias=False), sigmoid, nn.Linear(8, 3, bias=False)).double()
+    report = attnlrp.check(model, _x())
+    assert report.ok, str(report)
+    x = _x().double().requires_grad_()
+    with attnlrp.lrp(model, method="cp-lrp", strict=True):
+        y = model(x).max()
+        y.backward()
+    assert torch.allclose((x * x.grad).sum(), y.detach())
+    zero = torch.zeros(1, 8, dtype=torch.float64, requires_grad=True)  # sigmoid(0)/0: no relevance, and no NaN
+    with attnlrp.lrp(model[1:], method="cp-lrp"):
+        model[1:](zero).sum().backward()
+    assert torch.isfinite(zero.grad).all()
 
 
 class AltUpLike(nn.Module):

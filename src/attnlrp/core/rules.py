@@ -38,6 +38,13 @@ RATIOS: dict[str, Ratio] = {
 }
 
 
+def sigmoid_ratio(x: Tensor) -> Tensor:
+    """sigmoid(x)/x, for the identity rule at a sigmoid (sigmoid(0) = 1/2: the ratio has a pole at 0, where it is
+    taken as 0; an input of exactly 0 carries no relevance, whatever reaches it)."""
+    zero = x == 0
+    return torch.where(zero, 0.0, torch.sigmoid(x) / torch.where(zero, 1.0, x))
+
+
 def power_ratio(p: float) -> Ratio:
     """x^p / x = x^(p-1) for an exponent p > 0 (0 where x <= 0 and p is not an integer, as x^p is undefined there)."""
     if float(p).is_integer():

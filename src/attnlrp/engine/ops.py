@@ -103,6 +103,15 @@ CLAMPS = frozenset("clamp clip clamp_min clamp_max".split())
 
 DROPOUT = frozenset("dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout".split())
 
+#: Linear ops that select or reshape their first argument: a weight (a sigmoid's output, CP-LRP) stays a weight
+#: through them, as routing weights pass through gather and indexing on their way to the signal they weigh.
+SELECTIONS = frozenset(
+    """
+    gather getitem index_select take_along_dim view view_as reshape reshape_as unsqueeze squeeze flatten expand
+    expand_as repeat_interleave transpose permute contiguous to type_as float double half bfloat16 clone
+    """.split()
+)
+
 
 def op_name(func: Callable) -> str:
     """A canonical name: ``Tensor.__rmul__``, ``torch.mul`` and ``Tensor.mul_`` are all ``mul``."""
@@ -159,10 +168,29 @@ def _einsum(binding: Binding, func, args, kwargs):
     return func(args[0], *operands, **kwargs)
 
 
+def _weight(x: Any) -> bool:
+    """Whether ``x`` is a weight (CP-LRP): a sigmoid's output, selected, reshaped, scaled or normalised."""
+    return getattr(x, "_attnlrp_weight", False)
+
+
+def _weighing(out: Any) -> Any:
+    """``out`` marked as a weight."""
+    if isinstance(out, Tensor) and out.requires_grad:
+        out._attnlrp_weight = True
+    return out
+
+
+def _selection(binding: Binding, func, args, kwargs):
+    """A linear op (see ``SELECTIONS``): plain, and a weight stays a weight (written in place, it stays one)."""
+    out = func(*args, **kwargs)
+    return _weighing(out) if _weight(args[0] if args else kwargs.get("input")) else out
+
+
 def _mul(binding: Binding, func, args, kwargs):
     a, b = args[0], args[1]
     if not (_requires_grad(a) and _requires_grad(b)):
-        return func(*args, **kwargs)
+        out = func(*args, **kwargs)
+        return _weighing(out) if _weight(a) or _weight(b) else out  # a weight scaled by a constant
     if a is b and binding.in_norm():
         binding.note(func, "norm statistic")
         return func(a.detach(), b.detach(), *args[2:], **kwargs)
@@ -172,7 +200,7 @@ def _mul(binding: Binding, func, args, kwargs):
             binding.note(func, "identity (self-gated)")
             return _held_constant(func, args, kwargs, gate)
     if binding.method == "cp-lrp":
-        gate = a if getattr(a, "_attnlrp_gate", False) else b if getattr(b, "_attnlrp_gate", False) else None
+        gate = next((f for f in (a, b) if getattr(f, "_attnlrp_gate", False) or _weight(f)), None)
         if gate is not None:
             binding.note(func, "gate (cp-lrp)")
             return _held_constant(func, args, kwargs, gate)
@@ -191,10 +219,12 @@ def _held_constant(func, args, kwargs, gate: Tensor):
 def _div(binding: Binding, func, args, kwargs):
     num, den = args[0], args[1]
     if not _requires_grad(den):
-        return func(*args, **kwargs)
+        out = func(*args, **kwargs)
+        return _weighing(out) if _weight(num) else out
     if _requires_grad(num):
         binding.note(func, "normalisation")
-        return func(num, den.detach(), *args[2:], **kwargs)
+        out = func(num, den.detach(), *args[2:], **kwargs)
+        return _weighing(out) if _weight(num) else out
     return _unruled(binding, func, args, kwargs)
 
 
@@ -237,23 +267,27 @@ def _softmax(binding: Binding, func, args, kwargs):
 
 
 def _sigmoid(binding: Binding, func, args, kwargs):
-    """sigmoid(x) = softmax([x, 0])[0]: a weight, ruled as softmax is.
+    """sigmoid(x) = softmax([x, 0])[0]: a weight where it multiplies the signal, an activation where it doesn't.
 
-    AttnLRP: the softmax rule, its plain gradient. The output is tagged as a gate, so that ``x * sigmoid(x)``
-    (SiLU written out) gets SiLU's identity rule. CP-LRP: held constant, as attention weights are: a
-    sigmoid gates (a shared-expert gate, GLU, gated attention) or weighs experts (DeepSeek-V3's and Llama 4's
-    routers, whose weights pass through gather, normalisation and scaling before they multiply). Held
-    constant, ``x * sigmoid(x)`` is the identity rule again.
+    The output is tagged as a gate, so that a product of it with another input-dependent factor holds it constant
+    in CP-LRP (a shared-expert gate, GLU, gated attention; see ``_mul``), and ``x * sigmoid(x)`` (SiLU written out)
+    gets SiLU's identity rule. Otherwise, AttnLRP: the softmax rule, its plain gradient. CP-LRP: the identity rule
+    of the other element-wise activations (backward g * sigmoid(x)/x), so that a sigmoid activation passes on its
+    relevance. In CP-LRP the output is also a weight: it stays one through selection, reshaping, scaling and
+    normalisation (``SELECTIONS``, ``_mul``, ``_div``), so that routing weights written out (DeepSeek-V3's: a gather,
+    a normalisation and a scaling before they multiply the experts' outputs) are held constant too.
     """
-    out = func(*args, **kwargs)
-    if not (isinstance(out, Tensor) and out.requires_grad):
-        return out
+    x = args[0]
     if binding.method == "cp-lrp":
-        binding.note(func, "weights constant (cp-lrp)")
-        return out.detach()
-    binding.note(func, "softmax (two-way)")
-    out._attnlrp_gate = True
-    out._attnlrp_gate_input = weakref.ref(_arg(args, kwargs, 0, "input"))
+        out = _weighing(_identity(binding, func, args, kwargs, rules.sigmoid_ratio))
+    else:
+        out = func(*args, **kwargs)
+        if not (isinstance(out, Tensor) and out.requires_grad):
+            return out
+        binding.note(func, "softmax (two-way)")
+        out._attnlrp_gate = True
+    if _requires_grad(x):
+        out._attnlrp_gate_input = weakref.ref(x)
     return out
 
 
@@ -499,7 +533,7 @@ def _out_of_place(func: Callable) -> Callable | None:
 
 
 #: Marks a handler's result carries for the handlers of the ops that use it (see _mul).
-_TAGS = ("_attnlrp_gate", "_attnlrp_gate_input")
+_TAGS = ("_attnlrp_gate", "_attnlrp_gate_input", "_attnlrp_weight")
 
 
 def _in_place(handler: Handler, out_of_place: Callable | None) -> Handler:
@@ -537,6 +571,8 @@ def _in_place(handler: Handler, out_of_place: Callable | None) -> Handler:
 def handler_for(func: Callable) -> Handler | None:
     """The handler for ``func``; None for ops that are linear (plain autograd is their rule)."""
     name = op_name(func)
+    if name in SELECTIONS:
+        return _selection
     if name in _SPECIAL:
         return _in_place(_SPECIAL[name], _out_of_place(func))
     if name in LINEAR or name.startswith(PASSIVE_PREFIXES):
