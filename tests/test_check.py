@@ -16,6 +16,7 @@ constants zeroed, under CP-LRP.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from tiny_models import EXTENDED, FAMILIES, build
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.utils import ModelOutput
 
 import attnlrp
 from attnlrp import cli
@@ -124,6 +126,60 @@ def test_finds_the_module_the_audit_cannot_see_into(middle, path, kind, audited)
     assert {m.path for m in report.flow.violations()} == {"", path}  # the root only contains the leak
     text = str(report)
     assert f"LEAK   {path}" in text and kind in text and "inside <root>" in text and "docs/check.md" in text
+
+
+@dataclasses.dataclass
+class _Out:
+    h: torch.Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class _FrozenOut:
+    inner: _Out
+
+
+@dataclasses.dataclass
+class _ModelOut(ModelOutput):
+    h: torch.Tensor | None = None
+
+
+class WrappedGelu(nn.Module):
+    """CustomGelu whose output comes back wrapped (a dataclass, a deep list, a model output)."""
+
+    def __init__(self, wrap, unwrap):
+        super().__init__()
+        self.wrap, self.unwrap = wrap, unwrap
+
+    def forward(self, x):
+        return self.wrap(_Gelu.apply(x))
+
+
+class UnwrappingNet(Net):
+    def forward(self, x):
+        return self.down(self.act.unwrap(self.act(self.up(x))))
+
+
+@pytest.mark.parametrize(
+    ("wrap", "unwrap"),
+    [
+        (_Out, lambda o: o.h),
+        (lambda h: _FrozenOut(_Out(h)), lambda o: o.inner.h),
+        (lambda h: [[[h]]], lambda o: o[0][0][0]),
+        (lambda h: {"a": ({"b": h},)}, lambda o: o["a"][0]["b"]),
+        (_ModelOut, lambda o: o.h),
+    ],
+    ids=["dataclass", "frozen-dataclass", "deep-list", "deep-dict", "model-output"],
+)
+def test_a_custom_function_returned_wrapped_is_found_in_its_module(wrap, unwrap):
+    """The audit and the check walk a module's output at any depth: the function and the leak are at ``act`` (a
+    dataclass or a container more than two levels deep put the function at <root>, and the check blamed both)."""
+    torch.manual_seed(0)
+    model = UnwrappingNet(WrappedGelu(wrap, unwrap))
+    assert attnlrp.audit(model, _x()).unruled == [("act", "autograd.Function _Gelu", 1)]
+    report = attnlrp.check(model, _x())
+    assert report.audit.unruled == [("act", "autograd.Function _Gelu", 1)]
+    assert [(m.path, m.kind) for m in report.leaks] == [("act", "WrappedGelu")]
+    assert {m.path for m in report.flow.violations()} == {"", "act"}
 
 
 def test_bloom_gelu_custom_function_is_found_without_its_rule_and_conserves_with_it(monkeypatch):

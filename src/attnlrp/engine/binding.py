@@ -28,6 +28,7 @@ from ..core.naming import method_key
 from ..errors import BindingError, MethodError, UnruledOpError, UnruledOpWarning
 from . import layer_map, module_rules, ops, quantized
 from .sites import Site, input_sites
+from .trees import tensors
 from .unsupported import refuse_compiled, refuse_compiling, refuse_unsupported
 
 #: The rule sets the engine binds.
@@ -556,16 +557,10 @@ def _forward_count_kept(norm: nn.Module) -> list[Any]:
     return [norm.register_forward_pre_hook(before), norm.register_forward_hook(after, always_call=True)]
 
 
-def _grad_nodes(value: Any, depth: int = 2) -> list:
-    """The autograd nodes that made the tensors in ``value``: a tensor, or one in a tuple, list or dict (a model
-    output) up to ``depth`` levels down; caches and other objects are not searched (a full pytree walk of every
-    module's arguments would cost more than the rules)."""
-    if isinstance(value, Tensor):
-        return [value.grad_fn] if value.grad_fn is not None else []
-    if depth and isinstance(value, (tuple, list, dict)):
-        items = value.values() if isinstance(value, dict) else value
-        return [node for item in items for node in _grad_nodes(item, depth - 1)]
-    return []
+def _grad_nodes(value: Any) -> list:
+    """The autograd nodes that made the tensors in ``value`` (a module's arguments or output), at any depth: a
+    custom function's output returned in a dataclass or a deep container still belongs to the module that ran it."""
+    return [t.grad_fn for t in tensors(value) if t.grad_fn is not None]
 
 
 def binding_of(model: nn.Module) -> Binding | None:

@@ -25,12 +25,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils._pytree import tree_leaves, tree_map
 
 from ..errors import BindingError, InputError, UnruledOpWarning
 from . import layer_map, quantized
 from .audit import AuditReport, example_arguments
 from .binding import binding_of, lrp
+from .trees import map_tensors, tensors
 from .unsupported import refuse_compiled
 
 #: Reads the relevance of tensor t from its gradient: t * grad (efficient mode) or grad (explicit mode).
@@ -165,20 +165,20 @@ def relevance_flow(
         if paused() or not torch.is_grad_enabled():
             return None
         copies: dict[int, Tensor] = {}
-        return tree_map(lambda t: copy_of(t, copies, call, "input"), (args, kwargs))
+        return map_tensors(lambda t: copy_of(t, copies, call, "input"), (args, kwargs))
 
     def after(path: str, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         call = running.pop() if running else None
         if call is None or paused() or not torch.is_grad_enabled():
             return None
         copies: dict[int, Tensor] = {}
-        for t in tree_leaves(output):
+        for t in tensors(output):
             if _carries_relevance(t) and t.grad_fn is None and id(t) not in copies:
                 copies[id(t)] = t  # relevance enters here: an input of the modules around this one
                 count(list(running), "input", t)
         if not call.fed:  # a lookup (a second token table, rotary tables): nothing enters it to conserve
             return None
-        return tree_map(lambda t: copy_of(t, copies, call, "output"), output)
+        return map_tensors(lambda t: copy_of(t, copies, call, "output"), output)
 
     def copy_of(t: Any, copies: dict[int, Tensor], call: _Call, side: str) -> Any:
         """A copy of each distinct relevance-carrying tensor (with the tensor's own attributes, such as
@@ -232,7 +232,7 @@ def _default_target(output: Any) -> Tensor:
     """The largest logit (at the last position of a sequence) of the first sample."""
     logits = getattr(output, "logits", None)
     if not isinstance(logits, Tensor):
-        logits = next((t for t in tree_leaves(output) if _carries_relevance(t)), None)
+        logits = next((t for t in tensors(output) if _carries_relevance(t)), None)
     if logits is None:
         raise ValueError("The model returned no tensor that depends on its inputs: pass target=callable(output).")
     row = logits[0]
@@ -373,4 +373,4 @@ def _float64_experts(model: nn.Module) -> list[str]:
 
 
 def _in_float64(inputs: Any) -> Any:
-    return tree_map(lambda t: t.double() if isinstance(t, Tensor) and t.is_floating_point() else t, inputs)
+    return map_tensors(lambda t: t.double() if t.is_floating_point() else t, inputs)
