@@ -236,6 +236,18 @@ def test_characters_split_over_byte_level_tokens_join_into_the_text_and_into_wor
     assert all(word.strip() for word in words)  # no word is only the rest of a character
 
 
+def test_a_ranking_names_tokens_that_hold_the_rest_of_a_character(tokenizer):
+    from attnlrp.tasks.text import display_tokens
+
+    ids = tokenizer("北京 and 🍕 pizza")["input_ids"]
+    raw, display, special = display_tokens(tokenizer, ids)
+    scores = np.arange(len(ids), 0, -1, dtype=np.float32)  # the first tokens rank first
+    exp = Explanation(tokens=raw, display=display, scores=scores, target="x", value=1.0, method="m", special=special)
+    ranked = [text for text, _, _ in exp.top(len(ids))]
+    assert "" not in ranked, "the rest of 北 was listed as an empty string"
+    assert ranked[:2] == ["北", "(rest of '北')"] and "(rest of '🍕')" in ranked
+
+
 def test_words_keep_emoji_and_scripts_without_spaces_whole(tokenizer):
     from attnlrp.tasks.text import display_tokens
 

@@ -123,7 +123,15 @@ class Explanation(Result):
         order = np.argsort(keys[by](scores), kind="stable")[:k]
         if by != "abs":
             order = order[keys[by](scores[order]) < 0]  # of the sign asked for
-        return [(self.display[i], float(self.scores[i]), int(i)) for i in order]
+        return [(self._ranked_text(int(i)), float(self.scores[i]), int(i)) for i in order]
+
+    def _ranked_text(self, i: int) -> str:
+        """Token i's text in a ranking: a token that holds the rest of a character written by tokens before it
+        (a byte of 北 or 🍕; shown empty in place) is named after the character, ``(rest of '北')``."""
+        if self.display[i] or not self.tokens[i]:
+            return self.display[i]
+        owner = next((self.display[j] for j in range(i - 1, -1, -1) if self.display[j]), "")
+        return f"(rest of {owner.strip()!r})" if owner.strip() else self.display[i]
 
     def to_frame(self):
         """A pandas DataFrame with one row per token (or word): position, display text, score, token id(s),
