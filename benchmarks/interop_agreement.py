@@ -12,6 +12,7 @@ the correlation, over all explained tokens.
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
 import subprocess
@@ -20,6 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import cpu_name, replace_fenced
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -140,10 +144,21 @@ def main() -> None:
         rows += [tuple(row) for row in json.loads(line[len("@@rows ") :])]
     else:
         print(f"({INSEQ_PYTHON} is missing: `make install` creates it; Inseq rows left out)")
-    print("| flow | max |Δ| / max |R| | correlation | relevances compared |")
-    print("|---|---|---|---|")
-    for label, row in rows:
-        print(f"| {label} | {row['relative']:.1e} | {row['corr']:.8f} | {row['tokens']} |")
+    table = [
+        "| flow | max \\|Δ\\| / max \\|R\\| | correlation | relevances compared |",
+        "|---|---|---|---|",
+        *(f"| {label} | {row['relative']:.1e} | {row['corr']:.8f} | {row['tokens']} |" for label, row in rows),
+    ]
+    print("\n".join(table))
+    if INSEQ_PYTHON.exists():  # every row: the page's table is replaced
+        when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        page = replace_fenced(
+            ROOT / "docs" / "interop.md",
+            "interop-agreement",
+            f"Command: `python benchmarks/interop_agreement.py`. Date: {when}. torch {torch.__version__}, "
+            f"{cpu_name()}.\n\n" + "\n".join(table),
+        )
+        print(f"wrote {page}")
 
 
 if __name__ == "__main__":
