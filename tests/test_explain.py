@@ -189,6 +189,13 @@ def test_chat_messages_use_the_template_and_segments_add_up(tiny_lm, tokenizer):
     assert words.keys() == parts.keys()
     for name in parts:
         assert words[name] == pytest.approx(parts[name], rel=1e-4, abs=1e-6)
+    # a generation from the same messages names them too (it had no segments), and what it generated
+    gen = attnlrp.explain_generation(tiny_lm, tokenizer, messages, max_new_tokens=3, method="cp-lrp")
+    assert gen.segments == [*exp.segments, ("generated", len(exp), len(gen.token_ids))]
+    first = gen.step(0)
+    assert first.segments == exp.segments
+    assert first.segment_scores()["1:user"] == pytest.approx(parts["1:user"], rel=1e-5)
+    assert [name for name, _, _ in gen.step(2).segments][-1] == "generated"
 
 
 def test_segments_of_a_template_that_ends_a_conversation_without_the_generation_prompt(tokenizer):

@@ -195,4 +195,6 @@ def explain_generation(
         token_ids=ids,
         special=special,
         probs=probs,
+        # a chat's messages, as explain names them, and what was generated after them
+        segments=[*item.segments, ("generated", n_prompt, len(ids))] if item.segments else [],
     )
