@@ -74,6 +74,21 @@ def test_two_processes_write_what_one_process_writes(folder, tmp_path):
     assert by_hand.returncode == 0, by_hand.stderr and (tmp_path / "multi.jsonl").read_bytes() == expected
 
 
+def test_accelerate_launch_writes_what_one_process_writes(folder, tmp_path):
+    # the accelerate launcher of docs/scaling.md; without --multi_gpu it starts one process, on CPUs too
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS), encoding="utf-8")
+    common = ("explain", "--model", str(folder), "--input", str(prompts), "--batch-size", "2", "--no-color")
+    single = _attnlrp(*common, "--output", str(tmp_path / "single.jsonl"))
+    assert single.returncode == 0, single.stderr
+    accelerate = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2")
+    accelerate += ("--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")
+    multi = _attnlrp(*common, "--output", str(tmp_path / "multi.jsonl"), launcher=accelerate)
+    assert multi.returncode == 0, multi.stderr
+    assert all(shard_path(tmp_path / "multi.jsonl", rank, 2).is_file() for rank in range(2)), "two processes"
+    assert (tmp_path / "multi.jsonl").read_bytes() == (tmp_path / "single.jsonl").read_bytes()
+
+
 def test_a_process_whose_peer_failed_says_so_in_one_line(folder, tmp_path):
     # the healthy process printed gloo's trace ("Connection closed by peer") from the barrier before the merge
     prompts = tmp_path / "prompts.jsonl"
