@@ -251,6 +251,9 @@ def test_padded_token_ids_and_answer_ids_outside_the_vocabulary(tiny_lm, tokeniz
         attnlrp.explain(tiny_lm, tokenizer, padded)  # the padding was explained as prompt tokens
     same_length = tokenizer(["a b c", "d e f"], return_tensors="pt").input_ids
     assert len(attnlrp.explain(tiny_lm, tokenizer, same_length)) == 2
+    finished = same_length.clone()
+    finished[0, -1] = tokenizer.eos_token_id  # pad is the end of text here: one ends a finished turn
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id and len(attnlrp.explain(tiny_lm, tokenizer, finished)) == 2
     for bad in ([10**7], [-1]):  # a raw IndexError and OverflowError
         with pytest.raises(TargetError, match=r"Token id -?\d+ is outside the vocabulary"):
             attnlrp.explain(tiny_lm, tokenizer, PROMPT, target=Answer(bad))

@@ -248,7 +248,13 @@ def test_the_model_checked_is_untouched():
 
 def test_a_bound_model_is_refused():
     model = build("llama").model
-    with attnlrp.lrp(model), pytest.raises(BindingError, match="check it outside the block"):
+    with (
+        attnlrp.lrp(model),
+        pytest.raises(
+            BindingError,
+            match=r"bound by an enclosing attnlrp.lrp\(...\) block: check it unbound; leave that block first",
+        ),
+    ):
         attnlrp.check(model)
 
 
@@ -416,6 +422,57 @@ def test_a_sigmoid_activation_passes_its_relevance_in_cp_lrp(sigmoid):
     assert torch.isfinite(zero.grad).all()
 
 
+class GatedBySigmoid(nn.Module):
+    """An activation times a sigmoid gate, as a product or a matrix product (``how``), in either order."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.act, self.gate = nn.Linear(6, 8, bias=False), nn.Linear(6, 8, bias=False)
+        self.head = nn.Linear(8, 3, bias=False)
+
+    def forward(self, x):
+        act, gate = F.silu(self.act(x)), torch.sigmoid(self.gate(x))
+        if self.how == "act * gate":
+            return self.head(act * gate)
+        if self.how == "gate * act":
+            return self.head(gate * act)
+        return self.head(torch.einsum("bi,bi->bi", act, gate.gather(1, torch.arange(8).expand(len(x), 8))))
+
+
+def test_a_sigmoid_gate_is_held_in_cp_lrp_whatever_the_order_or_product_and_as_the_explicit_mode_holds_it():
+    # both factors were gates: act * gate held the activation, gate * act the sigmoid; einsum split the two
+    from attnlrp.explicit.presets import transformer_composite
+
+    found = {}
+    for how in ("act * gate", "gate * act", "einsum"):
+        torch.manual_seed(0)
+        model = GatedBySigmoid(how).double()
+        x = _x().double().requires_grad_()
+        with attnlrp.lrp(model, method="cp-lrp"):
+            y = model(x).max()
+            y.backward()
+        found[how] = (x * x.grad).detach()
+        assert torch.allclose(found[how].sum(), y.detach()), how
+        if how == "einsum":  # the explicit mode holds weights in products only (docs/explicit.md)
+            continue
+        explicit = _x().double().requires_grad_()
+        with transformer_composite("cp-lrp", epsilon=1e-12).context(model):
+            z = model(explicit).max()
+            z.backward(z)
+        assert torch.allclose(explicit.grad, found[how], atol=1e-9), how
+    assert torch.allclose(found["act * gate"], found["gate * act"]) and torch.allclose(
+        found["einsum"], found["gate * act"]
+    )
+
+
+def test_a_sigmoid_near_zero_in_half_precision_has_a_finite_gradient():
+    # sigmoid(x)/x exceeds float16's range for |x| < 8e-6: its backward was inf
+    x = torch.tensor([3e-6, 1e-5, 0.0, -2e-7], dtype=torch.float16, requires_grad=True)
+    rules.identity_rule(x, torch.sigmoid, rules.sigmoid_ratio).sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
 class AltUpLike(nn.Module):
     """Gemma 3n's AltUp correction in small: coefficients 1 + W tanh(router(x)) that scale the signal."""
 
@@ -563,3 +620,17 @@ def test_cli_audit_check(leaky, tiny_lm, tokenizer, monkeypatch, capsys):
     assert code == (1 if leaky else 0)
     assert "attnlrp audit (cp-lrp)" in out
     assert ("LEAK   act" in out) if leaky else ("conserves relevance" in out)
+
+
+def test_the_tree_walk_visits_a_dataclass_that_holds_itself_once():
+    from attnlrp.engine.trees import map_tensors, tensors
+
+    @dataclasses.dataclass
+    class Node:
+        value: torch.Tensor
+        parent: object = None
+
+    node = Node(torch.ones(2))
+    node.parent = node  # a RecursionError in every module hook before
+    assert len(list(tensors((node,)))) == 1
+    assert torch.equal(map_tensors(lambda t: t * 2, [node])[0].value, torch.full((2,), 2.0))

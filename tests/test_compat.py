@@ -169,6 +169,10 @@ def test_a_model_built_with_the_class_is_bound_freed_when_dropped_and_named_when
     assert binding_of(model) is not None and binding_of(model).method == "cp-lrp"
     with pytest.raises(attnlrp.BindingError, match=r"bound by attnlrp\.compat .*attnlrp\.compat\.unpatch\(model\)"):
         attnlrp.explain(model, _IdTokenizer(), [1, 2, 3])
+    with pytest.raises(attnlrp.BindingError, match=r"attnlrp\.compat .*unpatch\(model\)"):  # "leave the block"
+        attnlrp.check(model)
+    with pytest.raises(attnlrp.BindingError, match=r"attnlrp\.compat .*unpatch\(model\)"):
+        attnlrp.explain(model, _IdTokenizer(), [1, 2], method="gradient")
     gone = weakref.ref(model)
     del model
     gc.collect()

@@ -192,10 +192,23 @@ def test_every_method_explains_a_model_in_training_mode_as_it_predicts(tokenizer
     )
 
 
-def test_a_bound_model_or_inference_mode_is_refused_by_name(tiny_lm, tokenizer):
-    with attnlrp.lrp(tiny_lm), pytest.raises(attnlrp.BindingError, match="run gradient methods outside the block"):
+def test_a_bound_model_or_inference_mode_is_refused_by_name_where_a_backward_runs(tiny_lm, tokenizer):
+    with (
+        attnlrp.lrp(tiny_lm),
+        pytest.raises(
+            attnlrp.BindingError,
+            match=r"by an enclosing attnlrp.lrp\(...\) block, .* run gradient methods on it unbound; leave that block",
+        ),
+    ):
         attnlrp.explain(tiny_lm, tokenizer, "Hi there", method="input_x_gradient")  # it returned LRP relevance
-    with torch.inference_mode(), pytest.raises(attnlrp.InputError, match=r"torch.inference_mode\(\) forbids"):
+    with torch.inference_mode(), pytest.raises(attnlrp.InputError, match=r"'attnlrp' method takes a backward pass"):
         attnlrp.explain(tiny_lm, tokenizer, "Hi there")
     with torch.no_grad():
         assert attnlrp.explain(tiny_lm, tokenizer, "Hi there").scores.any()
+    # methods without a backward run anywhere, as they did
+    for name in ("occlusion", "random", "attention"):
+        alone = attnlrp.explain(tiny_lm, tokenizer, "Hi there", method=name).scores
+        with torch.inference_mode():
+            assert (attnlrp.explain(tiny_lm, tokenizer, "Hi there", method=name).scores == alone).all()
+        with attnlrp.lrp(tiny_lm):
+            assert (attnlrp.explain(tiny_lm, tokenizer, "Hi there", method=name).scores == alone).all()

@@ -357,6 +357,37 @@ def test_the_binding_reads_every_input_and_embeddings_names_them(arch, tokenizer
         assert decoder_only.logits.shape[1] == 2 and set(binding.inputs) == {"target"}
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_audit_and_check_build_their_own_example_of_every_encoder_decoder(arch, tokenizer, processor, tmp_path):
+    # T5 and Marian had no decoder ids ("You must specify exactly one of input_ids"), Whisper no features
+    model, tok, _ = model_and_inputs(arch, tokenizer, processor)
+    assert attnlrp.audit(model, method="cp-lrp").ok
+    assert attnlrp.check(model).ok
+    folder = tmp_path / arch  # the command line fed Whisper's processor the text ("could not convert string")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    from attnlrp import cli
+
+    assert cli.main(["audit", "--model", str(folder), "--check"]) == 0
+    assert cli.main(["audit", "--model", str(folder), "--check", "--method", "attnlrp"]) == 2
+
+
+def test_a_multilingual_whisper_is_explained_in_the_language_and_task_it_generates_in(processor):
+    # explain always began <|en|><|transcribe|>, whatever generate() was told
+    model = whisper_model(processor)
+    ids = {token: processor.tokenizer.convert_tokens_to_ids(token) for token in ("<|en|>", "<|fr|>")}
+    tasks = {task: processor.tokenizer.convert_tokens_to_ids(f"<|{task}|>") for task in ("transcribe", "translate")}
+    config = model.generation_config
+    config.is_multilingual, config.lang_to_id, config.task_to_id = True, ids, tasks
+    config.language, config.task = "french", "translate"
+    exp = attnlrp.explain(model, processor, AUDIO[0], method="cp-lrp")
+    gen = attnlrp.explain_generation(model, processor, AUDIO[0], max_new_tokens=2, method="cp-lrp")
+    assert exp.tokens[:3] == gen.tokens[:3] == ["<|startoftranscript|>", "<|fr|>", "<|translate|>"]
+    config.language = "klingon"
+    with pytest.raises(attnlrp.InputError, match=r"asks for language '<\|klingon\|>' and task 'translate'"):
+        attnlrp.explain(model, processor, AUDIO[0])
+
+
 def test_a_decoder_only_model_keeps_one_input(tiny_lm, tokenizer):
     with attnlrp.lrp(tiny_lm) as binding:
         tiny_lm(input_ids=torch.tensor([tokenizer(TEXT).input_ids])).logits[0, -1].max().backward()
@@ -463,8 +494,10 @@ def test_a_target_longer_than_the_decoder_allows(tokenizer, processor):
 
 def test_bad_audio_gets_one_clear_error(tokenizer, processor):
     model = whisper_model(processor)
-    with pytest.raises(attnlrp.InputError, match=r"1\.5 s long.*at most 1 s"):
+    with pytest.raises(attnlrp.InputError, match=r"24000 samples \(1\.5 s\) long.*at most 16000 \(1 s\)"):
         attnlrp.explain(model, processor, waveform(1.5))
+    with pytest.raises(attnlrp.InputError, match=r"16001 samples \(1 s\) long"):  # it said 1.0 s, at most 1 s
+        attnlrp.explain(model, processor, np.zeros(16001, dtype=np.float32))
     with pytest.raises(attnlrp.InputError, match=r"shape \(80, 90\).*\[80, 100\]"):
         attnlrp.explain(model, processor, torch.zeros(80, 90))
     with pytest.raises(attnlrp.InputError, match="processor"):
@@ -483,7 +516,12 @@ def test_audio_at_another_rate_or_in_stereo_is_refused_with_the_fix(tokenizer, p
         attnlrp.explain(whisper, processor, AUDIO[0], sampling_rate=44100)
     same = attnlrp.explain(whisper, processor, AUDIO[0], sampling_rate=16000, method="cp-lrp")
     assert same == attnlrp.explain(whisper, processor, AUDIO[0], method="cp-lrp")
-    with pytest.raises(attnlrp.InputError, match=r"2 channel\(s\) was given; the model hears one"):
-        attnlrp.explain(whisper, processor, np.stack([AUDIO[0], AUDIO[0]]))
+    for stereo, axis in ((np.stack([AUDIO[0], AUDIO[0]]), 0), (np.stack([AUDIO[0], AUDIO[0]], axis=1), 1)):
+        # channels last (soundfile's layout) was read as log-mel features of the wrong shape
+        with pytest.raises(attnlrp.InputError, match=rf"A stereo waveform .* mix it down \(x\.mean\({axis}\)\)"):
+            attnlrp.explain(whisper, processor, stereo)
+    mono = torch.from_numpy(AUDIO[0]).requires_grad_()  # a raw "Can't call numpy() on Tensor that requires grad"
+    for given in (mono, mono[None], mono[:, None]):  # [1, N] was refused as a waveform of 1 channel
+        assert attnlrp.explain(whisper, processor, given, method="cp-lrp") == same
     with pytest.raises(attnlrp.InputError, match="sampling_rate= is for audio models; T5ForConditionalGeneration"):
         attnlrp.explain(text_model("t5", tokenizer), tokenizer, TEXT, sampling_rate=16000)

@@ -471,6 +471,11 @@ def test_the_command_line_chooses_the_pooling_and_similarity(wordpiece, monkeypa
     by_api = attnlrp.explain(model, wordpiece, TEXTS[0], pair=PAIRS[0], pooling="cls", similarity="dot")
     saved = attnlrp.Explanation.load(tmp_path / "e.json")
     assert saved.target == "dot similarity" and saved.value == pytest.approx(by_api.value)
+    lines = tmp_path / "in.jsonl"
+    lines.write_text(json.dumps({"prompt": TEXTS[0], "pair": PAIRS[0]}) + "\n", encoding="utf-8")
+    argv = ["explain", "--input", str(lines), "--output", str(tmp_path / "out.jsonl"), "--pooling", "cls"]
+    assert cli.main(argv) == 2  # it said to give them as fields of each line, which no line reads
+    assert "--pooling with --input: a dataset run explains with the model's own pooling" in capsys.readouterr().err
 
 
 def test_an_input_line_with_a_field_its_task_does_not_take_is_refused_by_the_fields_name(wordpiece, tmp_path):

@@ -380,6 +380,12 @@ def _explain_many(args, model, tokenizer) -> None:
 
     if not args.output:
         raise InputError("--input needs --output: the file the results are written to (one JSON line each).")
+    reading = _options_given(args, ["pooling", "similarity"])
+    if reading:
+        raise InputError(
+            f"{', '.join(reading)} with --input: a dataset run explains with the model's own pooling and the cosine "
+            "similarity; explain one prompt to choose them."
+        )
     one_prompt = _options_given(args, _ONE_PROMPT)
     if one_prompt:
         raise InputError(
@@ -428,11 +434,23 @@ def _generate(args, model, tokenizer) -> None:
 def _audit(args, model, tokenizer) -> int:
     import attnlrp
 
-    ids = tokenizer("The Eiffel Tower is located in", return_tensors="pt").input_ids
+    from .engine.audit import example_arguments
+    from .errors import InputError
+    from .methods import get_method
+
+    inputs = None  # the engine's example: log-mel features for speech, a decoder start for encoder-decoders
+    if getattr(model, "main_input_name", "input_ids") == "input_ids":
+        ids = tokenizer("The Eiffel Tower is located in", return_tensors="pt").input_ids
+        inputs = {**example_arguments(model, None)[1], "input_ids": ids}
     if not args.check:
-        print(attnlrp.audit(model, ids, **_method(args)))
+        print(attnlrp.audit(model, inputs, **_method(args)))
         return 0
-    report = attnlrp.check(model, ids)
+    if args.method and get_method(args.method).name != "cp-lrp":
+        raise InputError(
+            f"--check measures conservation under CP-LRP (exact on the bias-free copy it runs), not {args.method}: "
+            "leave --method out, or audit that method's ops without --check."
+        )
+    report = attnlrp.check(model, inputs)
     print(report)
     return 0 if report.ok else 1
 

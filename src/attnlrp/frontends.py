@@ -38,7 +38,7 @@ def run(
     for recorder in recorders(task.model):
         recorder.check_run(method, len(items))
     results: list[Any] = [None] * len(items)
-    with predicting(task.model, method.is_lrp):
+    with predicting(task.model, method):
         for group in plan(task.lengths(items), batch_size, TOKEN_BUDGET, by_length=True):
             batch = task.prepare([items[i] for i in group], [targets[i] for i in group])
             method.check(batch)
@@ -171,11 +171,13 @@ def explain_generation(
             "A Recorder holds one forward pass, and a generation explains each token in a backward of its own: "
             "inside the block, explain one prefix per call with attnlrp.explain."
         )
-    if generate_kwargs.get("num_return_sequences", 1) != 1:
+    config = generate_kwargs.get("generation_config") or getattr(model, "generation_config", None)
+    sequences = generate_kwargs.get("num_return_sequences", getattr(config, "num_return_sequences", None) or 1)
+    if sequences != 1:
         raise InputError(
-            "explain_generation explains one generated sequence, and num_return_sequences="
-            f"{generate_kwargs['num_return_sequences']!r} asks for more (the others were dropped): leave it out, and "
-            "call explain_generation once for each sequence (with do_sample=True, each call samples its own)."
+            f"explain_generation explains one generated sequence, and num_return_sequences={sequences!r} asks for "
+            "more (the others were dropped): leave it out (or set it to 1), and call explain_generation once for "
+            "each sequence (with do_sample=True, each call samples its own)."
         )
     for name, value in (("backward_batch", backward_batch), ("max_new_tokens", max_new_tokens)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -186,7 +188,7 @@ def explain_generation(
             "LMs, encoder-decoders and vision-language models. Explain its prediction with attnlrp.explain "
             "(`attnlrp explain` on the command line)."
         )
-    with predicting(model, method.is_lrp):  # generated as predicted, dropout off
+    with predicting(model, method):  # generated as predicted, dropout off
         if images is not None or VisionLanguage.accepts(model):
             task = make_task(model, tokenizer, images=images)  # a text-only model refuses the image here
             if not isinstance(task, VisionLanguage):

@@ -67,8 +67,10 @@ def stabilize(z: Tensor, epsilon: float) -> Tensor:
 
 
 def _ratio_in_float32(ratio: Ratio, x: Tensor) -> Tensor:
+    """f(x)/x, in float32 for half-precision x and clamped to x's range (sigmoid(x)/x near 0 exceeds float16's)."""
     if x.dtype in (torch.float16, torch.bfloat16):
-        return ratio(x.float()).to(x.dtype)
+        largest = torch.finfo(x.dtype).max
+        return ratio(x.float()).clamp(-largest, largest).to(x.dtype)
     return ratio(x)
 
 

@@ -58,15 +58,10 @@ class AuditReport:
 
 
 def example_arguments(model: nn.Module, example_inputs: Any) -> tuple[tuple, dict]:
-    """Forward arguments from ``example_inputs`` (float tensors made to require grad); eight token ids by default."""
+    """Forward arguments from ``example_inputs`` (float tensors made to require grad); by default eight token ids
+    (a speech encoder's log-mel features instead), and four decoder ids for an encoder-decoder."""
     if example_inputs is None:
-        embeddings = input_embeddings(model)
-        if embeddings is None or not hasattr(embeddings, "num_embeddings"):
-            raise ValueError(
-                f"{type(model).__name__} has no token embeddings to build example inputs from: "
-                "pass example_inputs (a tensor, or a dict of forward arguments)."
-            )
-        return (), {"input_ids": torch.arange(8).remainder(embeddings.num_embeddings).unsqueeze(0)}
+        return (), {**_example_source(model), **_example_decoder(model)}
     if isinstance(example_inputs, dict):
         kwargs = {k: _with_grad(v) for k, v in example_inputs.items()}
         return (), kwargs
@@ -77,6 +72,33 @@ def example_arguments(model: nn.Module, example_inputs: Any) -> tuple[tuple, dic
     raise TypeError(
         f"example_inputs must be a tensor, a tuple of tensors or a dict, not {type(example_inputs).__name__}."
     )
+
+
+def _example_source(model: nn.Module) -> dict[str, Tensor]:
+    config = getattr(model, "config", None)
+    if getattr(model, "main_input_name", "input_ids") == "input_features":  # Whisper: mel bins x the frames it hears
+        bins, positions = getattr(config, "num_mel_bins", None), getattr(config, "max_source_positions", None)
+        if isinstance(bins, int) and isinstance(positions, int):
+            features = torch.randn(1, bins, 2 * positions, generator=torch.Generator().manual_seed(0))
+            return {"input_features": _with_grad(features.to(next(model.parameters()).dtype))}
+    embeddings = input_embeddings(model)
+    if embeddings is None or not hasattr(embeddings, "num_embeddings"):
+        raise ValueError(
+            f"{type(model).__name__} has no token embeddings to build example inputs from: "
+            "pass example_inputs (a tensor, or a dict of forward arguments)."
+        )
+    return {"input_ids": torch.arange(8).remainder(embeddings.num_embeddings).unsqueeze(0)}
+
+
+def _example_decoder(model: nn.Module) -> dict[str, Tensor]:
+    """An encoder-decoder's decoder ids: its start token and three more (none for other models)."""
+    config = getattr(model, "config", None)
+    if not getattr(config, "is_encoder_decoder", False):
+        return {}
+    vocab = getattr(config, "vocab_size", None) or 4
+    start = getattr(config, "decoder_start_token_id", None)
+    ids = torch.tensor([[start if isinstance(start, int) else 0, 1, 2, 3]]).remainder(vocab)
+    return {"decoder_input_ids": ids}
 
 
 def _with_grad(x: Any) -> Any:

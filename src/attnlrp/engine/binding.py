@@ -99,16 +99,16 @@ class _Mode(TorchFunctionMode):
             _handling.active = False
 
     def _handle(self, func, args, kwargs):
-        if torch.is_grad_enabled():
-            self.binding.hold_weights(args, kwargs)
         try:
             handler = self.handlers[func]
         except KeyError:
             handler = self.handlers[func] = self.binding.handler_for(func)
         except TypeError:  # unhashable callables
             handler = self.binding.handler_for(func)
-        if handler is None:
+        if handler is None:  # plain autograd: a weight's requires_grad doesn't change the input's gradient
             return func(*args, **kwargs) if kwargs else func(*args)
+        if torch.is_grad_enabled():
+            self.binding.hold_weights(args, kwargs)
         kwargs = kwargs or {}
         if not torch.is_grad_enabled():
             # Dropout is off even without gradients: a reentrant checkpoint runs the forward under
@@ -372,8 +372,10 @@ class Binding:
                         self.ruled_ops[(self.path(), "nn.Parameter outside the model's modules [constant]")] += 1
 
     def handler_for(self, func: Callable) -> ops.Handler | None:
-        """The handler of ``func`` in this binding's op table (None: plain autograd is its rule)."""
-        return ops.handler_for(func)
+        """The handler of ``func`` in this binding's op table (None: plain autograd is its rule). Selections only
+        carry CP-LRP's weight mark: under AttnLRP they are plain."""
+        handler = ops.handler_for(func)
+        return None if handler is ops.carry_weight and self.method != "cp-lrp" else handler
 
     def _bind_module(self, path: str, module: nn.Module) -> None:
         """Per-module binding beyond the scope hooks: quantized linear layers get the linear rule, a layer rule

@@ -328,8 +328,9 @@ def check(
     check a small instance of an architecture (a config with two layers).
     """
     refuse_compiled(model)
-    if binding_of(model) is not None:
-        raise BindingError(f"{type(model).__name__} is bound by an attnlrp.lrp(...) block: check it outside the block.")
+    bound = binding_of(model)
+    if bound is not None:
+        raise BindingError(f"{type(model).__name__} is bound by {bound.owner}: check it unbound; {bound.release}")
     if getattr(model, "is_quantized", False) or any(quantized.backend_of(m) is not None for m in model.modules()):
         raise InputError(
             f"{type(model).__name__} is quantized, and the check runs a float64 copy, which a quantized model can't be "

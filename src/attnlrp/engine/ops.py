@@ -108,7 +108,8 @@ DROPOUT = frozenset("dropout dropout1d dropout2d dropout3d alpha_dropout feature
 SELECTIONS = frozenset(
     """
     gather getitem index_select take_along_dim view view_as reshape reshape_as unsqueeze squeeze flatten expand
-    expand_as repeat_interleave transpose permute contiguous to type_as float double half bfloat16 clone
+    expand_as repeat repeat_interleave transpose permute contiguous to type_as float double half bfloat16 clone
+    select narrow split chunk unbind tensor_split masked_fill
     """.split()
 )
 
@@ -145,8 +146,18 @@ def _products(factors: dict[int, str]) -> Handler:
         carrying = [s for s in slots if _requires_grad(args[s] if isinstance(s, int) else kwargs.get(s))]
         if len(carrying) < 2:
             return func(*args, **kwargs)
-        binding.note(func, "uniform")
         args, kwargs = list(args), dict(kwargs)
+        if binding.method == "cp-lrp" and any(_weight(args[s] if isinstance(s, int) else kwargs[s]) for s in carrying):
+            binding.note(func, "gate (cp-lrp)")  # routing weights applied by a matrix product: held constant
+            for s in carrying:
+                if isinstance(s, int) and _weight(args[s]):
+                    args[s] = args[s].detach()
+                elif not isinstance(s, int) and _weight(kwargs[s]):
+                    kwargs[s] = kwargs[s].detach()
+            carrying = [s for s in carrying if _requires_grad(args[s] if isinstance(s, int) else kwargs[s])]
+            if len(carrying) < 2:
+                return func(*args, **kwargs)
+        binding.note(func, "uniform")
         for s, f in zip(carrying, rules.uniform(*(args[s] if isinstance(s, int) else kwargs[s] for s in carrying))):
             if isinstance(s, int):
                 args[s] = f
@@ -162,6 +173,12 @@ def _einsum(binding: Binding, func, args, kwargs):
     carrying = [i for i, t in enumerate(operands) if _requires_grad(t)]
     if len(carrying) < 2:
         return func(*args, **kwargs)
+    if binding.method == "cp-lrp" and any(_weight(operands[i]) for i in carrying):
+        binding.note(func, "gate (cp-lrp)")  # routing weights applied by einsum: held constant
+        operands = [t.detach() if _weight(t) else t for t in operands]
+        carrying = [i for i, t in enumerate(operands) if _requires_grad(t)]
+        if len(carrying) < 2:
+            return func(args[0], *operands, **kwargs)
     binding.note(func, "uniform")
     for i, f in zip(carrying, rules.uniform(*(operands[i] for i in carrying))):
         operands[i] = f
@@ -174,13 +191,14 @@ def _weight(x: Any) -> bool:
 
 
 def _weighing(out: Any) -> Any:
-    """``out`` marked as a weight."""
-    if isinstance(out, Tensor) and out.requires_grad:
-        out._attnlrp_weight = True
+    """``out`` marked as a weight (each piece of a split)."""
+    for piece in out if isinstance(out, (tuple, list)) else (out,):
+        if isinstance(piece, Tensor) and piece.requires_grad:
+            piece._attnlrp_weight = True
     return out
 
 
-def _selection(binding: Binding, func, args, kwargs):
+def carry_weight(binding: Binding, func, args, kwargs):
     """A linear op (see ``SELECTIONS``): plain, and a weight stays a weight (written in place, it stays one)."""
     out = func(*args, **kwargs)
     return _weighing(out) if _weight(args[0] if args else kwargs.get("input")) else out
@@ -200,10 +218,14 @@ def _mul(binding: Binding, func, args, kwargs):
             binding.note(func, "identity (self-gated)")
             return _held_constant(func, args, kwargs, gate)
     if binding.method == "cp-lrp":
-        gate = next((f for f in (a, b) if getattr(f, "_attnlrp_gate", False) or _weight(f)), None)
+        # a weight first (a sigmoid's output is a gate too): in act * sigmoid(g), the sigmoid is held either way
+        gate = next((f for f in (a, b) if _weight(f)), None)
+        if gate is None:
+            gate = next((f for f in (a, b) if getattr(f, "_attnlrp_gate", False)), None)
         if gate is not None:
             binding.note(func, "gate (cp-lrp)")
-            return _held_constant(func, args, kwargs, gate)
+            out = _held_constant(func, args, kwargs, gate)
+            return _weighing(out) if _weight(a) and _weight(b) else out  # a product of weights is one
     binding.note(func, "uniform")
     a, b = rules.uniform(a, b)
     return func(a, b, *args[2:], **kwargs)
@@ -572,7 +594,7 @@ def handler_for(func: Callable) -> Handler | None:
     """The handler for ``func``; None for ops that are linear (plain autograd is their rule)."""
     name = op_name(func)
     if name in SELECTIONS:
-        return _selection
+        return carry_weight
     if name in _SPECIAL:
         return _in_place(_SPECIAL[name], _out_of_place(func))
     if name in LINEAR or name.startswith(PASSIVE_PREFIXES):

@@ -93,12 +93,14 @@ class Journal:
             header = json.loads(lines[0])["settings"] if lines else None
         except (json.JSONDecodeError, KeyError, TypeError):
             header = None
-        if header != settings:
+        # the settings this suite uses (None: not this suite's; a journal of an older version may hold them)
+        used = {key: value for key, value in settings.items() if value is not None}
+        if not isinstance(header, dict) or any(header.get(key) != value for key, value in used.items()):
             differ = (
                 "; ".join(
-                    f"{key}: {header.get(key)!r} there, {settings.get(key)!r} now"
-                    for key in sorted(set(header) | set(settings))
-                    if header.get(key) != settings.get(key)
+                    f"{key}: {header.get(key)!r} there, {value!r} now"
+                    for key, value in used.items()
+                    if header.get(key) != value
                 )
                 if isinstance(header, dict)
                 else f"its settings can't be read ({header!r})"

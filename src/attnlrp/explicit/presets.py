@@ -39,16 +39,18 @@ class GateRule(Rule):
     """Applies ``rule`` and marks the output as a gate, which CP-LRP holds constant where it scales a product.
 
     self_gating: also remember the input, so that ``x * sigmoid(x)`` (SiLU written out) gets the
-    identity rule in ``product``.
+    identity rule in ``product``. weight: the output is a weight (CP-LRP's sigmoid), held constant in a product
+    before another gate, as the efficient mode holds it.
     """
 
-    def __init__(self, rule: Rule, self_gating: bool = False):
-        self.rule, self.self_gating = rule, self_gating
+    def __init__(self, rule: Rule, self_gating: bool = False, weight: bool = False):
+        self.rule, self.self_gating, self.weight = rule, self_gating, weight
 
     def __call__(self, fn, *args: Any, **kwargs: Any) -> Any:
         out = self.rule(fn, *args, **kwargs)
         if isinstance(out, Tensor) and out.requires_grad:
             out._explicit_gate = True
+            out._explicit_weight = self.weight
             if self.self_gating:  # the tensor it gates when written out as x * sigmoid(x)
                 source = next(t for t in tree_leaves((args, kwargs)) if carries_relevance(t))
                 out._explicit_gate_input = weakref.ref(source)
@@ -93,9 +95,10 @@ def product(
         if source is not None and source() is x:
             return functional.mul2(x, gate.detach())
     if constant_gates:
-        for gate, x in ((input, other), (other, input)):
-            if getattr(gate, "_explicit_gate", False) and carries_relevance(x):
-                return functional.mul2(x, gate.detach())
+        for mark in ("_explicit_weight", "_explicit_gate"):  # a weight first: act * sigmoid(g) holds the sigmoid
+            for gate, x in ((input, other), (other, input)):
+                if getattr(gate, mark, False) and carries_relevance(x):
+                    return functional.mul2(x, gate.detach())
     return functional.mul2(input, other)
 
 
@@ -215,8 +218,9 @@ def transformer_composite(method: str = "attnlrp", epsilon: float = DEFAULT_EPSI
         F.layer_norm: functools.partial(functional.layer_norm, epsilon=epsilon),
         F.rms_norm: functional.rms_norm_identity,
         **dict.fromkeys(_ACTIVATIONS, activation),
-        # sigmoid(x) = softmax([x, 0])[0]: its ε-rule is the softmax rule; CP-LRP holds it constant, like softmax
-        torch.sigmoid: GateRule(StopRelevanceRule() if cp else EpsilonRule(epsilon), self_gating=True),
+        # sigmoid(x) = softmax([x, 0])[0]: its ε-rule is the softmax rule; CP-LRP passes its relevance on as an
+        # activation (identity rule) and holds it constant as a weight where it scales a product, as the engine does
+        torch.sigmoid: GateRule(IdentityRule() if cp else EpsilonRule(epsilon), self_gating=True, weight=cp),
         operator.mul: functools.partial(product, constant_gates=cp, epsilon=epsilon),
         operator.truediv: quotient,
         operator.add: functools.partial(add, epsilon=epsilon),

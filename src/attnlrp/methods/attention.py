@@ -72,6 +72,7 @@ class AttentionMethod(Method):
     """A method that reads the model's attention weights from the explained position."""
 
     token_inputs_only = True
+    needs_backward = False
 
     def check(self, batch: Batch) -> None:
         super().check(batch)

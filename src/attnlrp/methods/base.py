@@ -25,7 +25,9 @@ class Method:
 
     Capabilities, stated on the class: ``is_lrp`` (it runs the engine's rules, so it takes
     ``gradient_checkpointing`` and ``layer_rules``), ``token_inputs_only`` (it needs positions of tokens,
-    not pixels), ``single_backward`` (one forward and one backward pass, which a ``Recorder`` can read).
+    not pixels), ``single_backward`` (one forward and one backward pass, which a ``Recorder`` can read),
+    ``needs_backward`` (it runs a backward pass: not under ``torch.inference_mode()``, and for a gradient method
+    not on a model bound to LRP rules).
     """
 
     name: ClassVar[str]
@@ -33,6 +35,7 @@ class Method:
     is_lrp: ClassVar[bool] = False
     token_inputs_only: ClassVar[bool] = False
     single_backward: ClassVar[bool] = False
+    needs_backward: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

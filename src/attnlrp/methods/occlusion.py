@@ -18,6 +18,7 @@ class Occlusion(Method):
     name = "occlusion"
     description = "Occlusion: how much the target drops when one token's embedding is zeroed"
     token_inputs_only = True
+    needs_backward = False
 
     def attribute(self, batch: Batch) -> dict[str, Tensor]:
         out = {}

@@ -19,6 +19,7 @@ class Random(Method):
 
     name = "random"
     description = "Seeded standard normal noise: the floor every method should beat"
+    needs_backward = False
     seed: int = 0
 
     def attribute(self, batch: Batch) -> dict[str, Tensor]:

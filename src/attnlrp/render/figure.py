@@ -3,10 +3,13 @@ matrix. PNG, SVG or PDF by the file's extension."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 
@@ -14,18 +17,19 @@ from ..errors import InputError
 from .palette import colormap, token_scores
 from .palette import scale as color_scale
 
-#: The file formats figures are saved in, by the file name's ending.
-FORMATS = (".png", ".svg", ".pdf")
 
-
-def figure_path(path: str | Path) -> Path:
-    """``path`` checked to end in a format of ``FORMATS`` (matplotlib adds ".png" to a name without one, so the
-    file written would not be the one named), with its folder made."""
+def figure_path(path: Any) -> Any:
+    """``path`` checked to end in a format matplotlib writes (".png", ".svg", ".pdf", ".jpg", ...: a name without
+    one was written with ".png" added, so the file named did not exist), with its folder made; a file object
+    passes as it is."""
+    if not isinstance(path, (str, os.PathLike)):
+        return path
     path = Path(path)
-    if path.suffix.lower() not in FORMATS:
+    formats = FigureCanvasAgg(Figure()).get_supported_filetypes()
+    if path.suffix.lower().lstrip(".") not in formats:
         raise InputError(
-            f"Figures are saved as PNG, SVG or PDF, told by the file name's ending: end {path.name!r} in "
-            f"{', '.join(FORMATS)} ({path.stem or 'figure'}.png, say)."
+            f"Figures are saved in the format the file name ends in, and {path.name!r} ends in none matplotlib "
+            f"writes: end it in .png, .svg or .pdf ({path.stem or 'figure'}.png, say), or {', '.join(sorted(formats))}."
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     return path

@@ -63,8 +63,9 @@ class Seq2SeqItem:
 
 
 def decoder_prompt(model: nn.Module) -> list[int]:
-    """The ids the decoder starts from: its start token; Whisper adds its language and task (English
-    transcription, for a multilingual model) and ``<|notimestamps|>``."""
+    """The ids the decoder starts from: its start token; Whisper adds its language and task (a multilingual model's
+    ``generation_config.language`` and ``.task``, as ``generate()`` reads them; English transcription where they
+    are not set) and ``<|notimestamps|>``."""
     generation = getattr(model, "generation_config", None)
     start = getattr(generation, "decoder_start_token_id", None)
     if start is None:
@@ -78,11 +79,28 @@ def decoder_prompt(model: nn.Module) -> list[int]:
     if getattr(generation, "is_multilingual", False):
         languages = getattr(generation, "lang_to_id", None) or {}
         tasks = getattr(generation, "task_to_id", None) or {}
-        prompt += [int(i) for i in (languages.get("<|en|>"), tasks.get("transcribe")) if i is not None]
+        language, task = _whisper_language(generation), getattr(generation, "task", None) or "transcribe"
+        if language not in languages or task not in tasks:
+            raise InputError(
+                f"{type(model).__name__}'s generation_config asks for language {language!r} and task {task!r}; it "
+                f"knows the languages {sorted(languages)[:8]}... and the tasks {sorted(tasks)}."
+            )
+        prompt += [int(languages[language]), int(tasks[task])]
     no_timestamps = getattr(generation, "no_timestamps_token_id", None)
     if no_timestamps is not None:
         prompt.append(int(no_timestamps))
     return prompt
+
+
+def _whisper_language(generation: Any) -> str:
+    """The language token a Whisper generation config asks for (``"fr"``, ``"french"`` or ``"<|fr|>"``), ``<|en|>``
+    where it asks for none."""
+    from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
+
+    language = str(getattr(generation, "language", None) or "en").lower()
+    if language.startswith("<|"):
+        return language
+    return f"<|{TO_LANGUAGE_CODE.get(language, language)}|>"
 
 
 def decoder_limit(model: nn.Module) -> int | None:
@@ -261,18 +279,22 @@ class Seq2Seq(Task):
                 f"{type(self.model).__name__} hears audio: pass a waveform (1-D floats) or log-mel features "
                 f"[{mels}, {frames}], not {found}."
             )
+        x = x.detach().cpu()
+        if x.dim() == 2 and tuple(x.shape) != (mels, frames) and 1 in x.shape:
+            x = x.reshape(-1)  # a mono waveform [1, N] or [N, 1]
         if x.dim() == 2:
-            if x.shape[0] in (1, 2) and x.shape[1] > frames:
+            channels = [d for d in (0, 1) if x.shape[d] == 2 and x.shape[1 - d] > 2]
+            if channels and tuple(x.shape) != (mels, frames):
                 raise InputError(
-                    f"A waveform of {x.shape[0]} channel(s) was given; the model hears one: pass it 1-D (x.mean(0) "
-                    "mixes stereo down)."
+                    f"A stereo waveform {tuple(x.shape)} was given; the model hears one channel: mix it down "
+                    f"(x.mean({channels[0]})) and pass it 1-D."
                 )
             if tuple(x.shape) != (mels, frames):
                 raise InputError(
                     f"Log-mel features of shape {tuple(x.shape)} were given, but the model takes [{mels}, {frames}]; "
                     "make them with the model's processor (its feature extractor pads to that length)."
                 )
-            return Audio(x.detach())
+            return Audio(x)
         if self.features is None:
             raise InputError(
                 "A waveform was given, but no feature extractor to hear it with: pass the model's processor "
@@ -288,8 +310,8 @@ class Seq2Seq(Task):
             raise InputError("The waveform is empty: give some audio to explain.")
         if x.numel() > limit:
             raise InputError(
-                f"The audio is {x.numel() / rate:.1f} s long, but the model hears at most {limit / rate:.0f} s at once "
-                "(the rest would be cut off): explain it in pieces of at most that length."
+                f"The audio is {x.numel()} samples ({x.numel() / rate:.4g} s) long, but the model hears at most {limit} "
+                f"({limit / rate:g} s) at once (the rest would be cut off): explain it in pieces of at most that length."
             )
         encoded = self.features(x.float().numpy(), sampling_rate=rate, return_tensors="pt")
         return Audio(encoded["input_features"][0], duration=x.numel() / rate)
