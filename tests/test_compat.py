@@ -180,6 +180,30 @@ def test_a_model_built_with_the_class_is_bound_freed_when_dropped_and_named_when
     monkey_patch(modeling_gpt2)
 
 
+def test_a_compat_model_is_saved_and_copied_as_its_transformers_class_once_released():
+    # PicklingError: "not the same object as transformers...LlamaForCausalLM", even after unpatch
+    import copy
+    import io
+
+    from attnlrp.compat import modeling_llama, unpatch
+    from attnlrp.engine import binding_of
+
+    config = transformers.LlamaConfig(
+        vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+    )
+    model = modeling_llama.LlamaForCausalLM(config)
+    with pytest.raises(attnlrp.BindingError, match=r"can't be saved or copied with it: release it first"):
+        copy.deepcopy(model)
+    unpatch(model)
+    saved = io.BytesIO()
+    torch.save(model, saved)
+    saved.seek(0)
+    ids = torch.tensor([[1, 2, 3]])
+    for again in (torch.load(saved, weights_only=False), copy.deepcopy(model)):
+        assert type(again) is transformers.LlamaForCausalLM and binding_of(again) is None
+        assert torch.equal(again(ids).logits, model(ids).logits)
+
+
 @pytest.mark.parametrize("backend", ["xelatex", "matplotlib"])
 def test_pdf_heatmap_refuses_tokens_and_scores_of_different_counts(tmp_path, backend):
     # zip() dropped the tokens without a score (or the scores without a token, which still set the colour scale)

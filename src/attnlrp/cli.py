@@ -281,6 +281,11 @@ def _explain_one(args, model, tokenizer) -> None:
     task = task_for(model)
     if task.name == "image":
         return _explain_image(args, model, tokenizer)
+    if getattr(model, "main_input_name", None) == "input_features":
+        raise InputError(
+            f"{type(model).__name__} hears audio, and the command line explains text and images: explain audio from "
+            "Python, attnlrp.explain(model, processor, waveform) (docs/tasks.md)."
+        )
     if args.prompt is None:
         raise InputError(f"{type(model).__name__} is a {task.name} model: explain needs a prompt (the text).")
     if task.name in _NEEDS and getattr(args, _NEEDS[task.name][0]) is None:

@@ -19,7 +19,8 @@ from typing import Any
 
 from torch import nn
 
-from ..engine import lrp, rule_set
+from ..engine import binding_of, lrp, rule_set
+from ..errors import BindingError
 from ..render.latex import pdf_heatmap
 from ..results.tokens import clean_tokens as _clean_tokens
 
@@ -76,6 +77,11 @@ class _CompatModule(types.ModuleType):
         return value
 
 
+def _instance_of(cls: type) -> Any:
+    """An empty instance of ``cls``, which unpickling fills with a compat model's state."""
+    return cls.__new__(cls)
+
+
 def _binding_subclass(cls: type, owner: _CompatModule) -> type:
     def __init__(self, *args, **kwargs):  # a model built with the class itself is bound too, as LXT's are
         cls.__init__(self, *args, **kwargs)
@@ -88,6 +94,15 @@ def _binding_subclass(cls: type, owner: _CompatModule) -> type:
     def _from_config(klass, *args, **kwargs):
         return _bind(super(subclass, klass)._from_config(*args, **kwargs), owner._method, owner._verbose)
 
+    def __reduce_ex__(self, protocol):  # pickled (torch.save, deepcopy) as the transformers class it extends
+        if binding_of(self) is not None:
+            raise BindingError(
+                f"{cls.__name__} is bound by attnlrp.compat, and its rules can't be saved or copied with it: release "
+                "it first with attnlrp.compat.unpatch(model) (save_pretrained works bound)."
+            )
+        _, _, *rest = cls.__reduce_ex__(self, protocol)  # the state; rebuilt as an instance of ``cls``
+        return (_instance_of, (cls,), *rest)
+
     subclass = type(
         cls.__name__,
         (cls,),
@@ -97,6 +112,7 @@ def _binding_subclass(cls: type, owner: _CompatModule) -> type:
             "__init__": __init__,
             "from_pretrained": classmethod(from_pretrained),
             "_from_config": classmethod(_from_config),
+            "__reduce_ex__": __reduce_ex__,
         },
     )
     return subclass
