@@ -336,6 +336,31 @@ def test_weights_held_outside_the_modules_are_constants_and_get_their_flag_back(
     assert attnlrp.check(net, torch.randn(1, 4, dtype=torch.float64)).ok
 
 
+class _TransposedExperts(nn.Module):
+    """Expert matrices in a plain list, applied as ``h @ w.t()``: a linear op (t) takes each first."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.out = nn.Linear(4, 8, bias=False), nn.Linear(8, 1, bias=False)
+        self.experts = [nn.Parameter(torch.randn(8, 8)) for _ in range(2)]
+
+    def forward(self, x):
+        h = self.inp(x)
+        return self.out(sum(h @ w.t() for w in self.experts))
+
+
+@pytest.mark.parametrize("method", ["attnlrp", "cp-lrp"])
+def test_weights_held_outside_the_modules_are_constants_whatever_op_takes_them_first(method):
+    torch.manual_seed(0)
+    net = _TransposedExperts().double()
+    net.experts = [nn.Parameter(w.detach().double()) for w in net.experts]
+    x = torch.randn(1, 4, dtype=torch.float64).requires_grad_()
+    with attnlrp.lrp(net, method=method):
+        y = net(x).sum()
+        y.backward()
+    assert torch.allclose((x * x.grad).sum(), y.detach()), "w.t() took them first: the uniform rule halved it"
+
+
 # --- (iv) nothing process-wide changes --------------------------------------------------------
 
 

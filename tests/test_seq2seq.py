@@ -370,10 +370,9 @@ def test_audit_and_check_build_their_own_example_of_every_encoder_decoder(arch, 
 
     assert cli.main(["audit", "--model", str(folder), "--check"]) == 0
     assert cli.main(["audit", "--model", str(folder), "--check", "--method", "attnlrp"]) == 2
-    if (
-        arch == "whisper"
-    ):  # the text was refused as "a waveform (1-D floats) or log-mel features", which no option gives
+    if arch == "whisper":  # text was refused as "a waveform or log-mel features", which no option gives
         assert cli.main(["explain", "The Eiffel Tower", "--model", str(folder)]) == 2
+        assert cli.main(["generate", "The Eiffel Tower", "--model", str(folder)]) == 2
 
 
 def test_a_multilingual_whisper_is_explained_in_the_language_and_task_it_generates_in(processor):

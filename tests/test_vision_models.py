@@ -322,3 +322,13 @@ def test_a_one_channel_model_takes_pil_images_through_its_processor():
         exp = attnlrp.explain_image(model, given, processor=processor)
         direct = attnlrp.explain_image(model, processor(images=[picture], return_tensors="pt")["pixel_values"][0])
         assert exp.scores.shape == (16, 16) and exp.value == pytest.approx(direct.value)
+
+
+def test_the_command_line_audits_an_image_model_on_an_image_of_its_size(tmp_path, capsys):
+    # "pass example_inputs (a tensor, or a dict of forward arguments)": Python advice, and no way to give one
+    from transformers import ViTImageProcessor
+
+    build("vit", constants=True).save_pretrained(tmp_path / "vit")
+    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(tmp_path / "vit")
+    assert cli.main(["audit", "--model", str(tmp_path / "vit"), "--method", "cp-lrp"]) == 0, capsys.readouterr().err
+    assert "every op had a rule" in capsys.readouterr().out

@@ -281,11 +281,7 @@ def _explain_one(args, model, tokenizer) -> None:
     task = task_for(model)
     if task.name == "image":
         return _explain_image(args, model, tokenizer)
-    if getattr(model, "main_input_name", None) == "input_features":
-        raise InputError(
-            f"{type(model).__name__} hears audio, and the command line explains text and images: explain audio from "
-            "Python, attnlrp.explain(model, processor, waveform) (docs/tasks.md)."
-        )
+    _refuse_audio(model)
     if args.prompt is None:
         raise InputError(f"{type(model).__name__} is a {task.name} model: explain needs a prompt (the text).")
     if task.name in _NEEDS and getattr(args, _NEEDS[task.name][0]) is None:
@@ -314,6 +310,17 @@ def _explain_one(args, model, tokenizer) -> None:
         print(f"saved {exp.save(args.json)}")
     if args.html:
         print(f"saved {shown.save_html(args.html)}")
+
+
+def _refuse_audio(model) -> None:
+    """The command line reads text and images: an audio model is explained from Python."""
+    from .errors import InputError
+
+    if getattr(model, "main_input_name", None) == "input_features":
+        raise InputError(
+            f"{type(model).__name__} hears audio, and the command line explains text and images: explain audio from "
+            "Python, attnlrp.explain(model, processor, waveform) or attnlrp.explain_generation (docs/tasks.md)."
+        )
 
 
 def _option(name: str) -> str:
@@ -385,6 +392,7 @@ def _explain_many(args, model, tokenizer) -> None:
 
     if not args.output:
         raise InputError("--input needs --output: the file the results are written to (one JSON line each).")
+    _refuse_audio(model)
     reading = _options_given(args, ["pooling", "similarity"])
     if reading:
         raise InputError(
@@ -418,6 +426,7 @@ def _generate(args, model, tokenizer) -> None:
     from .errors import InputError
     from .tasks import task_for
 
+    _refuse_audio(model)
     task = task_for(model).name
     if task == "vision-language" and args.image is None:
         raise InputError(f"{type(model).__name__} is a vision-language model: give the image, --image PATH.")
@@ -439,14 +448,14 @@ def _generate(args, model, tokenizer) -> None:
 def _audit(args, model, tokenizer) -> int:
     import attnlrp
 
-    from .engine.audit import example_arguments
+    from .engine.audit import example_decoder
     from .errors import InputError
     from .methods import get_method
 
-    inputs = None  # the engine's example: log-mel features for speech, a decoder start for encoder-decoders
+    inputs = None  # the engine's example: an image, log-mel features, a decoder start for encoder-decoders
     if getattr(model, "main_input_name", "input_ids") == "input_ids":
         ids = tokenizer("The Eiffel Tower is located in", return_tensors="pt").input_ids
-        inputs = {**example_arguments(model, None)[1], "input_ids": ids}
+        inputs = {"input_ids": ids, **example_decoder(model)}
     if not args.check:
         print(attnlrp.audit(model, inputs, **_method(args)))
         return 0

@@ -66,12 +66,13 @@ def stabilize(z: Tensor, epsilon: float) -> Tensor:
     return torch.where(z >= 0, z + epsilon, z - epsilon)
 
 
-def _ratio_in_float32(ratio: Ratio, x: Tensor) -> Tensor:
-    """f(x)/x, in float32 for half-precision x and clamped to x's range (sigmoid(x)/x near 0 exceeds float16's)."""
+def _times_ratio(grad: Tensor, ratio: Ratio, x: Tensor) -> Tensor:
+    """grad * f(x)/x; for half-precision x computed in float32 and clamped to x's range (sigmoid(x)/x near 0
+    exceeds float16's: there the gradient is the largest float16, and relevance is not conserved exactly)."""
     if x.dtype in (torch.float16, torch.bfloat16):
         largest = torch.finfo(x.dtype).max
-        return ratio(x.float()).clamp(-largest, largest).to(x.dtype)
-    return ratio(x)
+        return (grad.float() * ratio(x.float())).clamp(-largest, largest).to(grad.dtype)
+    return grad * ratio(x)
 
 
 class _IdentityRule(torch.autograd.Function):
@@ -84,7 +85,7 @@ class _IdentityRule(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         (x,) = ctx.saved_tensors
-        return grad * _ratio_in_float32(ctx.ratio, x), None, None
+        return _times_ratio(grad, ctx.ratio, x), None, None
 
 
 def identity_rule(x: Tensor, fn: Callable[[Tensor], Tensor], ratio: Ratio) -> Tensor:

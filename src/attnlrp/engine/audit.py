@@ -61,7 +61,7 @@ def example_arguments(model: nn.Module, example_inputs: Any) -> tuple[tuple, dic
     """Forward arguments from ``example_inputs`` (float tensors made to require grad); by default eight token ids
     (a speech encoder's log-mel features instead), and four decoder ids for an encoder-decoder."""
     if example_inputs is None:
-        return (), {**_example_source(model), **_example_decoder(model)}
+        return (), {**_example_source(model), **example_decoder(model)}
     if isinstance(example_inputs, dict):
         kwargs = {k: _with_grad(v) for k, v in example_inputs.items()}
         return (), kwargs
@@ -81,6 +81,11 @@ def _example_source(model: nn.Module) -> dict[str, Tensor]:
         if isinstance(bins, int) and isinstance(positions, int):
             features = torch.randn(1, bins, 2 * positions, generator=torch.Generator().manual_seed(0))
             return {"input_features": _with_grad(features.to(next(model.parameters()).dtype))}
+    if getattr(model, "main_input_name", "input_ids") == "pixel_values":  # an image model: one image it takes
+        size, channels = getattr(config, "image_size", None), getattr(config, "num_channels", None)
+        if isinstance(size, int) and isinstance(channels, int):
+            pixels = torch.randn(1, channels, size, size, generator=torch.Generator().manual_seed(0))
+            return {"pixel_values": _with_grad(pixels.to(next(model.parameters()).dtype))}
     embeddings = input_embeddings(model)
     if embeddings is None or not hasattr(embeddings, "num_embeddings"):
         raise ValueError(
@@ -90,7 +95,7 @@ def _example_source(model: nn.Module) -> dict[str, Tensor]:
     return {"input_ids": torch.arange(8).remainder(embeddings.num_embeddings).unsqueeze(0)}
 
 
-def _example_decoder(model: nn.Module) -> dict[str, Tensor]:
+def example_decoder(model: nn.Module) -> dict[str, Tensor]:
     """An encoder-decoder's decoder ids: its start token and three more (none for other models)."""
     config = getattr(model, "config", None)
     if not getattr(config, "is_encoder_decoder", False):

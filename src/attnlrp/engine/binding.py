@@ -99,16 +99,16 @@ class _Mode(TorchFunctionMode):
             _handling.active = False
 
     def _handle(self, func, args, kwargs):
+        if torch.is_grad_enabled():  # before any op takes them: what a linear op makes of them is no parameter
+            self.binding.hold_weights(args, kwargs)
         try:
             handler = self.handlers[func]
         except KeyError:
             handler = self.handlers[func] = self.binding.handler_for(func)
         except TypeError:  # unhashable callables
             handler = self.binding.handler_for(func)
-        if handler is None:  # plain autograd: a weight's requires_grad doesn't change the input's gradient
+        if handler is None:
             return func(*args, **kwargs) if kwargs else func(*args)
-        if torch.is_grad_enabled():
-            self.binding.hold_weights(args, kwargs)
         kwargs = kwargs or {}
         if not torch.is_grad_enabled():
             # Dropout is off even without gradients: a reentrant checkpoint runs the forward under

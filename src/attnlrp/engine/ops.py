@@ -147,16 +147,20 @@ def _products(factors: dict[int, str]) -> Handler:
         if len(carrying) < 2:
             return func(*args, **kwargs)
         args, kwargs = list(args), dict(kwargs)
-        if binding.method == "cp-lrp" and any(_weight(args[s] if isinstance(s, int) else kwargs[s]) for s in carrying):
+        weights = [s for s in carrying if _weight(args[s] if isinstance(s, int) else kwargs[s])]
+        if binding.method == "cp-lrp" and weights:
             binding.note(func, "gate (cp-lrp)")  # routing weights applied by a matrix product: held constant
-            for s in carrying:
-                if isinstance(s, int) and _weight(args[s]):
+            alone = len(weights) == len(carrying)  # a product of weights alone: one carries, and it is a weight
+            held = weights[1:] if alone else weights
+            for s in held:
+                if isinstance(s, int):
                     args[s] = args[s].detach()
-                elif not isinstance(s, int) and _weight(kwargs[s]):
+                else:
                     kwargs[s] = kwargs[s].detach()
-            carrying = [s for s in carrying if _requires_grad(args[s] if isinstance(s, int) else kwargs[s])]
+            carrying = [s for s in carrying if s not in held]
             if len(carrying) < 2:
-                return func(*args, **kwargs)
+                out = func(*args, **kwargs)
+                return _weighing(out) if alone else out
         binding.note(func, "uniform")
         for s, f in zip(carrying, rules.uniform(*(args[s] if isinstance(s, int) else kwargs[s] for s in carrying))):
             if isinstance(s, int):
@@ -173,12 +177,16 @@ def _einsum(binding: Binding, func, args, kwargs):
     carrying = [i for i, t in enumerate(operands) if _requires_grad(t)]
     if len(carrying) < 2:
         return func(*args, **kwargs)
-    if binding.method == "cp-lrp" and any(_weight(operands[i]) for i in carrying):
+    weights = [i for i in carrying if _weight(operands[i])]
+    if binding.method == "cp-lrp" and weights:
         binding.note(func, "gate (cp-lrp)")  # routing weights applied by einsum: held constant
-        operands = [t.detach() if _weight(t) else t for t in operands]
-        carrying = [i for i, t in enumerate(operands) if _requires_grad(t)]
+        alone = len(weights) == len(carrying)  # a product of weights alone: one carries, and it is a weight
+        held = weights[1:] if alone else weights
+        operands = [t.detach() if i in held else t for i, t in enumerate(operands)]
+        carrying = [i for i in carrying if i not in held]
         if len(carrying) < 2:
-            return func(args[0], *operands, **kwargs)
+            out = func(args[0], *operands, **kwargs)
+            return _weighing(out) if alone else out
     binding.note(func, "uniform")
     for i, f in zip(carrying, rules.uniform(*(operands[i] for i in carrying))):
         operands[i] = f

@@ -13,6 +13,7 @@ instance directly.
 
 from __future__ import annotations
 
+import copyreg
 import importlib
 import types
 from typing import Any
@@ -77,11 +78,6 @@ class _CompatModule(types.ModuleType):
         return value
 
 
-def _instance_of(cls: type) -> Any:
-    """An empty instance of ``cls``, which unpickling fills with a compat model's state."""
-    return cls.__new__(cls)
-
-
 def _binding_subclass(cls: type, owner: _CompatModule) -> type:
     def __init__(self, *args, **kwargs):  # a model built with the class itself is bound too, as LXT's are
         cls.__init__(self, *args, **kwargs)
@@ -95,13 +91,14 @@ def _binding_subclass(cls: type, owner: _CompatModule) -> type:
         return _bind(super(subclass, klass)._from_config(*args, **kwargs), owner._method, owner._verbose)
 
     def __reduce_ex__(self, protocol):  # pickled (torch.save, deepcopy) as the transformers class it extends
-        if binding_of(self) is not None:
+        bound = binding_of(self)
+        if bound is not None:
             raise BindingError(
-                f"{cls.__name__} is bound by attnlrp.compat, and its rules can't be saved or copied with it: release "
-                "it first with attnlrp.compat.unpatch(model) (save_pretrained works bound)."
+                f"{cls.__name__} is bound by {bound.owner}, and its rules can't be saved or copied with it "
+                f"(save_pretrained works bound): {bound.release}"
             )
-        _, _, *rest = cls.__reduce_ex__(self, protocol)  # the state; rebuilt as an instance of ``cls``
-        return (_instance_of, (cls,), *rest)
+        _, _, *rest = cls.__reduce_ex__(self, protocol)  # the state, rebuilt as an instance of ``cls``
+        return (copyreg._reconstructor, (cls, object, None), *rest)
 
     subclass = type(
         cls.__name__,

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 
@@ -17,19 +16,20 @@ from ..errors import InputError
 from .palette import colormap, token_scores
 from .palette import scale as color_scale
 
+#: The formats a figure is saved in, by the file name's ending (those of images drawn pixel by pixel too).
+FORMATS = ("png", "svg", "pdf", "jpg", "jpeg", "webp", "tiff", "bmp", "gif", "eps", "ps")
+
 
 def figure_path(path: Any) -> Any:
-    """``path`` checked to end in a format matplotlib writes (".png", ".svg", ".pdf", ".jpg", ...: a name without
-    one was written with ".png" added, so the file named did not exist), with its folder made; a file object
-    passes as it is."""
+    """``path`` checked to end in one of ``FORMATS`` (a name without one was written with ".png" added, so the
+    file named did not exist), with its folder made; a file object passes as it is."""
     if not isinstance(path, (str, os.PathLike)):
         return path
     path = Path(path)
-    formats = FigureCanvasAgg(Figure()).get_supported_filetypes()
-    if path.suffix.lower().lstrip(".") not in formats:
+    if path.suffix.lower().lstrip(".") not in FORMATS:
         raise InputError(
-            f"Figures are saved in the format the file name ends in, and {path.name!r} ends in none matplotlib "
-            f"writes: end it in .png, .svg or .pdf ({path.stem or 'figure'}.png, say), or {', '.join(sorted(formats))}."
+            f"Figures are saved in the format the file name ends in, and {path.name!r} ends in none of "
+            f"{', '.join(FORMATS)}: end it in .png, .svg or .pdf ({path.stem or 'figure'}.png, say)."
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     return path

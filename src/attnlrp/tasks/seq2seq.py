@@ -76,10 +76,10 @@ def decoder_prompt(model: nn.Module) -> list[int]:
             "model.generation_config.decoder_start_token_id."
         )
     prompt = [int(start)]
-    if getattr(generation, "is_multilingual", False):
-        languages = getattr(generation, "lang_to_id", None) or {}
-        tasks = getattr(generation, "task_to_id", None) or {}
-        language, task = _whisper_language(generation), getattr(generation, "task", None) or "transcribe"
+    languages = getattr(generation, "lang_to_id", None) or {}
+    tasks = getattr(generation, "task_to_id", None) or {}
+    if getattr(generation, "is_multilingual", False) and languages and tasks:  # else the start token alone
+        language, task = _whisper_language(generation), str(getattr(generation, "task", None) or "transcribe").lower()
         if language not in languages or task not in tasks:
             raise InputError(
                 f"{type(model).__name__}'s generation_config asks for language {language!r} and task {task!r}; it "
@@ -97,7 +97,10 @@ def _whisper_language(generation: Any) -> str:
     where it asks for none."""
     from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
 
-    language = str(getattr(generation, "language", None) or "en").lower()
+    language = getattr(generation, "language", None) or "en"
+    if isinstance(language, (list, tuple)):  # one per batch item: a batch here is explained one language
+        language = language[0]
+    language = str(language).lower()
     if language.startswith("<|"):
         return language
     return f"<|{TO_LANGUAGE_CODE.get(language, language)}|>"

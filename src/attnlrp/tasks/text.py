@@ -134,11 +134,11 @@ def _check_unpadded(tokenizer, ids: Tensor) -> None:
     if pad is None or len(ids) < 2:
         return
     is_pad = ids == pad
-    # one end-of-text (or beginning) token where it pads too ends (or begins) a text: only more are padding
-    text = 1 if pad in (getattr(tokenizer, "eos_token_id", None), getattr(tokenizer, "bos_token_id", None)) else 0
+    # one end-of-text token where it pads too ends a text (a beginning one begins it): only more are padding
+    ends = (int(pad == getattr(tokenizer, "eos_token_id", None)), int(pad == getattr(tokenizer, "bos_token_id", None)))
     runs = [
-        tuple(n if n > text else 0 for n in (int(row.flip(0).cumprod(0).sum()), int(row.cumprod(0).sum())))
-        for row in is_pad.long()
+        tuple(n if n > text else 0 for n, text in zip((int(r.flip(0).cumprod(0).sum()), int(r.cumprod(0).sum())), ends))
+        for r in is_pad.long()
     ]  # (trailing, leading) pad tokens of each row
     trailing, leading = {r[0] for r in runs}, {r[1] for r in runs}
     if len(trailing) > 1 or len(leading) > 1:
