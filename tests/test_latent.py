@@ -535,6 +535,20 @@ def test_steering_is_reversible_exactly_and_touches_one_model(tiny_lm, tokenizer
     assert [(dict(m._forward_hooks), dict(m._forward_pre_hooks)) for m in tiny_lm.modules()] == hooks
 
 
+def test_a_site_resolved_on_another_model_is_refused(tiny_lm, tokenizer, make_tiny_lm):
+    other = make_tiny_lm()
+    (site,) = resolve(tiny_lm, SITE)
+    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    before = _logits(tiny_lm, ids)
+    with pytest.raises(LatentError, match="resolved on another model"):
+        with steer(other, {(site, 3): 50.0}):
+            pass
+    with pytest.raises(LatentError, match="resolved on another model"):
+        attnlrp.explain(other, tokenizer, "The chef chopped", latent=[site])
+    assert torch.equal(_logits(tiny_lm, ids), before)
+    assert resolve(tiny_lm, site) == [site]
+
+
 def test_steering_modes_set_the_unit_as_asked(tiny_lm, tokenizer):
     ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
     (site,) = resolve(tiny_lm, SITE)

@@ -190,6 +190,11 @@ def resolve(model: nn.Module, spec: SiteSpec | Iterable[SiteSpec]) -> list[Site]
     found: dict[str, Site] = {}
     for item in specs:
         if isinstance(item, Site):
+            if not any(m is item.module for _, m in named):
+                raise LatentError(
+                    f"The site {item.name} was resolved on another model: resolve it on this one "
+                    f"(resolve(model, {item.name!r})) or give its name."
+                )
             found.setdefault(item.name, item)
             continue
         if isinstance(item, SAE):
