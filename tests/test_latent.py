@@ -479,6 +479,18 @@ def test_relevance_through_an_sae_conserves_with_its_error_term(tiny_lm, tokeniz
     assert exp.total + entry["error"] == pytest.approx(exp.value, rel=1e-6)
 
 
+def test_a_residual_site_reads_the_same_whatever_the_place_of_an_sae_of_its_module(tiny_lm, tokenizer, sae):
+    prompt = "The chef chopped the onions and"
+
+    def residual(latent):
+        exp = attnlrp.explain(tiny_lm, tokenizer, prompt, method="cp-lrp", latent=latent)
+        return next(u["total"] for u in exp.units if u["site"] == sae.site)
+
+    alone = residual([sae.site])
+    assert residual([sae, sae.site]) == pytest.approx(alone, rel=1e-9)
+    assert residual([sae.site, sae]) == pytest.approx(alone, rel=1e-9)
+
+
 def test_heads_and_sae_latents_get_atlases_and_cards_too(tiny_lm, tokenizer, corpus, sae, tmp_path):
     heads = "model.layers.0.self_attn.o_proj"
     atlas = collect(

@@ -173,7 +173,7 @@ def sae_site(model: nn.Module, sae: SAE) -> Site:
 
 def resolve(model: nn.Module, spec: SiteSpec | Iterable[SiteSpec]) -> list[Site]:
     """The sites a spec names: a pattern (``"model.layers.*.mlp.down_proj"``, ``"...@heads"``), an SAE, a Site,
-    or a list of these; in module order, without repeats."""
+    or a list of these; in the order given (a pattern's matches in module order), without repeats."""
     if isinstance(spec, (str, Site, SAE)):
         spec = [spec]
     try:
@@ -249,7 +249,7 @@ class SiteRecorder:
 
     SAE sites run their SAE inside the forward: the module's output h becomes decode(encode(h)) with the
     reconstruction error added back as a constant, so the forward is unchanged and relevance reaches the input
-    only through the latents; ``error[name]`` [B, T] holds the error's relevance and ``bias[name]`` [B, T]
+    only through the latents (a residual site of the same module records this output, in any site order); ``error[name]`` [B, T] holds the error's relevance and ``bias[name]`` [B, T]
     the decoder bias's. ``keep``: also keep the live site tensors in ``live[name]``, for backward passes that
     start at a site.
     """
@@ -266,7 +266,9 @@ class SiteRecorder:
         self._handles: list[Any] = []
 
     def __enter__(self) -> SiteRecorder:
-        for site in self.sites:
+        # SAE hooks first: a residual site of the same module then watches the output the rest of the model gets
+        # (the SAE's replacement), whatever the order the sites were given in
+        for site in sorted(self.sites, key=lambda s: s.kind != "sae"):
             if site.kind in ("neurons", "heads"):
                 self._handles.append(site.module.register_forward_pre_hook(self._input_hook(site)))
             else:
