@@ -508,6 +508,23 @@ def test_heads_and_sae_latents_get_atlases_and_cards_too(tiny_lm, tokenizer, cor
     assert page.count('"site_kind": "sae"') == sae.width and page.count('"site_kind": "heads"') == 4
 
 
+def test_an_atlas_of_one_sae_is_refused_for_another_of_the_same_site(tiny_lm, tokenizer, corpus, sae, tmp_path):
+    other = copy.deepcopy(sae)
+    other.W_enc.mul_(-1.0)
+    folder = tmp_path / "ck"
+    atlas = collect(tiny_lm, tokenizer, corpus[:8], sae, top_k=2, batch_size=4, progress=False, checkpoint=folder)
+    with pytest.raises(LatentError, match="sae_weights"):
+        collect(tiny_lm, tokenizer, corpus[:8], other, top_k=2, batch_size=4, progress=False, checkpoint=folder)
+    with pytest.raises(LatentError, match="collected with another SAE"):
+        attnlrp.explain(tiny_lm, tokenizer, "The chef chopped", latent=other, atlas=atlas)
+    with pytest.raises(LatentError, match="collected with another SAE"):
+        FeatureAtlas.load(folder, model=tiny_lm, tokenizer=tokenizer, saes=[other])
+    FeatureAtlas.load(
+        folder, model=tiny_lm, tokenizer=tokenizer, saes=[copy.deepcopy(sae).float()]
+    )  # the same SAE, in float32
+    attnlrp.explain(tiny_lm, tokenizer, "The chef chopped", latent=sae, atlas=atlas)
+
+
 def test_an_sae_whose_width_does_not_match_its_site_is_refused(tiny_lm):
     with pytest.raises(LatentError, match="reads 32 dimensions, but model.layers.0 .* gives 64"):
         resolve(tiny_lm, SAE(32, 64, 4, "model.layers.0"))

@@ -573,9 +573,19 @@ class FeatureAtlas:
         same = same_weights(self.settings.get("weights", {}), weight_sample(model))
         return Path(self.settings["model"]).name == Path(model_name(model)).name if same is None else same
 
+    def check_sae(self, sae: nn.Module) -> None:
+        """A LatentError where ``sae`` is not the SAE the atlas's site of its name was collected with (by a
+        sample of its weights, in any dtype): its latents are other units."""
+        sample = self.settings.get("sae_weights", {}).get(sae.name)
+        if sample is not None and same_weights(sample, weight_sample(sae)) is False:
+            raise LatentError(
+                f"The atlas's site {sae.name} was collected with another SAE (its weights differ): its labels name "
+                "other latents; give the SAE it was collected with, or collect an atlas with this one."
+            )
+
     def bind(self, model: nn.Module, tokenizer, saes: Sequence = ()) -> FeatureAtlas:
         """Bind the atlas to its model (and the SAEs of its SAE sites), for the parts that run the model. Another
-        model (``collected_on``) is refused, as is a site of another width."""
+        model (``collected_on``) is refused, as are another SAE (``check_sae``) and a site of another width."""
         from .sae import load_sae
         from .sites import resolve, sae_site
 
@@ -594,6 +604,7 @@ class FeatureAtlas:
                 )
                 if sae is None:
                     raise LatentError(f"Site {name} is an SAE's: give it, FeatureAtlas.load(..., saes=[sae]).")
+                self.check_sae(sae)
                 sites[name] = sae_site(model, sae)
             else:
                 sites[name] = resolve(model, f"{state.path}@{state.kind}")[0]

@@ -176,6 +176,7 @@ def collect(
         "target": target,
         "sites": [s.name for s in chosen],
         "saes": {s.name: s.sae.source for s in chosen if s.sae is not None},
+        "sae_weights": {s.name: weight_sample(s.sae) for s in chosen if s.sae is not None},
         "shard": [rank, world, batch_size] if world > 1 else [rank, world],  # a shard's batches depend on the size
     }
     atlas = _resume(checkpoint, settings) or FeatureAtlas.empty(settings, chosen)

@@ -40,6 +40,8 @@ def checked_atlas(atlas: Any, model: nn.Module, sites: list[Site]) -> Any:
             "name or weights differ): its labels name other units."
         )
     for site in sites:
+        if site.sae is not None and site.name in atlas.states:
+            atlas.check_sae(site.sae)
         state = atlas.states.get(site.name)
         if state is not None and state.width != site.width:
             raise LatentError(
