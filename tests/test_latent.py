@@ -32,7 +32,7 @@ from attnlrp.latent.atlas import BINS, HISTOGRAM_EDGES, histogram_bins
 from attnlrp.latent.corpus import TOPICS
 from attnlrp.latent.labels import label_of
 from attnlrp.latent.readout import site_totals
-from attnlrp.latent.sites import SiteRecorder
+from attnlrp.latent.sites import Site, SiteRecorder
 from attnlrp.latent.steer import _names_concept
 from attnlrp.tasks.base import model_name
 
@@ -83,6 +83,21 @@ def test_sites_take_their_kind_and_width_from_the_module(tiny_lm):
     assert sites["model.layers.1"].kind == "residual" and sites["model.layers.1"].width == 64
     (override,) = resolve(tiny_lm, f"{SITE}@residual")
     assert override.name == f"{SITE}@residual" and override.width == 64
+
+
+def test_a_residual_site_takes_its_width_from_the_module_not_the_hidden_size(tiny_lm, tokenizer):
+    widths = {s.name: s.width for s in resolve(tiny_lm, ["model.layers.0.mlp.up_proj", "model.embed_tokens"])}
+    assert widths == {"model.layers.0.mlp.up_proj": 128, "model.embed_tokens": 64}
+    assert resolve(tiny_lm, "model.layers.0.input_layernorm")[0].width == 64
+    act = "model.layers.0.mlp.act_fn"
+    with pytest.raises(LatentError, match=f"Can't tell the width of {act}'s output"):
+        resolve(tiny_lm, act)
+    with pytest.raises(LatentError, match=f"Can't tell the width of {act}'s output"):
+        with steer(tiny_lm, {(act, 100): 1.0}):
+            pass
+    wrong = Site(act, "residual", 64, tiny_lm.get_submodule(act))  # a width the model does not give
+    with pytest.raises(LatentError, match=f"Site {act} was resolved with 64 units, but the model gives it 128"):
+        attnlrp.explain(tiny_lm, tokenizer, "The chef chopped", latent=[wrong])
 
 
 def test_a_site_pattern_that_matches_nothing_shows_close_matches(tiny_lm):

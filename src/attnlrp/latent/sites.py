@@ -124,8 +124,28 @@ def _width(model: nn.Module, path: str, module: nn.Module, kind: str) -> int:
                 "projections (o_proj, out_proj) of models whose config gives num_attention_heads."
             )
         return heads
+    return _output_width(model, path, module)
+
+
+def _output_width(model: nn.Module, path: str, module: nn.Module) -> int:
+    """The width of a module's output: a linear layer's out features, an embedding's or a norm's size; a block
+    with weights (a decoder layer, an MLP, an attention block) gives the hidden size. A module without weights
+    (an activation, dropout, rotary embedding) has its input's width, which can't be told here: refused."""
     if _is_linear(module):
         return _features(module)[1]
+    if isinstance(module, nn.Embedding):
+        return module.embedding_dim
+    shape = getattr(module, "normalized_shape", None)
+    if isinstance(shape, Sequence) and shape and isinstance(shape[-1], int):
+        return shape[-1]
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, Tensor) and weight.dim() == 1 and not list(module.children()):
+        return weight.shape[0]  # a norm (RMSNorm) scales its output dimension by dimension
+    if next(module.parameters(), None) is None:
+        raise LatentError(
+            f"Can't tell the width of {path}'s output: a {type(module).__name__} has no weights to tell it by; give "
+            "the linear layer that reads it (its input is a neuron site) or the block it sits in."
+        )
     hidden = _config_value(model, "hidden_size", "n_embd", "d_model")
     if hidden is None:
         raise LatentError(
@@ -285,6 +305,11 @@ class SiteRecorder:
             store.clear()
 
     def _watch(self, site: Site, x: Tensor, activation: Tensor) -> None:
+        if activation.shape[-1] != site.width:
+            raise LatentError(
+                f"Site {site.name} was resolved with {site.width} units, but the model gives it "
+                f"{activation.shape[-1]}: give a linear layer or a decoder layer as the site."
+            )
         self.activation[site.name] = activation
         if self.keep:
             self.live[site.name] = x
