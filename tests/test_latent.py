@@ -687,6 +687,20 @@ def test_knowledge_units_and_their_effects(tiny_lm, tokenizer):
     assert {(u["site"], u["unit"]) for u in refined.units} != {(u["site"], u["unit"]) for u in found.units}
 
 
+def test_knowledge_units_refuse_counts_draws_and_held_out_shares_they_cant_use(tiny_lm, tokenizer):
+    prompts = ["The capital of France is", "The capital of Spain is", "The capital of Italy is"]
+    answers = [" Paris", " Madrid", " Rome"]
+    heads = "model.layers.1.self_attn.o_proj"  # 4 units
+    with pytest.raises(LatentError, match=f"3 of the 4 units of {heads} are knowledge units"):
+        knowledge_units(tiny_lm, tokenizer, prompts, answers, heads, count=3, draws=1)
+    for bad in ({"draws": 0}, {"count": 0}, {"count": 2.5}):
+        with pytest.raises(LatentError, match=f"needs {next(iter(bad))} to be a whole number of at least 1"):
+            knowledge_units(tiny_lm, tokenizer, prompts, answers, heads, **bad)
+    for held_out in (1.0, 1.5, -0.5):
+        with pytest.raises(LatentError, match="held_out is the share of prompts held out"):
+            knowledge_units(tiny_lm, tokenizer, prompts, answers, heads, count=1, held_out=held_out)
+
+
 def test_knowledge_units_check_the_atlas_and_take_one_token_answers(tiny_lm, make_tiny_lm, tokenizer, atlas, tmp_path):
     # another model's atlas labelled the units with its labels; a folder crashed; " Paris is" was cut to " Paris"
     prompts, answers = ["The capital of France is", "The capital of Spain is"], [" Paris", " Madrid"]

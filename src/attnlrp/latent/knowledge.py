@@ -123,15 +123,20 @@ def _random_units(sites: Sequence[Site], chosen: list[tuple[Site, int]], rng: ra
     for site in sites:
         taken = {u for s, u in chosen if s.name == site.name}
         pool = [u for u in range(site.width) if u not in taken]
+        if len(pool) < len(taken):
+            raise LatentError(
+                f"{len(taken)} of the {site.width} units of {site.name} are knowledge units, which leaves too few "
+                "others to draw as many random units from: give a smaller count, or more sites."
+            )
         out += [(site, u) for u in rng.sample(pool, len(taken))]
     return out
 
 
 def _effects(model, tokenizer, prompts, answers, units, sites, draws: int, seed: int) -> dict[str, Any]:
-    before = answer_probabilities(model, tokenizer, prompts, answers)
-    out: dict[str, Any] = {"before": summary(before)}
     rng = random.Random(seed)
     randoms = [_random_units(sites, units, rng) for _ in range(draws)]
+    before = answer_probabilities(model, tokenizer, prompts, answers)
+    out: dict[str, Any] = {"before": summary(before)}
     for name, factor in FACTORS.items():
         knowledge = answer_probabilities(model, tokenizer, prompts, answers, _scaled(units, factor))
         drawn = [answer_probabilities(model, tokenizer, prompts, answers, _scaled(r, factor)) for r in randoms]
@@ -177,6 +182,13 @@ def knowledge_units(
     knowledge neurons against other relations in the same spirit)."""
     if len(prompts) != len(answers) or len(prompts) < 2:
         raise LatentError("knowledge_units needs at least two prompts, with one answer each.")
+    for name, value in (("count", count), ("draws", draws)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise LatentError(f"knowledge_units needs {name} to be a whole number of at least 1, not {value!r}.")
+    if not 0 <= held_out < 1:
+        raise LatentError(
+            f"held_out is the share of prompts held out, from 0 (none) up to but not including 1, not {held_out!r}."
+        )
     chosen_sites = resolve(model, sites)
     atlas = checked_atlas(atlas, model, chosen_sites)
     ids = _answer_ids(tokenizer, answers)
