@@ -660,6 +660,31 @@ def test_a_strength_sweep_reports_where_quality_breaks(tiny_lm, tokenizer):
     assert "| 50 |" in result.table() and "<table>" in result.html_view()
 
 
+def test_sweep_and_answer_probabilities_read_each_text_as_alone_with_absolute_positions(tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from attnlrp.latent.knowledge import answer_probabilities
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=4, n_positions=128)
+    gpt2 = GPT2LMHeadModel(config).double().eval()
+    paris = tokenizer(" Paris", add_special_tokens=False).input_ids[0]
+    long = "The capital of the country of France is the city of"
+    alone = answer_probabilities(gpt2, tokenizer, ["The capital"], [paris])
+    batched = answer_probabilities(gpt2, tokenizer, ["The capital", long], [paris, paris])
+    assert batched[0] == pytest.approx(alone[0], rel=1e-9)
+    neutral = ["The meeting was moved to Thursday afternoon because two members could not attend.", "She read it."]
+    nll = []
+    for text in neutral:  # every real next-token prediction of each text, read alone
+        ids = tokenizer(text, return_tensors="pt").input_ids
+        log_probs = torch.log_softmax(_logits(gpt2, ids)[0, :-1], -1)
+        nll += (-log_probs.gather(-1, ids[0, 1:, None])).squeeze(-1).tolist()
+    (row,) = sweep(
+        gpt2, tokenizer, [("transformer.h.1", 3)], [0.0], ["chef"], ["The cook"], neutral, max_new_tokens=1
+    ).rows
+    assert row["perplexity"] == pytest.approx(torch.tensor(nll).mean().exp().item(), rel=1e-9)
+
+
 def test_a_concept_is_named_by_whole_words_only():
     assert _names_concept("Playing the Guitar all day", ["guitar"])
     assert not _names_concept("playing the guitar", ["tar", "rack"]) and not _names_concept("on track", ["rack"])

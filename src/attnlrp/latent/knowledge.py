@@ -30,7 +30,7 @@ from ..tasks.base import model_name
 from ..tasks.targets import token_id
 from .readout import checked_atlas, unit_scores
 from .sites import Site, SiteSpec, resolve
-from .steer import _left_padded, steering
+from .steer import _left_padded, padded_logits, steering
 
 #: The steering factors (mode "scale") of the effect measurements.
 FACTORS = {"suppress": 0.0, "enhance": 2.0}
@@ -106,7 +106,7 @@ def answer_probabilities(
     ids, mask = _left_padded(tokenizer, prompts, next(model.parameters()).device)
     answer = torch.tensor(list(answers), device=ids.device)
     with steering(model, plan, mode) if plan else nullcontext(), torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, -1].float()
+        logits = padded_logits(model, ids, mask)[:, -1].float()
     return torch.softmax(logits, -1).gather(-1, answer[:, None]).squeeze(-1).tolist()
 
 

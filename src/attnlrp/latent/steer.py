@@ -14,6 +14,7 @@ round: ``with steer(model, ...): with lrp(model): ...`` explains the steered mod
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 import weakref
@@ -194,6 +195,16 @@ def _left_padded(tokenizer, texts: Sequence[str], device) -> tuple[Tensor, Tenso
     return ids.to(device), mask.to(device)
 
 
+def padded_logits(model: nn.Module, ids: Tensor, mask: Tensor) -> Tensor:
+    """The logits [B, T, V] of a left-padded batch (``_left_padded``), with each row's positions counted from its
+    first real token where the model takes position ids (as ``attnlrp.tasks.token_batch`` does), so that a row
+    gives what it gives alone, whatever the other rows, for models of absolute positions too."""
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    if "position_ids" in inspect.signature(model.forward).parameters:
+        inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+    return model(**inputs).logits
+
+
 def _names_concept(text: str, words: Sequence[str]) -> bool:
     """Whether ``text`` holds one of the concept ``words`` as a whole word, in any case ("tar" is not in "guitar")."""
     return any(re.search(rf"(?<!\w){re.escape(w)}(?!\w)", text, re.IGNORECASE) for w in words)
@@ -288,7 +299,7 @@ class SteeringSweep(Result):
 
 def _log_probs(model: nn.Module, ids: Tensor, mask: Tensor) -> Tensor:
     with torch.no_grad():
-        return F.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+        return F.log_softmax(padded_logits(model, ids, mask).float(), dim=-1)
 
 
 def sweep(
@@ -312,7 +323,7 @@ def sweep(
     concept_ids = torch.tensor(_concept_ids(tokenizer, concept), device=device)
     prompt_ids, prompt_mask = _left_padded(tokenizer, prompts, device)
     ids, mask = _left_padded(tokenizer, neutral, device)
-    real = mask[:, 1:].bool()
+    real = (mask[:, :-1] * mask[:, 1:]).bool()  # a real token predicting a real one: no prediction from a pad
     base = _log_probs(model, ids, mask)
     rows = []
     for strength in strengths:
