@@ -323,6 +323,22 @@ def test_bad_corpora_and_settings_are_refused(tiny_lm, tokenizer, tmp_path):
         assert "Answer" not in str(info.value) and str(info.value).endswith(".")
 
 
+def test_collect_reads_paths_and_records_and_names_a_bad_entry(tiny_lm, tokenizer, tmp_path):
+    records = labelled_corpus(per_topic=1)[:4]
+    path = write_corpus(records, tmp_path / "c.jsonl")
+    by_records = collect(tiny_lm, tokenizer, records, SITE, top_k=1, batch_size=4, progress=False)
+    by_path = collect(tiny_lm, tokenizer, path, SITE, top_k=1, batch_size=4, progress=False)
+    assert by_records.seen == by_path.seen == 4 and by_records.topics == by_path.topics
+    assert list(read_corpus(read_corpus(path))) == list(read_corpus(records))
+    (tmp_path / "c.txt").write_text("A text.\n", encoding="utf-8")
+    for given in (tmp_path / "c.txt", "c.txt"):
+        with pytest.raises(LatentError, match=r"c\.txt is not a corpus file: corpus files are JSONL \(\.jsonl, \.json"):
+            collect(tiny_lm, tokenizer, given, SITE, progress=False)
+    for empty in ("", "  "):
+        with pytest.raises(LatentError, match="^corpus entry 2: the text is empty"):
+            collect(tiny_lm, tokenizer, ["A text.", "Another text.", empty], SITE, progress=False)
+
+
 # --- labels and cards -------------------------------------------------------------------------------------
 
 

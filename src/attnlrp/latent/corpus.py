@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,19 +26,42 @@ class Record:
     target: Any = None
 
 
+#: The corpus files read: JSONL, one entry per line.
+SUFFIXES = (".jsonl", ".json")
+
+
 def _record(value: Any, where: str) -> Record:
     if isinstance(value, str):
-        return Record(value)
-    if isinstance(value, dict) and isinstance(value.get("text"), str):
-        return Record(value["text"], value.get("topic", value.get("label")), value.get("target"))
-    raise LatentError(f'{where}: a corpus entry is a string or an object with a "text" string, not {value!r}.')
+        record = Record(value)
+    elif isinstance(value, Record) and isinstance(value.text, str):
+        record = value
+    elif isinstance(value, dict) and isinstance(value.get("text"), str):
+        record = Record(value["text"], value.get("topic", value.get("label")), value.get("target"))
+    else:
+        raise LatentError(
+            f'{where}: a corpus entry is a string, a Record or an object with a "text" string, not {value!r}.'
+        )
+    if not record.text.strip():
+        raise LatentError(f"{where}: the text is empty; give each entry some text, or leave the entry out.")
+    return record
+
+
+def _names_a_file(source: str | Path) -> bool:
+    """Whether ``source`` is meant as a file: a Path, an existing file, or one word with a suffix ("c.txt")."""
+    return isinstance(source, Path) or Path(source).is_file() or re.fullmatch(r"\S+\.\w+", source) is not None
 
 
 def read_corpus(source: str | Path | Iterable[Any]) -> Iterator[Record]:
-    """The records of a corpus, lazily: a JSONL file (one string or {"text", "topic", "target"} per line; blank
-    lines are skipped), or an iterable of strings or such dicts."""
-    if isinstance(source, (str, Path)) and str(source).endswith((".jsonl", ".json")):
+    """The records of a corpus, lazily: a JSONL file (``.jsonl`` or ``.json``, a str or Path; one string or
+    {"text", "topic", "target"} per line; blank lines are skipped), or an iterable of strings, ``Record``s or
+    such dicts."""
+    if isinstance(source, (str, Path)) and _names_a_file(source):
         path = Path(source)
+        if path.suffix not in SUFFIXES:
+            raise LatentError(
+                f"{path} is not a corpus file: corpus files are JSONL ({', '.join(SUFFIXES)}, one string or "
+                '{"text": ...} per line); convert it (write_corpus) or give a list of texts.'
+            )
         if not path.is_file():
             raise LatentError(f"No corpus file at {path}: give a JSONL file (one text per line) or a list of texts.")
         with path.open(encoding="utf-8") as lines:
@@ -50,7 +74,7 @@ def read_corpus(source: str | Path | Iterable[Any]) -> Iterator[Record]:
                     yield _record(value, f"{path}:{n}")
         return
     if isinstance(source, str):
-        raise LatentError("A corpus is a list of texts or a .jsonl path, not one string: wrap it in a list.")
+        raise LatentError("A corpus is a list of texts or a .jsonl file, not one string: wrap it in a list.")
     for n, value in enumerate(source):
         yield _record(value, f"corpus entry {n}")
 
