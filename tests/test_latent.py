@@ -234,8 +234,11 @@ def test_merge_gives_what_one_pass_over_both_corpora_gives(tiny_lm, tokenizer, c
     second = collect(tiny_lm, tokenizer, corpus[24:], NEURONS, **options)
     _same_atlas(first.merge(second), atlas)
     shards = [collect(tiny_lm, tokenizer, corpus, NEURONS, shard=(r, 3), **options) for r in range(3)]
-    merged = shards[0].merge(shards[2]).merge(shards[1])
+    some = shards[0].merge(shards[2])
+    assert not shards[0].complete and not some.complete and "shards missing: ranks [1]" in repr(some)
+    merged = some.merge(shards[1])
     _same_atlas(merged, atlas)
+    assert merged.complete and merged.missing_shards == {}
     assert (merged.position, merged.prefix_digest) == (atlas.position, atlas.prefix_digest), "the corpus it covers"
     with pytest.raises(LatentError, match="same corpus"):
         shards[0].merge(shards[0])
@@ -246,6 +249,15 @@ def test_merge_gives_what_one_pass_over_both_corpora_gives(tiny_lm, tokenizer, c
     other = collect(tiny_lm, tokenizer, corpus[:8], NEURONS, **{**options, "top_k": 3})
     with pytest.raises(LatentError, match="top_k"):
         atlas.merge(other)
+
+
+def test_merging_keeps_the_output_readings_of_either_atlas(tiny_lm, tokenizer, corpus):
+    options = dict(top_k=2, batch_size=8, progress=False)
+    first = collect(tiny_lm, tokenizer, corpus[:8], SITE, **options)
+    second = collect(tiny_lm, tokenizer, corpus[8:16], SITE, **options)
+    first.read_outputs()
+    for merged in (first.merge(second), second.merge(first)):  # read once, kept: not read again when asked
+        assert merged.states[SITE].promoted.keys() == first.states[SITE].promoted.keys() != set()
 
 
 def test_the_atlas_saves_and_loads_without_pickle(atlas, tmp_path):

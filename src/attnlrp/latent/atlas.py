@@ -184,7 +184,8 @@ class SiteState:
             for key in keys:
                 out[key] = a[key].clone()
                 out[key][units, slots] = b[key][units, rows]
-        return SiteState(self.name, self.path, self.kind, self.width, out, dict(self.promoted))
+        promoted = {**other.promoted, **self.promoted}  # output readings depend on the model only: either's do
+        return SiteState(self.name, self.path, self.kind, self.width, out, promoted)
 
     def ranked(self) -> dict[str, Tensor]:
         """The tensors with every top-k list in rank order (score descending, then context id)."""
@@ -231,7 +232,7 @@ class FeatureAtlas:
         self.prefix_digest = ""
         self.topics: dict[str, int] = {}
         self.vocabulary: dict[int, str] = {}  # display strings of the tokens of contexts and of output readings
-        self.complete = False
+        self.finished = False  # every pass over its corpora (or shards of them) ran to the end
         self.model: nn.Module | None = None
         self.tokenizer = None
         self.bound_sites: dict[str, Site] = {}
@@ -431,13 +432,31 @@ class FeatureAtlas:
                 self.vocabulary.update({i: self.tokenizer.decode([i]) for i in sorted(ids - self.vocabulary.keys())})
         return self
 
+    @property
+    def missing_shards(self) -> dict[str, list[int]]:
+        """Per corpus the atlas covers (by its digest's start), the shard ranks not merged in yet."""
+        missing = {p.digest[:12]: sorted(set(range(p.world)) - set(p.ranks)) for p in self.parts}
+        return {digest: ranks for digest, ranks in missing.items() if ranks}
+
+    @property
+    def complete(self) -> bool:
+        """Whether the atlas covers its corpora whole: every pass finished, and every shard of a sharded run
+        merged in (one shard, or a merge of some, is not complete)."""
+        return self.finished and not self.missing_shards
+
+    def _status(self) -> str:
+        if not self.finished:
+            return ", unfinished"
+        missing = "; ".join(f"ranks {r} of corpus {d}" for d, r in self.missing_shards.items())
+        return f", shards missing: {missing}" if missing else ""
+
     # --- combining --------------------------------------------------------------------------------------
 
     def merge(self, other: FeatureAtlas) -> FeatureAtlas:
         """This atlas and ``other`` as one: other shards of the same corpus join it; another corpus is appended
         (its context ids follow this atlas's), as one pass over both corpora, one after the other, would."""
         for atlas in (self, other):
-            if not atlas.complete:
+            if not atlas.finished:
                 raise LatentError("Only finished atlases merge: let collect finish (or resume it) first.")
         mine = {k: v for k, v in self.settings.items() if k != "shard"}
         theirs = {k: v for k, v in other.settings.items() if k != "shard"}
@@ -486,7 +505,7 @@ class FeatureAtlas:
         merged.vocabulary = {**self.vocabulary, **other.vocabulary}
         if len(parts) == 1:  # shards of one corpus: the corpus the atlas covers, as a one-process pass would say
             merged.position, merged.prefix_digest = self.position, self.prefix_digest
-        merged.complete = True
+        merged.finished = True
         merged.model, merged.tokenizer, merged.bound_sites = self.model, self.tokenizer, self.bound_sites
         return merged
 
@@ -517,7 +536,7 @@ class FeatureAtlas:
             "position": self.position,
             "prefix_digest": self.prefix_digest,
             "topics": self.topics,
-            "complete": self.complete,
+            "finished": self.finished,
             "contexts": {str(c): {**entry, "ids": list(entry["ids"])} for c, entry in self.contexts.items()},
             "vocabulary": {str(i): text for i, text in self.vocabulary.items()},
         }
@@ -561,7 +580,8 @@ class FeatureAtlas:
         atlas.parts = [Part(**p) for p in meta["parts"]]
         atlas.contexts = {int(c): {**entry, "ids": array("i", entry["ids"])} for c, entry in meta["contexts"].items()}
         atlas.tokens, atlas.seen, atlas.position = meta["tokens"], meta["seen"], meta["position"]
-        atlas.prefix_digest, atlas.topics, atlas.complete = meta["prefix_digest"], meta["topics"], meta["complete"]
+        atlas.prefix_digest, atlas.topics = meta["prefix_digest"], meta["topics"]
+        atlas.finished = meta.get("finished", meta.get("complete"))  # "complete": atlases saved before shards counted
         atlas.vocabulary = {int(i): text for i, text in meta["vocabulary"].items()}
         if model is not None:
             atlas.bind(model, tokenizer, saes)
@@ -620,7 +640,7 @@ class FeatureAtlas:
         units = sum(s.width for s in self.states.values())
         return (
             f"FeatureAtlas({len(self.states)} sites, {units} units, {self.seen} contexts, {self.tokens} tokens, "
-            f"top_k={self.settings['top_k']}{'' if self.complete else ', unfinished'})"
+            f"top_k={self.settings['top_k']}{self._status()})"
         )
 
 

@@ -122,7 +122,7 @@ def _fold(atlas: FeatureAtlas, task, method, sites: list[Site], pending: list[tu
 def _finish(atlas: FeatureAtlas, digest: str, size: int, shard: tuple[int, int], batch_size: int) -> None:
     rank, world = shard
     atlas.parts = [Part(digest, size, world, [rank], 0, batch_size if world > 1 else 0)]
-    atlas.complete = True
+    atlas.finished = True
 
 
 def collect(
@@ -180,7 +180,7 @@ def collect(
         "shard": [rank, world, batch_size] if world > 1 else [rank, world],  # a shard's batches depend on the size
     }
     atlas = _resume(checkpoint, settings) or FeatureAtlas.empty(settings, chosen)
-    if atlas.complete:
+    if atlas.finished:
         digest, size = _corpus_digest(corpus)
         if digest != atlas.prefix_digest:
             raise LatentError(
