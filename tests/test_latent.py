@@ -351,6 +351,13 @@ def test_collect_reads_paths_and_records_and_names_a_bad_entry(tiny_lm, tokenize
             collect(tiny_lm, tokenizer, ["A text.", "Another text.", empty], SITE, progress=False)
 
 
+def test_write_corpus_round_trips_with_read_corpus(tmp_path):
+    from attnlrp.latent import Record
+
+    records = [Record("The cook", "cooking", " chef"), Record("Hi there", "", 42), Record("Plain", 0), Record("A")]
+    assert list(read_corpus(write_corpus(records, tmp_path / "c.jsonl"))) == records
+
+
 # --- labels and cards -------------------------------------------------------------------------------------
 
 

@@ -79,12 +79,14 @@ def read_corpus(source: str | Path | Iterable[Any]) -> Iterator[Record]:
         yield _record(value, f"corpus entry {n}")
 
 
-def write_corpus(records: Iterable[Record], path: str | Path) -> Path:
-    """Write records as JSONL (the format ``read_corpus`` reads)."""
+def write_corpus(records: Iterable[Any], path: str | Path) -> Path:
+    """Write a corpus's records (anything ``read_corpus`` takes) as JSONL, which ``read_corpus`` reads back to
+    the same records: a topic or target is written wherever it is given (not None)."""
     path = Path(path)
     with path.open("w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps({"text": r.text, **({"topic": r.topic} if r.topic else {})}, ensure_ascii=False) + "\n")
+        for r in read_corpus(records):
+            entry = {"text": r.text, "topic": r.topic, "target": r.target}
+            f.write(json.dumps({k: v for k, v in entry.items() if v is not None}, ensure_ascii=False) + "\n")
     return path
 
 
