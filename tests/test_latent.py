@@ -554,6 +554,8 @@ def test_heads_and_sae_latents_get_atlases_and_cards_too(tiny_lm, tokenizer, cor
     latent = int(atlas.relevance_mass("model.layers.0@sae").argmax())
     card = atlas.card("model.layers.0@sae", latent)
     assert len(card.promoted) == 10 and card.conditional and card.site_kind == "sae"
+    assert [n for n in card.notes if "encoder biases" in n]  # the card says why its heatmaps fall short:
+    assert sum(card.conditional[0]["scores"]) != pytest.approx(card.conditional[0]["unit_relevance"], rel=1e-6)
     page = atlas.to_html(tmp_path / "page.html").read_text(encoding="utf-8")
     assert page.count('"site_kind": "sae"') == sae.width and page.count('"site_kind": "heads"') == 4
 

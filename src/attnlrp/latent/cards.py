@@ -4,7 +4,8 @@ A card holds the unit's label and purity, its top contexts by activation and by 
 token), its activation histogram and statistics, the output tokens its direction promotes and suppresses, and
 conditional heatmaps: the input tokens' relevance through that unit only, for the prediction explained in its
 top relevance contexts. The backward for those runs in two steps: from the prediction down to the site, then
-from the site down to the input with every unit but this one zeroed; their relevance sums to the unit's.
+from the site down to the input with every unit but this one zeroed; their relevance sums to the unit's
+(under CP-LRP without biases; an SAE's encoder biases absorb part of a latent's, and its card says so).
 """
 
 from __future__ import annotations
@@ -177,6 +178,11 @@ def build_card(
                     "The conditional heatmaps need not sum to the unit's relevance: between the unit and the input, "
                     "AttnLRP's softmax rule keeps or adds relevance. Collect with method='cp-lrp' for heatmaps that "
                     "sum to it."
+                )
+            if state.kind == "sae":
+                notes.append(
+                    "The conditional heatmaps need not sum to the latent's relevance: the SAE's encoder biases "
+                    "(b_enc, and the b_dec it subtracts) absorb part of it between the latent and the input."
                 )
     if not by_activation:
         raise LatentError(f"The atlas saw no context for {site}:{unit}; collect over a corpus first.")
