@@ -677,6 +677,21 @@ def test_steering_a_steered_or_bound_model_is_refused(tiny_lm, tokenizer):
             pass
 
 
+def test_strengths_are_real_numbers_of_python_numpy_or_torch(tiny_lm, tokenizer):
+    import numpy as np
+
+    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    with steer(tiny_lm, {(SITE, 3): 2.5}):
+        expected = _logits(tiny_lm, ids)
+    for strength in (np.float32(2.5), np.float64(2.5), torch.tensor(2.5), torch.tensor(2.5, dtype=torch.float64)):
+        with steer(tiny_lm, {(SITE, 3): strength}):
+            assert torch.equal(_logits(tiny_lm, ids), expected), repr(strength)
+    for bad in (True, torch.tensor(True), np.float32("nan"), torch.tensor([1.0, 2.0]), "2.5"):
+        with pytest.raises(LatentError, match="must be a finite number"):
+            with steer(tiny_lm, {(SITE, 3): bad}):
+                pass
+
+
 def test_prompts_of_steering_are_a_list_of_texts(tiny_lm, tokenizer):
     # one string was read as a list of one-character prompts (11 continuations); an empty list crashed in max()
     from attnlrp.latent import generate_steered
@@ -880,6 +895,10 @@ def test_cli_collects_shows_cards_browses_and_steers(tiny_lm, tokenizer, corpus,
     assert cli.main(["latent", "steer", "Hi", "--unit", "model.layers.9.mlp.down_proj:3"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1 and "model.layers.9.mlp.down_proj" in err
+    twice = ["latent", "steer", "Hi", "--unit", f"{SITE}:3", "--unit", f"{SITE}:3", "--max-new-tokens", "1"]
+    assert cli.main(twice) == 2  # as steer refuses a repeated unit
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and f"--unit {SITE}:3 is given twice" in err
     # shards collected by hand (no launcher) merge with `attnlrp merge`, as dataset runs do
     sharded = tmp_path / "sharded"
     for rank in (0, 1):

@@ -144,6 +144,7 @@ def run(args: argparse.Namespace, model, tokenizer) -> None:
     from .atlas import FeatureAtlas
     from .collect import collect
     from .corpus import labelled_corpus
+    from .sites import resolve_one
     from .steer import generate_steered
 
     if args.latent_command == "browse":  # the atlas alone: no model is loaded
@@ -182,6 +183,10 @@ def run(args: argparse.Namespace, model, tokenizer) -> None:
         print(f"{card!r}\nsaved {card.save_html(args.html)}")
     else:
         units = [(_site(site, saes), index) for site, index in args.unit]
+        named = [(resolve_one(model, site).name, index) for site, index in units]
+        twice = next((unit for n, unit in enumerate(named) if unit in named[:n]), None)
+        if twice is not None:  # as steer refuses a repeated unit
+            raise LatentError(f"--unit {twice[0]}:{twice[1]} is given twice: give each unit once.")
         width = max(len(f"{s:g}") for s in args.strengths)
         texts = [  # all first: a bad unit or mode is one error line, with no table begun
             generate_steered(model, tokenizer, [args.prompt], dict.fromkeys(units, s), args.mode, args.max_new_tokens)[

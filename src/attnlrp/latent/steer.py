@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 import re
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
@@ -133,6 +134,16 @@ def steering(model: nn.Module, plan: Sequence[tuple[Site, Tensor, Tensor]], mode
                 del _STEERED[module]
 
 
+def _real(value: Any) -> float | None:
+    """A real number (Python's, numpy's, or a one-value torch tensor of a number dtype) as a float; else None
+    (a bool is not a strength)."""
+    if isinstance(value, Tensor) and value.numel() == 1 and value.dtype != torch.bool and not value.is_complex():
+        value = value.item()
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
 def _plan(model: nn.Module, units: Mapping[Unit, float]) -> list[tuple[Site, Tensor, Tensor]]:
     if not isinstance(units, Mapping) or not units:
         raise LatentError("steer takes a dict {(site, unit): strength} with at least one unit.")
@@ -149,11 +160,12 @@ def _plan(model: nn.Module, units: Mapping[Unit, float]) -> list[tuple[Site, Ten
                 "with the sum of the strengths."
             )
         seen[site.name, index] = key
-        if not isinstance(strength, (int, float)) or not math.isfinite(strength):
+        value = _real(strength)
+        if value is None or not math.isfinite(value):
             raise LatentError(f"The strength of {site.name}:{index} must be a finite number, not {strength!r}.")
         entry = grouped.setdefault(site.name, (site, [], []))
         entry[1].append(index)
-        entry[2].append(float(strength))
+        entry[2].append(value)
     return [(site, torch.tensor(index), torch.tensor(values)) for site, index, values in grouped.values()]
 
 
