@@ -677,6 +677,17 @@ def test_steering_a_steered_or_bound_model_is_refused(tiny_lm, tokenizer):
             pass
 
 
+def test_a_copy_made_while_steered_is_not_steered(tiny_lm, tokenizer):
+    ids = tokenizer("The chef chopped", return_tensors="pt").input_ids
+    before = _logits(tiny_lm, ids)
+    with steer(tiny_lm, {(SITE, 3): 50.0, ("model.layers.0", 5): 9.0}):
+        copied = copy.deepcopy(tiny_lm)
+        assert torch.equal(_logits(copied, ids), before)
+    assert torch.equal(_logits(copied, ids), before)
+    with steer(copied, {(SITE, 3): 50.0}):
+        assert not torch.equal(_logits(copied, ids), before)
+
+
 def test_strengths_are_real_numbers_of_python_numpy_or_torch(tiny_lm, tokenizer):
     import numpy as np
 

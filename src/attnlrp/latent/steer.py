@@ -2,11 +2,11 @@
 
 Inside the block each steered site's module gets an instance hook that changes the chosen units' activations
 at every position; leaving the block removes the hooks, so the model computes exactly what it computed before
-(no class is patched, and steering one model never touches another). Modes: ``add`` adds the strength to the
-unit's activation, ``clamp`` sets the activation to it, ``scale`` multiplies the activation by it (0 ablates
-the unit). Neurons and residual dimensions are changed where they are read; an attention head's output vector
-is scaled (heads steer by ``scale`` only); an SAE latent moves the site's output along its decoder direction,
-by (new - old activation) times that direction.
+(no class is patched, and steering one model never touches another, nor a copy made inside the block). Modes:
+``add`` adds the strength to the unit's activation, ``clamp`` sets the activation to it, ``scale`` multiplies
+the activation by it (0 ablates the unit). Neurons and residual dimensions are changed where they are read; an
+attention head's output vector is scaled (heads steer by ``scale`` only); an SAE latent moves the site's output
+along its decoder direction, by (new - old activation) times that direction.
 
 A model is steered by one block at a time, and an ``lrp`` block binds a steered model, not the other way
 round: ``with steer(model, ...): with lrp(model): ...`` explains the steered model.
@@ -77,9 +77,14 @@ def _hook(site: Site, index: Tensor, values: Tensor, mode: str):
             delta = _changed(z, shaped(h), mode) - z
         return h + delta @ directions
 
+    # a copy of the model (copy.deepcopy inside the block) takes the hook along, on its own module: there the
+    # hook does nothing, so the copy computes unsteered and stays so after the block
+    owner = site.module
     if site.kind in ("neurons", "heads"):
 
         def pre(module, args):
+            if module is not owner:
+                return None
             return (steer_last(args[0]),) + tuple(args[1:])
 
         return site.module.register_forward_pre_hook(pre)
@@ -87,6 +92,8 @@ def _hook(site: Site, index: Tensor, values: Tensor, mode: str):
     change = through_sae if site.kind == "sae" else steer_last
 
     def post(module, args, output):
+        if module is not owner:
+            return None
         if isinstance(output, Tensor):
             return change(output)
         return (change(output[0]),) + tuple(output[1:])
