@@ -517,6 +517,9 @@ def test_audio_at_another_rate_or_in_stereo_is_refused_with_the_fix(tokenizer, p
     whisper = whisper_model(processor)
     with pytest.raises(attnlrp.InputError, match=r"at 44100 Hz, but WhisperForConditionalGeneration hears 16000 Hz"):
         attnlrp.explain(whisper, processor, AUDIO[0], sampling_rate=44100)
+    features = processor.feature_extractor(AUDIO[0], sampling_rate=16000, return_tensors="pt").input_features[0]
+    with pytest.raises(attnlrp.InputError, match=r"sampling_rate=8000 was given with log-mel features"):
+        attnlrp.explain(whisper, processor, features, sampling_rate=8000)  # it was taken without a word
     same = attnlrp.explain(whisper, processor, AUDIO[0], sampling_rate=16000, method="cp-lrp")
     assert same == attnlrp.explain(whisper, processor, AUDIO[0], method="cp-lrp")
     for stereo, axis in ((np.stack([AUDIO[0], AUDIO[0]]), 0), (np.stack([AUDIO[0], AUDIO[0]], axis=1), 1)):

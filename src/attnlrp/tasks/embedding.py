@@ -51,8 +51,9 @@ def _pooling_config(folder: Path) -> Path:
         if changing:
             raise InputError(
                 f"{listing} runs {', '.join(changing)} on the pooled embedding; attnlrp explains the pooled "
-                f"embedding without them, which is not the one the model gives. Pass pooling= "
-                f"({', '.join(map(repr, POOLINGS))}) to explain the pooled embedding anyway."
+                f"embedding without them, which is not the one the model gives. Pass pooling= (one of "
+                f"{', '.join(map(repr, POOLINGS))}; --pooling on the command line) to explain the pooled embedding "
+                "anyway."
             )
         pooling = [m["path"] for m in modules if m.get("type", "").endswith(".Pooling")]
         return root / (pooling[0] if pooling else "1_Pooling") / "config.json"

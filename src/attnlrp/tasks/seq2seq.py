@@ -297,6 +297,12 @@ class Seq2Seq(Task):
                     f"Log-mel features of shape {tuple(x.shape)} were given, but the model takes [{mels}, {frames}]; "
                     "make them with the model's processor (its feature extractor pads to that length)."
                 )
+            heard = getattr(self.features, "sampling_rate", None)
+            if self.sampling_rate is not None and heard is not None and self.sampling_rate != heard:
+                raise InputError(
+                    f"sampling_rate={self.sampling_rate} was given with log-mel features, which the feature extractor "
+                    f"makes from {heard} Hz audio: the rate is for waveforms; leave it out, or pass the waveform."
+                )
             return Audio(x)
         if self.features is None:
             raise InputError(
