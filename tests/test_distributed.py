@@ -46,16 +46,23 @@ def _torchrun() -> tuple[str, ...]:
     return (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2")
 
 
-def test_two_processes_write_what_one_process_writes(folder, tmp_path):
+def _one_and_two_processes(folder, tmp_path, launcher: tuple[str, ...]) -> tuple[tuple[str, ...], bytes]:
+    """Explain PROMPTS in one process and in two under ``launcher``; (the command's options, the output of one
+    process, which the merged output of two equals)."""
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS), encoding="utf-8")
     common = ("explain", "--model", str(folder), "--input", str(prompts), "--batch-size", "2", "--no-color")
     single = _attnlrp(*common, "--output", str(tmp_path / "single.jsonl"))
     assert single.returncode == 0, single.stderr
-    multi = _attnlrp(*common, "--output", str(tmp_path / "multi.jsonl"), launcher=_torchrun())
+    multi = _attnlrp(*common, "--output", str(tmp_path / "multi.jsonl"), launcher=launcher)
     assert multi.returncode == 0, multi.stderr
     expected = (tmp_path / "single.jsonl").read_bytes()
     assert (tmp_path / "multi.jsonl").read_bytes() == expected
+    return common, expected
+
+
+def test_two_processes_write_what_one_process_writes(folder, tmp_path):
+    common, expected = _one_and_two_processes(folder, tmp_path, _torchrun())
     shards = [shard_path(tmp_path / "multi.jsonl", rank, 2) for rank in range(2)]
     sizes = [len(s.read_text().splitlines()) - 1 for s in shards]
     assert sum(sizes) == len(PROMPTS) and sizes[0] != sizes[1], "4 batches of 2, 2, 2 and 1 prompts: uneven"
@@ -76,17 +83,10 @@ def test_two_processes_write_what_one_process_writes(folder, tmp_path):
 
 def test_accelerate_launch_writes_what_one_process_writes(folder, tmp_path):
     # the accelerate launcher of docs/scaling.md; without --multi_gpu it starts one process, on CPUs too
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS), encoding="utf-8")
-    common = ("explain", "--model", str(folder), "--input", str(prompts), "--batch-size", "2", "--no-color")
-    single = _attnlrp(*common, "--output", str(tmp_path / "single.jsonl"))
-    assert single.returncode == 0, single.stderr
     accelerate = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2")
     accelerate += ("--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")
-    multi = _attnlrp(*common, "--output", str(tmp_path / "multi.jsonl"), launcher=accelerate)
-    assert multi.returncode == 0, multi.stderr
+    _one_and_two_processes(folder, tmp_path, accelerate)
     assert all(shard_path(tmp_path / "multi.jsonl", rank, 2).is_file() for rank in range(2)), "two processes"
-    assert (tmp_path / "multi.jsonl").read_bytes() == (tmp_path / "single.jsonl").read_bytes()
 
 
 def test_a_process_whose_peer_failed_says_so_in_one_line(folder, tmp_path):
