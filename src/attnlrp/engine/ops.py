@@ -147,27 +147,16 @@ def _products(factors: dict[int, str]) -> Handler:
         if len(carrying) < 2:
             return func(*args, **kwargs)
         args, kwargs = list(args), dict(kwargs)
-        weights = [s for s in carrying if _weight(args[s] if isinstance(s, int) else kwargs[s])]
-        if binding.method == "cp-lrp" and weights:
-            binding.note(func, "gate (cp-lrp)")  # routing weights applied by a matrix product: held constant
-            alone = len(weights) == len(carrying)  # a product of weights alone: one carries, and it is a weight
-            held = weights[1:] if alone else weights
-            for s in held:
+
+        def run(values: list[Tensor]) -> Any:
+            for s, value in zip(carrying, values):
                 if isinstance(s, int):
-                    args[s] = args[s].detach()
+                    args[s] = value
                 else:
-                    kwargs[s] = kwargs[s].detach()
-            carrying = [s for s in carrying if s not in held]
-            if len(carrying) < 2:
-                out = func(*args, **kwargs)
-                return _weighing(out) if alone else out
-        binding.note(func, "uniform")
-        for s, f in zip(carrying, rules.uniform(*(args[s] if isinstance(s, int) else kwargs[s] for s in carrying))):
-            if isinstance(s, int):
-                args[s] = f
-            else:
-                kwargs[s] = f
-        return func(*args, **kwargs)
+                    kwargs[s] = value
+            return func(*args, **kwargs)
+
+        return _product(binding, func, [args[s] if isinstance(s, int) else kwargs[s] for s in carrying], run)
 
     return handle
 
@@ -177,20 +166,34 @@ def _einsum(binding: Binding, func, args, kwargs):
     carrying = [i for i, t in enumerate(operands) if _requires_grad(t)]
     if len(carrying) < 2:
         return func(*args, **kwargs)
-    weights = [i for i in carrying if _weight(operands[i])]
+
+    def run(values: list[Tensor]) -> Any:
+        for i, value in zip(carrying, values):
+            operands[i] = value
+        return func(args[0], *operands, **kwargs)
+
+    return _product(binding, func, [operands[i] for i in carrying], run)
+
+
+def _product(binding: Binding, func, factors: list[Tensor], run: Callable[[list[Tensor]], Any]) -> Any:
+    """``run`` on the input-dependent factors of a matrix product or einsum (two or more), ruled: CP-LRP holds a
+    sigmoid weight among them constant (routing weights; of weights alone all but one, and the product is a
+    weight); the factors left share the product by the uniform rule."""
+    weights = [i for i, f in enumerate(factors) if _weight(f)]
+    carrying = list(range(len(factors)))
     if binding.method == "cp-lrp" and weights:
-        binding.note(func, "gate (cp-lrp)")  # routing weights applied by einsum: held constant
-        alone = len(weights) == len(carrying)  # a product of weights alone: one carries, and it is a weight
+        binding.note(func, "gate (cp-lrp)")
+        alone = len(weights) == len(factors)
         held = weights[1:] if alone else weights
-        operands = [t.detach() if i in held else t for i, t in enumerate(operands)]
+        factors = [f.detach() if i in held else f for i, f in enumerate(factors)]
         carrying = [i for i in carrying if i not in held]
         if len(carrying) < 2:
-            out = func(args[0], *operands, **kwargs)
+            out = run(factors)
             return _weighing(out) if alone else out
     binding.note(func, "uniform")
-    for i, f in zip(carrying, rules.uniform(*(operands[i] for i in carrying))):
-        operands[i] = f
-    return func(args[0], *operands, **kwargs)
+    for i, f in zip(carrying, rules.uniform(*(factors[i] for i in carrying))):
+        factors[i] = f
+    return run(factors)
 
 
 def _weight(x: Any) -> bool:
