@@ -684,6 +684,9 @@ def test_a_copy_made_while_steered_is_not_steered(tiny_lm, tokenizer):
         copied = copy.deepcopy(tiny_lm)
         assert torch.equal(_logits(copied, ids), before)
     assert torch.equal(_logits(copied, ids), before)
+    # its hooks hold neither the original modules nor the steering (they kept the original model in memory)
+    hooks = [h for m in copied.modules() for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())]
+    assert hooks and all(h.__closure__ is None and h.__defaults__ is None for h in hooks)
     with steer(copied, {(SITE, 3): 50.0}):
         assert not torch.equal(_logits(copied, ids), before)
 

@@ -192,6 +192,21 @@ def test_every_method_explains_a_model_in_training_mode_as_it_predicts(tokenizer
     )
 
 
+def test_calls_that_overlap_on_a_model_in_training_mode_restore_it_when_the_last_leaves(tokenizer):
+    from conftest import build_tiny_lm
+
+    from attnlrp.engine.predicting import predicting
+
+    model = build_tiny_lm(tokenizer, attention_dropout=0.5).train()
+    first, second = predicting(model), predicting(model)  # two threads' calls: the first leaves while the second runs
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert not any(module.training for module in model.modules()), "the first call's exit put dropout back on"
+    second.__exit__(None, None, None)
+    assert all(module.training for module in model.modules())
+
+
 def test_a_bound_model_or_inference_mode_is_refused_by_name_where_a_backward_runs(tiny_lm, tokenizer):
     with (
         attnlrp.lrp(tiny_lm),

@@ -14,6 +14,7 @@ import attnlrp
 from attnlrp.dataset import explain_dataset, read_lines
 from attnlrp.errors import InputError, MethodError
 from attnlrp.interop.ray_data import Explainer, explain_ray, lines_of, write_jsonl
+from attnlrp.methods import IntegratedGradients
 
 pytestmark = pytest.mark.cluster
 
@@ -92,6 +93,19 @@ def test_the_actor_class_explains_planned_batches_with_one_model(files, single):
         torch.testing.assert_close(
             torch.tensor(got["scores"]), torch.tensor(want[index]["scores"]), rtol=1e-4, atol=1e-6
         )
+
+
+def test_a_configured_method_is_labelled_as_a_single_process_run_labels_it(files, tmp_path):
+    # the records carried "integrated_gradients" alone, where explain_dataset writes the options in "method_label"
+    method = IntegratedGradients(steps=2)
+    model, tokenizer = attnlrp.load_model(files / "model")
+    explain_dataset(model, tokenizer, files / "prompts.jsonl", tmp_path / "one.jsonl", method=method, progress=False)
+    want = json.loads((tmp_path / "one.jsonl").read_text().splitlines()[1])
+    explainer = Explainer(str(files / "model"), method)
+    line = read_lines(files / "prompts.jsonl")[1]
+    got = json.loads(explainer({"lines": [json.dumps([vars(line)])]})["record"][0])
+    assert got["method_label"] == want["method_label"] == "integrated_gradients(steps=2)"
+    assert got["method"] == want["method"] == "integrated_gradients"
 
 
 def test_a_dataset_without_prompts_is_refused(files, cluster):

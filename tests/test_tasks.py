@@ -301,6 +301,30 @@ def test_pooling_is_found_through_modules_json_also_above_weights_in_a_module_fo
     assert attnlrp.explain(model, wordpiece, "A cat.", pair="A dog.", pooling="cls").value
 
 
+def test_a_normalize_module_gives_unit_embeddings_whose_dot_product_is_their_cosine(wordpiece, tmp_path):
+    model = _minilm()
+    root = tmp_path / "normalized"
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    (root / "1_Pooling").mkdir(parents=True)
+    (root / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
+    (root / "modules.json").write_text(json.dumps(modules))
+    model.name_or_path = str(root)
+    cosine = attnlrp.explain(model, wordpiece, "A cat.", pair="A dog.")
+    dot = attnlrp.explain(model, wordpiece, "A cat.", pair="A dog.", similarity="dot")
+    assert dot.value == pytest.approx(cosine.value, abs=1e-6), "the dot product of the un-normalised embeddings"
+    torch.testing.assert_close(torch.as_tensor(dot.scores), torch.as_tensor(cosine.scores), rtol=1e-4, atol=1e-6)
+    vector = torch.randn(model.config.hidden_size)
+    projected = attnlrp.explain(model, wordpiece, "A cat.", target=attnlrp.Direction(vector), method="gradient")
+    inputs = wordpiece("A cat.", return_tensors="pt")
+    embedding = model(**inputs).last_hidden_state[0].mean(0)
+    unit = torch.nn.functional.normalize(embedding.detach(), dim=0)
+    assert projected.value == pytest.approx(float(unit @ vector.to(unit.dtype)), rel=1e-5)
+
+
 def test_last_token_pooling_reads_the_last_token_that_is_not_padding(wordpiece):
     model = tiny("bert", AutoModel, wordpiece)
     texts, pairs = [TEXTS[0], TEXTS[2]], [PAIRS[2], PAIRS[0]]  # of different lengths: one row is padded

@@ -1,8 +1,11 @@
 """A model run as it predicts while it is explained: every module in eval mode (dropout off) for the duration,
-each module's own mode restored after."""
+each module's own mode restored after the last of the calls that run on it at once (nested, or in other
+threads) has left."""
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -13,6 +16,10 @@ from torch import nn
 from ..errors import BindingError, InputError
 from .binding import binding_of
 from .unsupported import refuse_compiled
+
+#: Each model in a ``predicting`` block -> [how many blocks are open on it, the modules that were training]
+_OPEN: weakref.WeakKeyDictionary[nn.Module, list] = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
 
 
 @contextmanager
@@ -34,11 +41,19 @@ def predicting(model: nn.Module, method: Any = None) -> Iterator[None]:
             f"{type(model).__name__} is bound to LRP rules by {bound.owner}, where its gradient is LRP relevance: "
             f"run gradient methods on it unbound; {bound.release}"
         )
-    training = [module for module in model.modules() if module.training]
-    for module in training:
-        module.training = False
+    with _LOCK:
+        if model in _OPEN:
+            _OPEN[model][0] += 1
+        else:
+            training = [module for module in model.modules() if module.training]
+            for module in training:
+                module.training = False
+            _OPEN[model] = [1, training]
     try:
         yield
     finally:
-        for module in training:
-            module.training = True
+        with _LOCK:
+            _OPEN[model][0] -= 1
+            if not _OPEN[model][0]:
+                for module in _OPEN.pop(model)[1]:
+                    module.training = True

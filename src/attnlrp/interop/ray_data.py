@@ -25,7 +25,7 @@ import numpy as np
 
 from ..dataset import Line, _record, explain_jobs, explain_lines, keyed_lines, line_length, placed, spec_job
 from ..errors import InputError
-from ..methods import get_method
+from ..methods import Method, get_method
 from ..methods.batch import TOKEN_BUDGET, plan
 from ..tasks import task_for
 from ..tasks.base import dtype_name
@@ -69,7 +69,7 @@ class Explainer:
     """The stateful callable of ``map_batches``: loads the model once per actor, then explains one planned batch
     (a row whose ``"lines"`` holds the batch's lines as JSON) per call."""
 
-    def __init__(self, model: str | None, method: str, num_gpus: float = 0, load_options: dict | None = None):
+    def __init__(self, model: str | None, method: str | Method, num_gpus: float = 0, load_options: dict | None = None):
         import torch
 
         import attnlrp
@@ -80,7 +80,12 @@ class Explainer:
         self.model, self.tokenizer = attnlrp.load_model(model, **options)
         self.task = task_for(self.model)
         self.method = method
-        self.stamps = {"dtype": dtype_name(self.model), "weights": weights_digest(self.model)}
+        # the method's label, options included, marks a configured method's records as a single-process run does
+        self.stamps = {
+            "dtype": dtype_name(self.model),
+            "weights": weights_digest(self.model),
+            "method": get_method(method).label,
+        }
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         chunks = [[Line(**line) for line in json.loads(text)] for text in batch["lines"]]
@@ -101,7 +106,7 @@ def explain_ray(
     dataset,
     model: str | os.PathLike | None = None,
     *,
-    method: str = "attnlrp",
+    method: str | Method = "attnlrp",
     batch_size: int = 8,
     concurrency: int = 1,
     num_cpus: float = 1,

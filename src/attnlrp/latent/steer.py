@@ -77,28 +77,37 @@ def _hook(site: Site, index: Tensor, values: Tensor, mode: str):
             delta = _changed(z, shaped(h), mode) - z
         return h + delta @ directions
 
-    # a copy of the model (copy.deepcopy inside the block) takes the hook along, on its own module: there the
-    # hook does nothing, so the copy computes unsteered and stays so after the block
     owner = site.module
     if site.kind in ("neurons", "heads"):
-
-        def pre(module, args):
-            if module is not owner:
-                return None
-            return (steer_last(args[0]),) + tuple(args[1:])
-
-        return site.module.register_forward_pre_hook(pre)
-
+        return owner.register_forward_pre_hook(_OwnHook(owner, lambda args: (steer_last(args[0]),) + tuple(args[1:])))
     change = through_sae if site.kind == "sae" else steer_last
 
-    def post(module, args, output):
-        if module is not owner:
-            return None
+    def post(output):
         if isinstance(output, Tensor):
             return change(output)
         return (change(output[0]),) + tuple(output[1:])
 
-    return site.module.register_forward_hook(post)
+    return owner.register_forward_hook(_OwnHook(owner, post))
+
+
+def _inert(*_: Any) -> None:
+    """What a steering hook becomes in a copy of its module: nothing."""
+
+
+class _OwnHook:
+    """A module hook that steers its own module only (called with the last of the hook's arguments: the forward's
+    inputs before it, its output after it). A shallow copy of the module shares the hook and leaves it unsteered;
+    a deep copy (``copy.deepcopy`` inside the block) gets an inert hook, which holds neither the original module
+    nor the steering values, so the copy computes unsteered, during the block and after it."""
+
+    def __init__(self, owner: nn.Module, change):
+        self.owner, self.change = owner, change
+
+    def __call__(self, module: nn.Module, *arguments: Any) -> Any:
+        return self.change(arguments[-1]) if module is self.owner else None
+
+    def __deepcopy__(self, memo: dict) -> Any:
+        return _inert
 
 
 def _refuse_conflicts(model: nn.Module) -> None:

@@ -63,6 +63,15 @@ def scalar(value: Tensor, label: str) -> Tensor:
     return value.reshape(())
 
 
+def unit(model: nn.Module, x: Tensor) -> Tensor:
+    """``x`` [..., H] scaled to unit length: with its norm a constant while ``model`` is bound to LRP rules, as it
+    is (its gradient through the norm too) for plain gradient methods."""
+    from ..core import rules
+    from ..engine import binding_of
+
+    return rules.normalize(x, dim=-1) if binding_of(model) is not None else torch.nn.functional.normalize(x, dim=-1)
+
+
 def similarity(model: nn.Module, a: Tensor, b: Tensor, cosine: bool = True) -> Tensor:
     """The cosine (or dot product) of two input-dependent vectors [..., H]. For plain gradient methods it is the
     similarity as it is; while ``model`` is bound to LRP rules, the norms are constants and the two vectors share

@@ -22,7 +22,7 @@ from ..engine.inputs import InputTap
 from ..errors import InputError, TargetError
 from ..methods import Method
 from ..results import Explanation
-from .base import Task, check_finite, model_name, one_per_item, similarity
+from .base import Task, check_finite, model_name, one_per_item, similarity, unit
 from .text import Item, check_length, display_tokens
 from .token_batch import TokenBatch, pad, pad_id_of
 
@@ -36,36 +36,59 @@ _MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "
 _KEPT_MODULES = ("Transformer", "BERT", "RoBERTa", "Pooling", "Normalize")
 
 
-def _pooling_config(folder: Path) -> Path:
-    """Where the pooling config of the sentence-transformers model in ``folder`` lies: the ``Pooling`` module of
-    ``modules.json``, in ``folder`` or, when the weights lie in a module folder (``0_Transformer/``), above it."""
+def _modules(folder: Path) -> tuple[Path, list[dict]] | None:
+    """The sentence-transformers ``modules.json`` of the model in ``folder`` (its folder and its modules), in
+    ``folder`` or, when the weights lie in a module folder (``0_Transformer/``), above it; None where there is none."""
     for root in (folder, folder.parent):
         listing = root / "modules.json"
         if not listing.is_file():
             continue
         modules = json.loads(listing.read_text(encoding="utf-8"))
-        paths = {str(Path(module.get("path", ""))) for module in modules}
-        if root != folder and folder.name not in paths:
+        if root != folder and folder.name not in {str(Path(module.get("path", ""))) for module in modules}:
             continue
-        changing = [m["path"] for m in modules if m.get("type", "").rsplit(".", 1)[-1] not in _KEPT_MODULES]
-        if changing:
-            raise InputError(
-                f"{listing} runs {', '.join(changing)} on the pooled embedding; attnlrp explains the pooled "
-                f"embedding without them, which is not the one the model gives. Pass pooling= (one of "
-                f"{', '.join(map(repr, POOLINGS))}; --pooling on the command line) to explain the pooled embedding "
-                "anyway."
-            )
-        pooling = [m["path"] for m in modules if m.get("type", "").endswith(".Pooling")]
-        return root / (pooling[0] if pooling else "1_Pooling") / "config.json"
-    return folder / "1_Pooling" / "config.json"
+        return root, modules
+    return None
+
+
+def _kind(module: dict) -> str:
+    return module.get("type", "").rsplit(".", 1)[-1]
+
+
+def _folder(model: nn.Module) -> Path:
+    return Path(str(getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "")))
+
+
+def _pooling_config(folder: Path) -> Path:
+    """Where the pooling config of the sentence-transformers model in ``folder`` lies: the ``Pooling`` module of
+    ``modules.json`` where there is one, else ``1_Pooling/`` beside the weights."""
+    found = _modules(folder)
+    if found is None:
+        return folder / "1_Pooling" / "config.json"
+    root, modules = found
+    changing = [m["path"] for m in modules if _kind(m) not in _KEPT_MODULES]
+    if changing:
+        raise InputError(
+            f"{root / 'modules.json'} runs {', '.join(changing)} on the pooled embedding; attnlrp explains the pooled "
+            f"embedding without them, which is not the one the model gives. Pass pooling= (one of "
+            f"{', '.join(map(repr, POOLINGS))}; --pooling on the command line) to explain the pooled embedding "
+            "anyway."
+        )
+    pooling = [m["path"] for m in modules if _kind(m) == "Pooling"]
+    return root / (pooling[0] if pooling else "1_Pooling") / "config.json"
+
+
+def normalizes(model: nn.Module) -> bool:
+    """Whether the model's sentence-transformers ``modules.json`` ends in a ``Normalize`` module: its embeddings
+    have unit length, so their dot product is their cosine and a direction projects the unit vector."""
+    found = _modules(_folder(model))
+    return found is not None and any(_kind(m) == "Normalize" for m in found[1])
 
 
 def pooling_of(model: nn.Module) -> str:
     """The pooling a sentence-transformers model was trained with: its pooling config (``1_Pooling/config.json``,
     found through ``modules.json`` where there is one), mean where the folder says nothing. A pooling explained
     nowhere here (max, weighted mean, ...), or a module that changes the pooled embedding (``Dense``), is refused."""
-    folder = Path(str(getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "")))
-    config = _pooling_config(folder)
+    config = _pooling_config(_folder(model))
     if not config.is_file():
         return "mean"
     settings = json.loads(config.read_text(encoding="utf-8"))
@@ -110,9 +133,10 @@ class SimilarityBatch(TokenBatch):
         targets: list,
         pooling: str,
         similarity: str,
+        normalized: bool = False,
     ):
         self.items, self.partners, self.targets = items, partners, targets
-        self.pooling, self.similarity = pooling, similarity
+        self.pooling, self.similarity, self.normalized = pooling, similarity, normalized
         paired = [p for p in partners if p is not None]
         if paired and len(paired) != len(partners):
             raise InputError("Give a pair for every text, or for none (then each target must be a Direction).")
@@ -134,13 +158,16 @@ class SimilarityBatch(TokenBatch):
         with InputTap(self.model, {kind: self.site}) as tap:
             tap.replace = {kind: inputs[kind]}
             hidden = self.model(**extra, **self.shared).last_hidden_state
+        pooled = self._pool(hidden, extra["attention_mask"])
+        return unit(self.model, pooled) if self.normalized else pooled
+
+    def _pool(self, hidden: Tensor, attended: Tensor) -> Tensor:
         if self.pooling == "cls":
             return hidden[:, 0]
         if self.pooling == "last":  # the last token that isn't padding, whichever side pads
-            attended = extra["attention_mask"]
             last = attended.shape[1] - 1 - attended.flip(1).argmax(1)
             return hidden[torch.arange(len(hidden), device=hidden.device), last]
-        mask = extra["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        mask = attended.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1)
 
     def _score(self, row: int, a: Tensor, b: Tensor | None) -> Tensor:
@@ -173,7 +200,8 @@ class SentenceSimilarity(Task):
     one text's embedding projected onto a direction (``target=attnlrp.Direction(vector)``).
 
     inputs: a text or texts; ``pair``: the other text, or one per text. pooling: "mean", "cls" or "last" (default: the
-    model's sentence-transformers config, else mean); similarity: "cosine" (default) or "dot".
+    model's sentence-transformers config, else mean); similarity: "cosine" (default) or "dot". A model whose
+    ``modules.json`` ends in ``Normalize`` gives unit embeddings: their dot product is their cosine.
     """
 
     name = "sentence-similarity"
@@ -190,6 +218,7 @@ class SentenceSimilarity(Task):
         if similarity not in SIMILARITIES:
             raise InputError(f"similarity must be one of {', '.join(map(repr, SIMILARITIES))}, not {similarity!r}.")
         self.tokenizer, self.pair, self.pooling, self.similarity = tokenizer, pair, pooling, similarity
+        self.normalized = normalizes(model)
 
     @classmethod
     def accepts(cls, model: nn.Module) -> bool:
@@ -243,6 +272,7 @@ class SentenceSimilarity(Task):
             list(targets),
             self.pooling,
             self.similarity,
+            self.normalized,
         )
 
     def results(self, batch: SimilarityBatch, relevance: dict, method: Method) -> list[Explanation]:
