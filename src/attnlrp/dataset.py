@@ -373,17 +373,8 @@ def chat_messages(prompt: Any, system: str | None, chat: bool) -> Any:
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
 
 
-#: The options (an input line's fields) saying what to explain, and those each task takes
+#: The options (an input line's fields) saying what to explain; each task's ``fields`` say those it takes
 WHAT_TO_EXPLAIN = ("target", "target_id", "contrast", "answer", "label", "pair", "at", "image", "chat", "system")
-TASK_OPTIONS = {
-    "causal-lm": ("target", "target_id", "contrast", "answer", "chat", "system"),
-    "sequence-classification": ("target", "target_id", "contrast", "label", "pair"),
-    "token-classification": ("target", "target_id", "label", "at"),
-    "sentence-similarity": ("pair",),
-    "seq2seq": ("target", "target_id", "contrast", "answer", "chat", "system"),
-    "vision-language": ("target", "target_id", "contrast", "answer", "image", "chat", "system"),
-    "clip": ("image",),
-}
 
 
 def spec_job(
@@ -394,7 +385,7 @@ def spec_job(
     default; the command line passes its --option)."""
     import attnlrp
 
-    takes = TASK_OPTIONS.get(task.name) if task is not None else None
+    takes = task.fields if task is not None else None
     refused = [n for n in WHAT_TO_EXPLAIN if takes and n not in takes and spec.get(n) not in (None, False)]
     if refused:
         listing = ", ".join(name(n) for n in WHAT_TO_EXPLAIN if n in takes and (n in FIELDS or n in spec))

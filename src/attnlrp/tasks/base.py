@@ -136,6 +136,9 @@ class Task:
     description: ClassVar[str]
     #: The keyword options the adapter takes (``explain(..., pair=...)``); others are an error.
     options: ClassVar[tuple[str, ...]] = ()
+    #: What an input line's fields (and the command line's options) may say of what to explain on this task's
+    #: models; the others of ``attnlrp.dataset.WHAT_TO_EXPLAIN`` are refused by name. None: the task reads no lines.
+    fields: ClassVar[tuple[str, ...] | None] = None
     #: The method used where none is given.
     default_method: ClassVar[str] = "attnlrp"
     #: Whether the model predicts labels (classes): a ``label`` names the one explained.

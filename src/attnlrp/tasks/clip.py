@@ -84,6 +84,7 @@ class ClipSimilarity(Task):
     name = "clip"
     description = "the similarity of an image and a text (CLIPModel)"
     options = ("images", "similarity")
+    fields = ("image",)
 
     @classmethod
     def accepts(cls, model: nn.Module) -> bool:

@@ -207,6 +207,7 @@ class SentenceSimilarity(Task):
     name = "sentence-similarity"
     description = "similarity of two texts' embeddings (bare encoders such as BERT/MiniLM sentence models)"
     options = ("pair", "pooling", "similarity")
+    fields = ("pair",)
 
     def __init__(
         self, model: nn.Module, tokenizer, pair: Any = None, pooling: str | None = None, similarity: str = "cosine"

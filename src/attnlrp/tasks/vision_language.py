@@ -239,6 +239,7 @@ class VisionLanguage(CausalLM):
     name = "vision-language"
     description = "a next token or an answer of a vision-language model over image and text (LLaVA, Qwen2-VL, ...)"
     options = ("images",)
+    fields = ("target", "target_id", "contrast", "answer", "image", "chat", "system")
 
     @classmethod
     def accepts(cls, model: nn.Module) -> bool:
