@@ -478,6 +478,23 @@ def test_clip_reads_image_paths_and_names_a_missing_one(vl_tokenizer, clip_proce
         attnlrp.explain(model, clip_processor, TEXTS[0], images=tmp_path / "nope.png")
 
 
+def test_clip_takes_the_image_forms_explain_image_takes(vl_tokenizer, clip_processor):
+    # pixel values were sent through the processor again (a range error), a processor output was a TypeError
+    model = tiny_clip(vl_tokenizer)
+    from_pil = attnlrp.explain(model, clip_processor, TEXTS[0], images=IMAGES[0])
+    pixels = clip_processor.image_processor(images=[IMAGES[0]], return_tensors="pt")["pixel_values"]
+    for given in (pixels[0], pixels, [pixels[0]], clip_processor(images=[IMAGES[0]], return_tensors="pt")):
+        exp = attnlrp.explain(model, clip_processor, TEXTS[0], images=given)
+        assert exp.value == pytest.approx(from_pil.value, rel=1e-6)
+        np.testing.assert_allclose(exp.image.scores, from_pil.image.scores, rtol=1e-6, atol=1e-12)
+    two = clip_processor.image_processor(images=IMAGES[:2], return_tensors="pt")["pixel_values"]
+    pair = attnlrp.explain(model, clip_processor, TEXTS[:2], images=two)
+    assert pair[1].value == pytest.approx(attnlrp.explain(model, clip_processor, TEXTS[1], images=IMAGES[1]).value)
+    assert len(attnlrp.explain(model, clip_processor, TEXTS[:2], images=pixels[0])) == 2, "one image for all texts"
+    with pytest.raises(InputError, match="2 images were given for 3 texts"):
+        attnlrp.explain(model, clip_processor, TEXTS, images=two)
+
+
 def test_clip_eager_sdpa_batch_and_methods(vl_tokenizer, clip_processor):
     texts = TEXTS
     eager = attnlrp.explain(

@@ -22,7 +22,7 @@ from ..methods import Method
 from ..methods.batch import Batch
 from ..results import Explanation, ImageExplanation
 from .base import Task, check_finite, model_name, one_per_item, similarity
-from .image import display_images, open_image, patch_size
+from .image import as_image_batch, display_images, patch_size, pixel_values
 from .text import check_length, display_tokens
 from .token_batch import pad, pad_id_of
 
@@ -77,7 +77,8 @@ class ClipSimilarity(Task):
     tokens.
 
     The second argument is the model's processor (``CLIPProcessor``); inputs: a text or a list of texts;
-    ``images``: one image for every text, or a list with one per text. similarity: "cosine" (default) or "logit"
+    ``images``: one image for every text, or a list with one per text (files, PIL images, arrays, pixel values
+    as the processor makes them, or the processor's output). similarity: "cosine" (default) or "logit"
     (the model's ``logits_per_image``: the cosine times the learned logit scale).
     """
 
@@ -112,12 +113,12 @@ class ClipSimilarity(Task):
         texts = [inputs] if single else list(inputs)
         if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
             raise InputError(f"CLIP explains non-empty texts: pass a string or a list of strings, not {inputs!r}.")
-        images = self.images if isinstance(self.images, (list, tuple)) else [self.images] * len(texts)
-        if len(images) != len(texts):
-            raise InputError(f"{len(images)} images were given for {len(texts)} texts; give one each, or one for all.")
-        pixels = self.processor.image_processor(images=[open_image(i) for i in images], return_tensors="pt")[
-            "pixel_values"
-        ]
+        images, one = as_image_batch(self.images)  # images, arrays, pixel values or the processor's output
+        pixels = pixel_values(images, self.processor.image_processor, None)
+        if one:
+            pixels = pixels.expand(len(texts), *pixels.shape[1:])
+        if len(pixels) != len(texts):
+            raise InputError(f"{len(pixels)} images were given for {len(texts)} texts; give one each, or one for all.")
         items = []
         for text, image in zip(texts, pixels):
             ids = list(self.tokenizer(text)["input_ids"])

@@ -29,7 +29,7 @@ _OUTPUTS = ("logits", "image_embeds", "pooler_output")
 ImageTarget = int | str | Tensor | Callable[[Tensor], Tensor] | None
 
 
-def _pixels(images: Any, processor: Any, channels: int | None) -> Tensor:
+def pixel_values(images: Any, processor: Any, channels: int | None) -> Tensor:
     if isinstance(images, Tensor):
         if images.dim() == 3:
             images = images.unsqueeze(0)
@@ -55,7 +55,7 @@ def _pixels(images: Any, processor: Any, channels: int | None) -> Tensor:
     return torch.stack([processor(image) for image in batch])  # a torchvision transform, one image at a time
 
 
-def _as_batch(images: Any) -> tuple[Any, bool]:
+def as_image_batch(images: Any) -> tuple[Any, bool]:
     """``images`` as one image, pixel values or a list of images, and whether one image was given: a processor's
     output gives its pixel values, a list of pixel tensors is stacked, and arrays [B, H, W, C] are B images."""
     if isinstance(images, Mapping) and "pixel_values" in images:  # the processor's output (a BatchFeature)
@@ -241,7 +241,7 @@ class ImageClassification(Task):
         self.processor = processor
 
     def encode(self, images: Any) -> tuple[list[Tensor], bool]:
-        images, single = _as_batch(images)
+        images, single = as_image_batch(images)
         for image in [images] if single else images:
             if isinstance(image, str) and not Path(image).is_file():
                 raise InputError(
@@ -251,7 +251,7 @@ class ImageClassification(Task):
                 )
         param = next(self.model.parameters())
         channels = getattr(getattr(self.model, "config", None), "num_channels", None)
-        pixels = _pixels(images, self.processor, channels).to(param.device, param.dtype)
+        pixels = pixel_values(images, self.processor, channels).to(param.device, param.dtype)
         return list(pixels), single
 
     def targets(self, target: Any, count: int) -> list[ImageTarget]:
