@@ -678,15 +678,20 @@ def test_steering_a_steered_or_bound_model_is_refused(tiny_lm, tokenizer):
 
 
 def test_a_copy_made_while_steered_is_not_steered(tiny_lm, tokenizer):
+    def hooks(model):
+        return [h for m in model.modules() for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())]
+
     ids = tokenizer("The chef chopped", return_tensors="pt").input_ids
     before = _logits(tiny_lm, ids)
+    # transformers may have put output-recording hooks of its own on the shared model in earlier tests
+    its_own = {h.__qualname__ for h in hooks(tiny_lm)}
     with steer(tiny_lm, {(SITE, 3): 50.0, ("model.layers.0", 5): 9.0}):
         copied = copy.deepcopy(tiny_lm)
         assert torch.equal(_logits(copied, ids), before)
     assert torch.equal(_logits(copied, ids), before)
-    # its hooks hold neither the original modules nor the steering (they kept the original model in memory)
-    hooks = [h for m in copied.modules() for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())]
-    assert hooks and all(h.__closure__ is None and h.__defaults__ is None for h in hooks)
+    # its steering hooks hold neither the original modules nor the steering (they kept the original model in memory)
+    steering = [h for h in hooks(copied) if h.__qualname__ not in its_own]
+    assert steering and all(h.__closure__ is None and h.__defaults__ is None for h in steering)
     with steer(copied, {(SITE, 3): 50.0}):
         assert not torch.equal(_logits(copied, ids), before)
 
