@@ -191,6 +191,32 @@ def test_model_without_input_embeddings(tokenizer, model):
         attnlrp.explain(model, tokenizer, PROMPT)
 
 
+class _EmbedsElsewhere(nn.Module):
+    """A model whose input embeddings (get_input_embeddings) are a module its forward never calls, as BART's
+    classifier's model.shared is (its encoder and decoder call their own)."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm, self.unused = lm, copy.deepcopy(lm.get_input_embeddings())
+
+    def get_input_embeddings(self):
+        return self.unused
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.lm(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+@pytest.mark.parametrize("method", ["attnlrp", "occlusion", "input_x_gradient"])
+def test_input_embeddings_the_model_never_runs_are_refused(tiny_lm, tokenizer, method):
+    # occlusion perturbed the unused module and returned all-zero scores; the gradient methods crashed deep inside
+    with pytest.raises(
+        InputError,
+        match=r"^_EmbedsElsewhere ran a forward in which its tokens input module \(Embedding at unused\) gave no "
+        r"tensor, so attnlrp can't read or perturb that input .* explain it with attnlrp.lrp\(model\)",
+    ):
+        attnlrp.explain(_EmbedsElsewhere(tiny_lm), tokenizer, PROMPT, method=method)
+
+
 class _LogitsOnly(nn.Module):
     """A plain torch language model: token ids in, the logits tensor itself out (``as_tuple``: in a tuple)."""
 

@@ -381,6 +381,42 @@ def test_results_save_load_and_render(wordpiece, tmp_path):
     assert "attnlrp-data" in exp.to_html()
 
 
+@pytest.mark.parametrize(
+    "arch,config",
+    [
+        (
+            "bart",
+            dict(
+                d_model=64,
+                encoder_layers=1,
+                decoder_layers=1,
+                encoder_attention_heads=4,
+                decoder_attention_heads=4,
+                encoder_ffn_dim=64,
+                decoder_ffn_dim=64,
+            ),
+        ),
+        ("t5", dict(d_model=64, d_ff=64, d_kv=16, num_layers=1, num_heads=4, decoder_start_token_id=0)),
+    ],
+)
+def test_an_encoder_decoder_classifier_is_refused_by_its_class_and_type(arch, config, wordpiece):
+    # their encoder and decoder embed the text with modules of their own, not the tapped get_input_embeddings():
+    # occlusion gave all-zero scores, attention another token's numbers, and the gradient methods crashed
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(
+        AutoConfig.for_model(arch, vocab_size=wordpiece.vocab_size, pad_token_id=0, eos_token_id=102, **config)
+    ).eval()
+    name = type(model).__name__
+    for method in ("attnlrp", "occlusion", "attention"):
+        with pytest.raises(
+            attnlrp.InputError,
+            match=rf"^{name} \(model type '{arch}'\) is an encoder-decoder classifier, which attnlrp doesn't "
+            r"explain: it explains encoder-decoder models' generated tokens \(seq2seq.*and the labels of "
+            r"encoder-only or decoder-only classifiers\.$",
+        ):
+            attnlrp.explain(model, wordpiece, TEXTS[0], method=method)
+
+
 def test_task_errors_name_the_problem_and_the_fix(wordpiece, tiny_lm, tokenizer):
     classifier = tiny("bert", AutoModelForSequenceClassification, wordpiece)
     with pytest.raises(attnlrp.TargetError, match=r"no label 'happy'; its labels are \{0: 'negative', 1: 'neutral'"):

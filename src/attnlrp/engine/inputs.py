@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
+
 
 def input_embeddings(model: nn.Module) -> nn.Module | None:
     """The model's input token embedding module (``get_input_embeddings``), or None where it has none."""
@@ -33,6 +35,9 @@ class InputTap:
     - otherwise, with gradients on, the output becomes a leaf that requires grad;
     - either way it is kept in ``seen[kind]`` (read ``seen[kind].grad`` after a backward).
 
+    A forward of ``model`` in which a site never gave its tensor is an InputError: the model computes that input
+    elsewhere, so what the tap gives or reads would not be the model's input (zero relevance, or none).
+
     One module may serve several kinds (T5's embedding serves the encoder and then the decoder): give it under
     each kind, in the order of its calls within one forward.
     """
@@ -45,10 +50,12 @@ class InputTap:
         self.replace: dict[str, Tensor] = {}
         self.seen: dict[str, Tensor] = {}
         self._calls: dict[nn.Module, int] = {}
+        self._ran: set[str] = set()
         self._handles: list[Any] = []
 
     def __enter__(self) -> InputTap:
         self._handles.append(self.model.register_forward_pre_hook(self._reset))
+        self._handles.append(self.model.register_forward_hook(self._check))
         for module in self.kinds:
             self._handles.append(module.register_forward_hook(self._output))
         return self
@@ -60,6 +67,23 @@ class InputTap:
 
     def _reset(self, module: nn.Module, args: tuple) -> None:
         self._calls.clear()
+        self._ran.clear()
+
+    def _check(self, module: nn.Module, args: tuple, output: Any) -> None:
+        """After each forward of the model: an InputError where a site gave no tensor in it."""
+        for site, kinds in self.kinds.items():
+            missing = [kind for kind in kinds if kind not in self._ran]
+            if missing:
+                model = type(self.model).__name__
+                model_type = getattr(getattr(self.model, "config", None), "model_type", None)
+                path = next((name for name, m in self.model.named_modules() if m is site), "?")
+                raise InputError(
+                    f"{model}" + (f" (model type {model_type!r})" if model_type else "") + " ran a forward in "
+                    f"which its {' and '.join(missing)} input module ({type(site).__name__} at {path or '<root>'}) "
+                    "gave no tensor, so attnlrp can't read or perturb that input (its relevance would be zero or "
+                    "missing): the model embeds its inputs with other modules, which this task can't follow; "
+                    "explain it with attnlrp.lrp(model) on inputs of your own."
+                )
 
     def _output(self, module: nn.Module, args: tuple, output: Any) -> Any:
         kinds = self.kinds[module]
@@ -84,4 +108,5 @@ class InputTap:
         elif torch.is_grad_enabled() and not output.requires_grad:
             output = output.detach().requires_grad_()
         self.seen[kind] = output
+        self._ran.add(kind)
         return output

@@ -118,6 +118,18 @@ class LabelBatch(TokenBatch):
         return scalar(target.scalar(self._logits(output, m, row)), target.label)
 
 
+def _refuse_encoder_decoder(model: nn.Module) -> None:
+    """An InputError for an encoder-decoder classifier (BART's, T5's): its encoder and its decoder each embed the
+    text, with modules of their own, where this task taps one input embedding."""
+    config = getattr(model, "config", None)
+    if getattr(config, "is_encoder_decoder", False):
+        raise InputError(
+            f"{type(model).__name__} (model type {getattr(config, 'model_type', None)!r}) is an encoder-decoder "
+            "classifier, which attnlrp doesn't explain: it explains encoder-decoder models' generated tokens (seq2seq, "
+            "e.g. AutoModelForSeq2SeqLM) and the labels of encoder-only or decoder-only classifiers."
+        )
+
+
 def _pools_last(model: nn.Module) -> bool:
     """Whether a classifier reads its last non-pad token (a decoder's) rather than the first (an encoder's CLS):
     the families without a masked-LM head are decoders."""
@@ -142,6 +154,7 @@ class SequenceClassification(Task):
 
     def __init__(self, model: nn.Module, tokenizer, pair: Any = None):
         super().__init__(model)
+        _refuse_encoder_decoder(model)
         self.tokenizer = tokenizer
         self.pair = pair
 
