@@ -417,6 +417,32 @@ def test_an_encoder_decoder_classifier_is_refused_by_its_class_and_type(arch, co
             attnlrp.explain(model, wordpiece, TEXTS[0], method=method)
 
 
+@pytest.mark.parametrize(
+    "arch,config,how",
+    [
+        ("xlnet", dict(d_model=64, n_layer=1, n_head=4, d_inner=64), r"reorders its token ids \(sequence first\)"),
+        (
+            "longformer",
+            dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, attention_window=4),
+            r"pads or cuts its token ids \(to a multiple of an attention window",
+        ),
+    ],
+)
+def test_a_classifier_that_reshapes_its_tokens_before_embedding_them_is_refused_by_name(arch, config, how, wordpiece):
+    # a ValueError that named neither the model nor the cause: "The tokens input given has shape (1, 11, 64), but
+    # the model computed (11, 1, 64) there."
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(
+        AutoConfig.for_model(arch, vocab_size=wordpiece.vocab_size, pad_token_id=0, **config)
+    ).eval()
+    with pytest.raises(
+        attnlrp.InputError,
+        match=rf"^{type(model).__name__} \(model type '{arch}'\) computed its tokens input in shape .*, where "
+        rf"attnlrp gives .*: the model {how}.* doesn't support this model; explain it with attnlrp.lrp\(model\)",
+    ):
+        attnlrp.explain(model, wordpiece, "A man plays a guitar on the street.")
+
+
 def test_task_errors_name_the_problem_and_the_fix(wordpiece, tiny_lm, tokenizer):
     classifier = tiny("bert", AutoModelForSequenceClassification, wordpiece)
     with pytest.raises(attnlrp.TargetError, match=r"no label 'happy'; its labels are \{0: 'negative', 1: 'neutral'"):

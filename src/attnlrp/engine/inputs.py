@@ -36,7 +36,8 @@ class InputTap:
     - either way it is kept in ``seen[kind]`` (read ``seen[kind].grad`` after a backward).
 
     A forward of ``model`` in which a site never gave its tensor is an InputError: the model computes that input
-    elsewhere, so what the tap gives or reads would not be the model's input (zero relevance, or none).
+    elsewhere, so what the tap gives or reads would not be the model's input (zero relevance, or none). So is a
+    site that computes another shape than the input given for it: the model reorders, pads or cuts its token ids.
 
     One module may serve several kinds (T5's embedding serves the encoder and then the decoder): give it under
     each kind, in the order of its calls within one forward.
@@ -65,6 +66,10 @@ class InputTap:
             handle.remove()
         self._handles.clear()
 
+    def _model_name(self) -> str:
+        model_type = getattr(getattr(self.model, "config", None), "model_type", None)
+        return type(self.model).__name__ + (f" (model type {model_type!r})" if model_type else "")
+
     def _reset(self, module: nn.Module, args: tuple) -> None:
         self._calls.clear()
         self._ran.clear()
@@ -74,12 +79,10 @@ class InputTap:
         for site, kinds in self.kinds.items():
             missing = [kind for kind in kinds if kind not in self._ran]
             if missing:
-                model = type(self.model).__name__
-                model_type = getattr(getattr(self.model, "config", None), "model_type", None)
                 path = next((name for name, m in self.model.named_modules() if m is site), "?")
                 raise InputError(
-                    f"{model}" + (f" (model type {model_type!r})" if model_type else "") + " ran a forward in "
-                    f"which its {' and '.join(missing)} input module ({type(site).__name__} at {path or '<root>'}) "
+                    f"{self._model_name()} ran a forward in which its {' and '.join(missing)} input module "
+                    f"({type(site).__name__} at {path or '<root>'}) "
                     "gave no tensor, so attnlrp can't read or perturb that input (its relevance would be zero or "
                     "missing): the model embeds its inputs with other modules, which this task can't follow; "
                     "explain it with attnlrp.lrp(model) on inputs of your own."
@@ -95,9 +98,16 @@ class InputTap:
         value = self.replace.get(kind)
         if value is not None:
             if value.shape != output.shape:
-                raise ValueError(
-                    f"The {kind} input given has shape {tuple(value.shape)}, but the model computed "
-                    f"{tuple(output.shape)} there."
+                given, computed = tuple(value.shape), tuple(output.shape)
+                how = (
+                    "reorders its token ids (sequence first)"
+                    if sorted(given) == sorted(computed)
+                    else "pads or cuts its token ids (to a multiple of an attention window, say)"
+                )
+                raise InputError(
+                    f"{self._model_name()} computed its {kind} input in shape {computed}, where attnlrp gives "
+                    f"{given}: the model {how} before embedding them, so attnlrp can't put its inputs there and "
+                    "doesn't support this model; explain it with attnlrp.lrp(model) on inputs of your own."
                 )
             output = value
             from .binding import binding_of  # binding imports this module (through sites)
