@@ -145,6 +145,55 @@ def test_a_padded_batch_equals_each_text_alone(arch, pad, wordpiece):
             assert exp.target == alone.target and exp.value == pytest.approx(alone.value)
 
 
+def test_relevance_that_padding_in_a_batch_makes_nan_is_refused_naming_the_input_and_the_fixes(wordpiece):
+    # float64 eager local attention: a padded position with no real key in its window attends to nothing (the
+    # padding and window masks add up to -inf), and the NaN reached the short text's scores, returned silently
+    model = tiny(
+        "modernbert",
+        AutoModelForSequenceClassification,
+        wordpiece,
+        "eager",
+        global_attn_every_n_layers=2,
+        local_attention=4,
+    )
+    texts = [TEXTS[2], TEXTS[1]]
+    with pytest.raises(
+        FloatingPointError,
+        match=r"^The relevance of input 1 \(counting from 0\) is NaN or infinite, though the explained value is "
+        r"finite\. Padding in a batch can do it: .* explaining one at a time \(batch_size=1\), or in float32, avoids it",
+    ):
+        attnlrp.explain(model, wordpiece, texts, method="input_x_gradient")
+    for fixed in (
+        attnlrp.explain(model, wordpiece, texts, batch_size=1),
+        attnlrp.explain(model.float(), wordpiece, texts),
+    ):
+        assert all(np.isfinite(exp.scores).all() for exp in fixed)
+
+
+def test_logits_that_padding_in_a_batch_makes_nan_say_to_explain_one_at_a_time(wordpiece):
+    config = AutoConfig.for_model(
+        "mistral",
+        vocab_size=wordpiece.vocab_size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        pad_token_id=0,
+        sliding_window=4,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(config, attn_implementation="eager").double().eval()
+    texts = [TEXTS[2], TEXTS[1]]
+    with pytest.raises(
+        FloatingPointError,
+        match=r"^The explained value is not finite \(\[nan, .*\]\); the model produced NaN/inf logits\. Padding in "
+        r"a batch can do it: .* explaining one at a time \(batch_size=1\), or in float32, avoids it; else check",
+    ):
+        attnlrp.explain(model, wordpiece, texts)
+    assert all(np.isfinite(exp.value) for exp in attnlrp.explain(model, wordpiece, texts, batch_size=1))
+
+
 def test_a_label_id_is_taken_as_numpy_and_torch_integers_and_as_text(wordpiece, monkeypatch, capsys):
     # logits.argmax() and np.argmax(...) were "Unsupported target"; the command line's --label 2 was "no label '2'"
     model = tiny("bert", AutoModelForSequenceClassification, wordpiece)

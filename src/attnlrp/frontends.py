@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any
 
 from torch import nn
@@ -25,6 +26,7 @@ from .tasks import (
     task_for,
     vision_language,
 )
+from .tasks.base import check_relevance
 from .tasks.image import ImageTarget
 
 
@@ -34,7 +36,8 @@ def run(
     """Explain ``items`` with ``method`` in batches of at most ``batch_size`` items of similar length (less padding)
     and at most ``TOKEN_BUDGET`` padded tokens (long prompts share a batch with fewer others): one result per
     item, in the items' order. ``readout`` (``attnlrp.latent.readout.LatentReadout``) also gives each result the
-    most relevant units of its sites, from the same backward."""
+    most relevant units of its sites, from the same backward. Relevance that is NaN or infinite at an item's real
+    positions is a FloatingPointError naming the items (``tasks.base.check_relevance``)."""
     for recorder in recorders(task.model):
         recorder.check_run(method, len(items))
     results: list[Any] = [None] * len(items)
@@ -42,11 +45,12 @@ def run(
         for group in plan(task.lengths(items), batch_size, TOKEN_BUDGET, by_length=True):
             batch = task.prepare([items[i] for i in group], [targets[i] for i in group])
             method.check(batch)
-            found = (
-                task.results(batch, readable(method.attribute(batch)), method)
-                if readout is None
-                else readout.explain(task, batch, method)
-            )
+            with readout.recording(batch, method) if readout is not None else nullcontext() as sites:
+                relevance = readable(method.attribute(batch))  # half precision read as float32
+            check_relevance(batch, relevance, group)
+            found = task.results(batch, relevance, method)
+            if readout is not None:
+                readout.annotate(found, batch, sites)
             for i, result in zip(group, found):
                 results[i] = result
     return results

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..errors import LatentError, MethodError
 from ..methods import get_method
-from ..methods.batch import TOKEN_BUDGET, plan, readable
+from ..methods.batch import TOKEN_BUDGET, plan
 from ..tasks.base import model_name
 from ..tasks.causal_lm import CausalLM
 from .sites import Site, SiteRecorder, SiteSpec, resolve
@@ -61,21 +61,21 @@ class LatentReadout:
         self.atlas = checked_atlas(atlas, model, self.sites)
         self.top = top
 
-    def explain(self, task: Any, batch: Any, method: Any) -> list[Any]:
-        """Run ``method`` on ``batch`` with the sites recorded; the task's results, each with its ``units``."""
+    def recording(self, batch: Any, method: Any) -> SiteRecorder:
+        """The recorder of the sites for ``method``'s pass on ``batch`` (enter it around the pass)."""
         if not method.is_lrp:
             raise MethodError(
                 f"latent= reads unit relevance from an LRP backward; the {method.name!r} method has none: use "
                 "'attnlrp' or 'cp-lrp'."
             )
-        with SiteRecorder(batch.model, self.sites) as recorder:
-            relevance = method.attribute(batch)
-        results = task.results(batch, readable(relevance), method)  # half precision read as float32
+        return SiteRecorder(batch.model, self.sites)
+
+    def annotate(self, results: list[Any], batch: Any, recorder: SiteRecorder) -> None:
+        """Give each of the batch's results its ``units``, from the recorder of its pass."""
         spans = batch.spans.get("tokens")
         for row, result in enumerate(results):
             span = spans[row] if spans is not None else slice(None)
             result.units = [self._entry(site, recorder, row, span, len(batch)) for site in self.sites]
-        return results
 
     def _entry(self, site: Site, recorder: SiteRecorder, row: int, span: slice, rows: int) -> dict[str, Any]:
         name = site.name

@@ -21,13 +21,53 @@ from ..methods import Method
 from ..methods.batch import Batch
 
 
-def check_finite(values: Tensor) -> None:
-    """A FloatingPointError where an explained value is NaN or infinite."""
+def check_finite(values: Tensor, batch: Batch | None = None) -> None:
+    """A FloatingPointError where an explained value is NaN or infinite; ``batch``: the values are its rows'."""
     if not torch.isfinite(values).all():
         raise FloatingPointError(
-            f"The explained value is not finite ({values.tolist()}); the model produced NaN/inf logits. "
-            "Check the dtype (try float32) and the inputs."
+            f"The explained value is not finite ({values.tolist()}); the model produced NaN/inf logits"
+            + _not_finite_advice(batch)
         )
+
+
+def check_relevance(batch: Batch, relevance: dict[str, Tensor], items: Sequence[int]) -> None:
+    """A FloatingPointError naming the items (``items[row]``: the index of the batch's row among the inputs given)
+    whose relevance is NaN or infinite at their real positions (their padding is never read)."""
+    bad = []
+    for row, item in enumerate(items):
+        for kind, scores in relevance.items():
+            span = batch.spans[kind][row] if kind in batch.spans else slice(None)
+            if not torch.isfinite(scores[row, span]).all():
+                bad.append(item)
+                break
+    if bad:
+        raise FloatingPointError(
+            f"The relevance of input{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} (counting from 0) is "
+            f"NaN or infinite, though the explained value{'s are' if len(bad) > 1 else ' is'} finite"
+            + _not_finite_advice(batch)
+        )
+
+
+def _not_finite_advice(batch: Batch | None) -> str:
+    """The end of a message on NaN or inf from ``batch``: the likely cause where it is padded, and what avoids it."""
+    sides = set()
+    for kind, spans in (batch.spans if batch is not None else {}).items():
+        width = batch.inputs[kind].shape[1]
+        sides |= {"left" for span in spans if span.start} | {"right" for span in spans if span.stop != width}
+    if not sides:
+        return ". Check the dtype (try float32) and the inputs."
+    model = type(batch.model).__name__
+    if "left" in sides:
+        return (
+            f" with left padding: {model}'s attention gives NaN at padding that attends to nothing (eager attention "
+            "in float64 does), and the NaN reaches the prompts. Pad on the right (padding_side='right', the "
+            "default), or explain in float32 or with SDPA attention."
+        )
+    return (
+        f". Padding in a batch can do it: {model}'s eager attention in float64 gives NaN where a padded position "
+        "attends to nothing (a sliding window or local attention can leave it no key). Where it happens only in a "
+        "batch, explaining one at a time (batch_size=1), or in float32, avoids it; else check the inputs."
+    )
 
 
 class RowOutput:

@@ -66,7 +66,7 @@ class ClipBatch(Batch):
 
     def evaluate(self, inputs: dict[str, Tensor]) -> Tensor:
         values = self.values(inputs, range(len(self)))
-        check_finite(values.detach())
+        check_finite(values.detach(), self)
         if self._outcomes is None:
             self._outcomes = [float(v) for v in values.detach()]
         return values

@@ -186,7 +186,7 @@ class SimilarityBatch(TokenBatch):
 
     def evaluate(self, inputs: dict[str, Tensor]) -> Tensor:
         values = self.values(inputs, range(len(self)))
-        check_finite(values.detach())
+        check_finite(values.detach(), self)
         if self._outcomes is None:
             self._outcomes = [Outcome(self._label(t), float(v)) for t, v in zip(self.targets, values.detach())]
         return values

@@ -212,11 +212,11 @@ class ImageBatch(Batch):
         vectors = self._vectors(inputs["pixels"])
         if self._outcomes is not None:
             values = torch.stack([o.scalar(v) for o, v in zip(self._outcomes, vectors)])
-            check_finite(values.detach())
+            check_finite(values.detach(), self)
             return values
         resolved = [_resolve(self.model, t, v) for t, v in zip(self.targets, vectors)]
         values = torch.stack([scalar(v) for (scalar, _, _), v in zip(resolved, vectors)])
-        check_finite(values.detach())
+        check_finite(values.detach(), self)
         self._outcomes = [Outcome(s, label, index, float(y)) for (s, label, index), y in zip(resolved, values.detach())]
         return values
 

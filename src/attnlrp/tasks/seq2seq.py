@@ -195,7 +195,7 @@ class Seq2SeqBatch(Batch):
         values = torch.stack(
             [self._outcomes[row].target.scalar(self._logits(output, row, row)) for row in range(len(self))]
         )
-        check_finite(values.detach())
+        check_finite(values.detach(), self)
         return values
 
     def chunks(self, count: int, grad: bool) -> Iterator[slice]:

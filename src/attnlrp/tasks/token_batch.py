@@ -111,13 +111,5 @@ class TokenBatch(Batch):
         if self._outcomes is None:
             self._outcomes = [self.resolve_row(output, row) for row in range(len(self))]
         values = torch.stack([self.read(output, row, row) for row in range(len(self))])
-        mask = self.row_inputs["attention_mask"]
-        if not torch.isfinite(values.detach()).all() and not bool(mask[:, 0].all()):  # left padding
-            raise FloatingPointError(
-                f"The explained value is not finite ({values.detach().tolist()}) with left padding: "
-                f"{type(self.model).__name__}'s attention gives NaN at padding that attends to nothing (eager "
-                "attention in float64 does), and the NaN reaches the prompts. Pad on the right (padding_side="
-                "'right', the default), or explain in float32 or with SDPA attention."
-            )
-        check_finite(values.detach())
+        check_finite(values.detach(), self)
         return values
