@@ -73,7 +73,7 @@ def text_model(arch: str, tokenizer, attn: str | None = None, constants: bool = 
         bos_token_id=tokenizer.bos_token_id,
         decoder_start_token_id=start,
         **({"decoder_vocab_size": len(tokenizer)} if arch == "marian" else {}),
-        **TEXT_ARCHS[arch],
+        **TEXT_ARCHS.get(arch, _SIZES),  # other BART-like types (mBART) take BART's sizes
     )
     if attn is not None:
         config._attn_implementation = attn
@@ -389,6 +389,32 @@ def test_a_multilingual_whisper_is_explained_in_the_language_and_task_it_generat
     config.language = "klingon"
     with pytest.raises(attnlrp.InputError, match=r"asks for language '<\|klingon\|>' and task 'translate'"):
         attnlrp.explain(model, processor, AUDIO[0])
+
+
+@pytest.mark.parametrize("arch", ["bart", "mbart"])
+def test_a_token_generate_forces_first_belongs_to_the_prompt(arch, tokenizer):
+    # bart-large-cnn forces <s> and mBART-50 its target language (forced_bos_token_id): explain took the token the
+    # model would predict in its place as the next token, and explain_generation the forced one as its first step
+    model, forced = text_model(arch, tokenizer), 1234
+    start = model.generation_config.decoder_start_token_id
+    model.generation_config.forced_bos_token_id = forced
+    source = tokenizer(TEXT, return_tensors="pt")
+    generated = model.generate(**source, max_new_tokens=4, do_sample=False, forced_eos_token_id=None)[0].tolist()
+    assert generated[:2] == [start, forced]
+    exp = attnlrp.explain(model, tokenizer, TEXT, method="cp-lrp")
+    assert exp.token_ids[exp.segments[1][1] :] == [start, forced] and exp.target_id == generated[2]
+    gen = attnlrp.explain_generation(
+        model, tokenizer, TEXT, max_new_tokens=3, method="cp-lrp", forced_eos_token_id=None
+    )
+    assert gen.token_ids[gen.segments[0][2] : gen.prompt_length] == [start, forced]
+    assert gen.token_ids[gen.prompt_length :] == generated[2:] and len(gen) == 3
+    assert gen.step(0).target_id == exp.target_id and gen.step(0).value == pytest.approx(exp.value)
+    # mBART-50's way: the language given to generate() rather than set in the model's generation config
+    model.generation_config.forced_bos_token_id = None
+    told = attnlrp.explain_generation(
+        model, tokenizer, TEXT, max_new_tokens=3, forced_bos_token_id=forced, forced_eos_token_id=None
+    )
+    assert told.token_ids[told.segments[0][2] :] == gen.token_ids[gen.segments[0][2] :]
 
 
 def test_a_decoder_only_model_keeps_one_input(tiny_lm, tokenizer):

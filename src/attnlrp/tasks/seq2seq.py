@@ -16,6 +16,7 @@ tokens, the relevance of every audio frame and of silence).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -62,11 +63,14 @@ class Seq2SeqItem:
     decoder: list[int]
 
 
-def decoder_prompt(model: nn.Module) -> list[int]:
-    """The ids the decoder starts from: its start token; Whisper adds its language and task (a multilingual model's
-    ``generation_config.language`` and ``.task``, as ``generate()`` reads them; English transcription where they
+def decoder_prompt(model: nn.Module, generation: Any = None) -> list[int]:
+    """The ids the decoder starts from, as ``generate()`` reads them from ``generation`` (by default the model's
+    ``generation_config``): its start token, then the token it forces first (``forced_bos_token_id``: BART-CNN's
+    ``<s>``, mBART-50's target language), which ``generate()`` emits whatever the model predicts. Whisper adds its
+    language and task instead (a multilingual model's ``language`` and ``task``; English transcription where they
     are not set) and ``<|notimestamps|>``."""
-    generation = getattr(model, "generation_config", None)
+    if generation is None:
+        generation = getattr(model, "generation_config", None)
     start = getattr(generation, "decoder_start_token_id", None)
     if start is None:
         start = getattr(model.config, "decoder_start_token_id", None)
@@ -89,6 +93,9 @@ def decoder_prompt(model: nn.Module) -> list[int]:
     no_timestamps = getattr(generation, "no_timestamps_token_id", None)
     if no_timestamps is not None:
         prompt.append(int(no_timestamps))
+    forced = getattr(generation, "forced_bos_token_id", None)
+    if forced is not None and len(prompt) == 1:  # generate() forces it where the decoder has its start token alone
+        prompt.append(int(forced))
     return prompt
 
 
@@ -424,6 +431,7 @@ def explain_generation(
     method explains each token as the next token of its prefix, ``backward_batch`` prefixes per batch."""
     refuse_checkpointing(method)
     task = Seq2Seq(model, tokenizer)
+    task.prompt = decoder_prompt(model, _generating(model, generate_kwargs))
     items, single = task.encode(inputs)
     if not single:
         raise InputError(f"explain_generation continues one input, not {len(items)}: call it once per input.")
@@ -431,6 +439,8 @@ def explain_generation(
     check_decoder_length(model, len(item.decoder) + max_new_tokens)
     start = task.prepare([item], task.targets(None, 1))
     generate_kwargs.setdefault("do_sample", False)
+    if not task.hears_audio:  # generate() continues the whole prompt, a forced first token included (Whisper's own)
+        generate_kwargs.setdefault("decoder_input_ids", start.row_inputs["decoder_input_ids"])
     with torch.no_grad():
         output = model.generate(
             **start.encoder_inputs(0), max_new_tokens=max_new_tokens, return_dict_in_generate=True, **generate_kwargs
@@ -474,6 +484,18 @@ def explain_generation(
         segments=[(SOURCE, 0, n), (TARGET, n, len(ids))],
         **common,
     )
+
+
+def _generating(model: nn.Module, generate_kwargs: dict[str, Any]) -> Any:
+    """The generation config whose prompt ``generate(**generate_kwargs)`` starts from: the model's, with the
+    ``forced_bos_token_id`` of the call (mBART-50's ``forced_bos_token_id=`` a language code), else of a
+    ``generation_config=`` given that sets one, as ``generate()`` merges them."""
+    generation = copy.copy(getattr(model, "generation_config", None))
+    given = getattr(generate_kwargs.get("generation_config"), "forced_bos_token_id", None)
+    forced = generate_kwargs.get("forced_bos_token_id", given)
+    if generation is not None and ("forced_bos_token_id" in generate_kwargs or given is not None):
+        generation.forced_bos_token_id = forced
+    return generation
 
 
 def _causal(matrix: np.ndarray, n_prompt: int) -> np.ndarray:
