@@ -374,6 +374,30 @@ def test_a_normalize_module_gives_unit_embeddings_whose_dot_product_is_their_cos
     assert projected.value == pytest.approx(float(unit @ vector.to(unit.dtype)), rel=1e-5)
 
 
+def test_a_text_longer_than_max_seq_length_is_cut_there_as_sentence_transformers_cuts_it(wordpiece, tmp_path):
+    # sentence_bert_config.json's max_seq_length was ignored: all-MiniLM-L6-v2 explained all of a 377-token text
+    # where sentence-transformers embeds its first 256 (special tokens kept), another similarity than the model's
+    model = tiny("bert", AutoModel, wordpiece)
+    root = tmp_path / "st"  # the weights in 0_Transformer/ with their sentence_bert_config.json, as older models lay
+    (root / "0_Transformer").mkdir(parents=True)
+    (root / "0_Transformer" / "sentence_bert_config.json").write_text('{"max_seq_length": 8, "do_lower_case": false}')
+    modules = [{"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"}]
+    (root / "modules.json").write_text(json.dumps(modules))
+    long, short = TEXTS[2], PAIRS[1]  # 13 tokens and 3
+    for folder in (root / "0_Transformer", root):
+        model.name_or_path = str(folder)
+        with pytest.warns(UserWarning, match=r"^1 text\(s\) ran past the 8 tokens .*: 5 token\(s\) were cut") as caught:
+            exp = attnlrp.explain(model, wordpiece, long, pair=short, method="cp-lrp")
+        assert len(caught) == 1 and "0_Transformer/sentence_bert_config.json" in str(caught[0].message)
+        kept = wordpiece(long, truncation=True, max_length=8)["input_ids"]
+        assert exp.token_ids[: exp.segments[0][2]] == kept and exp.tokens[7] == "[SEP]"
+        a, b = (model(**wordpiece(t, return_tensors="pt", truncation=True, max_length=8)) for t in (long, short))
+        cosine = torch.nn.functional.cosine_similarity(a.last_hidden_state.mean(1), b.last_hidden_state.mean(1))
+        assert exp.value == pytest.approx(float(cosine.detach())) and _relative(exp) < 1e-6
+    with pytest.warns(UserWarning, match=r"^2 text\(s\) ran past .*: 7 token\(s\) were cut"):
+        attnlrp.explain(model, wordpiece, [long, short], pair=["Ashford is old and it is big.", short])
+
+
 def test_last_token_pooling_reads_the_last_token_that_is_not_padding(wordpiece):
     model = tiny("bert", AutoModel, wordpiece)
     texts, pairs = [TEXTS[0], TEXTS[2]], [PAIRS[2], PAIRS[0]]  # of different lengths: one row is padded

@@ -1,8 +1,9 @@
 """Sentence embeddings: the similarity of two texts, or one embedding's projection onto a direction.
 
 The pooling (mean over tokens, the first token or the last) is read from the model's sentence-transformers config
-(``1_Pooling/config.json``) where present. Under LRP the similarity follows the rules of ``rules.md``: the
-pooling is linear, the normalisation of a cosine holds the norms constant, and the dot product of the two
+(``1_Pooling/config.json``) where present, and a text longer than its ``max_seq_length``
+(``sentence_bert_config.json``) is cut there, with a warning, as sentence-transformers cuts it. Under LRP the
+similarity follows the rules of ``rules.md``: the pooling is linear, the normalisation of a cosine holds the norms constant, and the dot product of the two
 input-dependent embeddings is a product of two factors, so each text gets half of it (uniform rule). Plain
 gradient methods see the similarity as it is.
 """
@@ -10,6 +11,7 @@ gradient methods see the similarity as it is.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,8 @@ _MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "
 
 #: sentence-transformers modules (``modules.json``) that leave the pooled embedding's direction as it is
 _KEPT_MODULES = ("Transformer", "BERT", "RoBERTa", "Pooling", "Normalize")
+#: sentence-transformers modules (``modules.json``) that run the model itself
+_ENCODER_MODULES = ("Transformer", "BERT", "RoBERTa")
 
 
 def _modules(folder: Path) -> tuple[Path, list[dict]] | None:
@@ -75,6 +79,20 @@ def _pooling_config(folder: Path) -> Path:
         )
     pooling = [m["path"] for m in modules if _kind(m) == "Pooling"]
     return root / (pooling[0] if pooling else "1_Pooling") / "config.json"
+
+
+def max_seq_length(model: nn.Module) -> tuple[int, Path] | None:
+    """The most tokens (special ones included) a sentence-transformers model embeds of a text, and the config that
+    says so: ``max_seq_length`` in the ``sentence_bert_config.json`` of its Transformer module (found through
+    ``modules.json`` where there is one, else beside the weights); None where no config says."""
+    folder = _folder(model)
+    found = _modules(folder)
+    paths = [m.get("path", "") for m in found[1] if _kind(m) in _ENCODER_MODULES] if found is not None else []
+    config = (found[0] / paths[0] if paths else folder) / "sentence_bert_config.json"
+    if not config.is_file():
+        return None
+    limit = json.loads(config.read_text(encoding="utf-8")).get("max_seq_length")
+    return (limit, config) if isinstance(limit, int) and limit > 0 else None
 
 
 def normalizes(model: nn.Module) -> bool:
@@ -201,7 +219,8 @@ class SentenceSimilarity(Task):
 
     inputs: a text or texts; ``pair``: the other text, or one per text. pooling: "mean", "cls" or "last" (default: the
     model's sentence-transformers config, else mean); similarity: "cosine" (default) or "dot". A model whose
-    ``modules.json`` ends in ``Normalize`` gives unit embeddings: their dot product is their cosine.
+    ``modules.json`` ends in ``Normalize`` gives unit embeddings: their dot product is their cosine. A text longer
+    than the model's ``max_seq_length`` (``sentence_bert_config.json``) is cut to it, with a warning.
     """
 
     name = "sentence-similarity"
@@ -220,6 +239,7 @@ class SentenceSimilarity(Task):
             raise InputError(f"similarity must be one of {', '.join(map(repr, SIMILARITIES))}, not {similarity!r}.")
         self.tokenizer, self.pair, self.pooling, self.similarity = tokenizer, pair, pooling, similarity
         self.normalized = normalizes(model)
+        self.limit = max_seq_length(model)
 
     @classmethod
     def accepts(cls, model: nn.Module) -> bool:
@@ -236,11 +256,26 @@ class SentenceSimilarity(Task):
         if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
             raise InputError(f"Sentence similarity explains non-empty texts: pass a string or a list, not {inputs!r}.")
         pairs = one_per_item(self.pair, len(texts), "texts", "pairs") if self.pair is not None else [None] * len(texts)
-        items = [(self._item(t), self._item(p) if p is not None else None) for t, p in zip(texts, pairs)]
+        cut: list[int] = []
+        items = [(self._item(t, cut), self._item(p, cut) if p is not None else None) for t, p in zip(texts, pairs)]
+        if cut:
+            limit, config = self.limit
+            warnings.warn(
+                f"{len(cut)} text(s) ran past the {limit} tokens the model embeds (max_seq_length in {config}): "
+                f"{sum(cut)} token(s) were cut from their ends, as sentence-transformers cuts them, so the similarity "
+                "explained is the one it computes; explain shorter pieces to cover the rest.",
+                stacklevel=3,  # the caller of explain()
+            )
         return items, single
 
-    def _item(self, text: str) -> Item:
+    def _item(self, text: str, cut: list[int]) -> Item:
+        """``text`` tokenized, cut to the model's ``max_seq_length`` as sentence-transformers cuts it (its special
+        tokens kept at both ends); the number of tokens cut off is added to ``cut``."""
         ids = list(self.tokenizer(text)["input_ids"])
+        if self.limit is not None and len(ids) > self.limit[0]:
+            kept = list(self.tokenizer(text, truncation=True, max_length=self.limit[0])["input_ids"])
+            cut.append(len(ids) - len(kept))
+            ids = kept
         check_length(self.model, self.tokenizer, len(ids))
         return Item(ids)
 
