@@ -403,18 +403,31 @@ def test_a_token_generate_forces_first_belongs_to_the_prompt(arch, tokenizer):
     assert generated[:2] == [start, forced]
     exp = attnlrp.explain(model, tokenizer, TEXT, method="cp-lrp")
     assert exp.token_ids[exp.segments[1][1] :] == [start, forced] and exp.target_id == generated[2]
-    gen = attnlrp.explain_generation(
-        model, tokenizer, TEXT, max_new_tokens=3, method="cp-lrp", forced_eos_token_id=None
-    )
+    gen = attnlrp.explain_generation(model, tokenizer, TEXT, max_new_tokens=3, method="cp-lrp")
     assert gen.token_ids[gen.segments[0][2] : gen.prompt_length] == [start, forced]
     assert gen.token_ids[gen.prompt_length :] == generated[2:] and len(gen) == 3
     assert gen.step(0).target_id == exp.target_id and gen.step(0).value == pytest.approx(exp.value)
     # mBART-50's way: the language given to generate() rather than set in the model's generation config
     model.generation_config.forced_bos_token_id = None
-    told = attnlrp.explain_generation(
-        model, tokenizer, TEXT, max_new_tokens=3, forced_bos_token_id=forced, forced_eos_token_id=None
-    )
+    told = attnlrp.explain_generation(model, tokenizer, TEXT, max_new_tokens=3, forced_bos_token_id=forced)
     assert told.token_ids[told.segments[0][2] :] == gen.token_ids[gen.segments[0][2] :]
+
+
+def test_a_generation_cut_by_max_new_tokens_ends_in_a_token_the_model_chose(tokenizer):
+    # BART's generation config forces its end token (forced_eos_token_id) in place of the last token max_new_tokens
+    # allows: explain_generation explained that token as the model's last step, at a probability near 0
+    model, end = text_model("bart", tokenizer), tokenizer.eos_token_id
+    assert model.generation_config.forced_eos_token_id == end
+    source = tokenizer(TEXT, return_tensors="pt")
+    free = model.generate(**source, max_new_tokens=3, do_sample=False, forced_eos_token_id=None)[0].tolist()
+    assert model.generate(**source, max_new_tokens=3, do_sample=False)[0].tolist() == [*free[:-1], end] != free
+    gen = attnlrp.explain_generation(model, tokenizer, TEXT, max_new_tokens=3, method="cp-lrp")
+    assert gen.token_ids[gen.segments[0][2] :] == free
+    with torch.no_grad():  # the last step is the model's top token, at its probability
+        top = model(**source, decoder_input_ids=torch.tensor([free[:-1]])).logits[0, -1].softmax(-1).max()
+    assert gen.probs[-1] == pytest.approx(float(top), rel=1e-6)
+    forced = attnlrp.explain_generation(model, tokenizer, TEXT, max_new_tokens=3, forced_eos_token_id=end)
+    assert forced.token_ids[-1] == end, "asked for, the forced end is explained"
 
 
 def test_a_decoder_only_model_keeps_one_input(tiny_lm, tokenizer):

@@ -156,6 +156,10 @@ def explain_generation(
 ) -> GenerationExplanation:
     """Generate (greedy by default), then explain every generated token against all tokens before it.
 
+    Generation runs without a forced end (``forced_eos_token_id``, which BART's and Marian's configs set:
+    ``generate()`` then puts the end token in place of the last token ``max_new_tokens`` allows, whatever the
+    model predicts), so every token explained is one the model chose; pass ``forced_eos_token_id=`` to force it.
+
     With an LRP method, one forward pass over the whole sequence is shared by all generated tokens, run in
     segments of ``backward_batch`` generated tokens over a key-value cache that keeps the graph. Each segment's
     tokens are explained in one vectorised backward that reaches back only through the segments before it
@@ -192,6 +196,7 @@ def explain_generation(
             "LMs, encoder-decoders and vision-language models. Explain its prediction with attnlrp.explain "
             "(`attnlrp explain` on the command line)."
         )
+    generate_kwargs.setdefault("forced_eos_token_id", None)
     with predicting(model, method):  # generated as predicted, dropout off
         if images is not None or VisionLanguage.accepts(model):
             task = make_task(model, tokenizer, images=images)  # a text-only model refuses the image here
