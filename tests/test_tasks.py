@@ -231,6 +231,24 @@ def test_label_targets(wordpiece):
     assert custom.target == "<lambda>" and _relative(custom) < 1e-6
 
 
+def test_a_contrast_of_a_label_with_itself_is_refused_as_for_tokens(wordpiece, monkeypatch):
+    # a label given once by name and once by id (or in another case), or the predicted label contrasted with
+    # itself, explained the constant 0 on classifiers, where a language model refuses the same contrast
+    model = tiny("bert", AutoModelForSequenceClassification, wordpiece)
+    predicted = attnlrp.explain(model, wordpiece, TEXTS[0]).target
+    with pytest.raises(
+        attnlrp.TargetError, match=rf"Contrast\(None, '{predicted}'\) compares '{predicted}' \(id \d\) with itself"
+    ):
+        attnlrp.explain(model, wordpiece, TEXTS[0], target=Contrast(None, predicted))
+    tagger = tiny("bert", AutoModelForTokenClassification, wordpiece)
+    with pytest.raises(attnlrp.TargetError, match=r"compares 'neutral' \(id 1\) with itself: its value is 0"):
+        attnlrp.explain(tagger, wordpiece, TEXTS[0], target=TokenLabel(1, Contrast("neutral", 1)))
+    monkeypatch.setattr(model, "forward", None)  # with both labels named, it fails before any forward
+    for target in (Contrast("neutral", 1), Contrast("neutral", "NEUTRAL"), Contrast(1, "neutral")):
+        with pytest.raises(attnlrp.TargetError, match=r"compares 'neutral' \(id 1\) with itself: its value is 0"):
+            attnlrp.explain(model, wordpiece, TEXTS[0], target=target)
+
+
 def test_regression_head_explains_its_score(wordpiece):
     model = tiny("bert", AutoModelForSequenceClassification, wordpiece, num_labels=1, id2label=None, label2id=None)
     exp = attnlrp.explain(model, wordpiece, TEXTS[0], method="cp-lrp")

@@ -91,7 +91,7 @@ def resolve_label_target(config, target, logits: Tensor) -> LabelTarget:
         i = label_id(config, target.token) if target.token is not None else int(logits.detach().argmax())
         if target.against == "mean":
             return LabelTarget(f"{names[i]} vs mean", i, lambda row: row[i] - row.mean())
-        j = label_id(config, target.against)
+        j = _contrasted(config, target, i)
         return LabelTarget(f"{names[i]} vs {names[j]}", i, lambda row: row[i] - row[j])
     if isinstance(target, LogProb):
         i = label_id(config, target.token) if target.token is not None else int(logits.detach().argmax())
@@ -99,6 +99,14 @@ def resolve_label_target(config, target, logits: Tensor) -> LabelTarget:
     if callable(target):
         return LabelTarget(getattr(target, "__name__", "custom"), None, target)
     raise _unsupported(target, names)
+
+
+def _contrasted(config, target: Contrast, i: int) -> int:
+    """The id of the label ``target`` contrasts label ``i`` with; a TargetError where that is label ``i`` again."""
+    j = label_id(config, target.against)
+    if j == i:
+        raise target.with_itself(label_names(config)[i], i)
+    return j
 
 
 def _unsupported(target: Any, names: dict[int, str]) -> TargetError:
@@ -126,3 +134,5 @@ def check_label_target(config, target) -> None:
     for label in (getattr(target, "token", target), getattr(target, "against", None)):
         if isinstance(label, (str, int)) and not isinstance(label, bool) and label != "mean":
             label_id(config, label)
+    if isinstance(target, Contrast) and target.token is not None and target.against != "mean":
+        _contrasted(config, target, label_id(config, target.token))  # the predicted label's only after the forward

@@ -95,6 +95,13 @@ class Contrast(Target):
                 "with another token (or label), or with 'mean'."
             )
 
+    def with_itself(self, name: str, i: int) -> TargetError:
+        """The error for this contrast where its two sides name one token or label, ``name`` (id ``i``)."""
+        return TargetError(
+            f"Contrast({self.token!r}, {self.against!r}) compares {name!r} (id {i}) with itself: its value is 0. "
+            "Contrast with another token (or label), or with 'mean'."
+        )
+
     def resolve(self, tokenizer, top_id: int | None = None) -> Resolved:
         tid = top_id if self.token is None else token_id(tokenizer, self.token)
         if self.against == "mean":
@@ -107,10 +114,7 @@ class Contrast(Target):
             )
         other = token_id(tokenizer, self.against)
         if other == tid:
-            raise TargetError(
-                f"Contrast({self.token!r}, {self.against!r}) compares {_label(tokenizer, tid)!r} (id {tid}) with "
-                "itself: its value is 0. Contrast with another token (or label), or with 'mean'."
-            )
+            raise self.with_itself(_label(tokenizer, tid), tid)
         return Resolved(
             f"{_label(tokenizer, tid)} vs {_label(tokenizer, other).lstrip()}",
             tid,
