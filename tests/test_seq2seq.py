@@ -27,6 +27,7 @@ from transformers import (
 import attnlrp
 from attnlrp import Answer, AudioExplanation, AudioGenerationExplanation, GenerationExplanation
 from attnlrp.methods import get_method
+from attnlrp.results.explanation import mean_relevance
 from attnlrp.tasks import Seq2Seq, seq2seq, task_for
 
 TEXT = "The river Elm runs through Ashford."
@@ -472,6 +473,24 @@ def test_results_save_and_load_exactly(results, tmp_path):
     assert AudioExplanation.load(audio.save(tmp_path / "a.json")).silence == audio.silence
     with pytest.raises(attnlrp.ResultFileError, match="audio"):
         AudioExplanation.load(results[0].save(tmp_path / "text.json"))
+
+
+def test_whispers_prompt_tokens_are_special_and_no_words(results, processor, tokenizer, tiny_lm):
+    # <|startoftranscript|> and <|notimestamps|> are added tokens the tokenizer marks special, but not among its
+    # all_special_tokens: they were flagged special=False, words() glued them into one word and mean_relevance
+    # counted it
+    audio, speech = results[1], results[3]
+    assert audio.tokens == ["<|startoftranscript|>", "<|notimestamps|>"] and audio.special == [True, True]
+    assert speech.special[:2] == [True, True]
+    answered = attnlrp.explain(whisper_model(processor), processor, AUDIO[0], target=Answer(" Hello there"))
+    words = answered.words()
+    assert words.display == ["<|startoftranscript|>", "<|notimestamps|>", " Hello", " there"]
+    assert words.special == [True, True, False, False]
+    assert set(mean_relevance([answered], scope="all").index) == {"hello", "there"}
+    chat = attnlrp.explain(tiny_lm, tokenizer, [{"role": "user", "content": "Hi there"}])
+    assert chat.special == [t in tokenizer.all_special_tokens for t in chat.tokens] and sum(chat.special) >= 4, (
+        "a chat template's special tokens are as before"
+    )
 
 
 def test_audio_results_normalise_tokens_frames_and_silence_together(results):

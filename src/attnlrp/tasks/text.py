@@ -172,9 +172,13 @@ def check_length(model: nn.Module, tokenizer, length: int) -> None:
 
 
 def display_tokens(tokenizer, ids: list[int]) -> tuple[list[str], list[str], list[bool]]:
-    """(raw tokens, display strings, which are special tokens) for token ids."""
+    """(raw tokens, display strings, which are special tokens) for token ids. Special are the tokenizer's special
+    tokens and the added tokens it marks special (Whisper's ``<|startoftranscript|>``, ``<|notimestamps|>``)."""
     raw = tokenizer.convert_ids_to_tokens(ids)
-    specials = frozenset(getattr(tokenizer, "all_special_tokens", []))
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    specials = frozenset(getattr(tokenizer, "all_special_tokens", [])) | {
+        token.content for token in added.values() if getattr(token, "special", False)
+    }
     # the scheme is the tokenizer's: its first 500 tokens tell it (a prompt's own tokens may not: CJK text has no Ġ)
     vocab_sample = tokenizer.convert_ids_to_tokens(list(range(min(len(tokenizer), 500))))
     display = clean_tokens(raw, specials, scheme=scheme_of(raw + vocab_sample))
