@@ -255,6 +255,13 @@ def test_regression_head_explains_its_score(wordpiece):
     with torch.no_grad():
         score = float(model(**wordpiece(TEXTS[0], return_tensors="pt")).logits[0, 0])
     assert exp.value == pytest.approx(score) and _relative(exp) < 1e-6 and exp.label_probs == {}
+    # its one output was named by transformers' default, LABEL_0; a name its config gives is kept
+    assert model.config.id2label == {0: "LABEL_0"} and exp.target == "score" and exp.target_id == 0
+    assert attnlrp.explain(model, wordpiece, TEXTS[0], target="score", method="cp-lrp") == exp
+    with pytest.raises(attnlrp.TargetError, match=r"no label 'LABEL_0'; its labels are \{0: 'score'\}"):
+        attnlrp.explain(model, wordpiece, TEXTS[0], target="LABEL_0")
+    model.config.id2label, model.config.label2id = {0: "similarity"}, {"similarity": 0}
+    assert attnlrp.explain(model, wordpiece, TEXTS[0], method="cp-lrp").target == "similarity"
 
 
 def test_a_heads_probabilities_follow_its_problem_type(wordpiece):

@@ -19,11 +19,15 @@ from .targets import Contrast, LogProb, other_task_note
 
 
 def label_names(config) -> dict[int, str]:
-    """The model's labels by id (``config.id2label``, ids as ints), or LABEL_i names where it has none."""
+    """The model's labels by id (``config.id2label``, ids as ints), or LABEL_i names where it has none. A head that
+    regresses one score names it "score" where its config gives it no name but transformers' default LABEL_0."""
     raw = getattr(config, "id2label", None) or {}
     count = getattr(config, "num_labels", None) or len(raw)
-    names = {int(k): str(v) for k, v in raw.items()}
-    return {i: names.get(i, f"LABEL_{i}") for i in range(count)}
+    given = {int(k): str(v) for k, v in raw.items()}
+    names = {i: given.get(i, f"LABEL_{i}") for i in range(count)}
+    if names == {0: "LABEL_0"} and head_kind(config) == "regression":
+        return {0: "score"}
+    return names
 
 
 def label_id(config, label: str | int) -> int:
@@ -78,10 +82,9 @@ class LabelTarget:
 
 
 def resolve_label_target(config, target, logits: Tensor) -> LabelTarget:
-    """Bind ``target`` to one row whose logits [num_labels] are given (None: the top label; regression: the score)."""
+    """Bind ``target`` to one row whose logits [num_labels] are given (None: the top label; a regression head's one
+    output: its score)."""
     names = label_names(config)
-    if logits.shape[-1] == 1 and target is None:  # regression: the one output
-        return LabelTarget(names.get(0, "score"), 0, lambda row: row[0])
     if target is None:
         target = int(logits.detach().argmax())
     if isinstance(target, (str, int)) and not isinstance(target, bool):
