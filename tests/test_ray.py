@@ -116,3 +116,16 @@ def test_a_dataset_without_prompts_is_refused(files, cluster):
     # an unknown method was found only in the actors, after each loaded the model: a Ray trace of 76 lines
     with pytest.raises(MethodError, match="Unknown LRP method 'lrp-x'"):
         explain_ray(ray.data.from_items([{"prompt": "hello"}]), files / "model", method="lrp-x")
+
+
+def test_gpus_the_cluster_lacks_are_refused_not_waited_for(files, cluster):
+    # Ray queued the actors until a GPU joined: on this CPU-only cluster, forever
+    with pytest.raises(InputError, match="num_gpus=1, and the Ray cluster has 0 GPUs; pass num_gpus=0"):
+        explain_ray(ray.data.from_items([{"prompt": "hello"}]), files / "model", num_gpus=1)
+
+
+def test_a_message_field_other_messages_have_is_left_out(files):
+    # Arrow gives every message the fields of all messages; a template reads name=None as a name "None"
+    chat = [{"role": "system", "content": "Be brief.", "name": None}, {"role": "user", "content": "Hi", "name": "Ann"}]
+    (line,) = lines_of([{"prompt": chat, "chat": True}])
+    assert line.spec["prompt"] == [{"role": "system", "content": "Be brief."}, chat[1]]

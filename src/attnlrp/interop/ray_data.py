@@ -38,8 +38,8 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value.tolist()]
     if isinstance(value, np.generic):
         return value.item()
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, dict):  # a nested field other rows' dicts have arrives as None: absent, as at the top
+        return {k: _plain(v) for k, v in value.items() if not _missing(v)}
     if isinstance(value, list):
         return [_plain(v) for v in value]
     return value
@@ -139,6 +139,12 @@ def explain_ray(
     lines = lines_of(dataset.iter_rows())
     if not lines:
         raise InputError("The Ray Dataset has no rows to explain.")
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if num_gpus > gpus:  # Ray would wait for them without a word
+        raise InputError(
+            f"Each actor asks for num_gpus={num_gpus}, and the Ray cluster has {gpus:g} GPUs; "
+            "pass num_gpus=0 to explain on CPUs, or start Ray where the GPUs are."
+        )
     jobs = [placed(line.place, spec_job, line.spec) for line in lines]
     lengths = [placed(line.place, line_length, tokenizer, *job[:2]) for line, job in zip(lines, jobs)]
     batches = [
