@@ -423,6 +423,19 @@ def test_a_text_longer_than_max_seq_length_is_cut_there_as_sentence_transformers
         attnlrp.explain(model, wordpiece, [long, short], pair=["Ashford is old and it is big.", short])
 
 
+def test_a_model_that_lowercases_its_texts_is_explained_on_lowercased_text(wordpiece, tmp_path):
+    # do_lower_case in sentence_bert_config.json was ignored: a cased tokenizer read "A CAT" as [UNK] [UNK]
+    from transformers import AutoTokenizer
+
+    cased = AutoTokenizer.from_pretrained(MINILM, do_lower_case=False)
+    model = tiny("bert", AutoModel, cased)
+    (tmp_path / "sentence_bert_config.json").write_text('{"max_seq_length": 64, "do_lower_case": true}')
+    model.name_or_path = str(tmp_path)
+    exp = attnlrp.explain(model, cased, "A CAT sat.", pair="Dogs RUN.", method="cp-lrp")
+    assert exp.token_ids == cased("a cat sat.")["input_ids"] + cased("dogs run.")["input_ids"]
+    assert "[UNK]" not in exp.tokens
+
+
 def test_last_token_pooling_reads_the_last_token_that_is_not_padding(wordpiece):
     model = tiny("bert", AutoModel, wordpiece)
     texts, pairs = [TEXTS[0], TEXTS[2]], [PAIRS[2], PAIRS[0]]  # of different lengths: one row is padded

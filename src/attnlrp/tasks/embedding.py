@@ -2,7 +2,8 @@
 
 The pooling (mean over tokens, the first token or the last) is read from the model's sentence-transformers config
 (``1_Pooling/config.json``) where present, and a text longer than its ``max_seq_length``
-(``sentence_bert_config.json``) is cut there, with a warning, as sentence-transformers cuts it. Under LRP the
+(``sentence_bert_config.json``) is cut there, with a warning, as sentence-transformers cuts it (and lowercased
+first where that config says ``do_lower_case``). Under LRP the
 similarity follows the rules of ``rules.md``: the pooling is linear, the normalisation of a cosine holds the norms constant, and the dot product of the two
 input-dependent embeddings is a product of two factors, so each text gets half of it (uniform rule). Plain
 gradient methods see the similarity as it is.
@@ -81,18 +82,29 @@ def _pooling_config(folder: Path) -> Path:
     return root / (pooling[0] if pooling else "1_Pooling") / "config.json"
 
 
-def max_seq_length(model: nn.Module) -> tuple[int, Path] | None:
-    """The most tokens (special ones included) a sentence-transformers model embeds of a text, and the config that
-    says so: ``max_seq_length`` in the ``sentence_bert_config.json`` of its Transformer module (found through
-    ``modules.json`` where there is one, else beside the weights); None where no config says."""
+def _sentence_bert_config(model: nn.Module) -> tuple[dict, Path] | None:
+    """The ``sentence_bert_config.json`` of a sentence-transformers model's Transformer module (found through
+    ``modules.json`` where there is one, else beside the weights) and its path; None where there is none."""
     folder = _folder(model)
     found = _modules(folder)
     paths = [m.get("path", "") for m in found[1] if _kind(m) in _ENCODER_MODULES] if found is not None else []
     config = (found[0] / paths[0] if paths else folder) / "sentence_bert_config.json"
-    if not config.is_file():
-        return None
-    limit = json.loads(config.read_text(encoding="utf-8")).get("max_seq_length")
-    return (limit, config) if isinstance(limit, int) and limit > 0 else None
+    return (json.loads(config.read_text(encoding="utf-8")), config) if config.is_file() else None
+
+
+def max_seq_length(model: nn.Module) -> tuple[int, Path] | None:
+    """The most tokens (special ones included) a sentence-transformers model embeds of a text, and the config that
+    says so (``max_seq_length`` in its ``sentence_bert_config.json``); None where no config says."""
+    found = _sentence_bert_config(model)
+    limit = found[0].get("max_seq_length") if found is not None else None
+    return (limit, found[1]) if isinstance(limit, int) and limit > 0 else None
+
+
+def lowercases(model: nn.Module) -> bool:
+    """Whether sentence-transformers lowercases a text before the model's tokenizer sees it (``do_lower_case`` in
+    its ``sentence_bert_config.json``)."""
+    found = _sentence_bert_config(model)
+    return found is not None and found[0].get("do_lower_case") is True
 
 
 def normalizes(model: nn.Module) -> bool:
@@ -240,6 +252,7 @@ class SentenceSimilarity(Task):
         self.tokenizer, self.pair, self.pooling, self.similarity = tokenizer, pair, pooling, similarity
         self.normalized = normalizes(model)
         self.limit = max_seq_length(model)
+        self.lower = lowercases(model)
 
     @classmethod
     def accepts(cls, model: nn.Module) -> bool:
@@ -270,7 +283,9 @@ class SentenceSimilarity(Task):
 
     def _item(self, text: str, cut: list[int]) -> Item:
         """``text`` tokenized, cut to the model's ``max_seq_length`` as sentence-transformers cuts it (its special
-        tokens kept at both ends); the number of tokens cut off is added to ``cut``."""
+        tokens kept at both ends) and lowercased first where it lowercases; the number of tokens cut off is added
+        to ``cut``."""
+        text = text.lower() if self.lower else text
         ids = list(self.tokenizer(text)["input_ids"])
         if self.limit is not None and len(ids) > self.limit[0]:
             kept = list(self.tokenizer(text, truncation=True, max_length=self.limit[0])["input_ids"])
