@@ -359,6 +359,25 @@ def test_generation_rows_equal_per_step_explanations(tiny_lm, tokenizer, method,
         assert gen.generated[i] == step.target
 
 
+@pytest.mark.parametrize("method", ["attnlrp", "gradient"])
+def test_generation_relevance_that_comes_out_nan_is_refused_naming_the_steps(tiny_lm, tokenizer, method):
+    # a backward that turns NaN (the values stay finite) gave a matrix of NaN without a word
+    def nan_backward(module, args, output):
+        if output.requires_grad:
+            output.register_hook(lambda grad: grad * float("nan"))
+
+    handle = tiny_lm.model.norm.register_forward_hook(nan_backward)
+    try:
+        with pytest.raises(
+            FloatingPointError,
+            match=r"^The relevance of generated token\(s\) 0, 1 \(counting from 0\) is NaN or infinite, though the "
+            r"explained values are finite\. Check the dtype",
+        ):
+            attnlrp.explain_generation(tiny_lm, tokenizer, PROMPT, max_new_tokens=2, method=method)
+    finally:
+        handle.remove()
+
+
 class NoCache(torch.nn.Module):
     """A causal LM whose forward takes no key-value cache (it can still generate through the model inside)."""
 

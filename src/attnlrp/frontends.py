@@ -204,13 +204,10 @@ def explain_generation(
                 raise InputError(f"{type(model).__name__} doesn't generate text: explain it with attnlrp.explain.")
             prefixes, generated = vision_language.generate(task, prompt, max_new_tokens, **generate_kwargs)
             steps = run(task, method, prefixes, task.targets(generated, len(generated)), backward_batch)
-            return vision_language.generation_result(task, steps, generated)
-        if Seq2Seq.accepts(model):
-            return seq2seq.explain_generation(
-                model, tokenizer, prompt, method, max_new_tokens, backward_batch, **generate_kwargs
-            )
-        return generation.explain_generation(
-            model, tokenizer, prompt, method, max_new_tokens, backward_batch, **generate_kwargs
+            return vision_language.generation_result(task, steps, generated)  # run() checked each step
+        explained = seq2seq.explain_generation if Seq2Seq.accepts(model) else generation.explain_generation
+        return generation.check_steps(
+            explained(model, tokenizer, prompt, method, max_new_tokens, backward_batch, **generate_kwargs)
         )
 
 

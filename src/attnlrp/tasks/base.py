@@ -26,7 +26,7 @@ def check_finite(values: Tensor, batch: Batch | None = None) -> None:
     if not torch.isfinite(values).all():
         raise FloatingPointError(
             f"The explained value is not finite ({values.tolist()}); the model produced NaN/inf logits"
-            + _not_finite_advice(batch)
+            + not_finite_advice(batch)
         )
 
 
@@ -44,11 +44,11 @@ def check_relevance(batch: Batch, relevance: dict[str, Tensor], items: Sequence[
         raise FloatingPointError(
             f"The relevance of input{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} (counting from 0) is "
             f"NaN or infinite, though the explained value{'s are' if len(bad) > 1 else ' is'} finite"
-            + _not_finite_advice(batch)
+            + not_finite_advice(batch)
         )
 
 
-def _not_finite_advice(batch: Batch | None) -> str:
+def not_finite_advice(batch: Batch | None) -> str:
     """The end of a message on NaN or inf from ``batch``: the likely cause where it is padded, and what avoids it."""
     sides = set()
     for kind, spans in (batch.spans if batch is not None else {}).items():

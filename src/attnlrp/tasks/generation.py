@@ -18,8 +18,8 @@ from torch import Tensor, nn
 from ..engine import lrp
 from ..errors import InputError, MethodError
 from ..methods import LRPMethod, Method
-from ..results import GenerationExplanation
-from .base import check_finite, model_name
+from ..results import AudioGenerationExplanation, GenerationExplanation
+from .base import check_finite, model_name, not_finite_advice
 from .causal_lm import CausalLM
 from .text import check_length, display_tokens
 from .token_batch import input_device
@@ -138,6 +138,22 @@ def _per_step(
             values.append(exp.value)
             probs.append(exp.prob)
     return matrix, values, probs
+
+
+def check_steps(result: GenerationExplanation) -> GenerationExplanation:
+    """``result``, or a FloatingPointError naming its generated tokens whose relevance over what they saw (the
+    prompt and the tokens generated before them; an audio's frames) is NaN or infinite."""
+    steps = np.arange(len(result.matrix))[:, None]
+    seen = np.arange(result.matrix.shape[1])[None, :] < result.prompt_length + steps
+    bad = ~np.isfinite(np.where(seen, result.matrix, 0)).all(1)
+    if isinstance(result, AudioGenerationExplanation):
+        bad |= ~np.isfinite(result.frames).all(1)
+    if bad.any():
+        raise FloatingPointError(
+            f"The relevance of generated token(s) {', '.join(map(str, np.flatnonzero(bad)))} (counting from 0) is "
+            "NaN or infinite, though the explained values are finite" + not_finite_advice(None)
+        )
+    return result
 
 
 def refuse_checkpointing(method: Method) -> None:
