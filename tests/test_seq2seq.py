@@ -392,6 +392,14 @@ def test_a_multilingual_whisper_is_explained_in_the_language_and_task_it_generat
         attnlrp.explain(model, processor, AUDIO[0])
 
 
+def test_a_transcription_with_timestamps_is_refused_in_one_line(processor):
+    # generate() returned its segments (a dict) and explain_generation failed with an AttributeError
+    with pytest.raises(attnlrp.InputError, match=r"^explain_generation explains a transcription without timestamps"):
+        attnlrp.explain_generation(
+            whisper_model(processor), processor, AUDIO[0], max_new_tokens=2, return_timestamps=True
+        )
+
+
 @pytest.mark.parametrize("arch", ["bart", "mbart"])
 def test_a_token_generate_forces_first_belongs_to_the_prompt(arch, tokenizer):
     # bart-large-cnn forces <s> and mBART-50 its target language (forced_bos_token_id): explain took the token the

@@ -431,6 +431,11 @@ def explain_generation(
     method explains each token as the next token of its prefix, ``backward_batch`` prefixes per batch."""
     refuse_checkpointing(method)
     task = Seq2Seq(model, tokenizer)
+    if task.hears_audio and generate_kwargs.get("return_timestamps"):  # generate() then returns segments, no ids
+        raise InputError(
+            "explain_generation explains a transcription without timestamps: leave out return_timestamps (each "
+            "generated token's relevance over the audio's frames shows the time it heard it in)."
+        )
     task.prompt = decoder_prompt(model, _generating(model, generate_kwargs))
     items, single = task.encode(inputs)
     if not single:
