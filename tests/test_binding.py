@@ -522,6 +522,51 @@ class _Boom(RuntimeError):
     pass
 
 
+def _fail_at(monkeypatch, step, error, calls=1):
+    """Make the binding's ``step`` raise ``error`` at its ``calls``-th call (the steps before it have run)."""
+    original, seen = getattr(binding_module.Binding, step), []
+
+    def failing(self, *args, **kwargs):
+        seen.append(1)
+        if len(seen) == calls:
+            raise error("attach failed")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(binding_module.Binding, step, failing)
+
+
+@pytest.mark.parametrize("error", [_Boom, KeyboardInterrupt])
+@pytest.mark.parametrize(("step", "calls"), [("_bind_module", 7), ("_bind_module_rules", 1)])
+def test_a_failed_attach_leaves_the_model_as_it_was(monkeypatch, step, calls, error):
+    model, x = tiny("llama"), ids(6)
+    _, expected = _explain(model, x)
+    state, flags = _module_state(model), {n: p.requires_grad for n, p in model.named_parameters()}
+    plain = _plain_pass(model, x)
+    with monkeypatch.context() as patch:
+        _fail_at(patch, step, error, calls)
+        with pytest.raises(error, match="attach failed"):
+            with attnlrp.lrp(model):
+                pytest.fail("the block ran")
+    _assert_pristine(model, state, flags)
+    got = _plain_pass(model, x)
+    assert torch.equal(got[0], plain[0]) and torch.equal(got[1], plain[1])
+    assert got[2].keys() == plain[2].keys() and all(torch.equal(got[2][k], plain[2][k]) for k in plain[2])
+    assert torch.equal(_explain(model, x)[1], expected)  # and it binds again
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+@pytest.mark.parametrize("where", ["the model", "a submodule"])
+def test_a_scripted_model_is_refused_naming_the_eager_module(where):
+    eager = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1))
+    model = torch.jit.script(eager) if where == "the model" else nn.Sequential(torch.jit.script(eager))
+    what = r"Sequential" if where == "the model" else r"Sequential at 0 of Sequential"
+    with pytest.raises(attnlrp.BindingError, match=f"^{what} is a TorchScript module.*pass the eager nn.Module"):
+        with attnlrp.lrp(model):
+            pass
+    assert not any(m in binding_module._BOUND for m in model.modules())
+    assert all(p.requires_grad for p in model.parameters())
+
+
 def _raise_in_layer(model, layer=1, error=_Boom):
     def hook(module, args, kwargs):
         raise error("mid-forward")

@@ -24,6 +24,7 @@ from tiny_models import EXTENDED, FAMILIES, build
 from torch import nn
 
 import attnlrp
+from attnlrp.engine.binding import binding_of
 from attnlrp.errors import BindingError
 from attnlrp.explicit import (
     Composite,
@@ -37,6 +38,7 @@ from attnlrp.explicit import (
     transformer_composite,
 )
 from attnlrp.explicit import functional as xf
+from attnlrp.explicit.composite import ExplicitBinding
 from attnlrp.explicit.presets import subtract
 
 D = torch.float64
@@ -418,6 +420,36 @@ def test_composite_is_per_instance_and_reversible():
     comp.remove()
     with attnlrp.lrp(model):  # free again
         pass
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_a_failed_register_leaves_the_model_as_it_was(monkeypatch, error):
+    torch.manual_seed(0)
+    model, x = Toy().double(), rand(2, 6)
+    before = model(x).detach()
+    hooks = [(dict(m._forward_hooks), dict(m._forward_pre_hooks)) for m in model.modules()]
+    original, seen = ExplicitBinding._bind_module, []
+
+    def failing(self, path, module):
+        seen.append(path)
+        if path == "second":  # after the module rule of "first" replaced its forward
+            raise error("attach failed")
+        return original(self, path, module)
+
+    comp = toy_composite()
+    with monkeypatch.context() as patch:
+        patch.setattr(ExplicitBinding, "_bind_module", failing)
+        with pytest.raises(error, match="attach failed"):
+            comp.register(model)
+    assert "first" in seen and comp.binding is None
+    assert all("forward" not in m.__dict__ for m in model.modules())
+    assert [(dict(m._forward_hooks), dict(m._forward_pre_hooks)) for m in model.modules()] == hooks
+    assert all(p.requires_grad for p in model.parameters())
+    assert binding_of(model) is None
+    close(model(x).detach(), before)
+    with comp.context(model):  # and it registers again
+        out = model(x)
+    close(out.detach(), before)
 
 
 def test_composite_keys():

@@ -248,7 +248,24 @@ class Binding:
     def attach(
         self, modules: list[tuple[str, nn.Module]], layer_rules: dict[nn.Module, LayerRule] | None = None
     ) -> None:
-        self._layer_rules = layer_rules or {}
+        """Bind every module, all or nothing: where a step fails (even by a KeyboardInterrupt), what the steps
+        before it did is undone before the error goes on, and the model is left as it was."""
+        scripted = next(((path, m) for path, m in modules if isinstance(m, torch.jit.ScriptModule)), None)
+        if scripted is not None:
+            path, module = scripted
+            what = f"{module.original_name} at {path} of {type(self.model).__name__}" if path else module.original_name
+            raise BindingError(
+                f"{what} is a TorchScript module (torch.jit.script or trace), whose calls can't be hooked, so it "
+                "can't be bound: pass the eager nn.Module it was scripted or traced from."
+            )
+        try:
+            self._attach(modules, layer_rules or {})
+        except BaseException:
+            self.detach()
+            raise
+
+    def _attach(self, modules: list[tuple[str, nn.Module]], layer_rules: dict[nn.Module, LayerRule]) -> None:
+        self._layer_rules = layer_rules
         # before the scope opens: its ops would see a parameter given as input before it is known as one
         self._handles.append(self.model.register_forward_pre_hook(self._new_forward, with_kwargs=True))
         for path, module in modules:
@@ -397,8 +414,9 @@ class Binding:
             if self.counting:
                 self.ruled_ops[key] += 1
 
+        forward = quantized.linear_forward(module, module.forward, backend, path or "<root>", note)
         self._forwards[module] = module.__dict__.get("forward")
-        module.forward = quantized.linear_forward(module, module.forward, backend, path or "<root>", note)
+        module.forward = forward
 
     def _override_layer(self, module: nn.Module, rule: LayerRule) -> None:
         previous = module.__dict__.get("forward")
