@@ -51,6 +51,7 @@ def _module_state(model):
             set(getattr(m, "_forward_hooks_always_called", {})),
             set(getattr(m, "_forward_hooks_with_kwargs", {})),
             "forward" in m.__dict__,
+            "_call_impl" in m.__dict__,
             m.__dict__.get("_gradient_checkpointing_func"),
             m.training,
         )
@@ -612,6 +613,34 @@ def test_exception_mid_forward_escaping_the_block(llama):
     _assert_pristine(llama, state, flags)
     got = _plain_pass(llama, x)
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+def _interrupt(module, args, kwargs):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("called", ["the model", "a submodule"])
+@pytest.mark.parametrize("where", ["after the binding's pre-hook", "inside the forward"])
+def test_a_keyboard_interrupt_mid_call_leaves_no_rule_mode_on_the_thread(called, where):
+    """However a call of a bound model (or of one of its modules, called directly) is interrupted, the rules stop
+    with it: another, unbound model's gradient on the same thread is its plain gradient, inside the block and after."""
+    model, other, x = tiny("llama"), tiny("gpt2"), ids(6)
+    expected = _plain_pass(other, x)
+    state, flags = _module_state(model), {n: p.requires_grad for n, p in model.named_parameters()}
+    target = model if called == "the model" else model.model
+    with attnlrp.lrp(model) as b:
+        hooked = target if where == "after the binding's pre-hook" else model.model.layers[1].mlp
+        handle = hooked.register_forward_pre_hook(_interrupt, with_kwargs=True)  # runs after the binding's
+        with pytest.raises(KeyboardInterrupt):
+            target(input_ids=x)
+        handle.remove()
+        assert torch._C._len_torch_function_stack() == 0 and b._stack() == []
+        got = _plain_pass(other, x)
+        assert all(torch.equal(g, e) for g, e in zip(got[:2], expected[:2]))
+        assert all(torch.equal(got[2][k], expected[2][k]) for k in expected[2])
+    _assert_pristine(model, state, flags)
+    got = _plain_pass(other, x)
+    assert all(torch.equal(g, e) for g, e in zip(got[:2], expected[:2]))
 
 
 def test_exception_in_the_backward_restores_the_model(llama):

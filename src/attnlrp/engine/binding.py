@@ -2,8 +2,9 @@
 
 Nothing process-wide is touched. The binding adds instance hooks to the model's modules; while one
 of those modules runs (and only then) a torch-function mode routes each op through the op table in
-``ops.py``. Inline activation modules get an instance-level ``forward``; parameters stop requiring
-gradients. Leaving the block removes every hook and restores every attribute it changed.
+``ops.py``. Those modules get an instance-level ``_call_impl`` that closes the scope however their call
+ends; inline activation modules an instance-level ``forward``; parameters stop requiring gradients.
+Leaving the block removes every hook and restores every attribute it changed.
 """
 
 from __future__ import annotations
@@ -92,8 +93,8 @@ class _Mode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if getattr(_handling, "active", False):
             return func(*args, **kwargs) if kwargs else func(*args)
-        _handling.active = True
         try:
+            _handling.active = True
             return self._handle(func, args, kwargs)
         finally:
             _handling.active = False
@@ -148,6 +149,7 @@ class Binding:
         self._mode = _Mode(self)
         self._handles: list[Any] = []
         self._forwards: dict[nn.Module, Any] = {}
+        self._calls: dict[nn.Module, Any] = {}
         self._checkpoint_funcs: dict[nn.Module, Any] = {}
         self._param_slots: list[tuple[nn.Module, str, bool]] = []
         self._held: list[tuple[nn.Parameter, bool]] = []  # parameters held outside the model's modules, frozen
@@ -186,8 +188,8 @@ class Binding:
         stack = self._stack()
         if not stack:
             refuse_compiling()
-            self._mode.__enter__()
             self._local.frames = {}
+            self._mode.__enter__()
         stack.append(module)
 
     def _exit(self, module: nn.Module) -> None:
@@ -276,6 +278,7 @@ class Binding:
             if module is self.model or type(module) not in _LINEAR_LEAVES:  # a linear leaf needs no scope
                 self._handles.append(module.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
                 self._handles.append(module.register_forward_hook(self._post_hook, with_kwargs=True, always_call=True))
+                self._guard(module)
             self._bind_module(path, module)
             for name, param in module._parameters.items():
                 if param is not None:
@@ -292,7 +295,6 @@ class Binding:
             else:
                 self._handles.append(module.register_forward_hook(self._capture_output))
         self._bind_module_rules(modules)
-        self._guard_root()
 
     def _bind_module_rules(self, modules: list[tuple[str, nn.Module]]) -> None:
         """Routers (constant in CP-LRP) and per-layer token embeddings (credited to the input tokens): see
@@ -318,31 +320,32 @@ class Binding:
 
         return note
 
-    def _guard_root(self) -> None:
-        """Close the scope when a KeyboardInterrupt (or another non-Exception) stops a forward midway: the
-        always-called post-hooks only run for Exceptions, and an open scope would route the caller's ops too."""
-        model = self.model
-        previous, original = model.__dict__.get("forward"), model.forward
+    def _guard(self, module: nn.Module) -> None:
+        """Close what a call of ``module`` opens of the scope however the call ends: the always-called post-hooks
+        run only for an Exception, and a KeyboardInterrupt (or another BaseException) in a hook or the forward of
+        the model, or of one of its modules called directly, would leave the rules on for the thread's later ops,
+        those of other models too. (Only this instance's call is wrapped: ``Module.__call__`` looks it up on it.)"""
+        call = module._call_impl
 
-        @functools.wraps(original)
-        def forward(*args, **kwargs):
+        def guarded(*args, **kwargs):
+            depth = len(self._stack())
             try:
-                return original(*args, **kwargs)
-            except Exception:
-                raise
-            except BaseException:
-                self._close_scope()
-                raise
+                return call(*args, **kwargs)
+            finally:
+                self._unwind(depth)
 
-        if model not in self._forwards:
-            self._forwards[model] = previous
-        model.forward = forward
+        self._calls[module] = module.__dict__.get("_call_impl")
+        module._call_impl = guarded
 
-    def _close_scope(self) -> None:
+    def _unwind(self, depth: int) -> None:
+        """Leave the scope of the modules above the first ``depth`` on this thread's stack (the rules with the
+        last of them)."""
         stack = self._stack()
-        if stack:
-            stack.clear()
-            self._mode.__exit__(None, None, None)
+        if len(stack) > depth:
+            del stack[depth:]
+            if not stack:
+                self._mode.__exit__(None, None, None)
+                self._local.frames = {}
 
     def detach(self) -> None:
         for handle in self._handles:
@@ -352,6 +355,11 @@ class Binding:
                 del module.forward
             else:
                 module.forward = previous
+        for module, previous in self._calls.items():
+            if previous is None:
+                del module._call_impl
+            else:
+                module._call_impl = previous
         for module, previous in self._checkpoint_funcs.items():
             module._gradient_checkpointing_func = previous
         for module, name, flag in self._param_slots:
@@ -366,7 +374,7 @@ class Binding:
         for module in self._paths:
             if _bound(module) is self:
                 del _BOUND[module]
-        self._close_scope()  # an exception escaped mid-forward with hooks that did not unwind
+        self._unwind(0)  # an exception escaped mid-forward with hooks that did not unwind
         self._handles.clear()
         # No reference cycle is left: a detached binding (and the inputs it holds for reading) is freed as soon
         # as nobody holds it, not at the next full garbage collection, which grows rarer as a process lives on.
