@@ -401,6 +401,39 @@ def test_generation_without_a_cache_runs_one_forward(tiny_lm, tokenizer):
     np.testing.assert_allclose(plain.matrix, cached.matrix, rtol=1e-5, atol=1e-9)
 
 
+def _checkpointing_state(model):
+    """Each module's hooks, training flag, and the attributes switching checkpointing on sets (present or not)."""
+    names = ("gradient_checkpointing", "_gradient_checkpointing_func", "_require_grads_hooks", "_require_grads_hook")
+    return [
+        (
+            dict(m._forward_hooks),
+            dict(m._forward_pre_hooks),
+            m.training,
+            {k: v for k, v in vars(m).items() if k in names},
+        )
+        for m in model.modules()
+    ]
+
+
+@pytest.mark.parametrize("users_grad_hook", [False, True])
+def test_gradient_checkpointing_leaves_the_model_exactly_as_it_was(make_tiny_lm, tokenizer, users_grad_hook):
+    model = make_tiny_lm()
+    if users_grad_hook:
+        model.enable_input_require_grads()
+    model.model.layers[1].train()  # a training flag of the user's own, unlike the model's
+    before = _checkpointing_state(model)
+    plain = attnlrp.explain(model, tokenizer, PROMPT)
+    checkpointed = attnlrp.explain(model, tokenizer, PROMPT, gradient_checkpointing=True)
+    np.testing.assert_allclose(checkpointed.scores, plain.scores, rtol=1e-12, atol=1e-12)
+    assert _checkpointing_state(model) == before
+    assert not model.is_activation_checkpointing
+    embeddings = model.get_input_embeddings()
+    with torch.no_grad():  # only the hook makes the embeddings require grad
+        assert embeddings(torch.tensor([[1, 2]])).requires_grad is users_grad_hook
+    model.disable_input_require_grads()  # the user's own hook is still theirs to remove
+    assert not embeddings._forward_hooks
+
+
 def test_gradient_checkpointing_gives_identical_scores(tiny_lm, tokenizer):
     (paris,) = tokenizer.encode(" Paris", add_special_tokens=False)
     embeddings = tiny_lm.get_input_embeddings()
