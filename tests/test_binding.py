@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import threading
 import warnings
 
@@ -680,6 +681,28 @@ def test_threads_sharing_a_binding_each_read_their_own_embeddings(llama):
     assert not errors, errors
     for i in range(2):
         torch.testing.assert_close(got[i], expected[i], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("how", ["copy.deepcopy", "torch.save", "copy.deepcopy of a layer"])
+def test_a_bound_model_is_not_copied_or_saved_with_its_binding(llama, tmp_path, how):
+    copy_or_save = {
+        "copy.deepcopy": lambda: copy.deepcopy(llama),
+        "torch.save": lambda: torch.save(llama, tmp_path / "model.pt"),
+        "copy.deepcopy of a layer": lambda: copy.deepcopy(llama.model.layers[0]),
+    }[how]
+    state, flags = _module_state(llama), {n: p.requires_grad for n, p in llama.named_parameters()}
+    x = ids(6)
+    with attnlrp.lrp(llama):
+        with pytest.raises(
+            attnlrp.BindingError,
+            match=r"^LlamaForCausalLM is bound by an enclosing attnlrp\.lrp\(\.\.\.\) block, and can't be copied or "
+            r"saved with its binding .*: copy or save it unbound",
+        ):
+            copy_or_save()
+    _assert_pristine(llama, state, flags)
+    copy_or_save()  # unbound, it is copied or saved as ever
+    copied = torch.load(tmp_path / "model.pt", weights_only=False) if how == "torch.save" else copy.deepcopy(llama)
+    assert torch.equal(copied(input_ids=x).logits, llama(input_ids=x).logits)
 
 
 # --- compiled models --------------------------------------------------------------------------

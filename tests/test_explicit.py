@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import operator
@@ -412,6 +413,8 @@ def test_composite_is_per_instance_and_reversible():
         with pytest.raises(BindingError):
             with attnlrp.lrp(model):
                 pass
+        with pytest.raises(BindingError, match="^Toy is bound by the registered composite 'composite', and can't be"):
+            copy.deepcopy(model)
     assert all("forward" not in m.__dict__ for m in model.modules())
     assert [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()] == hooks
     assert all(p.requires_grad for p in model.parameters())

@@ -157,6 +157,13 @@ class Binding:
         self._norms: set[nn.Module] = set()
         self._sites: dict[nn.Module, list[Site]] = {}
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        """A bound model's hooks hold its binding: copying or pickling the model reaches this, and is refused."""
+        raise BindingError(
+            f"{type(self.model).__name__} is bound by {self.owner}, and can't be copied or saved with its binding "
+            "(copy.deepcopy, torch.save, pickle): copy or save it unbound, before or after."
+        )
+
     @property
     def inputs(self) -> dict[str, Tensor]:
         """Every input of this thread's last forward pass by kind (read ``.grad`` after the backward): the input

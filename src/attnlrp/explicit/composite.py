@@ -232,6 +232,8 @@ class ExplicitBinding(Binding):
 
     def __init__(self, model: nn.Module, composite: Composite):
         super().__init__(model, method="explicit", strict=False)
+        self.owner = f"the registered composite {composite.name!r}"
+        self.release = "remove() it first, or leave its context() block."
         self.composite = composite
         self.replaced_modules: list[tuple[str, str, Key, Rule]] = []
         #: (kind, op or class name, module path) -> calls; kind: module, replaced, safe, breaks or unknown
