@@ -35,6 +35,7 @@ def test_the_wheel_installs_alone_and_explains(tmp_path):
     assert "License-Expression: BSD-3-Clause" in metadata
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
     assert "attnlrp/render/html.py" in names and "attnlrp/tasks/causal_lm.py" in names
+    assert "attnlrp/py.typed" in names and "Classifier: Typing :: Typed" in metadata  # type checkers read the hints
 
     venv = tmp_path / "venv"
     _run(sys.executable, "-m", "venv", venv)
