@@ -4,6 +4,7 @@ devices with nothing to move activations between them is refused with a clear er
 
 from __future__ import annotations
 
+import accelerate
 import pytest
 import torch
 from conftest import build_tiny_lm
@@ -11,6 +12,7 @@ from conftest import build_tiny_lm
 import attnlrp
 from attnlrp.engine.devices import check_placement, execution_device, input_device, split_without_hooks
 from attnlrp.errors import InputError
+from attnlrp.tasks.model_identity import weight_sample, weights_digest
 
 PROMPTS = ["The Eiffel Tower is located in the city of", "Rivers flow", "Two plus two equals four and"]
 
@@ -123,6 +125,37 @@ def test_the_real_model_with_half_its_layers_on_disk(smollm, tmp_path):
     assert got.scores.tolist() == want.scores.tolist()
 
 
+def _all_on_disk(path, offload):
+    device_map = dict.fromkeys(DEVICE_MAP, "disk")
+    model, _ = attnlrp.load_model(path, dtype=torch.float64, device_map=device_map, offload_folder=str(offload))
+    assert not any(p.device.type != "meta" for p in model.parameters())
+    return model
+
+
+def test_the_weights_digest_reads_offloaded_weights(saved, dispatched, tokenizer, tmp_path):
+    # the digest left out the parameters on the meta device: two models offloaded to disk had one digest (a
+    # dataset run resumed or merged the results of one into the other's), and a model had another digest with a
+    # device map than without
+    path, plain = saved
+    other = build_tiny_lm(tokenizer, seed=1)
+    other.save_pretrained(tmp_path / "other")
+    tokenizer.save_pretrained(tmp_path / "other")
+    on_disk = _all_on_disk(path, tmp_path / "offload")
+    other_on_disk = _all_on_disk(tmp_path / "other", tmp_path / "other-offload")
+    assert weights_digest(on_disk) == weights_digest(dispatched[0]) == weights_digest(plain)
+    assert weights_digest(other_on_disk) == weights_digest(other) != weights_digest(plain)
+    assert weight_sample(on_disk).keys() == dict(plain.named_parameters()).keys()
+
+
+def test_the_weights_digest_reads_the_weights_a_hook_on_a_block_loads(saved, tmp_path):
+    # accelerate.dispatch_model puts one hook on each offloaded block (model.layers.1), keyed under it
+    path, plain = saved
+    model = attnlrp.load_model(path, dtype=torch.float64)[0]
+    model = accelerate.dispatch_model(model, device_map=DEVICE_MAP, offload_dir=str(tmp_path))
+    assert model.model.layers[1].self_attn.q_proj.weight.is_meta
+    assert weights_digest(model) == weights_digest(plain)
+
+
 # --- bad input ---------------------------------------------------------------------------------------------
 
 
@@ -131,6 +164,8 @@ def test_weights_never_loaded_are_refused(tokenizer):
     model.model.layers[1].to("meta")  # on the meta device, with no hook to load it
     with pytest.raises(InputError, match="meta device"):
         attnlrp.explain(model, tokenizer, PROMPTS[0])
+    with pytest.raises(InputError, match=r"model.layers.1.self_attn.q_proj.weight is on the meta device"):
+        weights_digest(model)  # not the digest of the weights left, which another model may share
 
 
 def test_a_split_with_nothing_to_move_the_inputs_names_the_devices_and_the_fix():

@@ -10,7 +10,7 @@ logits, and relevance recorded inside the model is gathered on one device.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch import nn
@@ -64,6 +64,17 @@ def _offloading(module: nn.Module) -> bool:
 def offloads(model: nn.Module) -> bool:
     """Whether accelerate's hooks load some of ``model``'s weights (from CPU memory or disk) as its modules run."""
     return any(_offloading(module) for module in model.modules())
+
+
+def offloaded_weights(model: nn.Module) -> dict[str, Mapping[str, torch.Tensor]]:
+    """The weights accelerate's hooks load into ``model``'s modules as they run (from CPU memory or disk), by the
+    path of the module whose hook holds them: each map's keys are parameter names under that module."""
+    return {
+        path: hook.weights_map
+        for path, module in model.named_modules()
+        for hook in _hooks(module)
+        if getattr(hook, "weights_map", None) is not None
+    }
 
 
 def unloaded_parameters(model: nn.Module) -> list[str]:

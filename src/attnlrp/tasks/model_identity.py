@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 
 import torch
 from torch import nn
+
+from ..engine.devices import offloaded_weights
+from ..errors import InputError
 
 #: Values sampled from each parameter, evenly spread over it.
 SAMPLES = 4
@@ -19,16 +23,38 @@ TOLERANCE = 4e-3
 
 def weight_sample(model: nn.Module) -> dict[str, list[float]]:
     """A few values of each floating-point parameter of ``model`` (matrices, and the vectors of biases and norms,
-    which a fine-tune may change alone) by parameter name; offloaded and quantized ones are left out: they are
-    not read here."""
+    which a fine-tune may change alone) by parameter name, in the dtype the model computes in. A parameter that a
+    device map offloaded (on the meta device until its module runs) is read where accelerate's hook loads it from
+    (CPU memory or the offload folder), so a model gives the same sample with or without a device map; one on the
+    meta device that no hook loads is an InputError (its weights are nowhere to be read, and leaving it out would
+    make models that differ there look the same). Quantized (integer) parameters are left out."""
+    stores = offloaded_weights(model)
     sample = {}
     for name, param in model.named_parameters():
-        if param.dim() < 1 or not param.is_floating_point() or param.device.type == "meta":
+        if param.dim() < 1 or not param.is_floating_point():
             continue
-        flat = param.detach().reshape(-1)
+        values = _stored(name, stores) if param.is_meta else param.detach()
+        flat = values.to(param.dtype).reshape(-1)
         index = torch.arange(SAMPLES, device=flat.device) * (flat.numel() - 1) // (SAMPLES - 1)  # exact integers
         sample[name] = [float(v) for v in flat[index].float().cpu()]
     return sample
+
+
+def _stored(name: str, stores: dict[str, Mapping[str, torch.Tensor]]) -> torch.Tensor:
+    """The offloaded values of parameter ``name``, from the map of the innermost module above it that holds it."""
+    parts = name.split(".")
+    for cut in range(len(parts) - 1, -1, -1):
+        store = stores.get(".".join(parts[:cut]))
+        if store is not None:
+            try:
+                return store[".".join(parts[cut:])]
+            except KeyError:
+                continue
+    raise InputError(
+        f"Parameter {name} is on the meta device and no accelerate hook loads it, so the model's weights can't be "
+        "told apart from another's: load the model with its weights (from_pretrained without device_map='meta', "
+        "or with an offloading device map and offload_folder)."
+    )
 
 
 def same_weights(a: dict[str, list[float]], b: dict[str, list[float]]) -> bool | None:
