@@ -141,6 +141,43 @@ def test_the_python_api_takes_a_shard(tiny_lm, tokenizer, tmp_path):
         merge(tmp_path / "tuned.jsonl")
 
 
+def test_each_merge_error_names_the_shard_file_and_following_it_merges(tiny_lm, tokenizer, tmp_path):
+    # "Rerun that shard with the same command" named no file, and a rerun into the shard file of another method
+    # was refused: the advice is now to delete that file and run its rank again, which merges
+    prompts, output = tmp_path / "p.jsonl", tmp_path / "out.jsonl"
+    prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS), encoding="utf-8")
+    alone = tmp_path / "alone.jsonl"
+    explain_dataset(tiny_lm, tokenizer, prompts, alone, batch_size=2, progress=False)
+
+    def shard(rank: int, method: str = "attnlrp") -> None:
+        explain_dataset(tiny_lm, tokenizer, prompts, output, method=method, batch_size=2, shard=(rank, 2),
+                        progress=False)  # fmt: skip
+
+    shard(0)
+    one = shard_path(output, 1, 2)
+    with pytest.raises(InputError, match=rf"run the same command as rank 1 of 2 \(e\.g\. RANK=1 WORLD_SIZE=2 .*shard=\(1, 2\), which writes {one.name}\)"):  # fmt: skip
+        merge(output)
+    shard(1, method="cp-lrp")
+    with pytest.raises(InputError, match=rf"\(method differ\).* Delete {one}, then run shard 0's command again as rank 1 of 2"):  # fmt: skip
+        merge(output)
+    one.unlink()
+    shard(1)
+    merge(output)
+    assert output.read_bytes() == alone.read_bytes()
+
+    head, *results = one.read_text(encoding="utf-8").splitlines()
+    one.write_text("".join(r + "\n" for r in results), encoding="utf-8")  # a run that did not finish
+    with pytest.raises(InputError, match=rf"{one} has no shard header .* run the same command again as rank 1 of 2"):
+        merge(output)
+    one.write_text("".join(r + "\n" for r in [head, *results[1:]]), encoding="utf-8")  # a result lost
+    lost = json.loads(results[0])["index"]
+    with pytest.raises(InputError, match=rf"no result of line index {lost}\): run the same command again"):
+        merge(output)
+    shard(1)  # resumes: only the lost result is explained again
+    merge(output)
+    assert output.read_bytes() == alone.read_bytes()
+
+
 @pytest.mark.parametrize("shard", [("0", "2"), (0.5, 2), 2, (1, 2, 3), (True, 2)])
 def test_a_shard_of_the_wrong_kind_is_one_line(shard, tiny_lm, tokenizer, tmp_path):
     # TypeErrors, or a float rank that passed the range check and failed deep in the batch plan

@@ -110,13 +110,15 @@ def merge(output: str | Path, world: int | None = None) -> Path:
             )
         (world,) = found
     paths = found.get(world, [])
-    ranks = sorted(int(p.name.rsplit("-", 3)[-3]) for p in paths)
+    ranks = sorted(map(_rank_of, paths))
     if ranks != list(range(world)):
-        seen = {w: sorted(int(p.name.rsplit("-", 3)[-3]) for p in ps) for w, ps in found.items()}
+        seen = {w: sorted(map(_rank_of, ps)) for w, ps in found.items()}
+        missing = [r for r in range(world) if r not in ranks]
         raise InputError(
             f"Merging {output} needs the {world} shards 0..{world - 1} of a {world}-process run, but found "
-            f"{', '.join(f'ranks {r} of {w}' for w, r in seen.items())}: give the world size the run used, or run "
-            "the missing shards (each resumes on its own)."
+            f"{', '.join(f'ranks {r} of {w}' for w, r in seen.items())}: give the world size the run used (world=, "
+            f"or --world), or run the same command as rank {', '.join(map(str, missing))} of {world} (e.g. "
+            f"{_as_shard(missing[0], world)}, which writes {shard_path(output, missing[0], world).name})."
         )
     if all(path.is_dir() for path in paths):
         from .latent.atlas import merge_folders
@@ -125,12 +127,14 @@ def merge(output: str | Path, world: int | None = None) -> Path:
     records: list[tuple[int, str]] = []
     settings = None
     for path in paths:
+        rank = _rank_of(path)
         lines = path.read_text(encoding="utf-8").splitlines()
         head = read_header(lines[0]) if lines else None
         if head is None or head.get("world") != world:
             raise InputError(
-                f"{path} has no shard header of a {world}-process run: its run did not finish (run it again; it "
-                "resumes), or attnlrp did not write it."
+                f"{path} has no shard header of a {world}-process run, so its run did not finish: run the same "
+                f"command again as rank {rank} of {world} ({_as_shard(rank, world)}) and it resumes from the results "
+                "the file holds (delete the file first if attnlrp did not write it)."
             )
         if settings is not None and _without_path(head["settings"]) != _without_path(settings):
             different = sorted(
@@ -138,18 +142,40 @@ def merge(output: str | Path, world: int | None = None) -> Path:
             )
             raise InputError(
                 f"{path} was written with other settings than shard 0 ({', '.join(different)} differ): shards of "
-                "different runs can't be mixed in one output. Rerun that shard with the same command."
+                f"different runs can't be mixed in one output. Delete {path}, then run shard 0's command again as "
+                f"rank {rank} of {world} ({_as_shard(rank, world)}): that shard is explained afresh, and the other "
+                "shards' results are kept."
             )
         settings = head["settings"]
         records += [(json.loads(text)["index"], text) for text in lines[1:] if text.strip()]
     records.sort()
     indices = [index for index, _ in records]
     if indices != list(range(len(records))):
-        raise InputError(f"The shards of {output} don't hold one result per input line; rerun them to resume.")
+        raise InputError(
+            f"The shards of {output} don't hold one result per input line ({_gap(indices)}): run the same "
+            f"command again for each rank of {world}; each resumes from the results its shard holds and rewrites "
+            "it with one result per line of its share."
+        )
     staging = output.with_name(output.name + ".tmp")
     staging.write_text("".join(text + "\n" for _, text in records), encoding="utf-8")
     os.replace(staging, output)
     return output
+
+
+def _rank_of(path: Path) -> int:
+    """The rank in a shard file's name (``out.jsonl.shard-<rank>-of-<world>``)."""
+    return int(path.name.rsplit("-", 3)[-3])
+
+
+def _as_shard(rank: int | str, world: int) -> str:
+    """How to run a command as rank ``rank`` of ``world``: the launcher's environment, or the Python API's."""
+    return f"RANK={rank} WORLD_SIZE={world} in its environment, or shard=({rank}, {world})"
+
+
+def _gap(indices: list[int]) -> str:
+    """The first fault of ``indices`` (sorted, not 0, 1, 2, ...): a result missing, or a result twice."""
+    n = next(i for i, index in enumerate(indices) if index != i)
+    return f"no result of line index {n}" if indices[n] > n else f"line index {indices[n]} twice"
 
 
 @contextmanager
