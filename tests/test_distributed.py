@@ -15,7 +15,7 @@ from conftest import build_tiny_lm
 
 from attnlrp.dataset import explain_dataset
 from attnlrp.errors import InputError
-from attnlrp.sharding import assign, merge, shard_path
+from attnlrp.sharding import assign, current_shard, local_gpu, merge, process_device, shard_path
 
 PROMPTS = [
     "The capital of France is",
@@ -185,6 +185,78 @@ def test_a_shard_of_the_wrong_kind_is_one_line(shard, tiny_lm, tokenizer, tmp_pa
     prompts.write_text('"a b"\n', encoding="utf-8")
     with pytest.raises(InputError, match=r"is not a \(rank, world\) pair of whole numbers"):
         explain_dataset(tiny_lm, tokenizer, prompts, tmp_path / "out.jsonl", shard=shard, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("rank", "world", "says"),
+    [
+        ("0", "x", "WORLD_SIZE='x' in the environment is not the number of processes, 1 or more"),
+        ("0", "0", "WORLD_SIZE='0' in the environment is not the number of processes, 1 or more"),
+        ("2", "2", "RANK='2' in the environment is not this process's number, 0 to WORLD_SIZE - 1 = 1"),
+        ("-1", "2", "RANK='-1' in the environment is not this process's number"),
+        ("one", "2", "RANK='one' in the environment is not this process's number"),
+    ],
+)
+def test_a_launcher_variable_out_of_place_is_one_line_naming_it(rank, world, says, monkeypatch):
+    # a ValueError of int() naming neither variable, or "shard=(2, 2) is not a (rank, world) pair" for RANK=2
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("WORLD_SIZE", world)
+    with pytest.raises(InputError) as error:
+        current_shard()
+    assert str(error.value).startswith(says) and "\n" not in str(error.value)
+    assert str(error.value).endswith("unset RANK and WORLD_SIZE to run one process.")
+
+
+@pytest.mark.parametrize(
+    ("env", "cuda", "device", "want"),
+    [
+        ({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}, True, "cuda", "cuda:1"),  # its own GPU, not cuda:0
+        ({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}, True, "cuda", "cuda:1"),  # 2 machines of 2 GPUs
+        ({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}, True, "cuda:0", "cuda:0"),  # a GPU named is kept
+        ({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}, True, None, None),  # the default, cpu
+        ({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}, True, "auto", "auto"),
+        ({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}, False, "cuda", "cuda"),  # no CUDA: load_model says so
+        ({"RANK": "1", "WORLD_SIZE": "2"}, True, "cuda", "cuda"),  # no LOCAL_RANK: set by hand
+        ({}, True, "cuda", "cuda"),  # one process
+    ],
+)
+def test_each_process_of_a_launcher_loads_on_its_own_gpu(env, cuda, device, want, monkeypatch):
+    # every process of torchrun --nproc-per-node 2 ... --device cuda loaded its model on cuda:0
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2 if cuda else 0)
+    assert process_device(device) == want
+    assert local_gpu() == (int(env["LOCAL_RANK"]) if cuda and env.get("LOCAL_RANK") else None)
+
+
+def test_the_command_line_loads_each_process_on_its_gpu(monkeypatch):
+    import argparse
+
+    import attnlrp
+    from attnlrp import cli
+
+    loaded = {}
+    monkeypatch.setattr(attnlrp, "load_model", lambda *args, **options: loaded.update(options) or (None, None))
+    for name, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    cli._load(argparse.Namespace(model="m", gguf_file=None, dtype=None, device="cuda", quiet=False))
+    assert loaded["device_map"] == "cuda:1"
+
+
+def test_a_local_rank_beyond_the_gpus_is_one_line(monkeypatch):
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(InputError, match=r"^LOCAL_RANK='2' in the environment is not this process's GPU, 0 to 1: "
+                       r"this machine has 2 GPU\(s\): start at most 2 processes on it \(torchrun --nproc-per-node 2\)\.$"):  # fmt: skip
+        process_device("cuda")
 
 
 def test_batches_are_balanced_by_padded_tokens():

@@ -224,9 +224,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _load(args):
     import attnlrp
+    from attnlrp.sharding import process_device
 
+    device = process_device(args.device)  # under torchrun, cuda is each process's own GPU
     with _quiet(args.quiet):
-        return attnlrp.load_model(args.model, gguf_file=args.gguf_file, dtype=args.dtype, device_map=args.device)
+        return attnlrp.load_model(args.model, gguf_file=args.gguf_file, dtype=args.dtype, device_map=device)
 
 
 @contextmanager

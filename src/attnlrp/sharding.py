@@ -21,14 +21,51 @@ from typing import Any
 from .errors import InputError
 
 HEADER = "attnlrp_shard"
+#: What to do about a launcher's variable that is wrong
+_LAUNCHER = "a launcher (torchrun, accelerate launch) sets it; unset RANK and WORLD_SIZE to run one process"
 
 
 def current_shard() -> tuple[int, int]:
     """(rank, world size) from the launcher's environment (torchrun, accelerate launch), else (0, 1)."""
-    rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
-    if rank is None or world is None:
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return 0, 1
-    return check_shard((int(rank), int(world)))
+    world = _from_environment("WORLD_SIZE", "the number of processes, 1 or more", 1)
+    rank = _from_environment("RANK", f"this process's number, 0 to WORLD_SIZE - 1 = {world - 1}", 0, world)
+    return rank, world
+
+
+def local_gpu() -> int | None:
+    """The GPU of this process in a launcher's multi-process run on a machine with CUDA: ``LOCAL_RANK`` (its
+    number on this machine, set by torchrun and accelerate launch), so that the processes of one machine don't
+    share a GPU; None in a single process, without CUDA or without ``LOCAL_RANK``."""
+    import torch
+
+    if current_shard()[1] == 1 or "LOCAL_RANK" not in os.environ or not torch.cuda.is_available():
+        return None
+    count = torch.cuda.device_count()
+    fix = f"this machine has {count} GPU(s): start at most {count} processes on it (torchrun --nproc-per-node {count})"
+    return _from_environment("LOCAL_RANK", f"this process's GPU, 0 to {count - 1}", 0, count, fix)
+
+
+def process_device(device: str | None) -> str | None:
+    """Where this process loads the model asked for on ``device`` (``--device``): plain ``cuda`` is its own GPU
+    (``cuda:LOCAL_RANK``) in a launcher's multi-process run, not the first GPU for every process; anything else
+    as given."""
+    gpu = local_gpu() if device == "cuda" else None
+    return device if gpu is None else f"cuda:{gpu}"
+
+
+def _from_environment(name: str, meaning: str, low: int, high: int | None = None, fix: str = _LAUNCHER) -> int:
+    """The whole number in environment variable ``name``, from ``low`` up to (not including) ``high``, or an
+    InputError naming the variable, its value, what it should be and ``fix``."""
+    value = os.environ[name]
+    try:
+        number = int(value)
+    except ValueError:
+        number = None
+    if number is None or number < low or (high is not None and number >= high):
+        raise InputError(f"{name}={value!r} in the environment is not {meaning}: {fix}.")
+    return number
 
 
 def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
@@ -181,7 +218,7 @@ def _gap(indices: list[int]) -> str:
 @contextmanager
 def process_group():
     """A torch.distributed process group for the duration, where a launcher started several processes and none
-    exists yet (gloo on CPUs, nccl on GPUs); nothing otherwise."""
+    exists yet (gloo on CPUs; nccl on GPUs, each process on its own: ``local_gpu``); nothing otherwise."""
     import torch
     import torch.distributed as dist
 
@@ -189,7 +226,10 @@ def process_group():
     if world == 1 or not dist.is_available() or dist.is_initialized() or "MASTER_ADDR" not in os.environ:
         yield
         return
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    gpu = local_gpu()
+    if gpu is not None:
+        torch.cuda.set_device(gpu)  # nccl's barrier runs on the current GPU: each process's own
+    dist.init_process_group("nccl" if gpu is not None else "gloo")
     try:
         yield
     finally:
