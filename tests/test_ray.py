@@ -70,6 +70,21 @@ def test_two_actors_write_what_one_process_writes(files, single, cluster):
     assert all(len(r["scores"]) == len(r["tokens"]) for r in records)
 
 
+def test_the_output_folder_is_made_before_the_work_runs(tmp_path):
+    # the explanations of a lazy dataset ran in full, and then writing into a missing folder failed
+    output = tmp_path / "new" / "folder" / "ray.jsonl"
+
+    class Results:  # as explain_ray's dataset: the work runs as its rows are read
+        def iter_rows(self):
+            assert output.parent.is_dir(), "the rows were read before the output's folder was made"
+            yield from ({"index": i, "record": json.dumps({"index": i})} for i in (1, 0))
+
+    assert write_jsonl(Results(), output) == output
+    assert output.read_text(encoding="utf-8") == '{"index": 0}\n{"index": 1}\n'
+    with pytest.raises(InputError, match=r"is a folder: give a file name in it"):
+        write_jsonl(Results(), tmp_path)
+
+
 def test_rows_are_keyed_as_the_lines_of_a_file(files):
     # fields a row lacks arrive from Ray as None (another row has them): they are left out, as in the line
     rows = [{**{"target": None, "id": None, "contrast": None, "tag": None}, **row} for row in ROWS]

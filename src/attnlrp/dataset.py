@@ -209,9 +209,7 @@ def run_file(
     if batch_size < 1:
         raise InputError(f"batch_size must be 1 or more, not {batch_size}.")
     rank, world = sharding.check_shard(shard) if shard is not None else sharding.current_shard()
-    if Path(output).is_dir():
-        raise InputError(f"The output {output} is a folder: give a file name in it, e.g. {Path(output) / 'out.jsonl'}.")
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    prepare_output(output)
     lengths = list(lengths) if lengths is not None else [1] * len(lines)
     batches = plan(lengths, batch_size, TOKEN_BUDGET, by_length=True)
     mine = [batches[b] for b in sharding.assign(batches, lengths, world)[rank]]
@@ -255,6 +253,16 @@ def run_file(
         summary.merged = Path(output)
     summary.kept = len(own) - summary.new
     return summary
+
+
+def prepare_output(output: str | Path) -> Path:
+    """``output`` as a path whose folder exists (made here), checked before any work: a folder given as the output
+    file is an InputError."""
+    output = Path(output)
+    if output.is_dir():
+        raise InputError(f"The output {output} is a folder: give a file name in it, e.g. {output / 'out.jsonl'}.")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    return output
 
 
 def explain_lines(explain: Callable[[list[Line]], Sequence[Any]], chunk: list[Line]) -> Sequence[Any]:

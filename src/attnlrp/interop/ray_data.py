@@ -23,7 +23,17 @@ from typing import Any
 
 import numpy as np
 
-from ..dataset import Line, _record, explain_jobs, explain_lines, keyed_lines, line_length, placed, spec_job
+from ..dataset import (
+    Line,
+    _record,
+    explain_jobs,
+    explain_lines,
+    keyed_lines,
+    line_length,
+    placed,
+    prepare_output,
+    spec_job,
+)
 from ..errors import InputError
 from ..methods import Method, get_method
 from ..methods.batch import TOKEN_BUDGET, plan
@@ -162,9 +172,10 @@ def explain_ray(
 
 
 def write_jsonl(results, output: str | os.PathLike) -> Path:
-    """Write the records of ``explain_ray`` to ``output`` in row order (atomically)."""
+    """Write the records of ``explain_ray`` to ``output`` in row order (atomically). Its folder is made (and a
+    folder given as the file refused) before the rows are read, which runs the explanations of a lazy dataset."""
+    output = prepare_output(output)
     rows = sorted(results.iter_rows(), key=lambda row: int(row["index"]))
-    output = Path(output)
     staging = output.with_name(output.name + ".tmp")
     staging.write_text("".join(str(row["record"]) + "\n" for row in rows), encoding="utf-8")
     os.replace(staging, output)
