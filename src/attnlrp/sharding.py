@@ -131,7 +131,8 @@ def shards_of(output: str | Path) -> dict[int, list[Path]]:
 
 def merge(output: str | Path, world: int | None = None) -> Path:
     """Merge the shard files of ``output`` into ``output``: every result once, in input order, byte for byte as
-    a single process writes them. ``world``: the number of shards expected (default: the only size found).
+    a single process with the shards' number of CPU threads writes them (the thread count changes the last digits
+    of CPU float sums). ``world``: the number of shards expected (default: the only size found).
     Shards that are folders are the atlases of a ``collect`` (``attnlrp latent collect --shard``): they merge
     into one atlas folder."""
     output = Path(output)
