@@ -156,6 +156,17 @@ def test_missing_gguf_file(tmp_path):
     assert not (Path(os.environ.get("ATTNLRP_CACHE", tmp_path / "none")) / "models" / "nope").exists()
 
 
+def test_a_gguf_file_without_its_folder_is_refused(monkeypatch, capsys):
+    # It was ignored: the bundled model was explained in place of the file asked for.
+    monkeypatch.setattr(loading, "default_model_file", lambda: pytest.fail("loaded the bundled model"))
+    with pytest.raises(attnlrp.InputError, match=r"gguf_file 'm\.gguf' is a file inside a model folder"):
+        attnlrp.load_model(gguf_file="m.gguf")
+    with pytest.raises(attnlrp.InputError, match="give the folder too"):
+        loading.load_tokenizer(gguf_file="m.gguf")
+    assert cli.main(["explain", "hello", "--gguf-file", "m.gguf"]) == 2
+    assert capsys.readouterr().err.startswith("attnlrp: error: gguf_file 'm.gguf' is a file inside a model folder")
+
+
 @pytest.mark.parametrize("device_map", ["cuda", "cuda:7", {"model": 7, "lm_head": "cpu"}, torch.device("cuda", 3)])
 def test_a_device_this_machine_lacks_is_one_clear_error(device_map, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # as on a CPU-only machine, GPU or not

@@ -96,6 +96,11 @@ def save_to_cache(target: Path, *parts: Any, files: dict[str, str] | None = None
 
 def _gguf_file(path_or_id: str | os.PathLike | None, gguf_file: str | None) -> Path | None:
     """The GGUF file a load asks for (the bundled model's when nothing is named), or None."""
+    if path_or_id is None and gguf_file is not None:
+        raise InputError(
+            f"gguf_file {gguf_file!r} is a file inside a model folder, and no folder was given: give the folder too "
+            "(--model DIR on the command line), or give the .gguf path itself as the model."
+        )
     if path_or_id is None:
         gguf = default_model_file()
     elif gguf_file is not None:
