@@ -503,3 +503,16 @@ def test_a_model_that_gets_no_item_right_is_refused_after_a_bounded_search(tiny_
         runner.run_suite(tiny_lm, tokenizer, **options)
     assert not list(tmp_path.iterdir()), "nothing written: the corrected run starts afresh"
     assert runner.Journal(tmp_path / "new" / "run.jsonl", {"suite": "facts"}).path.is_file(), "its folder is made"
+
+
+def test_an_output_named_like_the_journal_or_the_report_is_refused(tiny_lm, tokenizer, tmp_path, capsys):
+    # --output x.jsonl was its own journal and --output x.html its own report: one file overwrote the other
+    for name in ("e.jsonl", "e.html"):
+        with pytest.raises(SystemExit) as info:
+            cli.main(["evaluate", "--suite", "facts", "--output", str(tmp_path / name)])
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert "one would overwrite another: give a .json path, e.g." in err and str(tmp_path / "e.json") in err
+    with pytest.raises(attnlrp.InputError, match=r"both the results and their journal .*e\.g\. .*run\.json"):
+        runner.run_suite(tiny_lm, tokenizer, "facts", ["random"], 2, tmp_path / "run.jsonl")
+    assert not list(tmp_path.iterdir()), "refused before anything is written"

@@ -42,6 +42,17 @@ def _lengths(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--lengths takes token counts separated by commas, not {text!r}") from None
 
 
+def _output(text: str) -> Path:
+    """--output: the results JSON, whose journal (.jsonl) and report (.html) are named from it."""
+    path = Path(text)
+    if path.suffix in (".jsonl", ".html"):
+        raise argparse.ArgumentTypeError(
+            f"{text} is the results JSON, and its journal (.jsonl) and report (.html) are named beside it with those "
+            f"suffixes, so one would overwrite another: give a .json path, e.g. {path.with_suffix('.json')}"
+        )
+    return path
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``attnlrp evaluate``."""
     parser.add_argument(
@@ -63,7 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--output",
-        default="evaluation.json",
+        type=_output,
+        default=Path("evaluation.json"),
         help="results JSON; the journal (.jsonl), report "
         "(.html) and figures (-*.png) go beside it; rerunning resumes (default: evaluation.json)",
     )
@@ -98,7 +110,7 @@ def run(args: argparse.Namespace, model, tokenizer) -> None:
             "attnlrp evaluate runs in one process: its items are not split across a launcher's processes. Run it "
             "without torchrun or accelerate launch."
         )
-    output = Path(args.output)
+    output = args.output
     results = run_suite(
         model,
         tokenizer,

@@ -180,6 +180,11 @@ def run_suite(
     names = list(chosen)
     _check(suite, limit, steps, mode, lengths)
     output = Path(output)
+    if output.suffix == ".jsonl":
+        raise InputError(
+            f"{output} would be both the results and their journal (<output>.jsonl), one overwriting the other: "
+            f"name the results .json, e.g. {output.with_suffix('.json')}."
+        )
     perturbation = suite == "perturbation"  # the curves' settings are the perturbation suite's only
     settings = {
         "suite": suite,
