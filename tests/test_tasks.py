@@ -587,7 +587,7 @@ def test_task_errors_name_the_problem_and_the_fix(wordpiece, tiny_lm, tokenizer)
         attnlrp.explain(tagger, wordpiece, "Ada lived in London", target=TokenLabel("Paris"))
     with pytest.raises(
         attnlrp.TargetError,
-        match=r"'New' is in the text 2 times, at token positions \[2, 5\].*TokenLabel\(2\) \(--at 2 on the command",
+        match=r"'New' is in the text 2 times, at token positions \[2, 5\].*TokenLabel\(2\) \(--at-position 2 on the command",
     ):
         attnlrp.explain(tagger, wordpiece, "From New York to New Orleans", target=TokenLabel("New"))
     with pytest.raises(attnlrp.TargetError, match="pass target=attnlrp.TokenLabel"):
@@ -697,3 +697,35 @@ def test_the_command_line_asks_for_at_and_pair_in_its_own_words(head, says, word
     assert cli.main(["explain", "Ada lived in London"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"attnlrp: error: {says}") and err.count("\n") == 1
+
+
+def test_at_is_a_word_even_in_digits_and_a_position_is_a_number(wordpiece, monkeypatch, capsys, tmp_path):
+    # --at 1 and "at": "1" were read as the token position 1, never as the word "1"
+    model = tiny("bert", AutoModelForTokenClassification, wordpiece)
+    monkeypatch.setattr(cli, "_load", lambda args: (model, wordpiece))
+    text = "Ada was 1 of 2 children"  # [CLS] ada was 1 of 2 children [SEP]: the word "1" is token 3
+
+    def explained(*argv: str) -> Explanation:
+        assert cli.main(["explain", text, *argv, "--json", str(tmp_path / "e.json")]) == 0, capsys.readouterr().err
+        return Explanation.load(tmp_path / "e.json")
+
+    assert explained("--at", "1").position == 3
+    assert explained("--at", "2").position == 5
+    assert explained("--at-position", "1").position == 1
+    lines = tmp_path / "in.jsonl"
+    lines.write_text(
+        "".join(json.dumps({"prompt": text, "at": at}) + "\n" for at in ("1", 1, "children")), encoding="utf-8"
+    )
+    attnlrp.explain_dataset(model, wordpiece, lines, tmp_path / "out.jsonl", progress=False)
+    results = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["position"] for r in results] == [3, 1, 6]
+    lines.write_text(json.dumps({"prompt": text, "at": 1.5}) + "\n", encoding="utf-8")
+    with pytest.raises(attnlrp.InputError, match='"at" is a word \\(a string\\) or a token position'):
+        attnlrp.explain_dataset(model, wordpiece, lines, tmp_path / "other.jsonl", progress=False)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["explain", text, "--at", "1", "--at-position", "1"])
+    assert info.value.code == 2 and "not allowed with argument --at" in capsys.readouterr().err
+    sentiment = tiny("bert", AutoModelForSequenceClassification, wordpiece)
+    monkeypatch.setattr(cli, "_load", lambda args: (sentiment, wordpiece))
+    assert cli.main(["explain", text, "--at-position", "1"]) == 2
+    assert "--at-position is not for a sequence-classification model" in capsys.readouterr().err

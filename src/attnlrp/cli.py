@@ -33,9 +33,11 @@ EXPLAIN_EXAMPLES = """examples:
   attnlrp explain --input prompts.jsonl --output results.jsonl     (resumes if interrupted)
 
 Each line of --input is a prompt string or an object with "prompt" and any of "target", "contrast",
-"answer", "label", "pair", "at", "image" (a path), "system", "chat" (true: the prompt as a user message) and "id"; other
-fields are copied to the output line (one that looks like a misspelt field, "traget", is refused). Results are matched to input lines by content and id, so a rerun
-after editing, deleting or reordering lines recomputes only what changed and writes the input's order.
+"answer", "label", "pair", "at" (a word as a string, "1990" too; a token position as a number), "image"
+(a path), "system", "chat" (true: the prompt as a user message) and "id"; other fields are copied to the
+output line (one that looks like a misspelt field, "traget", is refused). Results are matched to input lines
+by content and id, so a rerun after editing, deleting or reordering lines recomputes only what changed and
+writes the input's order.
 """
 
 GENERATE_EXAMPLES = """examples:
@@ -132,7 +134,18 @@ def _parser() -> argparse.ArgumentParser:
         choices=("cosine", "dot", "logit"),
         help="sentence similarity: cosine (default) or dot; CLIP: cosine (default) or logit (cosine x logit scale)",
     )
-    ex.add_argument("--at", help="token classifiers: the word (or token position) whose label is explained")
+    where = ex.add_mutually_exclusive_group()
+    where.add_argument(
+        "--at",
+        metavar="WORD",
+        help="token classifiers: the word whose label is explained (its first token; digits are a word too: --at 1990)",
+    )
+    where.add_argument(
+        "--at-position",
+        type=int,
+        metavar="N",
+        help="token classifiers: the token position whose label is explained (special tokens count)",
+    )
     ex.add_argument("--image", metavar="PATH", help="image models, vision-language models and CLIP: the image")
     ex.add_argument(
         "--gradient-checkpointing",
@@ -266,7 +279,7 @@ def _print_top(exp, k: int) -> None:
 
 #: What a task can't do without, on the command line: (the option's attribute, what to give)
 _NEEDS = {
-    "token-classification": ("at", "--at WORD (or a token position), the token whose label is explained"),
+    "token-classification": ("at", "--at WORD or --at-position N, the token whose label is explained"),
     "sentence-similarity": ("pair", "--pair TEXT, the text to compare with"),
     "clip": ("image", "--image PATH, the image the text is compared with"),
     "vision-language": ("image", "--image PATH, the image the prompt is about"),
@@ -286,9 +299,14 @@ def _explain_one(args, model, tokenizer) -> None:
     _refuse_audio(model)
     if args.prompt is None:
         raise InputError(f"{type(model).__name__} is a {task.name} model: explain needs a prompt (the text).")
-    if task.name in _NEEDS and getattr(args, _NEEDS[task.name][0]) is None:
+    spec = vars(args)
+    if args.at_position is not None:  # --at is always a word: a position has its own option
+        if task.name != "token-classification":
+            raise InputError(f"--at-position is not for a {task.name} model (it is for token-classification).")
+        spec = {**spec, "at": args.at_position}
+    if task.name in _NEEDS and spec[_NEEDS[task.name][0]] is None:
         raise InputError(f"{type(model).__name__} is a {task.name} model: give {_NEEDS[task.name][1]}.")
-    inputs, target, options = spec_job(vars(args), task, _option)
+    inputs, target, options = spec_job(spec, task, _option)
     for option in ("pooling", "similarity"):  # how the model's output is read: one choice for the whole model
         if getattr(args, option) is not None:
             if option not in task.options:
@@ -378,6 +396,7 @@ _ONE_PROMPT = (
     "pooling",
     "similarity",
     "at",
+    "at_position",
     "image",
     "chat",
     "system",

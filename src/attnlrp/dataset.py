@@ -1,7 +1,8 @@
 """Dataset runs: explain every line of a JSONL file into an output JSONL file, resumably.
 
 Each input line is a string (the prompt) or an object with a ``"prompt"`` and, optionally, ``"target"``,
-``"contrast"``, ``"answer"``, ``"pair"``, ``"label"``, ``"at"``, ``"image"`` (a path, for vision-language
+``"contrast"``, ``"answer"``, ``"pair"``, ``"label"``, ``"at"`` (a word as a string, or a token position as a
+number), ``"image"`` (a path, for vision-language
 models and CLIP), ``"system"``, ``"chat"`` and ``"id"``; any other
 field is carried along (one that looks like a misspelt field, ``"traget"``, is refused). Each output line holds
 the line's key, its position, its ``"id"``, the model's ``"dtype"``, its input fields (under ``"input"``) and the
@@ -416,9 +417,11 @@ def spec_job(
     if not isinstance(spec.get("chat", False), bool):
         raise InputError(f'"chat" is true or false, not {spec["chat"]!r}.')
     target = spec.get("label") if spec.get("label") is not None else spec.get("target")
-    if spec.get("at") is not None:
+    if spec.get("at") is not None:  # a string is a word ("1990" too), a whole number a token position
         at = spec["at"]
-        target = attnlrp.TokenLabel(int(at) if str(at).lstrip("-").isdigit() else at, label=target)
+        if isinstance(at, bool) or not isinstance(at, (str, int)):
+            raise InputError(f"{name('at')} is a word (a string) or a token position (a whole number), not {at!r}.")
+        target = attnlrp.TokenLabel(at, label=target)
     if spec.get("answer") is not None:  # an empty one is refused by Answer, not ignored
         target = attnlrp.Answer(spec["answer"])
     elif spec.get("contrast") is not None:

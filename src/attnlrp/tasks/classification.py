@@ -88,7 +88,7 @@ class LabelBatch(TokenBatch):
             if len(found) > 1:
                 raise TargetError(
                     f"The word {at!r} is in the text {len(found)} times, at token positions {found}: give the "
-                    f"position of the one to explain, e.g. TokenLabel({found[0]}) (--at {found[0]} on the command line)."
+                    f"position of the one to explain, e.g. TokenLabel({found[0]}) (--at-position {found[0]} on the command line)."
                 )
             if found:
                 return found[0]
