@@ -284,6 +284,29 @@ def test_errors_exit_2_with_a_message(run, tmp_path):
     assert foreign.read_text(encoding="utf-8") == '{"name": "something else"}\n', "a foreign file is left alone"
 
 
+def test_an_output_path_that_cant_be_written_is_one_line(tiny_lm, tokenizer, monkeypatch, capsys, tmp_path):
+    # --json /tmp (a folder) ended in an IsADirectoryError traceback
+    monkeypatch.setattr(cli, "_load", lambda args: (tiny_lm, tokenizer))
+    a_file = tmp_path / "a.txt"
+    a_file.write_text("", encoding="utf-8")
+    for option, path, says in [
+        ("--json", tmp_path, f"{tmp_path} is a folder: give the path of a file in it."),
+        ("--html", tmp_path, f"{tmp_path} is a folder: give the path of a file in it."),
+        ("--json", a_file / "e.json", f"{a_file} is a file where the output path needs a folder: give another path."),
+    ]:
+        assert cli.main(["explain", PROMPT, option, str(path)]) == 2
+        assert capsys.readouterr().err == f"attnlrp: error: {says}\n"
+
+
+def test_other_path_errors_name_the_path():
+    denied = PermissionError(13, "Permission denied", "/root/out.json")
+    assert cli._path_error(denied) == "/root/out.json: permission denied: give a path you may write to."
+    assert cli._path_error(NotADirectoryError(20, "Not a directory", "a.txt/e.json")) == (
+        "Can't use a.txt/e.json: Not a directory; give another path."
+    )
+    assert cli._path_error(OSError("Can't load the tokenizer")) == "Can't load the tokenizer"
+
+
 def test_usage_errors_exit_2(capsys):
     for argv, says in [
         (["explain"], "explain needs a prompt"),

@@ -520,9 +520,25 @@ def main(argv: list[str] | None = None) -> int:
     except (AttnLRPError, FileNotFoundError, ModuleNotFoundError, ValueError) as error:
         print(f"attnlrp: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a path to write that is a folder, or can't be written
+        print(f"attnlrp: error: {_path_error(error)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as interrupted:
         print(f"attnlrp: {str(interrupted) or 'interrupted'}", file=sys.stderr)
         return 130
+
+
+def _path_error(error: OSError) -> str:
+    """One line for an OSError: the path it names, why it can't be used and what to give instead."""
+    if error.filename is None:
+        return str(error)
+    if isinstance(error, IsADirectoryError):
+        return f"{error.filename} is a folder: give the path of a file in it."
+    if isinstance(error, FileExistsError):  # making the folders of an output path
+        return f"{error.filename} is a file where the output path needs a folder: give another path."
+    if isinstance(error, PermissionError):
+        return f"{error.filename}: permission denied: give a path you may write to."
+    return f"Can't use {error.filename}: {error.strerror}; give another path."
 
 
 def _run(args) -> int:
