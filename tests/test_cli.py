@@ -274,6 +274,15 @@ def test_errors_exit_2_with_a_message(run, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('"fine"\n{"prompt": \n', encoding="utf-8")
     fails("explain", "--input", str(prompts), "--output", str(tmp_path / "o.jsonl"), says="p.jsonl:2: not valid JSON")
+    prompts.write_bytes('"fine"\n"caf\u00e9"\n'.encode("latin-1"))
+    fails(
+        "explain",
+        "--input",
+        str(prompts),
+        "--output",
+        str(tmp_path / "o.jsonl"),
+        says="p.jsonl:2: not UTF-8 text (byte 0xe9): save the file as UTF-8.",
+    )
     prompts.write_text('"fine"\n{"text": "no prompt key"}\n', encoding="utf-8")
     fails("explain", "--input", str(prompts), "--output", str(tmp_path / "o.jsonl"), says='"prompt" key')
     fails("explain", "--input", str(prompts), says="--input needs --output")

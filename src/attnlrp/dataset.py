@@ -96,9 +96,16 @@ def read_lines(path: str | Path) -> list[Line]:
     """The input lines of a JSONL file (blank lines skipped), each keyed by its content and ``id``."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as error:
         raise InputError(f"Can't read the input file {path}: {error.strerror or error}.") from error
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise InputError(
+            f"{path}:{line}: not UTF-8 text (byte {data[error.start]:#04x}): save the file as UTF-8."
+        ) from None
 
     def values():
         for n, raw in enumerate(text.splitlines(), 1):
