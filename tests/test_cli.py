@@ -298,9 +298,11 @@ def test_an_output_path_that_cant_be_written_is_one_line(tiny_lm, tokenizer, mon
     monkeypatch.setattr(cli, "_load", lambda args: (tiny_lm, tokenizer))
     a_file = tmp_path / "a.txt"
     a_file.write_text("", encoding="utf-8")
+    folder = tmp_path / "page.html"
+    folder.mkdir()
     for option, path, says in [
         ("--json", tmp_path, f"{tmp_path} is a folder: give the path of a file in it."),
-        ("--html", tmp_path, f"{tmp_path} is a folder: give the path of a file in it."),
+        ("--html", folder, f"{folder} is a folder: give the path of a file in it."),
         ("--json", a_file / "e.json", f"{a_file} is a file where the output path needs a folder: give another path."),
     ]:
         assert cli.main(["explain", PROMPT, option, str(path)]) == 2
@@ -323,6 +325,10 @@ def test_usage_errors_exit_2(capsys):
         (["frobnicate"], "invalid choice"),
         (["generate", "x", "--max-new-tokens", "many"], "invalid int"),
         (["explain", "x", "--top", "-3"], "a number of tokens, 0 or more, not '-3'"),
+        (["explain", "x", "--html", "x.png"], "x.png does not end in .html or .htm, and --html writes an HTML page"),
+        (["generate", "x", "--html", "gen"], "give gen.html (a figure, PNG, SVG or PDF, is saved from Python"),
+        (["latent", "card", "--atlas", "a", "--unit", "m:1", "--html", "card.svg"], "give card.html"),
+        (["latent", "browse", "--atlas", "a", "--html", "a.json"], "give a.html"),
     ]:
         with pytest.raises(SystemExit) as info:
             cli.main(argv)

@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"attnlrp {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from .cli_options import add_model_arguments
+    from .cli_options import add_model_arguments, html_path
     from .engine import RULE_SETS
     from .methods import available_methods
 
@@ -167,7 +167,7 @@ def _parser() -> argparse.ArgumentParser:
         help="save the explanation as JSON, token by token (with --words too: .words() of the loaded file is "
         "the word view, with the positions --top prints)",
     )
-    ex.add_argument("--html", metavar="PATH", help="save a self-contained HTML heatmap")
+    ex.add_argument("--html", type=html_path, metavar="PATH", help="save a self-contained HTML heatmap (.html)")
     ex.add_argument("--input", metavar="JSONL", help="many prompts, one per line (see below)")
     ex.add_argument("--output", metavar="JSONL", help="results for --input, one line each; rerunning resumes")
     ex.add_argument("--batch-size", type=int, default=8, help="prompts per forward/backward pass (default: 8)")
@@ -184,7 +184,9 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--image", metavar="PATH", help="vision-language models: the image the prompt is about")
     gen.add_argument("--max-new-tokens", type=int, default=32, help="how many tokens to generate (default: 32)")
     gen.add_argument("--json", metavar="PATH", help="save the result as JSON")
-    gen.add_argument("--html", metavar="PATH", help="save a self-contained interactive HTML page")
+    gen.add_argument(
+        "--html", type=html_path, metavar="PATH", help="save a self-contained interactive HTML page (.html)"
+    )
 
     au = command(
         "audit",

@@ -1,8 +1,10 @@
-"""The options every command that loads a model takes: which model, in which dtype, on which devices, quietly or not."""
+"""The options every command that loads a model takes (which model, in which dtype, on which devices, quietly or
+not), and the checked type of every --html option."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -12,3 +14,14 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", help="load the model in this dtype: float32 (default), bfloat16, float16, float64")
     p.add_argument("--device", help="where the model runs: cpu (default), cuda, cuda:1, or auto (spread over devices)")
     p.add_argument("--quiet", action="store_true", help="no progress bars (loading the model, explaining a file)")
+
+
+def html_path(text: str) -> str:
+    """An --html option's path, refused unless it ends in .html or .htm (--html x.png wrote a page into x.png)."""
+    path = Path(text)
+    if path.suffix.lower() not in (".html", ".htm"):
+        raise argparse.ArgumentTypeError(
+            f"{text} does not end in .html or .htm, and --html writes an HTML page: give {path.stem or 'page'}.html "
+            "(a figure, PNG, SVG or PDF, is saved from Python with .save_figure(path))"
+        )
+    return text

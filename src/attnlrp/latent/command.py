@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli_options import add_model_arguments
+from ..cli_options import add_model_arguments, html_path
 from ..errors import LatentError
 from ..sharding import current_shard, merge, shard_path, wait_for_all
 
@@ -98,7 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     ca.add_argument("--atlas", required=True, help="the atlas folder")
     ca.add_argument("--unit", type=_unit, required=True, help="SITE:INDEX")
-    ca.add_argument("--html", required=True, help="where to write the card")
+    ca.add_argument("--html", type=html_path, required=True, help="where to write the card (.html)")
     ca.add_argument("--conditional", type=int, default=3, help="conditional heatmaps to compute (default: 3)")
     _model_options(ca)
     br = commands.add_parser(
@@ -108,7 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     br.add_argument("--atlas", required=True, help="the atlas folder")
-    br.add_argument("--html", required=True, help="where to write the page")
+    br.add_argument("--html", type=html_path, required=True, help="where to write the page (.html)")
     br.add_argument("--sites", action="append", help="only these sites of the atlas (repeatable)")
     st = commands.add_parser(
         "steer",
