@@ -4,6 +4,7 @@ labels and cards, explain(latent=...), SAEs, steering, knowledge units, ablation
 from __future__ import annotations
 
 import copy
+import inspect
 import itertools
 import json
 
@@ -925,3 +926,13 @@ def test_cli_collects_shows_cards_browses_and_steers(tiny_lm, tokenizer, corpus,
              str(sharded), "--top-k", "3", "--batch-size", "8", "--quiet", "--shard", f"{rank}/2")  # fmt: skip
     assert call("merge", str(sharded)) == f"merged {sharded}\n"
     _same_atlas(FeatureAtlas.load(sharded), FeatureAtlas.load(folder))
+
+
+def test_latent_steer_generates_as_many_tokens_by_default_as_generate_steered():
+    # the command line generated 24 tokens where generate_steered and sweep generate 20
+    from attnlrp import cli
+    from attnlrp.latent.steer import generate_steered, sweep
+
+    args = cli._parser().parse_args(["latent", "steer", "Hi", "--unit", "model.layers.0.mlp:3"])
+    for function in (generate_steered, sweep):
+        assert inspect.signature(function).parameters["max_new_tokens"].default == args.max_new_tokens == 20

@@ -7,6 +7,7 @@ import argparse
 from ..cli_options import add_model_arguments, html_path
 from ..errors import LatentError
 from ..sharding import current_shard, merge, shard_path, wait_for_all
+from .steer import MAX_NEW_TOKENS
 
 #: Each subcommand's examples (``attnlrp latent SUBCOMMAND --help`` ends with them).
 SUBCOMMAND_EXAMPLES = {
@@ -120,7 +121,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     st.add_argument("--unit", type=_unit, action="append", required=True, help="SITE:INDEX (repeatable)")
     st.add_argument("--strengths", type=_strengths, default=[0.0, 4.0, 8.0], help="comma-separated (default: 0,4,8)")
     st.add_argument("--mode", default="add", choices=("add", "clamp", "scale"), help="how (default: add)")
-    st.add_argument("--max-new-tokens", type=int, default=24, help="tokens to generate (default: 24)")
+    st.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=MAX_NEW_TOKENS,
+        help=f"tokens to generate (default: {MAX_NEW_TOKENS}, as generate_steered)",
+    )
     _model_options(st)
 
 

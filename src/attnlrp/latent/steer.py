@@ -36,6 +36,9 @@ from .sites import Site, SiteSpec, resolve_one
 
 MODES = ("add", "clamp", "scale")
 
+#: How many tokens a steered continuation generates, unless told (the command line's default too).
+MAX_NEW_TOKENS = 20
+
 #: Each module of a steered model -> the units its open block steers (our own bookkeeping; weak).
 _STEERED: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
 
@@ -255,7 +258,7 @@ def generate_steered(
     prompts: Sequence[str],
     units: Mapping[Unit, float],
     mode: str = "add",
-    max_new_tokens: int = 20,
+    max_new_tokens: int = MAX_NEW_TOKENS,
 ) -> list[str]:
     """Greedy continuations of ``prompts`` with ``units`` steered (an empty dict: unsteered)."""
     ids, mask = _left_padded(tokenizer, prompts, next(model.parameters()).device)
@@ -339,7 +342,7 @@ def sweep(
     prompts: Sequence[str],
     neutral: Sequence[str] = NEUTRAL,
     mode: str = "add",
-    max_new_tokens: int = 20,
+    max_new_tokens: int = MAX_NEW_TOKENS,
 ) -> SteeringSweep:
     """Steer ``units`` at each strength (a dict gives each unit a weight that multiplies the strength) and
     measure where quality breaks: the concept's probability and rate in greedy continuations of ``prompts``,
