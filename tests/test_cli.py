@@ -229,6 +229,15 @@ def test_help_texts(capsys):
             assert option in text, f"{command} --help lacks {option}"
 
 
+def test_audit_help_states_its_own_default_method(capsys):
+    # it said "cp-lrp for image classifiers", as explain does, where audit() runs attnlrp on every model
+    with pytest.raises(SystemExit):
+        cli.main(["audit", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: attnlrp, image classifiers too; --check measures cp-lrp)" in text
+    assert "explain_image" not in text
+
+
 @pytest.mark.parametrize(
     "command",
     [

@@ -93,14 +93,18 @@ def _parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
-    def common(p: argparse.ArgumentParser, choices=tuple(methods)) -> None:
+    def common(
+        p: argparse.ArgumentParser,
+        choices=tuple(methods),
+        default="attnlrp; cp-lrp for image classifiers, as in explain_image",
+    ) -> None:
         add_model_arguments(p)
         p.add_argument(
             "--method",
             choices=choices,
             metavar="METHOD",
-            help="the attribution method (default: attnlrp; cp-lrp for image classifiers, as in explain_image); "
-            "one of: " + "; ".join(f"{name}: {methods[name]}" for name in choices),
+            help=f"the attribution method (default: {default}); one of: "
+            + "; ".join(f"{name}: {methods[name]}" for name in choices),
         )
         p.add_argument("--no-color", action="store_true", help="plain text output, no colours")
 
@@ -194,7 +198,7 @@ def _parser() -> argparse.ArgumentParser:
         "Run the model once under the LRP rules and report ops without a rule.",
         AUDIT_EXAMPLES,
     )
-    common(au, RULE_SETS)
+    common(au, RULE_SETS, "attnlrp, image classifiers too; --check measures cp-lrp")
     au.add_argument(
         "--check",
         action="store_true",
