@@ -229,6 +229,16 @@ def test_help_texts(capsys):
             assert option in text, f"{command} --help lacks {option}"
 
 
+def test_explain_help_names_every_field_of_an_input_line(capsys):
+    # "target_id" was read from each line but left out of the list
+    from attnlrp.dataset import FIELDS
+
+    with pytest.raises(SystemExit):
+        cli.main(["explain", "--help"])
+    fields = capsys.readouterr().out.split("Each line of --input")[1]
+    assert all(f'"{field}"' in fields for field in FIELDS), fields
+
+
 def test_audit_help_states_its_own_default_method(capsys):
     # it said "cp-lrp for image classifiers", as explain does, where audit() runs attnlrp on every model
     with pytest.raises(SystemExit):

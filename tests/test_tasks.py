@@ -729,3 +729,11 @@ def test_at_is_a_word_even_in_digits_and_a_position_is_a_number(wordpiece, monke
     monkeypatch.setattr(cli, "_load", lambda args: (sentiment, wordpiece))
     assert cli.main(["explain", text, "--at-position", "1"]) == 2
     assert "--at-position is not for a sequence-classification model" in capsys.readouterr().err
+
+
+def test_explain_docstring_names_every_pooling():
+    # it listed "mean" or "cls" where "last" is taken too
+    from attnlrp.tasks.embedding import POOLINGS
+
+    doc = " ".join(attnlrp.explain.__doc__.split())
+    assert all(f'"{pooling}"' in doc.split("pooling (")[1].split(")")[0] for pooling in POOLINGS)

@@ -32,12 +32,12 @@ EXPLAIN_EXAMPLES = """examples:
   attnlrp explain --model path/to/vit --image cat.png --html cat.html
   attnlrp explain --input prompts.jsonl --output results.jsonl     (resumes if interrupted)
 
-Each line of --input is a prompt string or an object with "prompt" and any of "target", "contrast",
-"answer", "label", "pair", "at" (a word as a string, "1990" too; a token position as a number), "image"
-(a path), "system", "chat" (true: the prompt as a user message) and "id"; other fields are copied to the
-output line (one that looks like a misspelt field, "traget", is refused). Results are matched to input lines
-by content and id, so a rerun after editing, deleting or reordering lines recomputes only what changed and
-writes the input's order.
+Each line of --input is a prompt string or an object with "prompt" and any of "target", "target_id" (a
+token or label id), "contrast", "answer", "label", "pair", "at" (a word as a string, "1990" too; a token
+position as a number), "image" (a path), "system", "chat" (true: the prompt as a user message) and "id";
+other fields are copied to the output line (one that looks like a misspelt field, "traget", is refused).
+Results are matched to input lines by content and id, so a rerun after editing, deleting or reordering lines
+recomputes only what changed and writes the input's order.
 """
 
 GENERATE_EXAMPLES = """examples:

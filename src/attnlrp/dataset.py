@@ -1,12 +1,12 @@
 """Dataset runs: explain every line of a JSONL file into an output JSONL file, resumably.
 
 Each input line is a string (the prompt) or an object with a ``"prompt"`` and, optionally, ``"target"``,
-``"contrast"``, ``"answer"``, ``"pair"``, ``"label"``, ``"at"`` (a word as a string, or a token position as a
-number), ``"image"`` (a path, for vision-language
-models and CLIP), ``"system"``, ``"chat"`` and ``"id"``; any other
-field is carried along (one that looks like a misspelt field, ``"traget"``, is refused). Each output line holds
-the line's key, its position, its ``"id"``, the model's ``"dtype"``, its input fields (under ``"input"``) and the
-explanation (``Explanation.from_dict`` reads it). An error names the line it comes from (``prompts.jsonl:7``).
+``"target_id"``, ``"contrast"``, ``"answer"``, ``"pair"``, ``"label"``, ``"at"`` (a word as a string, or a token
+position as a number), ``"image"`` (a path, for vision-language models and CLIP), ``"system"``, ``"chat"`` and
+``"id"``; any other field is carried along (one that looks like a misspelt field, ``"traget"``, is refused).
+Each output line holds the line's key, its position, its ``"id"``, the model's ``"dtype"``, its input fields
+(under ``"input"``) and the explanation (``Explanation.from_dict`` reads it). An error names the line it comes
+from (``prompts.jsonl:7``).
 
 Results are matched to input lines by content (a hash of the line) and ``id``, never by line number: a rerun
 keeps what still matches, recomputes edited lines, drops the results of deleted lines and writes everything

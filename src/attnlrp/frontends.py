@@ -110,7 +110,8 @@ def explain(
     pass; inputs of similar length share a pass, and a pass holds at most ``attnlrp.methods.batch.TOKEN_BUDGET``
     padded tokens (so long prompts run with fewer others). padding_side: causal LMs, "right"
     (default) or "left". pair: classifiers and similarity, the second text (or one per input). pooling
-    ("mean" or "cls") and similarity ("cosine" or "dot"): sentence similarity; CLIP takes "cosine" or "logit".
+    ("mean", "cls" or "last"; default: the model's) and similarity ("cosine" or "dot"): sentence similarity;
+    CLIP takes "cosine" or "logit".
     images: vision-language and CLIP models (pass their processor as ``tokenizer``), one image (PIL or array) for
     every input or a list with one per input; the result's ``image`` holds the pixels' relevance.
     sampling_rate: audio models (Whisper), the rate of the waveforms given; one the model doesn't hear is refused.
