@@ -758,3 +758,81 @@ def test_a_composites_rule_written_as_an_autograd_function_is_not_called_unruled
     with comp.context(model) as binding:
         model(torch.randn(3, requires_grad=True))
     assert not any("autograd.Function" in op for _, op in binding.unruled_ops), binding.unruled_ops
+
+
+class _OwnBackward(torch.autograd.Function):
+    """A fused kernel's activation: tanh forward, its own backward (a half of the gradient), no relevance rule."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return torch.tanh(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad / 2
+
+
+class _FusedAct(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4, bias=False)
+
+    def forward(self, x):
+        return _OwnBackward.apply(self.lin(x))
+
+
+def test_a_custom_autograd_function_in_the_model_is_reported_as_in_the_engine():
+    model = nn.Sequential(_FusedAct(), nn.Linear(4, 1, bias=False)).double()
+    comp = Composite({nn.Linear: EpsilonRule(EPS)}, name="fused")
+    with (
+        comp.context(model) as binding,
+        pytest.warns(
+            attnlrp.UnruledOpWarning, match=r"1 op\(s\) carried relevance.*autograd.Function _OwnBackward at 0"
+        ),
+    ):
+        model(rand(2, 4))
+    assert binding.unruled_ops == {("0", "autograd.Function _OwnBackward"): 1}
+    assert re.search(r"UNKNOWN.*:\n\s+autograd.Function _OwnBackward\s+at 0\s+\(1x\)", str(comp))
+    # the engine names it at the same module
+    assert attnlrp.audit(model, rand(2, 4, grad=False)).unruled == [("0", "autograd.Function _OwnBackward", 1)]
+    # a rule for the module that runs it, or for a module around it, takes it over: nothing is reported
+    for outer in (_FusedAct, nn.Sequential):
+        comp = Composite({outer: EpsilonRule(EPS), nn.Linear: EpsilonRule(EPS)})
+        with comp.context(model) as binding, warnings.catch_warnings():
+            warnings.simplefilter("error", attnlrp.UnruledOpWarning)
+            model(rand(2, 4))
+        assert not binding.unruled_ops, outer
+
+
+class _HalfRule(EpsilonRule):
+    """A user's module rule that runs an autograd function of its own (defined here, not in attnlrp)."""
+
+    def __call__(self, fn, *args, **kwargs):
+        return _HalfGradient.apply(fn(*args, **kwargs))
+
+
+def test_a_users_rule_written_as_an_autograd_function_is_not_reported_wherever_it_rules():
+    model = nn.Sequential(nn.Linear(4, 4, bias=False), nn.Tanh(), nn.Linear(4, 1, bias=False)).double()
+    for rules in ({nn.Tanh: _HalfRule()}, {torch.tanh: lambda x: _HalfGradient.apply(x)}, {torch.tanh: _HalfRule()}):
+        comp = Composite({nn.Linear: EpsilonRule(EPS), **rules})
+        with comp.context(model) as binding, warnings.catch_warnings():
+            warnings.simplefilter("error", attnlrp.UnruledOpWarning)
+            model(rand(2, 4))
+        assert not binding.unruled_ops, rules
+
+
+class _FusedActivation(nn.Module):
+    def forward(self, x):
+        return _OwnBackward.apply(x) * x
+
+
+def test_a_custom_function_in_a_transformer_is_named_by_the_ready_composite_as_by_the_audit():
+    fam = build("qwen3")
+    for layer in fam.model.model.layers:
+        layer.mlp.act_fn = _FusedActivation()
+    expected = {(f"model.layers.{i}.mlp.act_fn", "autograd.Function _OwnBackward"): 1 for i in range(2)}
+    with transformer_composite("attnlrp").context(fam.model) as binding:
+        with pytest.warns(attnlrp.UnruledOpWarning, match="autograd.Function _OwnBackward at model.layers.0"):
+            fam.model(**fam.inputs)
+    assert dict(binding.unruled_ops) == expected
+    assert attnlrp.audit(fam.model, fam.inputs["input_ids"]).unruled == [(*key, n) for key, n in expected.items()]

@@ -131,7 +131,7 @@ class Binding:
     #: The warning about ops without a rule: what their relevance is, and what to do.
     unruled_meaning = "ran without an LRP rule (plain gradient used)"
     unruled_advice = "attnlrp.audit(model) lists them all; lrp(..., strict=True) raises instead."
-    #: Whether a custom autograd.Function counts as unruled (the explicit mode's own rules are such functions).
+    #: Whether the custom autograd.Functions a module runs are looked for (and counted as unruled) now.
     names_functions = True
 
     def __init__(self, model: nn.Module, method: str, strict: bool):
@@ -467,8 +467,10 @@ class Binding:
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self._enter(module)
         if self.names_functions and torch.is_grad_enabled():
-            # the nodes this module's walk stops at: its inputs' (below), and its finished children's outputs
-            self._local.frames.setdefault(module, []).append(({*_grad_nodes(args), *_grad_nodes(kwargs)}, set()))
+            # the nodes this module's walk stops at: its inputs' (below), and its finished children's outputs; and
+            # those it passes without naming them: what the rules of a composite ran (see ``ruled``)
+            frame = ({*_grad_nodes(args), *_grad_nodes(kwargs)}, set(), set())
+            self._local.frames.setdefault(module, []).append(frame)
         checkpoint = module.__dict__.get("_gradient_checkpointing_func")
         if checkpoint is not None and module not in self._checkpoint_funcs:
             self._checkpoint_funcs[module] = checkpoint
@@ -482,12 +484,30 @@ class Binding:
         finally:
             self._exit(module)
 
-    def _find_functions(self, module: nn.Module, inputs: set, covered: set, outputs: list) -> None:
+    def ruled(self, args: Any, output: Any) -> None:
+        """The nodes a rule made to compute ``output`` from ``args`` are that rule's: the walk of the running
+        module (``_find_functions``) passes them without naming a custom function among them as unruled (the
+        explicit mode's rules, a user's too, are autograd functions)."""
+        stack = self._stack()
+        frames = getattr(self._local, "frames", {}).get(stack[-1]) if stack else None
+        if not frames:
+            return
+        inputs, covered, ruled = frames[-1]
+        stop, todo = {*inputs, *covered, *_grad_nodes(args)}, _grad_nodes(output)
+        while todo:
+            node = todo.pop()
+            if node in stop or node in ruled:
+                continue
+            ruled.add(node)
+            todo.extend(child for child, _ in node.next_functions if child is not None)
+
+    def _find_functions(self, module: nn.Module, inputs: set, covered: set, ruled: set, outputs: list) -> None:
         """Count the custom ``torch.autograd.Function`` s (not attnlrp's or torch's own) that ``module`` ran as
         unruled: the mode can't see into their forward (it runs with gradients off), and their backward is their
         own. ``module``'s own nodes are those reachable from its outputs before its inputs' nodes and before the
-        outputs of the modules it called (``covered``: they walked their own). Only the nodes of modules still
-        running are held, so a branch the rules cut off (a gate held constant) is freed as it was."""
+        outputs of the modules it called (``covered``: they walked their own); those in ``ruled`` are a rule's.
+        Only the nodes of modules still running are held, so a branch the rules cut off (a gate held constant) is
+        freed as it was."""
         seen, todo = set(), list(outputs)
         while todo:
             node = todo.pop()
@@ -495,13 +515,16 @@ class Binding:
                 continue
             seen.add(node)
             cls = getattr(node, "_forward_cls", None)
-            if cls is not None and not cls.__module__.startswith(("attnlrp.", "torch.")):
-                self._unruled((self._paths.get(module, "?"), f"autograd.Function {cls.__qualname__}"))
+            if cls is not None and node not in ruled and not cls.__module__.startswith(("attnlrp.", "torch.")):
+                self._unruled_function(self._paths.get(module, "?"), cls)
             todo.extend(child for child, _ in node.next_functions if child is not None)
         stack = self._stack()
         parent = stack[-2] if len(stack) > 1 and stack[-1] is module else None
         if parent is not None and self._local.frames.get(parent):
             self._local.frames[parent][-1][1].update(outputs)
+
+    def _unruled_function(self, path: str, cls: type) -> None:
+        self._unruled((path, f"autograd.Function {cls.__qualname__}"))
 
     def _checkpointed(self, checkpoint: Callable, module: nn.Module, function: Callable, *args, **kwargs):
         """Run the checkpointed function, and its recomputation in the backward pass, in scope."""

@@ -228,7 +228,6 @@ class ExplicitBinding(Binding):
 
     unruled_meaning = "carried relevance without a rule of the composite (their plain backward is no relevance rule)"
     unruled_advice = "print(composite) lists them; give each op, or the module that calls it, a rule in the composite."
-    names_functions = False  # a composite's rules are autograd functions of the user's own
 
     def __init__(self, model: nn.Module, composite: Composite):
         super().__init__(model, method="explicit", strict=False)
@@ -244,6 +243,15 @@ class ExplicitBinding(Binding):
     @property
     def suspended(self) -> bool:
         return getattr(self._local, "suspended", 0) > 0
+
+    @property
+    def names_functions(self) -> bool:
+        """Custom autograd functions are looked for outside module rules (inside, the rule is the module's)."""
+        return not self.suspended
+
+    def _unruled_function(self, path: str, cls: type) -> None:
+        self.calls[("unknown", f"autograd.Function {cls.__qualname__}", path)] += 1  # listed by the summary
+        super()._unruled_function(path, cls)
 
     def _plain(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         def run(*args: Any, **kwargs: Any) -> Any:
@@ -272,7 +280,9 @@ class ExplicitBinding(Binding):
                 return original(*args, **kwargs)
             if _carrying(args, kwargs):
                 self.calls[("module", cls, path)] += 1
-            return ruled(plain, *args, **kwargs)
+            out = ruled(plain, *args, **kwargs)
+            self.ruled((args, kwargs), out)  # the rule's own autograd functions are no unruled ones
+            return out
 
         self._forwards[module] = module.__dict__.get("forward")
         module.forward = forward
@@ -311,8 +321,11 @@ def _replaced(binding: ExplicitBinding, func, args, kwargs, *, name: str, value:
     if out_of_place is not None:  # compute out of place, then write into the tensor it modifies
         target = args[0]
         result = _apply(binding, value, out_of_place, (target.clone(),) + tuple(args[1:]), kwargs)
+        binding.ruled((args, kwargs), result)
         return target.copy_(result)
-    return _apply(binding, value, func, args, kwargs)
+    out = _apply(binding, value, func, args, kwargs)
+    binding.ruled((args, kwargs), out)  # the rule's own autograd functions (a user's too) are no unruled ones
+    return out
 
 
 def _apply(binding: ExplicitBinding, value: Value, func, args: tuple, kwargs: dict):
