@@ -836,3 +836,44 @@ def test_a_custom_function_in_a_transformer_is_named_by_the_ready_composite_as_b
             fam.model(**fam.inputs)
     assert dict(binding.unruled_ops) == expected
     assert attnlrp.audit(fam.model, fam.inputs["input_ids"]).unruled == [(*key, n) for key, n in expected.items()]
+
+
+class _ListedExperts(nn.Module):
+    """Experts in a plain Python list, and a gate held there too: parameters the model does not register."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.out = nn.Linear(4, 8, bias=False), nn.Linear(8, 1, bias=False)
+        self.experts = [nn.Linear(8, 8, bias=False) for _ in range(2)]
+        self.held = [nn.Parameter(torch.randn(8))]
+
+    def forward(self, x):
+        h = self.inp(x) * self.held[0]  # a product with a constant: the uniform rule must give h all of it
+        return self.out(sum(expert(h) for expert in self.experts))
+
+
+@pytest.mark.parametrize("method", ["attnlrp", "cp-lrp", "uniform"])
+def test_parameters_held_outside_the_modules_are_constants_and_get_their_flag_back(method):
+    torch.manual_seed(0)
+    net = _ListedExperts().double()
+    net.experts = [e.double() for e in net.experts]
+    net.held = [nn.Parameter(net.held[0].detach().double())]
+    held = [net.held[0], *(e.weight for e in net.experts)]
+    for x in (rand(1, 4), nn.Parameter(rand(1, 4, seed=1, grad=False))):  # a parameter given as input is an input
+        if method == "uniform":  # a uniform product would give a weight that requires grad half: Σ R = y / 2
+            comp = Composite(
+                {
+                    torch.mul: UniformRule(),
+                    F.linear: EpsilonRule(0.0),
+                    operator.add: functools.partial(xf.add2, epsilon=0.0),
+                }
+            )
+        else:
+            comp = transformer_composite(method, epsilon=0.0)
+        with comp.context(net):
+            y = net(x)[0, 0]
+            assert not any(p.requires_grad for p in held)  # constants, as the registered weights are
+            y.backward(y)
+        close(x.grad.sum(), y.detach())  # a linear net of constants: relevance is conserved
+        assert all(p.requires_grad and p.grad is None for p in held)
+        assert all(p.requires_grad for p in net.parameters())
