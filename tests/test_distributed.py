@@ -178,6 +178,41 @@ def test_each_merge_error_names_the_shard_file_and_following_it_merges(tiny_lm, 
     assert output.read_bytes() == alone.read_bytes()
 
 
+def test_shards_on_another_machine_are_kept_and_the_merge_by_hand_is_named(
+    tiny_lm, tokenizer, tmp_path, capsys, monkeypatch
+):
+    # two machines with their own disks: rank 0 saw only its own shard, and the merge at the end failed on it
+    import torch.distributed as dist
+
+    prompts, output = tmp_path / "p.jsonl", tmp_path / "out.jsonl"
+    prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS), encoding="utf-8")
+    alone = tmp_path / "alone.jsonl"
+    explain_dataset(tiny_lm, tokenizer, prompts, alone, batch_size=2, progress=False)
+    (tmp_path / "node1").mkdir()
+    elsewhere = tmp_path / "node1" / shard_path(output, 1, 2).name
+    explain_dataset(tiny_lm, tokenizer, prompts, tmp_path / "node1" / "out.jsonl", batch_size=2, shard=(1, 2),
+                    progress=False)  # fmt: skip
+
+    # rank 0 of 2 machines of one process each, in a process group of its own for the barrier
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}.items():
+        monkeypatch.setenv(name, value)
+    try:
+        summary = explain_dataset(tiny_lm, tokenizer, prompts, output, batch_size=2, progress=False)
+    finally:
+        dist.destroy_process_group()
+    said = capsys.readouterr().err.splitlines()
+    assert summary.merged is None and not output.exists() and shard_path(output, 0, 2).is_file()
+    assert said == [
+        f"attnlrp: not merged: 1 of the 2 shards of {output} are not on this machine (e.g. out.jsonl.shard-1-of-2, "
+        f"written on another one); every shard is kept: copy the out.jsonl.shard-*-of-2 files of the other machines "
+        f"into {tmp_path} and run: attnlrp merge {output} --world 2"
+    ]
+    elsewhere.rename(shard_path(output, 1, 2))
+    merge(output, 2)
+    assert output.read_bytes() == alone.read_bytes()
+
+
 @pytest.mark.parametrize("shard", [("0", "2"), (0.5, 2), 2, (1, 2, 3), (True, 2)])
 def test_a_shard_of_the_wrong_kind_is_one_line(shard, tiny_lm, tokenizer, tmp_path):
     # TypeErrors, or a float rank that passed the range check and failed deep in the batch plan

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -237,25 +238,23 @@ def process_group():
         dist.destroy_process_group()
 
 
-def wait_for_all(then: Callable[[], Any]) -> bool:
-    """Wait for every process of the group, run ``then`` on rank 0, and wait again. False where there is no
-    process group to wait for (shards are then merged by hand)."""
+def wait_for_all(then: Callable[[], bool]) -> bool:
+    """Wait for every process of the group, run ``then`` on rank 0, and tell every process what it returned (the
+    broadcast waits for it). False where there is no process group to wait for (shards are then merged by hand)."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
         return False
-    _barrier()
-    if dist.get_rank() == 0:
-        then()
-    _barrier()
-    return True
+    _together(dist.barrier)
+    answer = [then() if dist.get_rank() == 0 else None]
+    _together(lambda: dist.broadcast_object_list(answer, src=0))
+    return bool(answer[0])
 
 
-def _barrier() -> None:
-    import torch.distributed as dist
-
+def _together(collective: Callable[[], Any]) -> None:
+    """Run ``collective`` (a barrier, a broadcast), or one line where another process left the group."""
     try:
-        dist.barrier()
+        collective()
     except RuntimeError as error:  # a process that failed left the group (gloo: "Connection closed by peer")
         raise InputError(
             "Another process of this run stopped (its error is above): this one's results are kept; fix that and run "
@@ -264,6 +263,25 @@ def _barrier() -> None:
 
 
 def finish(output: str | Path, world: int) -> bool:
-    """Wait for every process of the group, then merge on rank 0. False where there is no process group to wait
+    """Wait for every process of the group, then merge on rank 0 where it sees every shard file; True where the
+    shards were merged. Where some shards are not on rank 0's machine (several machines, no shared folder), every
+    shard is kept and one line says how to merge them by hand; False too where there is no process group to wait
     for (the shards are then merged by hand: ``attnlrp merge``)."""
-    return world == 1 or wait_for_all(lambda: merge(output, world))
+    return world == 1 or wait_for_all(lambda: _merge_here(Path(output), world))
+
+
+def _merge_here(output: Path, world: int) -> bool:
+    """Merge the shards of ``output`` where this machine sees all ``world`` of them; else print how to merge them
+    once gathered, and keep them."""
+    missing = [rank for rank in range(world) if not shard_path(output, rank, world).exists()]
+    if missing:
+        print(
+            f"attnlrp: not merged: {len(missing)} of the {world} shards of {output} are not on this machine (e.g. "
+            f"{shard_path(output, missing[0], world).name}, written on another one); every shard is kept: copy the "
+            f"{output.name}.shard-*-of-{world} files of the other machines into {output.parent} and run: attnlrp "
+            f"merge {output} --world {world}",
+            file=sys.stderr,
+        )
+        return False
+    merge(output, world)
+    return True

@@ -6,7 +6,7 @@ import argparse
 
 from ..cli_options import add_model_arguments, html_path
 from ..errors import LatentError
-from ..sharding import current_shard, merge, shard_path, wait_for_all
+from ..sharding import current_shard, finish, shard_path
 from .steer import MAX_NEW_TOKENS
 
 #: Each subcommand's examples (``attnlrp latent SUBCOMMAND --help`` ends with them).
@@ -181,7 +181,7 @@ def run(args: argparse.Namespace, model, tokenizer) -> None:
         )
         atlas.read_outputs().save(folder)
         print(f"{atlas!r}\nsaved {folder}")
-        if world > 1 and wait_for_all(lambda: merge(args.output, world)) and rank == 0:  # rank 0 merged them
+        if world > 1 and finish(args.output, world) and rank == 0:  # rank 0 merged them
             print(f"merged {world} shards into {args.output}")
     elif args.latent_command == "card":
         atlas = FeatureAtlas.load(args.atlas, model, tokenizer, list(saes.values()))
