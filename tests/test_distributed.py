@@ -171,9 +171,49 @@ def test_each_merge_error_names_the_shard_file_and_following_it_merges(tiny_lm, 
         merge(output)
     one.write_text("".join(r + "\n" for r in [head, *results[1:]]), encoding="utf-8")  # a result lost
     lost = json.loads(results[0])["index"]
-    with pytest.raises(InputError, match=rf"no result of line index {lost}\): run the same command again"):
+    with pytest.raises(InputError, match=rf"^Line index {lost} has no result in {one}, the shard that explains it"):
         merge(output)
     shard(1)  # resumes: only the lost result is explained again
+    merge(output)
+    assert output.read_bytes() == alone.read_bytes()
+
+
+def test_a_shard_that_lost_its_last_results_is_named_and_its_rank_resumes_it(tiny_lm, tokenizer, tmp_path):
+    # the merge took 0..n-2 for all there was, and the output lacked the last line's result
+    prompts, output = tmp_path / "p.jsonl", tmp_path / "out.jsonl"
+    prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS), encoding="utf-8")
+    alone = tmp_path / "alone.jsonl"
+    explain_dataset(tiny_lm, tokenizer, prompts, alone, batch_size=2, progress=False)
+    for rank in (0, 1):
+        explain_dataset(tiny_lm, tokenizer, prompts, output, batch_size=2, shard=(rank, 2), progress=False)
+    last = len(PROMPTS) - 1
+    (cut,) = [
+        path
+        for path in (shard_path(output, rank, 2) for rank in (0, 1))
+        if json.loads(path.read_text(encoding="utf-8").splitlines()[-1])["index"] == last
+    ]
+    rank = int(cut.name.split("-")[-3])
+    cut.write_text("".join(t + "\n" for t in cut.read_text(encoding="utf-8").splitlines()[:-1]), encoding="utf-8")
+    with pytest.raises(InputError) as error:
+        merge(output)
+    assert str(error.value) == (
+        f"Line index {last} has no result in {cut}, the shard that explains it (its run stopped before it wrote every "
+        f"result, or the file was cut short): run the same command again as rank {rank} of 2 (RANK={rank} "
+        f"WORLD_SIZE=2 in its environment, or shard=({rank}, 2)); it resumes from the results the file holds."
+    )
+    assert not output.exists()
+    rerun = explain_dataset(tiny_lm, tokenizer, prompts, output, batch_size=2, shard=(rank, 2), progress=False)
+    assert rerun.new == 1
+    merge(output)
+    assert output.read_bytes() == alone.read_bytes()
+
+    # shards of attnlrp 0.2.0, whose headers name neither the input's lines nor their own, still merge
+    for rank in (0, 1):
+        head, *results = shard_path(output, rank, 2).read_text(encoding="utf-8").splitlines()
+        old = json.loads(head)
+        del old["attnlrp_shard"]["lines"], old["attnlrp_shard"]["indices"]
+        shard_path(output, rank, 2).write_text("".join(t + "\n" for t in [json.dumps(old), *results]), "utf-8")
+    output.unlink()
     merge(output)
     assert output.read_bytes() == alone.read_bytes()
 

@@ -256,7 +256,7 @@ def run_file(
             raise RunInterrupted(done, len(own)) from None
         summary.seconds = time.perf_counter() - started
     kept = [_reindexed(stored[lines[i].key], lines[i]) for i in own]
-    _rewrite(path, kept if world == 1 else [sharding.header(rank, world, settings or {}), *kept])
+    _rewrite(path, kept if world == 1 else [sharding.header(rank, world, settings or {}, len(lines), own), *kept])
     if world > 1 and sharding.finish(output, world):
         summary.merged = Path(output)
     summary.kept = len(own) - summary.new

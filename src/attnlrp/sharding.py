@@ -16,6 +16,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -104,9 +105,11 @@ def _without_path(settings: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in settings.items() if k != "model" or "weights" not in settings}
 
 
-def header(rank: int, world: int, settings: dict[str, Any]) -> str:
-    """The first line of a shard file."""
-    return json.dumps({HEADER: {"rank": rank, "world": world, "settings": settings}}, sort_keys=True)
+def header(rank: int, world: int, settings: dict[str, Any], lines: int, indices: Sequence[int]) -> str:
+    """The first line of a shard file: its rank, the world size, the run's settings, the number of lines of the
+    whole input and the line indices this shard explains (so that a merge misses no result)."""
+    head = {"rank": rank, "world": world, "settings": settings, "lines": lines, "indices": list(indices)}
+    return json.dumps({HEADER: head}, sort_keys=True)
 
 
 def read_header(text: str) -> dict | None:
@@ -164,7 +167,7 @@ def merge(output: str | Path, world: int | None = None) -> Path:
 
         return merge_folders(paths, output)
     records: list[tuple[int, str]] = []
-    settings = None
+    settings, owners, count = None, {}, None
     for path in paths:
         rank = _rank_of(path)
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -185,13 +188,23 @@ def merge(output: str | Path, world: int | None = None) -> Path:
                 f"rank {rank} of {world} ({_as_shard(rank, world)}): that shard is explained afresh, and the other "
                 "shards' results are kept."
             )
-        settings = head["settings"]
+        settings, count = head["settings"], head.get("lines")  # the same in every shard (settings: the input's digest)
+        owners.update(dict.fromkeys(head.get("indices", ()), path))
         records += [(json.loads(text)["index"], text) for text in lines[1:] if text.strip()]
     records.sort()
     indices = [index for index, _ in records]
-    if indices != list(range(len(records))):
+    count = len(records) if count is None else count  # the headers of attnlrp 0.2.0 don't say
+    if indices != list(range(count)):
+        lost = _lost(indices, count)
+        if lost in owners:
+            path, rank = owners[lost], _rank_of(owners[lost])
+            raise InputError(
+                f"Line index {lost} has no result in {path}, the shard that explains it (its run stopped before it "
+                f"wrote every result, or the file was cut short): run the same command again as rank {rank} of "
+                f"{world} ({_as_shard(rank, world)}); it resumes from the results the file holds."
+            )
         raise InputError(
-            f"The shards of {output} don't hold one result per input line ({_gap(indices)}): run the same "
+            f"The shards of {output} don't hold one result per input line ({_gap(indices, count)}): run the same "
             f"command again for each rank of {world}; each resumes from the results its shard holds and rewrites "
             "it with one result per line of its share."
         )
@@ -211,10 +224,19 @@ def _as_shard(rank: int | str, world: int) -> str:
     return f"RANK={rank} WORLD_SIZE={world} in its environment, or shard=({rank}, {world})"
 
 
-def _gap(indices: list[int]) -> str:
-    """The first fault of ``indices`` (sorted, not 0, 1, 2, ...): a result missing, or a result twice."""
-    n = next(i for i, index in enumerate(indices) if index != i)
-    return f"no result of line index {n}" if indices[n] > n else f"line index {indices[n]} twice"
+def _lost(indices: list[int], lines: int) -> int | None:
+    """The first line index of 0..lines - 1 that ``indices`` lack, or None where none is lacking."""
+    held = set(indices)
+    return next((i for i in range(lines) if i not in held), None)
+
+
+def _gap(indices: list[int], lines: int) -> str:
+    """The first fault of sorted ``indices`` (not 0, 1, ..., lines - 1): a result missing, twice, or beyond."""
+    lost = _lost(indices, lines)
+    if lost is not None:
+        return f"no result of line index {lost}"
+    twice = next((a for a, b in pairwise(indices) if a == b), None)
+    return f"line index {twice} twice" if twice is not None else f"line index {indices[-1]} of {lines} lines"
 
 
 @contextmanager
