@@ -253,6 +253,20 @@ def test_shards_on_another_machine_are_kept_and_the_merge_by_hand_is_named(
     assert output.read_bytes() == alone.read_bytes()
 
 
+def test_each_process_labels_its_progress_bar_with_its_rank(tiny_lm, tokenizer, tmp_path, monkeypatch):
+    # the bars of two processes in one terminal were both "explaining", one over the other
+    from rich.progress import Progress
+
+    labels = []
+    add_task = Progress.add_task
+    monkeypatch.setattr(Progress, "add_task", lambda bar, text, **kw: labels.append(text) or add_task(bar, text, **kw))
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS), encoding="utf-8")
+    for shard in ((0, 1), (1, 2)):
+        explain_dataset(tiny_lm, tokenizer, prompts, tmp_path / "out.jsonl", batch_size=2, shard=shard)
+    assert labels == ["explaining", "explaining (rank 1/2)"]
+
+
 @pytest.mark.parametrize("shard", [("0", "2"), (0.5, 2), 2, (1, 2, 3), (True, 2)])
 def test_a_shard_of_the_wrong_kind_is_one_line(shard, tiny_lm, tokenizer, tmp_path):
     # TypeErrors, or a float rank that passed the range check and failed deep in the batch plan

@@ -237,7 +237,7 @@ def run_file(
     padded = sum(len(b) * max(lengths[i] for i in b) for b in todo)
     summary.padding = 1 - sum(lengths[i] for b in todo for i in b) / padded if padded else 0.0
     with path.open("a", encoding="utf-8") as out, Progress(disable=not progress or not sys.stderr.isatty()) as bar:
-        task = bar.add_task("explaining", total=len(own), completed=done)
+        task = bar.add_task(sharding.progress_label("explaining", (rank, world)), total=len(own), completed=done)
         started = time.perf_counter()
         try:
             for batch in todo:

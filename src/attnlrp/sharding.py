@@ -70,6 +70,13 @@ def _from_environment(name: str, meaning: str, low: int, high: int | None = None
     return number
 
 
+def progress_label(text: str, shard: tuple[int, int]) -> str:
+    """``text`` for a progress bar, with this process's rank (``"explaining (rank 1/2)"``) where several share the
+    terminal."""
+    rank, world = shard
+    return text if world == 1 else f"{text} (rank {rank}/{world})"
+
+
 def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
     """``shard`` as (rank, world), or an InputError saying what is wrong with it."""
     pair = tuple(shard) if isinstance(shard, (tuple, list)) else ()

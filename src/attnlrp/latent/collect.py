@@ -27,6 +27,7 @@ from torch import nn
 from ..errors import LatentError, TargetError
 from ..frontends import make_task
 from ..methods import get_method
+from ..sharding import progress_label
 from ..tasks.base import dtype_name, model_name
 from ..tasks.model_identity import weight_sample
 from ..tasks.targets import token_id
@@ -192,7 +193,8 @@ def collect(
     position, pending, batches = 0, [], 0
     total = _count(corpus)
     with Progress(disable=not progress) as bar:
-        task_bar = bar.add_task(f"collect {len(chosen)} sites", total=total, completed=atlas.position)
+        label = progress_label(f"collect {len(chosen)} sites", (rank, world))
+        task_bar = bar.add_task(label, total=total, completed=atlas.position)
         for record in read_corpus(corpus):
             _check_target(tokenizer, record.target, f"corpus entry {position}")
             _fingerprint(digest, record)
