@@ -312,20 +312,56 @@ def test_errors_exit_2_with_a_message(run, tmp_path):
     assert foreign.read_text(encoding="utf-8") == '{"name": "something else"}\n', "a foreign file is left alone"
 
 
-def test_an_output_path_that_cant_be_written_is_one_line(tiny_lm, tokenizer, monkeypatch, capsys, tmp_path):
-    # --json /tmp (a folder) ended in an IsADirectoryError traceback
-    monkeypatch.setattr(cli, "_load", lambda args: (tiny_lm, tokenizer))
+def not_loaded(args):
+    raise AssertionError("the model was loaded before the output paths were checked")
+
+
+def test_an_output_path_that_cant_be_written_is_one_line_before_the_model_loads(monkeypatch, capsys, tmp_path):
+    # --json /tmp (a folder) ended in an IsADirectoryError traceback, after the explanation was computed
+    monkeypatch.setattr(cli, "_load", not_loaded)
     a_file = tmp_path / "a.txt"
     a_file.write_text("", encoding="utf-8")
     folder = tmp_path / "page.html"
     folder.mkdir()
-    for option, path, says in [
-        ("--json", tmp_path, f"{tmp_path} is a folder: give the path of a file in it."),
-        ("--html", folder, f"{folder} is a folder: give the path of a file in it."),
-        ("--json", a_file / "e.json", f"{a_file} is a file where the output path needs a folder: give another path."),
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('"fine"\n', encoding="utf-8")
+    for argv, says in [
+        (["explain", PROMPT, "--json", str(tmp_path)], f"e.g. {tmp_path / 'explanation.json'}."),
+        (["explain", PROMPT, "--html", str(folder)], f"e.g. {folder / 'explanation.html'}."),
+        (["explain", "--input", str(prompts), "--output", str(tmp_path)], f"e.g. {tmp_path / 'results.jsonl'}."),
+        (["generate", PROMPT, "--json", str(tmp_path)], f"e.g. {tmp_path / 'generation.json'}."),
+        (["evaluate", "--suite", "facts", "--output", str(tmp_path)], f"e.g. {tmp_path / 'results.json'}."),
+        (["latent", "card", "--atlas", "a", "--unit", "m:1", "--html", str(folder)], f"e.g. {folder / 'card.html'}."),
     ]:
-        assert cli.main(["explain", PROMPT, option, str(path)]) == 2
-        assert capsys.readouterr().err == f"attnlrp: error: {says}\n"
+        assert cli.main(argv) == 2, argv
+        assert (
+            capsys.readouterr().err
+            == f"attnlrp: error: The output {argv[-1]} is a folder: give a file name in it, {says}\n"
+        )
+    assert cli.main(["explain", PROMPT, "--json", str(a_file / "e.json")]) == 2
+    says = f"{a_file} is a file where the output path needs a folder: give another path."
+    assert capsys.readouterr().err == f"attnlrp: error: {says}\n"
+
+
+def test_the_folder_of_an_output_path_is_made_before_the_model_loads(monkeypatch, capsys, tmp_path):
+    def no_model(args):
+        raise FileNotFoundError("no model")
+
+    monkeypatch.setattr(cli, "_load", no_model)
+    page = tmp_path / "new" / "deeper" / "e.html"
+    assert cli.main(["explain", PROMPT, "--html", str(page)]) == 2
+    assert capsys.readouterr().err == "attnlrp: error: no model\n"
+    assert page.parent.is_dir() and not page.exists(), "the folder is made, the page is written after the work"
+
+
+def test_an_output_folder_that_cant_be_written_is_refused_before_the_model_loads(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(cli, "_load", not_loaded)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.access(locked, os.W_OK):
+        pytest.skip("this user (root) may write to a read-only folder")
+    assert cli.main(["explain", PROMPT, "--json", str(locked / "e.json")]) == 2
+    assert capsys.readouterr().err == f"attnlrp: error: {locked}: permission denied: give a path you may write to.\n"
 
 
 def test_other_path_errors_name_the_path():

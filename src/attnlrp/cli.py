@@ -547,8 +547,31 @@ def _path_error(error: OSError) -> str:
     return f"Can't use {error.filename}: {error.strerror}; give another path."
 
 
+#: The files each command writes, by option, with a file name to suggest where a folder is given
+_WRITES = {
+    "explain": {"json": "explanation.json", "html": "explanation.html", "output": "results.jsonl"},
+    "generate": {"json": "generation.json", "html": "generation.html"},
+    "evaluate": {"output": "results.json"},
+    "latent card": {"html": "card.html"},
+    "latent browse": {"html": "atlas.html"},
+}
+
+
+def _check_outputs(args) -> None:
+    """Each file the command will write checked (not a folder, writable) and its folder made, before the model
+    loads: a bad path is found before minutes of work, not after them."""
+    from .dataset import prepare_output
+
+    command = f"{args.command} {args.latent_command}" if args.command == "latent" else args.command
+    for option, example in _WRITES.get(command, {}).items():
+        if getattr(args, option) is not None:
+            prepare_output(getattr(args, option), example)
+
+
 def _run(args) -> int:
-    """Load the model and run the command (inside the launcher's process group, where there is one)."""
+    """Check the output paths, load the model and run the command (inside the launcher's process group, where
+    there is one)."""
+    _check_outputs(args)
     browsing = args.command == "latent" and args.latent_command == "browse"  # reads an atlas, needs no model
     model, tokenizer = (None, None) if browsing else _load(args)
     run = {"generate": _generate, "audit": _audit, "evaluate": _evaluate, "latent": _latent}.get(

@@ -17,6 +17,7 @@ most the batch in flight; the next run resumes from there.
 from __future__ import annotations
 
 import difflib
+import errno
 import hashlib
 import json
 import os
@@ -263,13 +264,17 @@ def run_file(
     return summary
 
 
-def prepare_output(output: str | Path) -> Path:
+def prepare_output(output: str | Path, example: str = "out.jsonl") -> Path:
     """``output`` as a path whose folder exists (made here), checked before any work: a folder given as the output
-    file is an InputError."""
+    file is an InputError (suggesting ``example``, a file name in it), a file or folder that can't be written a
+    PermissionError."""
     output = Path(output)
     if output.is_dir():
-        raise InputError(f"The output {output} is a folder: give a file name in it, e.g. {output / 'out.jsonl'}.")
+        raise InputError(f"The output {output} is a folder: give a file name in it, e.g. {output / example}.")
     output.parent.mkdir(parents=True, exist_ok=True)
+    written = output if output.exists() else output.parent
+    if not os.access(written, os.W_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(written))
     return output
 
 
