@@ -86,6 +86,21 @@ def test_explain_target_contrast_and_method(run, tmp_path):
     assert mean.target == " London vs mean" and mean.method == "attnlrp"
 
 
+def test_explain_log_prob_of_the_target_or_the_top_token(run, tmp_path):
+    # attnlrp.LogProb had no command-line option: the log-probability was explained from Python only
+    code, _, err = run(
+        "explain", PROMPT, "--target", " Rome", "--log-prob", "--no-color", "--json", str(tmp_path / "r.json")
+    )
+    assert code == 0, err
+    rome = Explanation.load(tmp_path / "r.json")
+    assert rome.target == "log p( Rome)" and rome.explained == {"kind": "log_prob", "token": rome.target_id}
+    assert rome.value == pytest.approx(np.log(rome.prob), abs=1e-5)
+    code, _, err = run("explain", PROMPT, "--log-prob", "--no-color", "--json", str(tmp_path / "top.json"))
+    assert code == 0, err
+    top = Explanation.load(tmp_path / "top.json")
+    assert top.target == "log p( Paris)" and rome.value < top.value < 0
+
+
 def test_explain_answer_with_words(run, tmp_path):
     code, out, err = run(
         "explain",

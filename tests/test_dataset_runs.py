@@ -295,6 +295,29 @@ def test_a_line_says_its_target_by_id(tiny_lm, tokenizer, tmp_path):
         explain_dataset(tiny_lm, tokenizer, prompts, tmp_path / "float.jsonl", progress=False)
 
 
+def test_a_line_explains_the_log_probability_of_its_target(tiny_lm, tokenizer, tmp_path):
+    from attnlrp.dataset import explain_dataset
+
+    prompts, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    _write(prompts, [{"prompt": "a b", "target_id": 42, "log_prob": True}, {"prompt": "c d", "log_prob": False}])
+    explain_dataset(tiny_lm, tokenizer, prompts, output, progress=False)
+    first, second = (Explanation.from_dict(r) for r in _records(output))
+    by_api = attnlrp.explain(tiny_lm, tokenizer, "a b", target=attnlrp.LogProb(42))
+    assert first.explained == {"kind": "log_prob", "token": 42} and first.value == pytest.approx(by_api.value)
+    assert second.explained["kind"] == "token", "false: the logit, as without the field"
+    for line, says in [
+        ({"prompt": "a b", "log_prob": "yes"}, "\"log_prob\" is true or false, not 'yes'."),
+        (
+            {"prompt": "a b", "log_prob": True, "contrast": " x"},
+            '"log_prob" explains one token\'s (or label\'s) log-probability, and "contrast" another',
+        ),
+    ]:
+        _write(prompts, [line])
+        with pytest.raises(attnlrp.InputError) as info:
+            explain_dataset(tiny_lm, tokenizer, prompts, tmp_path / "bad.jsonl", progress=False)
+        assert str(info.value).startswith(f"{prompts}:1: {says}")
+
+
 def test_a_rerun_with_other_method_options_or_another_input_is_refused(tiny_lm, tokenizer, tmp_path):
     from attnlrp.dataset import explain_dataset
     from attnlrp.methods import IntegratedGradients

@@ -675,6 +675,17 @@ def test_the_command_line_chooses_the_pooling_and_similarity(wordpiece, monkeypa
     assert "--pooling with --input: a dataset run explains with the model's own pooling" in capsys.readouterr().err
 
 
+def test_the_command_line_explains_a_labels_log_probability(wordpiece, monkeypatch, capsys, tmp_path):
+    model = tiny("bert", AutoModelForSequenceClassification, wordpiece)
+    monkeypatch.setattr(cli, "_load", lambda args: (model, wordpiece))
+    argv = ["explain", TEXTS[0], "--label", "1", "--log-prob", "--json", str(tmp_path / "e.json")]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    saved = attnlrp.Explanation.load(tmp_path / "e.json")
+    by_api = attnlrp.explain(model, wordpiece, TEXTS[0], target=attnlrp.LogProb(1))
+    assert saved.target == by_api.target and saved.target.startswith("log p(")
+    assert saved.value == pytest.approx(by_api.value) and saved.value < 0
+
+
 def test_an_input_line_with_a_field_its_task_does_not_take_is_refused_by_the_fields_name(wordpiece, tmp_path):
     # it reached the Python API: "Unsupported target TokenLabel(at='Ada', ...) ... pass None"
     model = tiny("bert", AutoModelForSequenceClassification, wordpiece)

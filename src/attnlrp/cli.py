@@ -26,6 +26,7 @@ EXPLAIN_EXAMPLES = """examples:
   attnlrp explain "The capital of France is" --target " Paris" --contrast " Rome" --words --html out.html
   attnlrp explain "Where is the Eiffel Tower?" --chat --system "Answer briefly." --answer "In Paris."
   attnlrp explain "The capital of France is" --method input_x_gradient --dtype bfloat16
+  attnlrp explain "The capital of France is" --target " Paris" --log-prob
   attnlrp explain "I loved this film" --model path/to/classifier --label positive
   attnlrp explain "A man plays guitar." --model path/to/nli-model --pair "Someone makes music."
   attnlrp explain "Ada Lovelace lived in London" --model path/to/ner-model --at London
@@ -33,9 +34,10 @@ EXPLAIN_EXAMPLES = """examples:
   attnlrp explain --input prompts.jsonl --output results.jsonl     (resumes if interrupted)
 
 Each line of --input is a prompt string or an object with "prompt" and any of "target", "target_id" (a
-token or label id), "contrast", "answer", "label", "pair", "at" (a word as a string, "1990" too; a token
-position as a number), "image" (a path), "system", "chat" (true: the prompt as a user message) and "id";
-other fields are copied to the output line (one that looks like a misspelt field, "traget", is refused).
+token or label id), "contrast", "answer", "log_prob" (true: as --log-prob), "label", "pair", "at" (a word
+as a string, "1990" too; a token position as a number), "image" (a path), "system", "chat" (true: the
+prompt as a user message) and "id"; other fields are copied to the output line (one that looks like a
+misspelt field, "traget", is refused).
 Results are matched to input lines by content and id, so a rerun after editing, deleting or reordering lines
 recomputes only what changed and writes the input's order.
 """
@@ -128,6 +130,11 @@ def _parser() -> argparse.ArgumentParser:
     what = ex.add_mutually_exclusive_group()
     what.add_argument("--contrast", help="explain target minus this token's (or label's) logit; 'mean' for the mean")
     what.add_argument("--answer", help="explain this whole answer, teacher-forced after the prompt (not with --target)")
+    what.add_argument(
+        "--log-prob",
+        action="store_true",
+        help="explain the log-probability of --target, --target-id or --label (default: the top one), not its logit",
+    )
     ex.add_argument("--label", help="classifiers: the label to explain (default: the predicted one)")
     ex.add_argument("--pair", help="classifiers and sentence similarity: the second text (NLI hypothesis, ...)")
     ex.add_argument(
@@ -397,6 +404,7 @@ _ONE_PROMPT = (
     "target_id",
     "contrast",
     "answer",
+    "log_prob",
     "label",
     "pair",
     "pooling",

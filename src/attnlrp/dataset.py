@@ -1,8 +1,8 @@
 """Dataset runs: explain every line of a JSONL file into an output JSONL file, resumably.
 
 Each input line is a string (the prompt) or an object with a ``"prompt"`` and, optionally, ``"target"``,
-``"target_id"``, ``"contrast"``, ``"answer"``, ``"pair"``, ``"label"``, ``"at"`` (a word as a string, or a token
-position as a number), ``"image"`` (a path, for vision-language models and CLIP), ``"system"``, ``"chat"`` and
+``"target_id"``, ``"contrast"``, ``"answer"``, ``"log_prob"`` (true: the target's log-probability, not its logit),
+``"pair"``, ``"label"``, ``"at"`` (a word as a string, or a token position as a number), ``"image"`` (a path, for vision-language models and CLIP), ``"system"``, ``"chat"`` and
 ``"id"``; any other field is carried along (one that looks like a misspelt field, ``"traget"``, is refused).
 Each output line holds the line's key, its position, its ``"id"``, the model's ``"dtype"``, its input fields
 (under ``"input"``) and the explanation (``Explanation.from_dict`` reads it). An error names the line it comes
@@ -38,7 +38,21 @@ if TYPE_CHECKING:
     from .tasks.base import Task
 
 #: Input fields that say what to explain; the others are carried along.
-FIELDS = ("prompt", "target", "target_id", "contrast", "answer", "pair", "label", "at", "image", "system", "chat", "id")
+FIELDS = (
+    "prompt",
+    "target",
+    "target_id",
+    "contrast",
+    "answer",
+    "log_prob",
+    "pair",
+    "label",
+    "at",
+    "image",
+    "system",
+    "chat",
+    "id",
+)
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -395,7 +409,19 @@ def chat_messages(prompt: Any, system: str | None, chat: bool) -> Any:
 
 
 #: The options (an input line's fields) saying what to explain; each task's ``fields`` say those it takes
-WHAT_TO_EXPLAIN = ("target", "target_id", "contrast", "answer", "label", "pair", "at", "image", "chat", "system")
+WHAT_TO_EXPLAIN = (
+    "target",
+    "target_id",
+    "contrast",
+    "answer",
+    "label",
+    "log_prob",
+    "pair",
+    "at",
+    "image",
+    "chat",
+    "system",
+)
 
 
 def spec_job(
@@ -426,9 +452,18 @@ def spec_job(
         raise InputError("Give --target (a next token) or --label (a classifier's label), not both.")
     if spec.get("answer") is not None and (spec.get("target") is not None or spec.get("contrast") is not None):
         raise InputError("An answer is the whole target: give --answer without --target or --contrast.")
-    if not isinstance(spec.get("chat", False), bool):
-        raise InputError(f'"chat" is true or false, not {spec["chat"]!r}.')
+    for flag in ("chat", "log_prob"):
+        if not isinstance(spec.get(flag, False), bool):
+            raise InputError(f"{name(flag)} is true or false, not {spec[flag]!r}.")
     target = spec.get("label") if spec.get("label") is not None else spec.get("target")
+    if spec.get("log_prob"):
+        clash = [n for n in ("contrast", "answer") if spec.get(n) is not None]
+        if clash:
+            raise InputError(
+                f"{name('log_prob')} explains one token's (or label's) log-probability, and {name(clash[0])} another "
+                "scalar: give one of them."
+            )
+        target = attnlrp.LogProb(target)
     if spec.get("at") is not None:  # a string is a word ("1990" too), a whole number a token position
         at = spec["at"]
         if isinstance(at, bool) or not isinstance(at, (str, int)):

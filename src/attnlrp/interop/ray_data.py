@@ -124,7 +124,7 @@ def explain_ray(
     load_options: dict[str, Any] | None = None,
 ):
     """Explain every row of the Ray Dataset ``dataset`` (a ``"prompt"`` column, and optionally ``"target"``,
-    ``"target_id"``, ``"contrast"``, ``"answer"``, ``"pair"``, ``"label"``, ``"at"``, ``"system"``, ``"chat"``,
+    ``"target_id"``, ``"contrast"``, ``"answer"``, ``"log_prob"``, ``"pair"``, ``"label"``, ``"at"``, ``"system"``, ``"chat"``,
     ``"id"``; other columns are carried along) with the model ``model`` (anything ``attnlrp.load_model`` takes: a
     folder, a .gguf file, a zoo name; None: the bundled model), on ``concurrency`` actors with ``num_cpus`` CPUs
     (Ray gives an actor as many threads) and ``num_gpus`` GPUs each; ``load_options`` go to

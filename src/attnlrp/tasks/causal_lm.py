@@ -136,7 +136,7 @@ class CausalLM(Task):
     name = "causal-lm"
     description = "the next token or an answer of a decoder-only LM (…ForCausalLM, …LMHeadModel)"
     options = ("padding_side",)
-    fields = ("target", "target_id", "contrast", "answer", "chat", "system")
+    fields = ("target", "target_id", "log_prob", "contrast", "answer", "chat", "system")
 
     @classmethod
     def accepts(cls, model: nn.Module) -> bool:

@@ -149,7 +149,7 @@ class SequenceClassification(Task):
     labelled = True
     description = "one label (or a score) for a text or a text pair (…ForSequenceClassification)"
     options = ("pair",)
-    fields = ("target", "target_id", "contrast", "label", "pair")
+    fields = ("target", "target_id", "log_prob", "contrast", "label", "pair")
     per_token: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, tokenizer, pair: Any = None):
@@ -235,7 +235,7 @@ class TokenClassification(SequenceClassification):
     labelled = True
     description = "the label of one token, e.g. NER (…ForTokenClassification)"
     options = ()
-    fields = ("target", "target_id", "label", "at")
+    fields = ("target", "target_id", "log_prob", "label", "at")
     per_token = True
 
     @classmethod

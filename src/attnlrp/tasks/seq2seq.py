@@ -224,7 +224,7 @@ class Seq2Seq(Task):
     name = "seq2seq"
     description = "the next token or an answer of an encoder-decoder (T5, BART, Marian; Whisper over its audio)"
     options = ("sampling_rate",)
-    fields = ("target", "target_id", "contrast", "answer", "chat", "system")
+    fields = ("target", "target_id", "log_prob", "contrast", "answer", "chat", "system")
 
     @classmethod
     def accepts(cls, model: nn.Module) -> bool:

@@ -239,7 +239,7 @@ class VisionLanguage(CausalLM):
     name = "vision-language"
     description = "a next token or an answer of a vision-language model over image and text (LLaVA, Qwen2-VL, ...)"
     options = ("images",)
-    fields = ("target", "target_id", "contrast", "answer", "image", "chat", "system")
+    fields = ("target", "target_id", "log_prob", "contrast", "answer", "image", "chat", "system")
 
     @classmethod
     def accepts(cls, model: nn.Module) -> bool:
