@@ -391,7 +391,10 @@ def test_other_path_errors_name_the_path():
 def test_usage_errors_exit_2(capsys):
     for argv, says in [
         (["explain"], "explain needs a prompt"),
-        (["explain", "x", "--method", "nope"], "invalid choice"),
+        (["explain", "x", "--method", "nope"], "argument --method: Unknown LRP method 'nope': choose one of"),
+        (["explain", "x", "--method", "integrated_gradients(steps=0)"], "needs at least one step, not 0."),
+        (["generate", "x", "--method", "random(steps=2)"], "steps is for the methods ('integrated_gradients')"),
+        (["audit", "--method", "integrated_gradients"], "invalid choice"),
         (["frobnicate"], "invalid choice"),
         (["generate", "x", "--max-new-tokens", "many"], "invalid int"),
         (["explain", "x", "--top", "-3"], "a number of tokens, 0 or more, not '-3'"),

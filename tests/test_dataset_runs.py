@@ -335,6 +335,30 @@ def test_a_rerun_with_other_method_options_or_another_input_is_refused(tiny_lm, 
     assert len(_records(output)) == 2
 
 
+def test_method_options_on_the_command_line_are_the_labels_results_record(run, tiny_lm, tokenizer, tmp_path):
+    # --method took a name only: integrated_gradients ran with its 32 steps, whatever the run needed
+    from attnlrp.methods import IntegratedGradients
+
+    code, _, err = run(
+        "explain", "a b c", "--method", "integrated_gradients(steps=3)", "--json", str(tmp_path / "e.json")
+    )
+    assert code == 0, err
+    by_api = attnlrp.explain(tiny_lm, tokenizer, "a b c", method=IntegratedGradients(steps=3))
+    np.testing.assert_allclose(Explanation.load(tmp_path / "e.json").scores, by_api.scores, rtol=1e-6)
+    prompts, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    _write(prompts, ["a b", "c d"])
+    assert (
+        run("explain", "--input", str(prompts), "--output", str(output), "--method", "integrated_gradients(steps=3)")[0]
+        == 0
+    )
+    assert {r["method_label"] for r in _records(output)} == {"integrated_gradients(steps=3)"}
+    code, _, err = run("explain", "--input", str(prompts), "--output", str(output), "--method", "integrated_gradients")
+    assert (
+        code == 2
+        and "another run (method 'integrated_gradients(steps=3)'; this run's is 'integrated_gradients')" in err
+    )
+
+
 def test_a_rerun_in_another_dtype_is_refused_not_mixed_in(tiny_lm, tokenizer, tmp_path):
     from attnlrp.dataset import explain_dataset
 

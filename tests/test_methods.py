@@ -50,6 +50,23 @@ def test_names_are_normalised_in_one_place():
     assert method_key("Attn_LRP") == method_key("attnlrp")
 
 
+def test_a_methods_label_reads_back_as_the_same_method():
+    from attnlrp.methods import AttnLRP, IntegratedGradients, Random
+
+    for method in (IntegratedGradients(steps=8), Random(seed=3), AttnLRP(gradient_checkpointing=True), Random()):
+        assert get_method(method.label) == method, method.label
+    assert get_method(" Integrated-Gradients ( steps = 8 ) ") == IntegratedGradients(steps=8)
+    for label, says in [
+        ("integrated_gradients(8)", "doesn't read as a method with options: write them as name=value"),
+        ("integrated_gradients(steps=n)", "doesn't read as a method with options"),
+        ("occlusion(steps=8)", r"steps is for the methods \('integrated_gradients'\)"),
+    ]:
+        with pytest.raises(attnlrp.MethodError, match=says):
+            get_method(label)
+    with pytest.raises(attnlrp.MethodError, match="gradient_checkpointing is given twice"):
+        get_method("attnlrp(gradient_checkpointing=False)", gradient_checkpointing=True)
+
+
 def test_options_go_to_the_methods_that_take_them():
     assert get_method("attnlrp", gradient_checkpointing=True).gradient_checkpointing
     with pytest.raises(attnlrp.MethodError, match=r"layer_rules is for the LRP methods \('attnlrp', 'cp-lrp'\)"):
@@ -68,7 +85,7 @@ def test_cli_method_choices_come_from_the_registry(capsys):
         assert name in text and description.split(":")[0] in text
     with pytest.raises(SystemExit):
         cli.main(["explain", "Hi", "--method", "shap"])
-    assert "invalid choice: 'shap'" in capsys.readouterr().err
+    assert "argument --method: Unknown LRP method 'shap': choose one of 'attnlrp'" in capsys.readouterr().err
 
 
 def test_a_new_method_is_one_registered_class(tiny_lm, tokenizer):

@@ -26,6 +26,7 @@ EXPLAIN_EXAMPLES = """examples:
   attnlrp explain "The capital of France is" --target " Paris" --contrast " Rome" --words --html out.html
   attnlrp explain "Where is the Eiffel Tower?" --chat --system "Answer briefly." --answer "In Paris."
   attnlrp explain "The capital of France is" --method input_x_gradient --dtype bfloat16
+  attnlrp explain "The capital of France is" --method "integrated_gradients(steps=64)"
   attnlrp explain "The capital of France is" --target " Paris" --log-prob
   attnlrp explain "I loved this film" --model path/to/classifier --label positive
   attnlrp explain "A man plays guitar." --model path/to/nli-model --pair "Someone makes music."
@@ -67,6 +68,17 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def _method_option(text: str) -> str:
+    """A --method: a method's name, with options as its label writes them ("integrated_gradients(steps=64)")."""
+    from .methods import get_method
+
+    try:
+        get_method(text)
+    except (TypeError, ValueError) as error:  # an unknown method or option, or a value the method refuses
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="attnlrp",
@@ -97,16 +109,19 @@ def _parser() -> argparse.ArgumentParser:
 
     def common(
         p: argparse.ArgumentParser,
-        choices=tuple(methods),
+        choices: Sequence[str] | None = None,
         default="attnlrp; cp-lrp for image classifiers, as in explain_image",
     ) -> None:
+        """The model's options, --method (any method with its options, or one of ``choices``) and --no-color."""
         add_model_arguments(p)
         p.add_argument(
             "--method",
             choices=choices,
+            type=None if choices else _method_option,
             metavar="METHOD",
             help=f"the attribution method (default: {default}); one of: "
-            + "; ".join(f"{name}: {methods[name]}" for name in choices),
+            + "; ".join(f"{name}: {methods[name]}" for name in choices or methods)
+            + ("" if choices else '; options in parentheses, as in Python: "integrated_gradients(steps=64)"'),
         )
         p.add_argument("--no-color", action="store_true", help="plain text output, no colours")
 

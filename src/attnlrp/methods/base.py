@@ -7,6 +7,8 @@ under their ``name`` when they are defined; ``get_method`` is the one place that
 
 from __future__ import annotations
 
+import ast
+import re
 from dataclasses import fields, is_dataclass
 from typing import Any, ClassVar
 
@@ -82,7 +84,8 @@ def available_methods() -> dict[str, str]:
 
 
 def get_method(method: str | Method, **options: Any) -> Method:
-    """The method a name stands for, configured with ``options`` (a Method instance is taken as it is).
+    """The method a name stands for, configured with ``options`` (a Method instance is taken as it is). A name
+    may carry options as its ``label`` writes them, ``"integrated_gradients(steps=64)"``.
 
     Options a method doesn't take are an error that names the methods that do.
     """
@@ -92,6 +95,11 @@ def get_method(method: str | Method, **options: Any) -> Method:
                 f"Options {sorted(options)} can't be applied to a configured {method!r}; give them to its constructor."
             )
         return method
+    method, written = _read_label(method)
+    twice = sorted(set(written) & set(options))
+    if twice:
+        raise MethodError(f"{', '.join(twice)} is given twice, in the method's name and as an option: give it once.")
+    options = {**written, **options}
     cls = REGISTRY.get(method_key(method))
     if cls is None:
         lrp = [c.name for c in REGISTRY.values() if c.is_lrp]
@@ -108,6 +116,30 @@ def get_method(method: str | Method, **options: Any) -> Method:
         )
         raise MethodError(f"{', '.join(unknown)} is for {which}; the {cls.name!r} method runs without it.")
     return cls(**options)
+
+
+#: A label with options: a name, then ``name=value`` pairs in parentheses
+_LABEL = re.compile(r"([^()]*)\((.*)\)", re.S)
+
+
+def _read_label(text: str) -> tuple[str, dict[str, Any]]:
+    """A method's name and options from a ``label``, ``"integrated_gradients(steps=64)"`` (values are literals);
+    a name without parentheses has no options."""
+    found = _LABEL.fullmatch(str(text).strip())
+    if found is None:
+        return text, {}
+    name, written = found.groups()
+    try:
+        call = ast.parse(f"f({written})", mode="eval").body
+        options = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords} if isinstance(call, ast.Call) else {}
+    except (SyntaxError, ValueError):
+        call = None
+    if not isinstance(call, ast.Call) or call.args or None in options:
+        raise MethodError(
+            f"{text!r} doesn't read as a method with options: write them as name=value with literal values, "
+            "e.g. integrated_gradients(steps=64)."
+        )
+    return name.strip(), options
 
 
 def _options(cls: type[Method]) -> set[str]:
