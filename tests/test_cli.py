@@ -391,6 +391,7 @@ def test_other_path_errors_name_the_path():
 def test_usage_errors_exit_2(capsys):
     for argv, says in [
         (["explain"], "explain needs a prompt"),
+        (["explain", "x", "--output", "x.jsonl"], "--output is the results file of --input prompts.jsonl; one prompt"),
         (["explain", "x", "--method", "nope"], "argument --method: Unknown LRP method 'nope': choose one of"),
         (["explain", "x", "--method", "integrated_gradients(steps=0)"], "needs at least one step, not 0."),
         (["generate", "x", "--method", "random(steps=2)"], "steps is for the methods ('integrated_gradients')"),

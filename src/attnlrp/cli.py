@@ -537,6 +537,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "explain" and not (args.prompt or args.input or args.image):
         parser.error("explain needs a prompt, or --input prompts.jsonl --output results.jsonl")
+    if args.command == "explain" and args.output and not args.input:
+        parser.error("--output is the results file of --input prompts.jsonl; one prompt's go to --json or --html")
     from .errors import AttnLRPError
     from .sharding import merge, process_group
 
