@@ -414,3 +414,23 @@ def test_a_line_added_before_a_rerun_moves_results_between_shards_without_callin
     alone = tmp_path / "alone.jsonl"
     explain_dataset(tiny_lm, tokenizer, prompts, alone, batch_size=2, progress=False)
     assert output.read_bytes() == alone.read_bytes()
+
+
+@pytest.mark.real
+def test_evaluate_under_torchrun_splits_the_items_and_rank_0_summarises(tmp_path):
+    # attnlrp evaluate under a launcher was refused; the bundled model gets facts right, as a suite needs
+    common = ("evaluate", "--suite", "facts", "--limit", "20", "--methods", "random,gradient", "--quiet")
+    single = _attnlrp(*common, "--output", str(tmp_path / "one" / "e.json"))
+    assert single.returncode == 0, single.stderr
+    multi = _attnlrp(*common, "--output", str(tmp_path / "e.json"), launcher=_torchrun())
+    assert multi.returncode == 0, multi.stderr
+    assert multi.stdout.count("facts: 20 items kept") == 1, "rank 0 alone prints the table"
+    assert (tmp_path / "e.html").is_file() and (tmp_path / "e.json").is_file()
+    shards = [(tmp_path / f"e.jsonl.shard-{rank}-of-2").read_text().splitlines()[1:] for rank in range(2)]
+    assert shards[0] and shards[1] and len(shards[0]) + len(shards[1]) == 2 * 20, "each took a share, none twice"
+
+    def metrics(path):
+        results = json.loads(path.read_text())
+        return {name: {k: v for k, v in m.items() if k != "seconds"} for name, m in results["metrics"].items()}
+
+    assert metrics(tmp_path / "e.json") == metrics(tmp_path / "one" / "e.json")

@@ -4,6 +4,7 @@ AttnLRP must beat the random baseline."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 import attnlrp
 from attnlrp import cli
 from attnlrp.evaluate import metrics, perturbation_curves, runner, score_items, suites
-from attnlrp.evaluate.suites import kept_items
+from attnlrp.evaluate.suites import candidates, kept_items
 from attnlrp.methods import REGISTRY, IntegratedGradients, Random, method_names
 from attnlrp.tasks.causal_lm import prepare_batch
 
@@ -486,14 +487,38 @@ def test_attnlrp_beats_random_on_abpc(smollm):
     assert means["attnlrp"] > means["random"] + 2.0, f"ABPC {means}"
 
 
-def test_evaluate_under_a_launcher_is_refused_in_one_line(tiny_lm, tokenizer, monkeypatch, capsys, tmp_path):
-    # every process ran every item and wrote the same journal: 81 lines where 41 belong
-    monkeypatch.setattr(cli, "_load", lambda args: (tiny_lm, tokenizer))
-    monkeypatch.setenv("RANK", "1")
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert cli.main(["evaluate", "--suite", "facts", "--output", str(tmp_path / "e.json"), "--quiet"]) == 2
-    assert "attnlrp evaluate runs in one process" in capsys.readouterr().err
-    assert not list(tmp_path.iterdir())
+def _without_times(results: dict) -> dict:
+    """The results less what the clock gives (seconds per item, the run's elapsed time)."""
+
+    def untimed(by_method: dict) -> dict:
+        return {name: {k: v for k, v in m.items() if k != "seconds"} for name, m in by_method.items()}
+
+    groups = {group: untimed(by_method) for group, by_method in results["groups"].items()}
+    return {
+        **{k: v for k, v in results.items() if k != "elapsed_s"},
+        "metrics": untimed(results["metrics"]),
+        "groups": groups,
+    }
+
+
+def test_shards_split_the_work_and_one_process_summarises_them(tiny_lm, tokenizer, tmp_path, monkeypatch):
+    # evaluate under a launcher was refused: every process would have run every item into one journal
+    def first_items(model, tokenizer, suite, limit, seed, lengths, centered):  # right or not: a random model
+        return list(itertools.islice(candidates(suite, tokenizer, seed, lengths, centered), limit)), limit
+
+    monkeypatch.setattr(runner, "kept_items", first_items)
+    options = {"suite": "facts", "methods": ["random", "gradient"], "limit": 40, "progress": False}
+    alone = runner.run_suite(tiny_lm, tokenizer, output=tmp_path / "alone" / "e.json", **options)
+    for rank in range(2):  # no process group: each writes its journal, and none summarises
+        assert runner.run_suite(tiny_lm, tokenizer, output=tmp_path / "e.json", shard=(rank, 2), **options) is None
+    shards = [runner.read_journal(tmp_path / f"e.jsonl.shard-{r}-of-2", alone["settings"])[0] for r in range(2)]
+    assert shards[0] and shards[1] and not shards[0].keys() & shards[1].keys()
+    assert len(shards[0]) + len(shards[1]) == 2 * alone["kept"] and not (tmp_path / "e.json").exists()
+    # one process resumes from the shards, explains nothing and summarises them as a run alone does
+    monkeypatch.setattr(runner, "score_items", lambda *a, **k: pytest.fail("explained again"))
+    gathered = runner.run_suite(tiny_lm, tokenizer, output=tmp_path / "e.json", **options)
+    assert _without_times(gathered) == _without_times(alone)
+    assert json.loads((tmp_path / "e.json").read_text())["kept"] == alone["kept"]
 
 
 def test_a_model_that_gets_no_item_right_is_refused_after_a_bounded_search(tiny_lm, tokenizer, tmp_path):

@@ -6,9 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..cli_options import add_model_arguments
-from ..errors import InputError
 from ..methods import get_method, method_names
-from ..sharding import current_shard
 from .perturbation import MODES
 from .report import COLUMNS, headline, write_report
 from .runner import run_suite
@@ -104,12 +102,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, model, tokenizer) -> None:
-    """Run the suite, write the results and report, and print the headline table."""
-    if current_shard()[1] > 1:  # every process would run every item and write the same files
-        raise InputError(
-            "attnlrp evaluate runs in one process: its items are not split across a launcher's processes. Run it "
-            "without torchrun or accelerate launch."
-        )
+    """Run the suite (this process's share under a launcher), write the results and report, and print the headline
+    table (rank 0, once every process is done)."""
     output = args.output
     results = run_suite(
         model,
@@ -126,6 +120,8 @@ def run(args: argparse.Namespace, model, tokenizer) -> None:
         centered=not args.raw_logit,
         progress=not args.quiet,
     )
+    if results is None:  # another process summarises, or the shards are gathered by hand (the runner said how)
+        return
     written = write_report(results, output.with_suffix(".html"))
     keys = headline(results)
     print(f"{args.suite}: {results['kept']} items kept of {results['tried']} tried; mean [95% bootstrap interval]")

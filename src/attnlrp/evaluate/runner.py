@@ -2,12 +2,19 @@
 
 The journal (``<output>.jsonl`` beside ``<output>.json``) holds one line per (item, method); a rerun with
 the same settings skips what it already holds, so an interrupted run resumes where it stopped.
+
+Under a launcher (torchrun, accelerate launch) or with ``shard=(rank, world)``, each process takes its share of
+the (batch, method) pairs (``sharding.assign``) and writes its own journal, ``<output>.jsonl.shard-<rank>-of-
+<world>``; rank 0 summarises them all once every process is done. A run summarises every journal of its output it
+finds (its own and the shards'), so a run in one process resumes from shards and summarises them: the way to
+gather shards written without a process group, or on machines without a shared folder.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -20,6 +27,7 @@ from ..errors import InputError
 from ..frontends import explain
 from ..methods import Method, get_method
 from ..methods.batch import TOKEN_BUDGET, plan
+from ..sharding import assign, check_shard, current_shard, progress_label, shard_path, wait_for_all
 from ..tasks.base import dtype_name, model_name
 from ..tasks.causal_lm import check_causal_lm
 from . import metrics
@@ -75,6 +83,41 @@ def score_items(
     return records
 
 
+def read_journal(path: Path, settings: dict) -> tuple[dict[tuple[str, str], dict], list[str]]:
+    """The records of the journal at ``path`` by (item, method), and its whole lines (a line torn by an
+    interruption is left out: computed again); an InputError where it holds a run with other settings."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        header = json.loads(lines[0])["settings"] if lines else None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        header = None
+    # the settings this suite uses (None: not this suite's; a journal of an older version may hold them)
+    used = {key: value for key, value in settings.items() if value is not None}
+    if not isinstance(header, dict) or any(header.get(key) != value for key, value in used.items()):
+        differ = (
+            "; ".join(
+                f"{key}: {header.get(key)!r} there, {value!r} now"
+                for key, value in used.items()
+                if header.get(key) != value
+            )
+            if isinstance(header, dict)
+            else f"its settings can't be read ({header!r})"
+        )
+        raise InputError(
+            f"{path} holds a run with other settings ({differ}); write to another file (output=, or --output on the "
+            "command line), or delete it to start afresh."
+        )
+    records, kept = {}, [lines[0]]
+    for line in lines[1:]:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        records[(record["item"], record["method"])] = record
+        kept.append(line)
+    return records, kept
+
+
 class Journal:
     """The JSONL file of finished (item, method) records, headed by the run's settings."""
 
@@ -82,42 +125,11 @@ class Journal:
         self.path = path
         self.records: dict[tuple[str, str], dict] = {}
         if path.exists():
-            self._read(settings)
+            self.records, kept = read_journal(path, settings)
+            self.path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")  # torn lines dropped
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"settings": settings}) + "\n", encoding="utf-8")
-
-    def _read(self, settings: dict) -> None:
-        lines = self.path.read_text(encoding="utf-8").splitlines()
-        try:
-            header = json.loads(lines[0])["settings"] if lines else None
-        except (json.JSONDecodeError, KeyError, TypeError):
-            header = None
-        # the settings this suite uses (None: not this suite's; a journal of an older version may hold them)
-        used = {key: value for key, value in settings.items() if value is not None}
-        if not isinstance(header, dict) or any(header.get(key) != value for key, value in used.items()):
-            differ = (
-                "; ".join(
-                    f"{key}: {header.get(key)!r} there, {value!r} now"
-                    for key, value in used.items()
-                    if header.get(key) != value
-                )
-                if isinstance(header, dict)
-                else f"its settings can't be read ({header!r})"
-            )
-            raise InputError(
-                f"{self.path} holds a run with other settings ({differ}); write to another file (output=, or "
-                "--output on the command line), or delete it to start afresh."
-            )
-        kept = [lines[0]]
-        for line in lines[1:]:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line torn by an interruption: computed again
-                continue
-            self.records[(record["item"], record["method"])] = record
-            kept.append(line)
-        self.path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
 
     def add(self, records: list[dict]) -> None:
         with self.path.open("a", encoding="utf-8") as f:
@@ -160,14 +172,18 @@ def run_suite(
     exclude_first: bool = False,
     centered: bool = True,
     progress: bool = True,
-) -> dict:
+    shard: tuple[int, int] | None = None,
+) -> dict | None:
     """Evaluate ``methods`` (names, or configured methods such as ``IntegratedGradients(steps=8)``: results are
     kept under ``Method.label``) on the first ``limit`` items of ``suite`` the model gets right; write the JSON
     results to ``output`` (resuming from its journal) and return them.
 
     lengths: the needle's context lengths; steps, mode, exclude_first, centered: the perturbation suite's
     curves (``perturbation_curves``) and explained value (the answer's logit minus the mean logit, or not).
+    shard: (rank, world) of this process (default: the launcher's environment); the processes other than rank 0,
+    and rank 0 where it can't see every shard, return None (see the module's docstring).
     """
+    rank, world = check_shard(shard) if shard is not None else current_shard()
     check_causal_lm(model)
     if isinstance(methods, (str, Method)):
         methods = [methods]
@@ -204,16 +220,18 @@ def run_suite(
             f"{model_name(model)} got none of the {tried} {suite} items tried right, so there is nothing to explain: "
             "evaluate a model that solves this suite (a trained one, not a random one)."
         )
-    journal = Journal(output.with_suffix(".jsonl"), settings)
+    journals = output.with_suffix(".jsonl")
+    journal = Journal(journals if world == 1 else shard_path(journals, rank, world), settings)
+    done = _found(journals, settings, journal)
     lengths_of = [len(tokenizer(item.prompt).input_ids) for item in items]
     pairs = [(batch, name) for batch in plan(lengths_of, BATCH_ITEMS, TOKEN_BUDGET, by_length=True) for name in names]
-    todo = [(batch, name) for batch, name in pairs if any((items[i].id, name) not in journal.records for i in batch)]
-    with Progress(disable=not progress) as bar:  # a resumed run starts the bar at what the journal holds
-        task = bar.add_task(
-            f"{suite}: {len(items)} items x {len(names)} methods", total=len(pairs), completed=len(pairs) - len(todo)
-        )
+    pairs = [pairs[i] for i in assign([batch for batch, _ in pairs], lengths_of, world)[rank]]
+    todo = [(batch, name) for batch, name in pairs if any((items[i].id, name) not in done for i in batch)]
+    with Progress(disable=not progress) as bar:  # a resumed run starts the bar at what the journals hold
+        label = progress_label(f"{suite}: {len(items)} items x {len(names)} methods", (rank, world))
+        task = bar.add_task(label, total=len(pairs), completed=len(pairs) - len(todo))
         for batch, name in todo:
-            pending = [items[i] for i in batch if (items[i].id, name) not in journal.records]
+            pending = [items[i] for i in batch if (items[i].id, name) not in done]
             start = time.perf_counter()
             records = score_items(
                 model, tokenizer, pending, chosen[name], suite == "perturbation", steps, mode, exclude_first
@@ -225,11 +243,47 @@ def run_suite(
                     for item, record in zip(pending, records)
                 ]
             )
+            done.update(journal.records)
             bar.advance(task)
-    results = summarise(settings, names, items, tried, journal.records)
-    results["elapsed_s"] = time.perf_counter() - started
-    output.write_text(json.dumps(results, indent=1), encoding="utf-8")
-    return results
+
+    def summarised() -> dict | None:
+        records = _found(journals, settings, journal)
+        missing = {name: n for name in names if (n := sum((item.id, name) not in records for item in items))}
+        if missing:
+            print(
+                f"attnlrp: {output} not written: the journals of {journals.parent} lack results "
+                f"({', '.join(f'{n} of {name}' for name, n in missing.items())}); where shards were written on "
+                f"other machines, copy their {journals.name}.shard-* files here and run the same command in one "
+                "process: it resumes from them and summarises.",
+                file=sys.stderr,
+            )
+            return None
+        results = summarise(settings, names, items, tried, records)
+        results["elapsed_s"] = time.perf_counter() - started
+        output.write_text(json.dumps(results, indent=1), encoding="utf-8")
+        return results
+
+    if world == 1:
+        return summarised()
+    results: list[dict | None] = []
+
+    def on_rank_0() -> bool:  # once every process is done
+        results.append(summarised())
+        return results[0] is not None
+
+    wait_for_all(on_rank_0)
+    return results[0] if results else None
+
+
+def _found(journals: Path, settings: dict, own: Journal) -> dict[tuple[str, str], dict]:
+    """The records of every journal of this output: ``own`` (the one this process writes) and the others (the
+    single-process journal, every shard's), read without writing to them (their processes may be appending)."""
+    records: dict[tuple[str, str], dict] = {}
+    for path in sorted({journals, *journals.parent.glob(journals.name + ".shard-*-of-*")} - {own.path}):
+        if path.is_file():
+            records.update(read_journal(path, settings)[0])
+    records.update(own.records)
+    return records
 
 
 def summarise(
