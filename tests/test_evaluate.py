@@ -4,6 +4,7 @@ AttnLRP must beat the random baseline."""
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 
@@ -387,6 +388,19 @@ def test_cli_evaluate_resumes(smollm, monkeypatch, capsys, tmp_path):
     with pytest.raises(SystemExit):
         cli.main(["evaluate", "--suite", "facts", "--methods", "attnlrp,shap"])
     assert "Unknown LRP method 'shap'" in capsys.readouterr().err
+
+
+def test_methods_with_options_are_read_whole_from_the_command_line(capsys):
+    # "integrated_gradients(steps=8),random" was split inside the parentheses, and the options were dropped
+    from attnlrp.evaluate.command import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--suite", "facts", "--methods", "integrated_gradients(steps=8), random(seed=1),attnlrp"])
+    assert args.methods == ["integrated_gradients(steps=8)", "random(seed=1)", "attnlrp"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--suite", "facts", "--methods", "integrated_gradients(steps=0),random"])
+    assert "needs at least one step, not 0" in capsys.readouterr().err
 
 
 def test_one_method_name_is_a_list_of_one_and_other_tasks_are_refused(tiny_lm, tokenizer, tmp_path):

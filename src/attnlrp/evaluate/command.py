@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from ..cli_options import add_model_arguments
@@ -24,8 +25,10 @@ A rerun with the same --output resumes from its journal (<output>.jsonl).
 
 
 def _methods(text: str) -> list[str]:
+    """--methods: names, or methods with options as their labels write them, separated by commas outside the
+    options' parentheses ("integrated_gradients(steps=8),random")."""
     try:
-        names = [get_method(m.strip()).name for m in text.split(",") if m.strip()]
+        names = [get_method(m.strip()).label for m in re.split(r",(?![^()]*\))", text) if m.strip()]
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     if not names:
@@ -64,7 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--methods",
         type=_methods,
         default=_methods(DEFAULT_METHODS),
-        help=f"comma-separated, from: {', '.join(method_names())} (default: {DEFAULT_METHODS})",
+        help=f"comma-separated, from: {', '.join(method_names())}; with options as "
+        f"'integrated_gradients(steps=8)' (default: {DEFAULT_METHODS})",
     )
     add_model_arguments(parser)
     parser.add_argument(
