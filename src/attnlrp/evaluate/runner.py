@@ -222,7 +222,7 @@ def run_suite(
         )
     journals = output.with_suffix(".jsonl")
     journal = Journal(journals if world == 1 else shard_path(journals, rank, world), settings)
-    done = _found(journals, settings, journal)
+    done = _found(journals, settings, journal, running=world)
     lengths_of = [len(tokenizer(item.prompt).input_ids) for item in items]
     pairs = [(batch, name) for batch in plan(lengths_of, BATCH_ITEMS, TOKEN_BUDGET, by_length=True) for name in names]
     pairs = [pairs[i] for i in assign([batch for batch, _ in pairs], lengths_of, world)[rank]]
@@ -275,12 +275,13 @@ def run_suite(
     return results[0] if results else None
 
 
-def _found(journals: Path, settings: dict, own: Journal) -> dict[tuple[str, str], dict]:
+def _found(journals: Path, settings: dict, own: Journal, running: int = 1) -> dict[tuple[str, str], dict]:
     """The records of every journal of this output: ``own`` (the one this process writes) and the others (the
-    single-process journal, every shard's), read without writing to them (their processes may be appending)."""
+    single-process journal, every shard's), read without writing to them. The shards of a world of ``running``
+    processes (more than one: this run's, which its other processes are writing) are left out."""
     records: dict[tuple[str, str], dict] = {}
     for path in sorted({journals, *journals.parent.glob(journals.name + ".shard-*-of-*")} - {own.path}):
-        if path.is_file():
+        if path.is_file() and not (running > 1 and path.name.endswith(f"-of-{running}")):
             records.update(read_journal(path, settings)[0])
     records.update(own.records)
     return records
