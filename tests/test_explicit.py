@@ -736,8 +736,9 @@ def test_docs_code_blocks_run():
         exec(compile(block, "docs/explicit.md", "exec"), namespace)
 
 
-class _HalfGradient(torch.autograd.Function):
-    """A user's own rule for tanh, written as an autograd function (as LXT-style rules are)."""
+class _OwnBackward(torch.autograd.Function):
+    """tanh forward, its own backward (half of the gradient): in a model, a fused kernel's activation without a
+    relevance rule; in a composite, a user's own rule written as an autograd function (as LXT-style rules are)."""
 
     @staticmethod
     def forward(ctx, x):
@@ -753,23 +754,11 @@ def test_a_composites_rule_written_as_an_autograd_function_is_not_called_unruled
         def forward(self, x):
             return torch.tanh(x)
 
-    comp = Composite({torch.tanh: lambda x: _HalfGradient.apply(x)})
+    comp = Composite({torch.tanh: lambda x: _OwnBackward.apply(x)})
     model = Tanh()
     with comp.context(model) as binding:
         model(torch.randn(3, requires_grad=True))
     assert not any("autograd.Function" in op for _, op in binding.unruled_ops), binding.unruled_ops
-
-
-class _OwnBackward(torch.autograd.Function):
-    """A fused kernel's activation: tanh forward, its own backward (a half of the gradient), no relevance rule."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return torch.tanh(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad / 2
 
 
 class _FusedAct(nn.Module):
@@ -808,12 +797,12 @@ class _HalfRule(EpsilonRule):
     """A user's module rule that runs an autograd function of its own (defined here, not in attnlrp)."""
 
     def __call__(self, fn, *args, **kwargs):
-        return _HalfGradient.apply(fn(*args, **kwargs))
+        return _OwnBackward.apply(fn(*args, **kwargs))
 
 
 def test_a_users_rule_written_as_an_autograd_function_is_not_reported_wherever_it_rules():
     model = nn.Sequential(nn.Linear(4, 4, bias=False), nn.Tanh(), nn.Linear(4, 1, bias=False)).double()
-    for rules in ({nn.Tanh: _HalfRule()}, {torch.tanh: lambda x: _HalfGradient.apply(x)}, {torch.tanh: _HalfRule()}):
+    for rules in ({nn.Tanh: _HalfRule()}, {torch.tanh: lambda x: _OwnBackward.apply(x)}, {torch.tanh: _HalfRule()}):
         comp = Composite({nn.Linear: EpsilonRule(EPS), **rules})
         with comp.context(model) as binding, warnings.catch_warnings():
             warnings.simplefilter("error", attnlrp.UnruledOpWarning)
