@@ -68,17 +68,6 @@ def _count(text: str) -> int:
     return int(text)
 
 
-def _method_option(text: str) -> str:
-    """A --method: a method's name, with options as its label writes them ("integrated_gradients(steps=64)")."""
-    from .methods import get_method
-
-    try:
-        get_method(text)
-    except (TypeError, ValueError) as error:  # an unknown method or option, or a value the method refuses
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return text
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="attnlrp",
@@ -92,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"attnlrp {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from .cli_options import add_model_arguments, html_path
+    from .cli_options import add_model_arguments, html_path, method_option
     from .engine import RULE_SETS
     from .methods import available_methods
 
@@ -117,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--method",
             choices=choices,
-            type=None if choices else _method_option,
+            type=None if choices else method_option,
             metavar="METHOD",
             help=f"the attribution method (default: {default}); one of: "
             + "; ".join(f"{name}: {methods[name]}" for name in choices or methods)

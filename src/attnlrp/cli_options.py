@@ -1,5 +1,5 @@
 """The options every command that loads a model takes (which model, in which dtype, on which devices, quietly or
-not), and the checked type of every --html option."""
+not), and the checked types of every --html and --method option."""
 
 from __future__ import annotations
 
@@ -25,3 +25,14 @@ def html_path(text: str) -> str:
             "(a figure, PNG, SVG or PDF, is saved from Python with .save_figure(path))"
         )
     return text
+
+
+def method_option(text: str) -> str:
+    """A --method: a method's name, with options as its label writes them ("integrated_gradients(steps=64)"), read
+    by ``get_method`` (its label is returned); an unknown method or option, or a value it refuses, is a usage error."""
+    from .methods import get_method
+
+    try:
+        return get_method(text).label
+    except (TypeError, ValueError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from None

@@ -6,8 +6,8 @@ import argparse
 import re
 from pathlib import Path
 
-from ..cli_options import add_model_arguments
-from ..methods import get_method, method_names
+from ..cli_options import add_model_arguments, method_option
+from ..methods import method_names
 from .perturbation import MODES
 from .report import COLUMNS, headline, write_report
 from .runner import run_suite
@@ -27,10 +27,7 @@ A rerun with the same --output resumes from its journal (<output>.jsonl).
 def _methods(text: str) -> list[str]:
     """--methods: names, or methods with options as their labels write them, separated by commas outside the
     options' parentheses ("integrated_gradients(steps=8),random")."""
-    try:
-        names = [get_method(m.strip()).label for m in re.split(r",(?![^()]*\))", text) if m.strip()]
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+    names = [method_option(m.strip()) for m in re.split(r",(?![^()]*\))", text) if m.strip()]
     if not names:
         raise argparse.ArgumentTypeError("give at least one method, e.g. --methods attnlrp,gradient")
     return names
